@@ -1,0 +1,49 @@
+# Makefile for reliq (PGXS).
+#
+#   make && sudo make install      build and install the extension
+#   scripts/test                   run every test (pg_regress + TAP), as CI does
+#   scripts/demo                   run the demo on a throwaway Postgres and nats-server
+#
+# PGXS has no "make check": the test scripts run "make installcheck" against
+# a temporary instance (--temp-instance) with a nats-server they start.
+
+MODULE_big = reliq
+OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
+
+EXTENSION = reliq
+DATA = reliq--0.1.sql
+PGFILEDESC = "reliq - NATS JetStream consumer in PostgreSQL"
+
+SHLIB_LINK = -lnats
+PG_CPPFLAGS = -I$(srcdir)/src
+
+# pg_regress: the SQL surface. RELIQ_TEMP_CONFIG is written by scripts/test
+# (it names the nats-server the temporary instance talks to).
+REGRESS = setup subscription_api errors dead_letter privileges
+REGRESS_OPTS = --temp-instance=tmp_check_regress \
+	--temp-config=$(or $(RELIQ_TEMP_CONFIG),$(srcdir)/test/regress.conf)
+
+# TAP: real Postgres clusters and real nats-servers (test/t/*.pl).
+TAP_TESTS = 1
+PROVE_TESTS = $(or $(RELIQ_TAP_TESTS),test/t/*.pl)
+PROVE_FLAGS = -I $(srcdir)/test/perl $(RELIQ_PROVE_FLAGS)
+
+EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs \
+	regression.out test/tools/natstool
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# A small cnats client used by the tests, the demo and the benchmark to
+# publish and to talk to the JetStream API from outside Postgres.
+test/tools/natstool: test/tools/natstool.c
+	$(CC) $(CFLAGS) -Wall -Wextra -O2 -o $@ $< -lnats
+
+all: test/tools/natstool
+
+.PHONY: format format-check
+format:
+	clang-format -i src/*.c src/*.h
+format-check:
+	clang-format --dry-run --Werror src/*.c src/*.h

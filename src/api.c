@@ -1,0 +1,689 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  SQL-callable functions written in C: publishing and stream
+ *	  management, consumer set-up for create/alter_subscription, waiting
+ *	  for idle, replaying dead letters, and the statistics behind
+ *	  reliq.subscription_stats and reliq.worker_status.
+ *
+ * The SQL API that only touches tables (create_subscription and friends)
+ * is PL/pgSQL in the install script.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "batch.h"
+#include "catalog.h"
+#include "nats_client.h"
+#include "reliq.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(reliq_publish);
+PG_FUNCTION_INFO_V1(reliq_create_stream);
+PG_FUNCTION_INFO_V1(reliq_ensure_consumer);
+PG_FUNCTION_INFO_V1(reliq_delete_consumer);
+PG_FUNCTION_INFO_V1(reliq_wait_idle);
+PG_FUNCTION_INFO_V1(reliq_replay_dead_letter);
+PG_FUNCTION_INFO_V1(reliq_subscription_stats_reset);
+PG_FUNCTION_INFO_V1(reliq_subscription_stats);
+PG_FUNCTION_INFO_V1(reliq_worker_status);
+
+/* How often wait_idle asks the server. */
+#define RELIQ_WAIT_IDLE_POLL_MS 100
+
+static int64
+interval_to_ms(const Interval *interval)
+{
+	return interval->time / 1000 +
+		((int64) interval->day * SECS_PER_DAY +
+		 (int64) interval->month * DAYS_PER_MONTH * SECS_PER_DAY) * 1000;
+}
+
+static void
+report_nats_failure(const char *what, int sqlerrcode, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(sqlerrcode),
+			 errmsg("%s", what),
+			 errdetail("%s", reliq_nats_last_error()),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/*
+ * Headers given as a jsonb object: each value a string or an array of
+ * strings (a header sent several times).
+ */
+static int
+headers_from_jsonb(Jsonb *headers, const char ***keys, const char ***values,
+				   const char **msg_id)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	int			capacity = 8;
+	int			n = 0;
+	char	   *key = NULL;
+	int			depth = 0;
+
+	*msg_id = NULL;
+	if (!JB_ROOT_IS_OBJECT(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object"),
+				 errhint("For example '{\"traceparent\": \"00-...\"}'::jsonb.")));
+
+	*keys = palloc(sizeof(char *) * capacity);
+	*values = palloc(sizeof(char *) * capacity);
+	it = JsonbIteratorInit(&headers->root);
+	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		switch (token)
+		{
+			case WJB_BEGIN_OBJECT:
+			case WJB_BEGIN_ARRAY:
+				if (++depth > (token == WJB_BEGIN_OBJECT ? 1 : 2))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("header values must be strings or arrays of strings")));
+				break;
+			case WJB_END_OBJECT:
+			case WJB_END_ARRAY:
+				depth--;
+				break;
+			case WJB_KEY:
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+				break;
+			case WJB_VALUE:
+			case WJB_ELEM:
+				if (v.type != jbvString)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("value of header \"%s\" must be a string or an array of strings",
+									key)));
+				if (n == capacity)
+				{
+					capacity *= 2;
+					*keys = repalloc(*keys, sizeof(char *) * capacity);
+					*values = repalloc(*values, sizeof(char *) * capacity);
+				}
+				(*keys)[n] = key;
+				(*values)[n] = pnstrdup(v.val.string.val, v.val.string.len);
+				if (strcmp(key, "Nats-Msg-Id") == 0)
+					*msg_id = (*values)[n];
+				n++;
+				break;
+			default:
+				break;
+		}
+	}
+	return n;
+}
+
+/*
+ * reliq.publish(subject, data, headers): a JetStream publish, waiting for
+ * the stream's acknowledgement; returns the stream sequence.  Inside a
+ * handler without an explicit Nats-Msg-Id, the message id is derived from
+ * the message being handled (see batch.c).
+ */
+Datum
+reliq_publish(PG_FUNCTION_ARGS)
+{
+	char	   *subject;
+	bytea	   *data;
+	const char **keys = NULL;
+	const char **values = NULL;
+	const char *msg_id = NULL;
+	char		derived_id[128];
+	int			nheaders = 0;
+	int64		seq = 0;
+	bool		duplicate = false;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subject and data of reliq.publish must not be NULL"),
+				 errhint("An empty payload is ''::bytea.")));
+	subject = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	data = PG_GETARG_BYTEA_PP(1);
+	if (!PG_ARGISNULL(2))
+		nheaders = headers_from_jsonb(PG_GETARG_JSONB_P(2), &keys, &values, &msg_id);
+	if (msg_id == NULL && reliq_batch_publish_msg_id(derived_id, sizeof(derived_id)))
+		msg_id = derived_id;
+
+	if (!reliq_nats_publish(reliq_nats_session_connection(), subject,
+							VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+							keys, values, nheaders, msg_id, &seq, &duplicate))
+		report_nats_failure(psprintf("could not publish to subject \"%s\"", subject),
+							ERRCODE_CONNECTION_FAILURE,
+							"A JetStream stream must capture the subject: see reliq.create_stream().");
+	PG_RETURN_INT64(seq);
+}
+
+/* reliq.create_stream(stream, subjects): 'created' or 'updated'. */
+Datum
+reliq_create_stream(PG_FUNCTION_ARGS)
+{
+	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(1);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	const char **subjects;
+	bool		created = false;
+	int			i;
+
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &nelems);
+	if (nelems == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a stream needs at least one subject"),
+				 errhint("For example reliq.create_stream('EVENTS', ARRAY['user.>', 'plan.>']).")));
+	subjects = palloc(sizeof(char *) * nelems);
+	for (i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("subjects must not contain NULL")));
+		subjects[i] = TextDatumGetCString(elems[i]);
+	}
+	if (!reliq_nats_create_stream(reliq_nats_session_connection(), stream,
+								  subjects, nelems, &created))
+		report_nats_failure(psprintf("could not create or update stream \"%s\"", stream),
+							ERRCODE_CONNECTION_FAILURE, NULL);
+	PG_RETURN_TEXT_P(cstring_to_text(created ? "created" : "updated"));
+}
+
+/*
+ * reliq._ensure_consumer(stream, consumer, subject, ack_wait,
+ * max_ack_pending, start, description): create or update the durable
+ * consumer of a subscription, from create/alter_subscription.
+ */
+Datum
+reliq_ensure_consumer(PG_FUNCTION_ARGS)
+{
+	ReliqConsumerSpec spec;
+	ReliqConsumerInfo info;
+	char	   *start = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	bool		created = false;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false};
+
+	memset(&spec, 0, sizeof(spec));
+	spec.stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	spec.consumer = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	spec.filter_subject = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	spec.ack_wait_ms = interval_to_ms(PG_GETARG_INTERVAL_P(3));
+	spec.max_ack_pending = PG_GETARG_INT64(4);
+	spec.deliver_from = strcmp(start, "new") == 0 ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
+	spec.description = text_to_cstring(PG_GETARG_TEXT_PP(6));
+
+	if (!reliq_nats_ensure_consumer(reliq_nats_session_connection(), &spec,
+									&info, &created))
+	{
+		if (reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("stream \"%s\" does not exist", spec.stream),
+					 errdetail("A subscription reads a JetStream stream that must exist first."),
+					 errhint("Create it with SELECT reliq.create_stream('%s', ARRAY['subject.>']); or with the nats CLI.",
+							 spec.stream)));
+		report_nats_failure(psprintf("could not set up consumer \"%s\" on stream \"%s\"",
+									 spec.consumer, spec.stream),
+							ERRCODE_INVALID_PARAMETER_VALUE,
+							"Check that the subject is within the stream's subjects, and that an existing consumer of that name is a pull consumer with explicit acks.");
+	}
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = BoolGetDatum(created);
+	values[1] = Int64GetDatum(info.num_pending);
+	values[2] = Int64GetDatum(info.num_ack_pending);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* reliq._delete_consumer(stream, consumer): false if it did not exist. */
+Datum
+reliq_delete_consumer(PG_FUNCTION_ARGS)
+{
+	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *consumer = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	bool		existed = false;
+
+	if (!reliq_nats_delete_consumer(reliq_nats_session_connection(), stream,
+									consumer, &existed))
+		report_nats_failure(psprintf("could not delete consumer \"%s\" of stream \"%s\"",
+									 consumer, stream),
+							ERRCODE_CONNECTION_FAILURE, NULL);
+	PG_RETURN_BOOL(existed);
+}
+
+/* Stream and consumer of a subscription, by name; an error if unknown. */
+static void
+lookup_subscription(const char *name, int64 *id, char **stream, char **consumer)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(name)};
+	int			nest;
+
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	if (SPI_execute_with_args("SELECT id, stream, consumer FROM reliq.subscription"
+							  " WHERE subscription_name = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq.subscription");
+	reliq_leave_safe_search_path(nest);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("subscription \"%s\" does not exist", name),
+				 errhint("SELECT subscription_name FROM reliq.subscription lists the subscriptions.")));
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		*id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		if (stream)
+			*stream = MemoryContextStrdup(caller, SPI_getvalue(t, d, 2));
+		if (consumer)
+			*consumer = MemoryContextStrdup(caller, SPI_getvalue(t, d, 3));
+	}
+	SPI_finish();
+}
+
+/*
+ * reliq.wait_idle(name, timeout): true once the server has nothing
+ * pending and nothing unacknowledged for the subscription's consumer.
+ * Acks are sent only after commit, so then every delivered message has
+ * been committed (or dead-lettered).
+ */
+Datum
+reliq_wait_idle(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int64		timeout_ms = interval_to_ms(PG_GETARG_INTERVAL_P(1));
+	TimestampTz deadline;
+	int64		id;
+	char	   *stream;
+	char	   *consumer;
+
+	reliq_require_worker_database("reliq.wait_idle");
+	lookup_subscription(name, &id, &stream, &consumer);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(timeout_ms, 0));
+
+	for (;;)
+	{
+		ReliqConsumerInfo info;
+
+		CHECK_FOR_INTERRUPTS();
+		if (reliq_nats_consumer_info(reliq_nats_session_connection(), stream,
+									 consumer, &info) &&
+			info.found && info.num_pending == 0 && info.num_ack_pending == 0)
+			PG_RETURN_BOOL(true);
+		if (GetCurrentTimestamp() >= deadline)
+			PG_RETURN_BOOL(false);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 RELIQ_WAIT_IDLE_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * reliq.replay_dead_letter(id): run the subscription's handler on the
+ * dead letter now, in the caller's transaction, as the subscription's
+ * owner.  On success the dead letter is deleted (its sequence is in the
+ * ledger already); on failure its error is updated and false returned.
+ */
+Datum
+reliq_replay_dead_letter(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(id)};
+	ReliqSubscription *sub;
+	SPIPlanPtr	plan;
+	Datum		message;
+	int64		subscription_id;
+	int64		stream_seq;
+	bool		isnull;
+	volatile bool ok = true;
+	ErrorData  *error = NULL;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT d.subscription_id, d.stream_seq,"
+							  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
+							  "           d.stream_seq, d.delivered, d.published_at)::reliq.message"
+							  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq.dead_letter");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("dead letter " INT64_FORMAT " does not exist", id),
+				 errdetail("Either there is no such id, or it belongs to a subscription you do not own."),
+				 errhint("SELECT id, subscription, error_message FROM reliq.dead_letter lists them.")));
+	subscription_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	stream_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	message = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+
+	sub = reliq_catalog_load_subscription(subscription_id);
+	if (sub == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the subscription of dead letter " INT64_FORMAT " no longer exists", id),
+				 errhint("Drop the dead letter with reliq.discard_dead_letter(" INT64_FORMAT ").", id)));
+	if (!has_privs_of_role(GetUserId(), sub->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of subscription \"%s\" to replay its dead letters",
+						sub->name)));
+
+	plan = reliq_prepare_handler_plan(sub, reliq_message_type_oid());
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller);
+	PG_TRY();
+	{
+		reliq_call_handler(sub, plan, message, sub->id, 0, stream_seq);
+		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
+								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete dead letter");
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(caller);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		error = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(caller);
+		CurrentResourceOwner = owner;
+		ok = false;
+	}
+	PG_END_TRY();
+	SPI_freeplan(plan);
+
+	if (!ok)
+	{
+		Oid			uargtypes[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Datum		uargs[5];
+		char		unulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+		uargs[0] = Int64GetDatum(id);
+		uargs[1] = CStringGetTextDatum(error->message ? error->message : "");
+		uargs[2] = error->detail ? CStringGetTextDatum(error->detail) : (Datum) 0;
+		unulls[2] = error->detail ? ' ' : 'n';
+		uargs[3] = error->context ? CStringGetTextDatum(error->context) : (Datum) 0;
+		unulls[3] = error->context ? ' ' : 'n';
+		uargs[4] = CStringGetTextDatum(unpack_sql_state(error->sqlerrcode));
+		if (SPI_execute_with_args("UPDATE reliq.dead_letter"
+								  "   SET replay_attempts = replay_attempts + 1,"
+								  "       last_replay_at = pg_catalog.now(),"
+								  "       error_message = $2, error_detail = $3,"
+								  "       error_context = $4, sqlstate = $5"
+								  " WHERE id = $1",
+								  5, uargtypes, uargs, unulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update dead letter");
+		ereport(NOTICE,
+				(errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
+				 error->detail ? errdetail("%s", error->detail) : 0));
+	}
+	SPI_finish();
+	PG_RETURN_BOOL(ok);
+}
+
+/* reliq.subscription_stats_reset(name): one subscription, or all if NULL. */
+Datum
+reliq_subscription_stats_reset(PG_FUNCTION_ARGS)
+{
+	int			i;
+
+	reliq_shmem_require();
+	if (!PG_ARGISNULL(0))
+	{
+		int64		id;
+		ReliqSubscriptionStats *entry;
+
+		lookup_subscription(text_to_cstring(PG_GETARG_TEXT_PP(0)), &id, NULL, NULL);
+		entry = reliq_stats_find(id, false, NULL);
+		if (entry)
+			reliq_stats_reset(entry);
+		PG_RETURN_VOID();
+	}
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	for (i = 0; i < reliq_shared->max_subscriptions; i++)
+		if (reliq_shared->stats[i].subscription_id != 0)
+			reliq_stats_reset(&reliq_shared->stats[i]);
+	LWLockRelease(reliq_shared->lock);
+	PG_RETURN_VOID();
+}
+
+typedef struct WorkerCopy
+{
+	int64		subscription_id;
+	char		subscription_name[NAMEDATALEN];
+	int			worker_index;
+	pid_t		pid;
+	ReliqWorkerState state;
+	bool		connected;
+	int			batch_size;
+	int			in_flight;
+	TimestampTz since;
+	TimestampTz started_at;
+} WorkerCopy;
+
+/* Copy out the slots in use, so no lock is held while building tuples. */
+static int
+copy_workers(WorkerCopy **copies)
+{
+	int			n = 0;
+	int			i;
+
+	*copies = palloc0(sizeof(WorkerCopy) * Max(reliq_shared->max_workers, 1));
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	for (i = 0; i < reliq_shared->max_workers; i++)
+	{
+		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
+		WorkerCopy *c = &(*copies)[n];
+
+		if (!slot->in_use)
+			continue;
+		c->subscription_id = slot->subscription_id;
+		strlcpy(c->subscription_name, slot->subscription_name, NAMEDATALEN);
+		c->worker_index = slot->worker_index;
+		SpinLockAcquire(&slot->mutex);
+		c->pid = slot->pid;
+		c->state = slot->state;
+		c->connected = slot->connected;
+		c->batch_size = slot->batch_size;
+		c->in_flight = slot->in_flight;
+		c->since = slot->since;
+		c->started_at = slot->started_at;
+		SpinLockRelease(&slot->mutex);
+		if (c->pid != 0)
+			n++;
+	}
+	LWLockRelease(reliq_shared->lock);
+	return n;
+}
+
+/* One word for a subscription's workers; see reliq.subscription_stats. */
+static const char *
+summarize_state(const WorkerCopy *workers, int nworkers, int64 id, int *count,
+				int64 *in_flight)
+{
+	int			running = 0;
+	int			failing = 0;
+	int			connected = 0;
+	int			connecting = 0;
+	int			i;
+
+	*in_flight = 0;
+	for (i = 0; i < nworkers; i++)
+	{
+		if (workers[i].subscription_id != id)
+			continue;
+		running++;
+		*in_flight += workers[i].in_flight;
+		if (workers[i].state == RELIQ_WORKER_FAILING)
+			failing++;
+		if (workers[i].connected)
+			connected++;
+		if (workers[i].state == RELIQ_WORKER_STARTING ||
+			workers[i].state == RELIQ_WORKER_CONNECTING)
+			connecting++;
+	}
+	*count = running;
+	if (running == 0)
+		return NULL;
+	if (failing > 0)
+		return "failing";
+	if (connected == 0)
+		return connecting > 0 ? "connecting" : "disconnected";
+	return "running";
+}
+
+static Datum
+timestamp_or_null(TimestampTz t, bool *isnull)
+{
+	*isnull = (t == 0);
+	return TimestampTzGetDatum(t);
+}
+
+Datum
+reliq_subscription_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WorkerCopy *workers;
+	int			nworkers;
+	int			i;
+
+	reliq_shmem_require();
+	reliq_require_worker_database("reliq.subscription_stats");
+	InitMaterializedSRF(fcinfo, 0);
+	nworkers = copy_workers(&workers);
+
+	for (i = 0; i < reliq_shared->max_subscriptions; i++)
+	{
+		ReliqSubscriptionStats *entry = &reliq_shared->stats[i];
+		Datum		values[20];
+		bool		nulls[20] = {false};
+		int64		id;
+		const char *state;
+		int			count;
+		int64		in_flight;
+		char		last_error[RELIQ_ERROR_LEN];
+		TimestampTz last_error_at,
+					last_batch_at,
+					reset_at,
+					info_at;
+		bool		have_info;
+		int64		pending,
+					ack_pending,
+					redelivered,
+					ack_floor;
+
+		LWLockAcquire(reliq_shared->lock, LW_SHARED);
+		id = entry->subscription_id;
+		LWLockRelease(reliq_shared->lock);
+		if (id == 0)
+			continue;
+
+		SpinLockAcquire(&entry->mutex);
+		strlcpy(last_error, entry->last_error, sizeof(last_error));
+		last_error_at = entry->last_error_at;
+		last_batch_at = entry->last_batch_at;
+		reset_at = entry->stats_reset_at;
+		have_info = entry->have_consumer_info;
+		pending = entry->num_pending;
+		ack_pending = entry->num_ack_pending;
+		redelivered = entry->num_redelivered;
+		ack_floor = entry->ack_floor;
+		info_at = entry->consumer_info_at;
+		SpinLockRelease(&entry->mutex);
+
+		state = summarize_state(workers, nworkers, id, &count, &in_flight);
+		values[0] = Int64GetDatum(id);
+		values[1] = state ? CStringGetTextDatum(state) : (Datum) 0;
+		nulls[1] = (state == NULL);
+		values[2] = Int32GetDatum(count);
+		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->received));
+		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->processed));
+		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->failed));
+		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->retried));
+		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->dead_lettered));
+		values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->duplicates));
+		values[9] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->batches));
+		values[10] = Int64GetDatum(in_flight);
+		values[11] = Int64GetDatum(pending);
+		values[12] = Int64GetDatum(ack_pending);
+		values[13] = Int64GetDatum(redelivered);
+		values[14] = Int64GetDatum(ack_floor);
+		nulls[11] = nulls[12] = nulls[13] = nulls[14] = !have_info;
+		values[15] = timestamp_or_null(info_at, &nulls[15]);
+		values[16] = CStringGetTextDatum(last_error);
+		nulls[16] = (last_error[0] == '\0');
+		values[17] = timestamp_or_null(last_error_at, &nulls[17]);
+		values[18] = timestamp_or_null(last_batch_at, &nulls[18]);
+		values[19] = timestamp_or_null(reset_at, &nulls[19]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+Datum
+reliq_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WorkerCopy *workers;
+	int			nworkers;
+	int			i;
+
+	reliq_shmem_require();
+	InitMaterializedSRF(fcinfo, 0);
+	nworkers = copy_workers(&workers);
+	for (i = 0; i < nworkers; i++)
+	{
+		WorkerCopy *w = &workers[i];
+		Datum		values[10];
+		bool		nulls[10] = {false};
+
+		values[0] = Int32GetDatum(w->pid);
+		values[1] = Int64GetDatum(w->subscription_id);
+		values[2] = CStringGetTextDatum(w->subscription_name);
+		values[3] = Int32GetDatum(w->worker_index);
+		values[4] = CStringGetTextDatum(reliq_worker_state_name(w->state));
+		values[5] = BoolGetDatum(w->connected);
+		values[6] = Int32GetDatum(w->batch_size);
+		values[7] = Int32GetDatum(w->in_flight);
+		values[8] = timestamp_or_null(w->since, &nulls[8]);
+		values[9] = timestamp_or_null(w->started_at, &nulls[9]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,809 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.c
+ *	  Apply one batch of messages in one transaction.
+ *
+ * The fast path runs the whole batch in a single transaction with no
+ * subtransaction: ledger rows first (one INSERT ... ON CONFLICT DO NOTHING
+ * RETURNING for the batch, which also finds the duplicates), then each
+ * handler, then COMMIT.  Only if anything fails is the batch redone on the
+ * slow path, with one subtransaction per message, so that a failing
+ * message rolls back alone.  A subtransaction per message on every batch
+ * would burn an XID each and overflow the 64-entry subxid cache of every
+ * snapshot taken meanwhile.
+ *
+ * On the slow path constraints are checked immediately, so a deferred
+ * constraint a handler violates fails that handler, not the COMMIT.
+ *
+ * Handlers run as the subscription's owner, as a security-restricted
+ * operation (like the code an index build or REFRESH MATERIALIZED VIEW
+ * runs), inside a GUC nest level that is undone after each message: a
+ * handler that changes search_path or any setting does not affect the
+ * next one, and cannot SET ROLE.
+ *
+ * Which errors are systemic: a failure whose SQLSTATE is of class 22
+ * (data exception), 23 (integrity constraint violation) or P0 (raised by
+ * PL/pgSQL) is the message's own; any other (undefined table or function,
+ * insufficient privilege, lock or statement timeout, out of resources...)
+ * may hit every message alike.  When reliq.systemic_failure_threshold
+ * distinct messages in a row fail with such errors, the batch's failed
+ * messages are held (see worker.c) instead of nacked, so a dropped table
+ * does not dead-letter the backlog.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+#include "utils/typcache.h"
+
+#include "batch.h"
+#include "reliq.h"
+
+/* SQLSTATE of a message dead-lettered without a handler error. */
+#define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R','Q','0','0','1')
+
+/* The message whose handler is running, for reliq.publish's message ids. */
+static bool in_handler = false;
+static int64 current_subscription_id = 0;
+static int64 current_stream_created = 0;
+static int64 current_stream_seq = 0;
+static int	current_publish_count = 0;
+
+void
+reliq_batch_init(ReliqBatchState *state)
+{
+	memset(state, 0, sizeof(*state));
+	state->cxt = AllocSetContextCreate(TopMemoryContext, "reliq batch state",
+									   ALLOCSET_DEFAULT_SIZES);
+	state->message_cxt = AllocSetContextCreate(state->cxt, "reliq message",
+											   ALLOCSET_DEFAULT_SIZES);
+}
+
+/* A new or reloaded subscription; the handler plan follows if it changed. */
+void
+reliq_batch_set_subscription(ReliqBatchState *state, ReliqSubscription *sub)
+{
+	state->sub = sub;
+}
+
+bool
+reliq_batch_breaker_tripped(const ReliqBatchState *state)
+{
+	return state->breaker.consecutive >= reliq_systemic_failure_threshold;
+}
+
+static bool
+is_message_error(int sqlerrcode)
+{
+	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
+
+	return category == ERRCODE_DATA_EXCEPTION ||
+		category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ||
+		category == ERRCODE_PLPGSQL_ERROR;
+}
+
+static void
+breaker_success(ReliqBreaker *breaker)
+{
+	breaker->consecutive = 0;
+	breaker->nrecent = 0;
+	breaker->next = 0;
+}
+
+static void
+breaker_failure(ReliqBreaker *breaker, const ReliqMessage *msg)
+{
+	int			i;
+
+	if (msg->error == NULL || is_message_error(msg->error->sqlerrcode))
+		return;
+	for (i = 0; i < breaker->nrecent; i++)
+		if (breaker->recent[i] == msg->stream_seq)
+			return;
+	breaker->recent[breaker->next] = msg->stream_seq;
+	breaker->next = (breaker->next + 1) % RELIQ_BREAKER_MEMORY;
+	if (breaker->nrecent < RELIQ_BREAKER_MEMORY)
+		breaker->nrecent++;
+	breaker->consecutive++;
+}
+
+/*
+ * Plans
+ */
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep plan for \"%s\"", sql);
+	return plan;
+}
+
+/*
+ * The statement that applies one message: a call of the handler, or for a
+ * table sink an insert of the JSON payload as a row of the target.
+ * Prepared with reliq's safe search_path; executed as the owner.
+ */
+SPIPlanPtr
+reliq_prepare_handler_plan(const ReliqSubscription *sub, Oid message_type)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {message_type};
+	SPIPlanPtr	plan;
+	int			nest;
+
+	initStringInfo(&sql);
+	if (sub->handler != NULL)
+	{
+		const char *suffix = "(reliq.message)";
+		size_t		len = strlen(sub->handler);
+
+		if (len <= strlen(suffix) ||
+			strcmp(sub->handler + len - strlen(suffix), suffix) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+					 errmsg("handler \"%s\" of subscription \"%s\" is not of the form schema.function(reliq.message)",
+							sub->handler, sub->name)));
+		appendStringInfo(&sql, "SELECT %.*s($1)",
+						 (int) (len - strlen(suffix)), sub->handler);
+	}
+	else
+	{
+		char	   *relname = get_rel_name(sub->target);
+		char	   *qualified;
+
+		if (relname == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("target table of subscription \"%s\" does not exist",
+							sub->name),
+					 errdetail("The table with OID %u was dropped.", sub->target),
+					 errhint("Create the table again, or drop the subscription.")));
+		qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(sub->target)),
+											   relname);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, reliq.message_json($1))",
+						 qualified, qualified);
+	}
+
+	nest = reliq_enter_safe_search_path();
+	plan = prepare_kept(sql.data, 1, argtypes);
+	reliq_leave_safe_search_path(nest);
+	pfree(sql.data);
+	return plan;
+}
+
+static void
+ensure_plans(ReliqBatchState *state)
+{
+	const ReliqSubscription *sub = state->sub;
+	MemoryContext old;
+	char	   *key;
+	int			nest;
+
+	if (!OidIsValid(state->message_type))
+	{
+		TupleDesc	desc;
+
+		state->message_type = reliq_message_type_oid();
+		desc = lookup_rowtype_tupdesc(state->message_type, -1);
+		old = MemoryContextSwitchTo(state->cxt);
+		state->message_tupdesc = CreateTupleDescCopy(desc);
+		MemoryContextSwitchTo(old);
+		ReleaseTupleDesc(desc);
+	}
+
+	if (state->ledger_plan == NULL)
+	{
+		Oid			ledger_args[3] = {INT8OID, INT8OID, INT8ARRAYOID};
+		Oid			identity_args[1] = {INT8OID};
+		Oid			dead_letter_args[13] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
+			BYTEAOID, JSONBOID, INT8OID, INT4OID, TIMESTAMPTZOID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+
+		nest = reliq_enter_safe_search_path();
+
+		/*
+		 * Record the sequences; those already recorded, or at or below the
+		 * acknowledged floor, are duplicates.  ON CONFLICT waits for a
+		 * concurrent transaction recording the same sequence, so two
+		 * workers given the same message cannot both apply it.
+		 */
+		state->ledger_plan = prepare_kept(
+										  "INSERT INTO reliq._ledger (subscription_id, stream_created, stream_seq)"
+										  " SELECT $1, $2, s FROM unnest($3) AS s"
+										  "  WHERE s > COALESCE((SELECT f.ack_floor FROM reliq._stream_floor f"
+										  "                      WHERE f.subscription_id = $1 AND f.stream_created = $2), 0)"
+										  " ON CONFLICT DO NOTHING"
+										  " RETURNING stream_seq",
+										  3, ledger_args);
+		state->identity_plan = prepare_kept(
+											"SELECT stream_created FROM reliq._stream_identity WHERE subscription_id = $1",
+											1, identity_args);
+		state->dead_letter_plan = prepare_kept(
+											   "INSERT INTO reliq.dead_letter (subscription_id, subscription, stream, subject,"
+											   "  data, headers, stream_seq, delivered, published_at, error_message,"
+											   "  error_detail, error_context, sqlstate)"
+											   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+											   13, dead_letter_args);
+		reliq_leave_safe_search_path(nest);
+	}
+
+	key = sub->handler ? psprintf("handler %s", sub->handler)
+		: psprintf("target %u", sub->target);
+	if (state->handler_plan == NULL ||
+		strcmp(key, state->handler_plan_key) != 0)
+	{
+		if (state->handler_plan)
+		{
+			SPI_freeplan(state->handler_plan);
+			state->handler_plan = NULL;
+			pfree(state->handler_plan_key);
+		}
+		state->handler_plan = reliq_prepare_handler_plan(sub, state->message_type);
+		state->handler_plan_key = MemoryContextStrdup(state->cxt, key);
+	}
+	pfree(key);
+}
+
+/*
+ * Handlers
+ */
+
+/*
+ * Run the handler on one message as the subscription's owner.  On error
+ * the transaction or subtransaction abort restores the user and the GUC
+ * nest level; handler_cleanup() undoes the rest.
+ */
+void
+reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
+				   Datum message, int64 subscription_id,
+				   int64 stream_created, int64 stream_seq)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+	int			rc;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(sub->owner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	nest = NewGUCNestLevel();
+
+	current_subscription_id = subscription_id;
+	current_stream_created = stream_created;
+	current_stream_seq = stream_seq;
+	current_publish_count = 0;
+	in_handler = true;
+
+	if (sub->handler_timeout_ms > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT,
+							 (int) Min(sub->handler_timeout_ms, INT_MAX));
+	rc = SPI_execute_plan(plan, &message, NULL, false, 0);
+	if (sub->handler_timeout_ms > 0)
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	in_handler = false;
+
+	if (rc < 0)
+		elog(ERROR, "handler of subscription \"%s\" failed: %s",
+			 sub->name, SPI_result_code_string(rc));
+	SPI_freetuptable(SPI_tuptable);
+
+	AtEOXact_GUC(false, nest);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/* After an error thrown out of reliq_call_handler. */
+static void
+handler_cleanup(void)
+{
+	in_handler = false;
+	if (get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
+}
+
+/*
+ * reliq.publish inside a handler: a message id derived from the message
+ * being handled, so that the publishes of a handler that runs again (the
+ * slow path, a retry) are duplicates JetStream drops within its window.
+ */
+bool
+reliq_batch_publish_msg_id(char *buf, size_t len)
+{
+	if (!in_handler)
+		return false;
+	snprintf(buf, len, "reliq:" INT64_FORMAT ":" INT64_FORMAT ":" INT64_FORMAT ":%d",
+			 current_subscription_id, current_stream_created,
+			 current_stream_seq, ++current_publish_count);
+	return true;
+}
+
+static void
+apply_message(ReliqBatchState *state, ReliqMessage *msg)
+{
+	MemoryContext old = MemoryContextSwitchTo(state->message_cxt);
+	Datum		message = reliq_message_datum(msg, state->sub->name,
+											  state->message_tupdesc);
+
+	reliq_call_handler(state->sub, state->handler_plan, message,
+					   state->sub->id, state->stream_created, msg->stream_seq);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(state->message_cxt);
+}
+
+/*
+ * Bookkeeping statements (run as the worker, not the owner)
+ */
+
+/* False when the recorded stream incarnation is not ours. */
+static bool
+stream_is_current(ReliqBatchState *state)
+{
+	Datum		arg = Int64GetDatum(state->sub->id);
+	bool		isnull;
+	int64		recorded;
+
+	if (SPI_execute_plan(state->identity_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq._stream_identity");
+	if (SPI_processed != 1)
+		return false;
+	recorded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return recorded == state->stream_created;
+}
+
+/*
+ * Record msgs[i] for every i in indexes; mark fresh[i] for those recorded
+ * now.  A sequence present twice in one batch is recorded once: the second
+ * copy stays not fresh, a duplicate.
+ */
+static void
+record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
+				 const int *indexes, int count, bool *fresh)
+{
+	Datum	   *seqs = palloc(sizeof(Datum) * Max(count, 1));
+	Datum		args[3];
+	ArrayType  *array;
+	uint64		row;
+	int			i;
+
+	for (i = 0; i < count; i++)
+	{
+		seqs[i] = Int64GetDatum(msgs[indexes[i]].stream_seq);
+		fresh[indexes[i]] = false;
+	}
+	array = construct_array(seqs, count, INT8OID, 8, FLOAT8PASSBYVAL,
+							TYPALIGN_DOUBLE);
+	args[0] = Int64GetDatum(state->sub->id);
+	args[1] = Int64GetDatum(state->stream_created);
+	args[2] = PointerGetDatum(array);
+	if (SPI_execute_plan(state->ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not write reliq._ledger");
+
+	for (row = 0; row < SPI_processed; row++)
+	{
+		bool		isnull;
+		int64		seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
+													  SPI_tuptable->tupdesc,
+													  1, &isnull));
+
+		for (i = 0; i < count; i++)
+		{
+			if (msgs[indexes[i]].stream_seq == seq && !fresh[indexes[i]])
+			{
+				fresh[indexes[i]] = true;
+				break;
+			}
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+	pfree(array);
+	pfree(seqs);
+}
+
+static bool
+record_one(ReliqBatchState *state, ReliqMessage *msgs, int index)
+{
+	bool		fresh = false;
+	bool	   *flags = palloc0(sizeof(bool) * (index + 1));
+
+	record_in_ledger(state, msgs, &index, 1, flags);
+	fresh = flags[index];
+	pfree(flags);
+	return fresh;
+}
+
+static Datum
+nullable_text(const char *s, char *null_flag)
+{
+	if (s == NULL)
+	{
+		*null_flag = 'n';
+		return (Datum) 0;
+	}
+	return CStringGetTextDatum(s);
+}
+
+static void
+insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
+{
+	MemoryContext old = MemoryContextSwitchTo(state->message_cxt);
+	ErrorData  *error = msg->error;
+	Datum		values[13];
+	char		nulls[13];
+	bytea	   *data;
+
+	memset(nulls, ' ', sizeof(nulls));
+	data = (bytea *) palloc(VARHDRSZ + msg->data_len);
+	SET_VARSIZE(data, VARHDRSZ + msg->data_len);
+	memcpy(VARDATA(data), msg->data, msg->data_len);
+
+	values[0] = Int64GetDatum(state->sub->id);
+	values[1] = CStringGetTextDatum(state->sub->name);
+	values[2] = PointerGetDatum(reliq_text_from_wire(msg->stream, strlen(msg->stream)));
+	values[3] = PointerGetDatum(reliq_text_from_wire(msg->subject, strlen(msg->subject)));
+	values[4] = PointerGetDatum(data);
+	values[5] = reliq_message_headers_jsonb(msg);
+	values[6] = Int64GetDatum(msg->stream_seq);
+	values[7] = Int32GetDatum(msg->delivered);
+	values[8] = TimestampTzGetDatum(reliq_unix_ns_to_timestamptz(msg->published_ns));
+	values[9] = nullable_text(error ? error->message : NULL, &nulls[9]);
+	values[10] = nullable_text(error ? error->detail : NULL, &nulls[10]);
+	values[11] = nullable_text(error ? error->context : NULL, &nulls[11]);
+	values[12] = nullable_text(error ? unpack_sql_state(error->sqlerrcode) : NULL,
+							   &nulls[12]);
+
+	if (SPI_execute_plan(state->dead_letter_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write reliq.dead_letter");
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(state->message_cxt);
+}
+
+/*
+ * A message delivered more often than max_deliver yet never failed in a
+ * handler: earlier deliveries died with their worker (terminated, crashed,
+ * or the batch outlasted ack_wait).  It goes to the dead-letter table
+ * without running the handler again, which breaks crash loops.
+ */
+static void
+set_delivery_limit_error(ReliqBatchState *state, ReliqMessage *msg,
+						 MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	ErrorData  *error = palloc0(sizeof(ErrorData));
+
+	error->elevel = ERROR;
+	error->sqlerrcode = RELIQ_ERRCODE_DELIVERY_LIMIT;
+	error->message = psprintf("message delivered %d times, more than max_deliver (%d), without its handling completing",
+							  msg->delivered, state->sub->max_deliver);
+	error->detail = pstrdup("Earlier deliveries ended without a handler error reaching reliq: the worker was terminated or crashed while handling it, or its batch outlasted ack_wait.");
+	msg->error = error;
+	MemoryContextSwitchTo(old);
+}
+
+static void
+start_batch_transaction(ReliqBatchState *state)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ensure_plans(state);
+	reliq_lock_subscription_ledger(state->sub->id, false);
+}
+
+static void
+finish_batch_transaction(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Copy the error being handled into cxt and clear it. */
+static ErrorData *
+take_error(MemoryContext cxt)
+{
+	ErrorData  *error;
+
+	MemoryContextSwitchTo(cxt);
+	error = CopyErrorData();
+	FlushErrorState();
+	return error;
+}
+
+static void
+reset_outcomes(ReliqMessage *msgs, int nmsgs)
+{
+	int			i;
+
+	for (i = 0; i < nmsgs; i++)
+	{
+		msgs[i].outcome = RELIQ_OUTCOME_NONE;
+		msgs[i].error = NULL;
+	}
+}
+
+/*
+ * The fast path.  Returns false, with the transaction rolled back and no
+ * outcome set, if anything failed.
+ */
+static bool
+run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
+			  ReliqBatchResult *result, MemoryContext batch_cxt)
+{
+	volatile bool ok = true;
+	bool	   *fresh = palloc0(sizeof(bool) * nmsgs);
+	int		   *all = palloc(sizeof(int) * nmsgs);
+	int			i;
+
+	for (i = 0; i < nmsgs; i++)
+		all[i] = i;
+
+	PG_TRY();
+	{
+		start_batch_transaction(state);
+		if (!stream_is_current(state))
+		{
+			result->stream_changed = true;
+			SPI_finish();
+			PopActiveSnapshot();
+			AbortCurrentTransaction();
+		}
+		else
+		{
+			record_in_ledger(state, msgs, all, nmsgs, fresh);
+			for (i = 0; i < nmsgs; i++)
+			{
+				ReliqMessage *msg = &msgs[i];
+
+				if (!fresh[i])
+					msg->outcome = RELIQ_OUTCOME_DUPLICATE;
+				else if (msg->delivered > state->sub->max_deliver)
+				{
+					set_delivery_limit_error(state, msg, batch_cxt);
+					insert_dead_letter(state, msg);
+					msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
+				}
+				else
+				{
+					apply_message(state, msg);
+					msg->outcome = RELIQ_OUTCOME_PROCESSED;
+				}
+			}
+			finish_batch_transaction();
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error;
+
+		HOLD_INTERRUPTS();
+		error = take_error(batch_cxt);
+		handler_cleanup();
+		AbortCurrentTransaction();
+		RESUME_INTERRUPTS();
+		MemoryContextReset(state->message_cxt);
+		FreeErrorData(error);
+		ok = false;
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(batch_cxt);
+	if (!ok)
+		reset_outcomes(msgs, nmsgs);
+	pfree(fresh);
+	pfree(all);
+	return ok;
+}
+
+/* One message in its own subtransaction; sets its outcome. */
+static void
+run_in_subtransaction(ReliqBatchState *state, ReliqMessage *msgs, int index,
+					  MemoryContext batch_cxt)
+{
+	ReliqMessage *msg = &msgs[index];
+	MemoryContext old = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(old);
+	PG_TRY();
+	{
+		if (!record_one(state, msgs, index))
+			msg->outcome = RELIQ_OUTCOME_DUPLICATE;
+		else if (msg->delivered > state->sub->max_deliver)
+		{
+			set_delivery_limit_error(state, msg, batch_cxt);
+			insert_dead_letter(state, msg);
+			msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
+		}
+		else
+		{
+			apply_message(state, msg);
+			msg->outcome = RELIQ_OUTCOME_PROCESSED;
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(old);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error = take_error(batch_cxt);
+
+		handler_cleanup();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(old);
+		CurrentResourceOwner = owner;
+		MemoryContextReset(state->message_cxt);
+		msg->outcome = RELIQ_OUTCOME_FAILED;
+		msg->error = error;
+	}
+	PG_END_TRY();
+}
+
+static void
+run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
+			  ReliqBatchResult *result, MemoryContext batch_cxt)
+{
+	volatile bool ok = true;
+	int			i;
+
+	result->used_slow_path = true;
+	PG_TRY();
+	{
+		bool		tripped;
+
+		start_batch_transaction(state);
+		if (!stream_is_current(state))
+		{
+			result->stream_changed = true;
+			SPI_finish();
+			PopActiveSnapshot();
+			AbortCurrentTransaction();
+		}
+		else
+		{
+			if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not set constraints immediate");
+
+			for (i = 0; i < nmsgs; i++)
+			{
+				CHECK_FOR_INTERRUPTS();
+				run_in_subtransaction(state, msgs, i, batch_cxt);
+			}
+
+			for (i = 0; i < nmsgs; i++)
+			{
+				if (msgs[i].outcome == RELIQ_OUTCOME_PROCESSED)
+					breaker_success(&state->breaker);
+				else if (msgs[i].outcome == RELIQ_OUTCOME_FAILED)
+					breaker_failure(&state->breaker, &msgs[i]);
+			}
+			tripped = reliq_batch_breaker_tripped(state);
+
+			for (i = 0; i < nmsgs; i++)
+			{
+				ReliqMessage *msg = &msgs[i];
+
+				if (msg->outcome != RELIQ_OUTCOME_FAILED)
+					continue;
+				if (tripped)
+					msg->outcome = RELIQ_OUTCOME_HELD;
+				else if (msg->delivered >= state->sub->max_deliver)
+				{
+					/* its ledger row went with its subtransaction */
+					if (record_one(state, msgs, i))
+					{
+						insert_dead_letter(state, msg);
+						msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
+					}
+					else
+						msg->outcome = RELIQ_OUTCOME_DUPLICATE;
+				}
+			}
+			result->tripped = tripped;
+			finish_batch_transaction();
+		}
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		result->batch_error = take_error(batch_cxt);
+		handler_cleanup();
+		AbortCurrentTransaction();
+		RESUME_INTERRUPTS();
+		MemoryContextReset(state->message_cxt);
+		ok = false;
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(batch_cxt);
+	if (!ok)
+	{
+		/* nothing committed: keep every message for a later retry */
+		for (i = 0; i < nmsgs; i++)
+			msgs[i].outcome = RELIQ_OUTCOME_HELD;
+		result->tripped = true;
+	}
+}
+
+/*
+ * Apply a batch.  Afterwards every message has an outcome, and what the
+ * outcomes say has been committed; the caller acks accordingly.  Messages
+ * and result live in the caller's (batch) memory context.
+ */
+void
+reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
+				ReliqBatchResult *result)
+{
+	MemoryContext batch_cxt = CurrentMemoryContext;
+	int			i;
+
+	memset(result, 0, sizeof(*result));
+	reset_outcomes(msgs, nmsgs);
+
+	if (run_fast_path(state, msgs, nmsgs, result, batch_cxt))
+	{
+		if (!result->stream_changed)
+			breaker_success(&state->breaker);
+	}
+	else
+		run_slow_path(state, msgs, nmsgs, result, batch_cxt);
+
+	for (i = 0; i < nmsgs; i++)
+	{
+		ReliqMessage *msg = &msgs[i];
+
+		switch (msg->outcome)
+		{
+			case RELIQ_OUTCOME_PROCESSED:
+				result->processed++;
+				break;
+			case RELIQ_OUTCOME_DUPLICATE:
+				result->duplicates++;
+				break;
+			case RELIQ_OUTCOME_FAILED:
+				result->failed++;
+				result->retried++;
+				break;
+			case RELIQ_OUTCOME_DEAD_LETTERED:
+				result->dead_lettered++;
+				if (msg->error && msg->error->sqlerrcode != RELIQ_ERRCODE_DELIVERY_LIMIT)
+					result->failed++;
+				break;
+			case RELIQ_OUTCOME_HELD:
+				result->held++;
+				if (msg->error)
+					result->failed++;
+				break;
+			case RELIQ_OUTCOME_NONE:
+				break;
+		}
+		if (msg->error && msg->error->sqlerrcode != RELIQ_ERRCODE_DELIVERY_LIMIT)
+		{
+			result->last_failure = msg->error;
+			result->last_failure_seq = msg->stream_seq;
+		}
+	}
+}

@@ -1,0 +1,86 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.h
+ *	  One batch of messages, one transaction: ledger, handlers, dead
+ *	  letters.  The worker acks according to each message's outcome only
+ *	  after reliq_batch_run() has committed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RELIQ_BATCH_H
+#define RELIQ_BATCH_H
+
+#include "executor/spi.h"
+
+#include "catalog.h"
+#include "message.h"
+
+/* Size of the memory of recently failed stream sequences. */
+#define RELIQ_BREAKER_MEMORY 64
+
+/*
+ * Systemic failure detection.  consecutive counts distinct messages that
+ * failed with an error not attributable to the message itself (see
+ * batch.c) since the last success.  Reaching
+ * reliq.systemic_failure_threshold trips it: failed messages are then held
+ * and retried rather than nacked towards the dead-letter table.
+ */
+typedef struct ReliqBreaker
+{
+	int			consecutive;
+	int64		recent[RELIQ_BREAKER_MEMORY];
+	int			nrecent;
+	int			next;
+} ReliqBreaker;
+
+/* Per-worker state kept across batches. */
+typedef struct ReliqBatchState
+{
+	ReliqSubscription *sub;
+	int64		stream_created; /* incarnation of the stream attached to */
+	MemoryContext cxt;			/* lives as long as the worker */
+	MemoryContext message_cxt;	/* reset after each message */
+	Oid			message_type;
+	TupleDesc	message_tupdesc;
+	SPIPlanPtr	ledger_plan;
+	SPIPlanPtr	identity_plan;
+	SPIPlanPtr	dead_letter_plan;
+	SPIPlanPtr	handler_plan;
+	char	   *handler_plan_key;
+	ReliqBreaker breaker;
+} ReliqBatchState;
+
+typedef struct ReliqBatchResult
+{
+	int			processed;
+	int			duplicates;
+	int			failed;			/* handler failures, whatever followed */
+	int			retried;		/* of those, nacked for a later delivery */
+	int			dead_lettered;
+	int			held;
+	bool		used_slow_path;
+	bool		tripped;		/* failing as a whole: messages held */
+	bool		stream_changed; /* a newer stream incarnation exists */
+	ErrorData  *batch_error;	/* an error outside any handler */
+	ErrorData  *last_failure;	/* the last handler error */
+	int64		last_failure_seq;
+} ReliqBatchResult;
+
+extern void reliq_batch_init(ReliqBatchState *state);
+extern void reliq_batch_set_subscription(ReliqBatchState *state,
+										 ReliqSubscription *sub);
+extern void reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs,
+							int nmsgs, ReliqBatchResult *result);
+extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
+
+/* Used by reliq.replay_dead_letter. */
+extern SPIPlanPtr reliq_prepare_handler_plan(const ReliqSubscription *sub,
+											 Oid message_type);
+extern void reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
+							   Datum message, int64 subscription_id,
+							   int64 stream_created, int64 stream_seq);
+
+/* Used by reliq.publish inside a handler. */
+extern bool reliq_batch_publish_msg_id(char *buf, size_t len);
+
+#endif							/* RELIQ_BATCH_H */

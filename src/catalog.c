@@ -1,0 +1,361 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  reliq.subscription as the launcher and workers read it, and the
+ *	  bookkeeping that makes redeliveries harmless.
+ *
+ * Exactly-once rests on three tables, all keyed by subscription and by the
+ * stream's creation time (its identity: a stream deleted and made again
+ * under the same name restarts at sequence 1):
+ *
+ *	 reliq._ledger			every applied stream sequence, written in the
+ *							transaction that applied it;
+ *	 reliq._stream_floor	the highest acknowledged floor the server has
+ *							reported: every matching message at or below it
+ *							was committed and acked, so the ledger rows
+ *							below it can go;
+ *	 reliq._stream_identity the newest stream incarnation a worker has
+ *							attached to; a batch labelled with an older one
+ *							is refused.
+ *
+ * Batches take a per-subscription advisory lock in share mode; pruning and
+ * claiming a stream take it in exclusive mode.  So a batch never checks
+ * the ledger between a prune's delete and its floor update.  The lock tag
+ * is (database, RELIQ_ADVISORY_CLASS, subscription id, 2), visible in
+ * pg_locks as an advisory lock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+
+#include "catalog.h"
+#include "reliq.h"
+
+/* First key of reliq's advisory locks: "relq" in ASCII. */
+#define RELIQ_ADVISORY_CLASS 0x72656c71
+
+bool
+reliq_catalog_extension_present(void)
+{
+	return OidIsValid(get_extension_oid(RELIQ_EXTENSION_NAME, true));
+}
+
+/*
+ * reliq's own statements run with search_path = pg_catalog, pg_temp, so
+ * that no object planted in another schema can stand in for a built-in.
+ * Handlers run with the session's search_path.
+ */
+int
+reliq_enter_safe_search_path(void)
+{
+	int			nest_level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nest_level;
+}
+
+void
+reliq_leave_safe_search_path(int nest_level)
+{
+	AtEOXact_GUC(true, nest_level);
+}
+
+static char *
+text_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	char	   *value = SPI_getvalue(tuple, desc, column);
+
+	return value ? pstrdup(value) : NULL;
+}
+
+static int64
+int64_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+static int32
+int32_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
+
+	return isnull ? 0 : DatumGetInt32(d);
+}
+
+static bool
+bool_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
+
+	return isnull ? false : DatumGetBool(d);
+}
+
+/*
+ * The subscription with this id, allocated in the caller's memory context;
+ * NULL when it no longer exists.
+ */
+ReliqSubscription *
+reliq_catalog_load_subscription(int64 id)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ReliqSubscription *sub = NULL;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(id)};
+	int			nest;
+	int			rc;
+
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	rc = SPI_execute_with_args(
+							   "SELECT id, subscription_name, stream, subject, consumer, handler,"
+							   "       target::oid, batch_size, concurrency, max_deliver,"
+							   "       ARRAY(SELECT (extract(epoch FROM b) * 1000)::int8"
+							   "               FROM unnest(backoff) WITH ORDINALITY AS u(b, n) ORDER BY n),"
+							   "       (extract(epoch FROM ack_wait) * 1000)::int8,"
+							   "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
+							   "       start = 'new', enabled, owner::oid, version"
+							   "  FROM reliq.subscription WHERE id = $1",
+							   1, argtypes, args, NULL, true, 1);
+	reliq_leave_safe_search_path(nest);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq.subscription: %s",
+			 SPI_result_code_string(rc));
+
+	if (SPI_processed == 1)
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+		ArrayType  *backoff;
+		Datum	   *elems;
+		int			i;
+
+		MemoryContextSwitchTo(caller);
+		sub = palloc0(sizeof(ReliqSubscription));
+		sub->id = int64_column(t, d, 1);
+		sub->name = text_column(t, d, 2);
+		sub->stream = text_column(t, d, 3);
+		sub->subject = text_column(t, d, 4);
+		sub->consumer = text_column(t, d, 5);
+		sub->handler = text_column(t, d, 6);
+		sub->target = DatumGetObjectId(SPI_getbinval(t, d, 7, &isnull));
+		if (isnull)
+			sub->target = InvalidOid;
+		sub->batch_size = int32_column(t, d, 8);
+		sub->concurrency = int32_column(t, d, 9);
+		sub->max_deliver = int32_column(t, d, 10);
+		backoff = DatumGetArrayTypePCopy(SPI_getbinval(t, d, 11, &isnull));
+		deconstruct_array(backoff, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &elems, NULL, &sub->nbackoff);
+		sub->backoff_ms = palloc(sizeof(int64) * Max(sub->nbackoff, 1));
+		for (i = 0; i < sub->nbackoff; i++)
+			sub->backoff_ms[i] = DatumGetInt64(elems[i]);
+		if (sub->nbackoff == 0)
+		{
+			sub->backoff_ms[0] = 0;
+			sub->nbackoff = 1;
+		}
+		sub->ack_wait_ms = int64_column(t, d, 12);
+		sub->handler_timeout_ms = int64_column(t, d, 13);
+		sub->start_new = bool_column(t, d, 14);
+		sub->enabled = bool_column(t, d, 15);
+		sub->owner = DatumGetObjectId(SPI_getbinval(t, d, 16, &isnull));
+		sub->version = int64_column(t, d, 17);
+	}
+	SPI_finish();
+	return sub;
+}
+
+/* Every subscription, for the launcher; returns the count. */
+int
+reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	int			nest;
+	int			rc;
+	uint64		i;
+	int			count;
+
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	rc = SPI_execute("SELECT id, subscription_name, enabled, concurrency, version"
+					 "  FROM reliq.subscription ORDER BY id", true, 0);
+	reliq_leave_safe_search_path(nest);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq.subscription: %s",
+			 SPI_result_code_string(rc));
+
+	count = (int) SPI_processed;
+	*list = MemoryContextAllocZero(caller,
+								   sizeof(ReliqSubscriptionSummary) * Max(count, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(t, d, 2);
+
+		(*list)[i].id = int64_column(t, d, 1);
+		strlcpy((*list)[i].name, name, NAMEDATALEN);
+		(*list)[i].enabled = bool_column(t, d, 3);
+		(*list)[i].concurrency = int32_column(t, d, 4);
+		(*list)[i].version = int64_column(t, d, 5);
+	}
+	SPI_finish();
+	return count;
+}
+
+/* Drop the bookkeeping rows of subscriptions that no longer exist. */
+void
+reliq_catalog_forget_dropped(void)
+{
+	int			nest;
+
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	SPI_execute("DELETE FROM reliq._ledger l WHERE NOT EXISTS"
+				" (SELECT FROM reliq.subscription s WHERE s.id = l.subscription_id)",
+				false, 0);
+	SPI_execute("DELETE FROM reliq._stream_floor f WHERE NOT EXISTS"
+				" (SELECT FROM reliq.subscription s WHERE s.id = f.subscription_id)",
+				false, 0);
+	SPI_execute("DELETE FROM reliq._stream_identity i WHERE NOT EXISTS"
+				" (SELECT FROM reliq.subscription s WHERE s.id = i.subscription_id)",
+				false, 0);
+	reliq_leave_safe_search_path(nest);
+	SPI_finish();
+}
+
+/* The consumer's MaxAckPending: keep in step with reliq._max_ack_pending(). */
+int64
+reliq_subscription_max_ack_pending(const ReliqSubscription *sub)
+{
+	return Max((int64) 1000, (int64) 2 * sub->batch_size * sub->concurrency);
+}
+
+/* The NAK delay after a failed delivery number `delivered` (1-based). */
+int64
+reliq_subscription_backoff_ms(const ReliqSubscription *sub, int delivered)
+{
+	int			i = Min(Max(delivered, 1), sub->nbackoff) - 1;
+
+	return sub->backoff_ms[i];
+}
+
+void
+reliq_lock_subscription_ledger(int64 subscription_id, bool exclusive)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, RELIQ_ADVISORY_CLASS,
+						 (uint32) subscription_id, 2);
+	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock,
+					   false, false);
+}
+
+/*
+ * A worker has found the stream incarnation stream_created.  Record it as
+ * the subscription's current one unless a newer one is recorded already,
+ * and forget the ledger of older incarnations (deleted streams deliver
+ * nothing more).  Returns the incarnation now recorded; if it is not
+ * stream_created, the caller's view is stale.  *floor and *has_history
+ * tell where the subscription stands in that stream, so a consumer that
+ * must be made again starts after the last acknowledged message.
+ */
+int64
+reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
+						   int64 *floor, bool *has_history)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	Int64GetDatum(stream_created)};
+	int64		current;
+	int			nest;
+
+	reliq_lock_subscription_ledger(subscription_id, true);
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	SPI_execute_with_args("INSERT INTO reliq._stream_identity AS i (subscription_id, stream_created)"
+						  " VALUES ($1, $2)"
+						  " ON CONFLICT (subscription_id) DO UPDATE"
+						  "   SET stream_created = greatest(i.stream_created, excluded.stream_created),"
+						  "       updated_at = now()"
+						  " RETURNING stream_created",
+						  2, argtypes, args, NULL, false, 1);
+	current = int64_column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+	SPI_execute_with_args("DELETE FROM reliq._ledger"
+						  " WHERE subscription_id = $1 AND stream_created < $2",
+						  2, argtypes, args, NULL, false, 0);
+	SPI_execute_with_args("DELETE FROM reliq._stream_floor"
+						  " WHERE subscription_id = $1 AND stream_created < $2",
+						  2, argtypes, args, NULL, false, 0);
+
+	SPI_execute_with_args("SELECT (SELECT ack_floor FROM reliq._stream_floor"
+						  "          WHERE subscription_id = $1 AND stream_created = $2),"
+						  "       EXISTS (SELECT FROM reliq._ledger"
+						  "                WHERE subscription_id = $1 AND stream_created = $2)",
+						  2, argtypes, args, NULL, true, 1);
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		f = SPI_getbinval(t, d, 1, &isnull);
+
+		*floor = isnull ? 0 : DatumGetInt64(f);
+		*has_history = !isnull || bool_column(t, d, 2);
+	}
+	reliq_leave_safe_search_path(nest);
+	SPI_finish();
+	return current;
+}
+
+/*
+ * The server reports every message up to ack_floor acknowledged: remember
+ * that floor (it never goes down here, though a killed server may report a
+ * lower one later) and drop the ledger rows it covers.
+ */
+void
+reliq_catalog_advance_floor(int64 subscription_id, int64 stream_created,
+							int64 ack_floor)
+{
+	Oid			argtypes[3] = {INT8OID, INT8OID, INT8OID};
+	Datum		args[3] = {Int64GetDatum(subscription_id),
+		Int64GetDatum(stream_created),
+	Int64GetDatum(ack_floor)};
+	int			nest;
+
+	reliq_lock_subscription_ledger(subscription_id, true);
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	SPI_execute_with_args("INSERT INTO reliq._stream_floor AS f (subscription_id, stream_created, ack_floor)"
+						  " VALUES ($1, $2, $3)"
+						  " ON CONFLICT (subscription_id, stream_created) DO UPDATE"
+						  "   SET ack_floor = greatest(f.ack_floor, excluded.ack_floor),"
+						  "       updated_at = now()",
+						  3, argtypes, args, NULL, false, 0);
+	SPI_execute_with_args("DELETE FROM reliq._ledger"
+						  " WHERE subscription_id = $1 AND stream_created = $2"
+						  "   AND stream_seq <= $3",
+						  3, argtypes, args, NULL, false, 0);
+	reliq_leave_safe_search_path(nest);
+	SPI_finish();
+}

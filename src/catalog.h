@@ -1,0 +1,68 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.h
+ *	  Reading reliq.subscription, and the bookkeeping tables behind
+ *	  exactly-once: stream identity, acknowledged floor, ledger pruning.
+ *
+ * Every function here expects to be called inside a transaction; each
+ * makes its own SPI connection.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RELIQ_CATALOG_H
+#define RELIQ_CATALOG_H
+
+#include "postgres.h"
+
+typedef struct ReliqSubscription
+{
+	int64		id;
+	char	   *name;
+	char	   *stream;
+	char	   *subject;
+	char	   *consumer;
+	char	   *handler;		/* "schema.function(reliq.message)", or NULL */
+	Oid			target;			/* table sink, or InvalidOid */
+	int			batch_size;
+	int			concurrency;
+	int			max_deliver;
+	int			nbackoff;
+	int64	   *backoff_ms;
+	int64		ack_wait_ms;
+	int64		handler_timeout_ms; /* 0: none */
+	bool		start_new;
+	bool		enabled;
+	Oid			owner;
+	int64		version;
+} ReliqSubscription;
+
+/* What the launcher needs of each subscription. */
+typedef struct ReliqSubscriptionSummary
+{
+	int64		id;
+	char		name[NAMEDATALEN];
+	bool		enabled;
+	int			concurrency;
+	int64		version;
+} ReliqSubscriptionSummary;
+
+extern bool reliq_catalog_extension_present(void);
+extern ReliqSubscription *reliq_catalog_load_subscription(int64 id);
+extern int	reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list);
+extern void reliq_catalog_forget_dropped(void);
+extern int64 reliq_subscription_max_ack_pending(const ReliqSubscription *sub);
+extern int64 reliq_subscription_backoff_ms(const ReliqSubscription *sub,
+										   int delivered);
+
+extern int	reliq_enter_safe_search_path(void);
+extern void reliq_leave_safe_search_path(int nest_level);
+
+extern void reliq_lock_subscription_ledger(int64 subscription_id,
+										   bool exclusive);
+extern int64 reliq_catalog_claim_stream(int64 subscription_id,
+										int64 stream_created,
+										int64 *floor, bool *has_history);
+extern void reliq_catalog_advance_floor(int64 subscription_id,
+										int64 stream_created, int64 ack_floor);
+
+#endif							/* RELIQ_CATALOG_H */

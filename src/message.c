@@ -1,0 +1,303 @@
+/*-------------------------------------------------------------------------
+ *
+ * message.c
+ *	  Everything about one message that does not need the NATS client:
+ *	  its JetStream metadata (parsed from the $JS.ACK reply subject), its
+ *	  headers as jsonb, and the reliq.message value a handler receives.
+ *
+ * NATS carries bytes.  Subjects and header values are expected to be UTF-8;
+ * invalid sequences are replaced by U+FFFD rather than failing the message,
+ * so a bad header can never stop a message from reaching its handler or the
+ * dead-letter table.  The payload is passed on untouched as bytea.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "message.h"
+#include "reliq.h"
+
+PG_FUNCTION_INFO_V1(reliq_parse_ack_subject_sql);
+
+#define RELIQ_ACK_PREFIX "$JS.ACK."
+#define RELIQ_MAX_ACK_TOKENS 16
+
+static bool
+parse_uint64(const char *token, int64 *result)
+{
+	char	   *end;
+	unsigned long long value;
+
+	if (*token < '0' || *token > '9')
+		return false;
+	errno = 0;
+	value = strtoull(token, &end, 10);
+	if (errno != 0 || *end != '\0' || value > PG_INT64_MAX)
+		return false;
+	*result = (int64) value;
+	return true;
+}
+
+/*
+ * Parse a JetStream ack subject into msg.  Two layouts exist:
+ *	 $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+ *	 $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>[...]
+ * (nats-server 2.9 sends the first; later servers the second, where "_"
+ * stands for no domain).  Returns false when reply is neither.
+ */
+bool
+reliq_parse_ack_subject(const char *reply, ReliqMessage *msg)
+{
+	char	   *copy;
+	char	   *tokens[RELIQ_MAX_ACK_TOKENS];
+	int			ntokens = 0;
+	int			first;
+	char	   *p;
+	int64		delivered;
+
+	if (reply == NULL || strncmp(reply, RELIQ_ACK_PREFIX,
+								 strlen(RELIQ_ACK_PREFIX)) != 0)
+		return false;
+
+	copy = pstrdup(reply + strlen(RELIQ_ACK_PREFIX));
+	tokens[ntokens++] = copy;
+	for (p = copy; *p; p++)
+	{
+		if (*p == '.')
+		{
+			if (ntokens == RELIQ_MAX_ACK_TOKENS)
+				return false;
+			*p = '\0';
+			tokens[ntokens++] = p + 1;
+		}
+	}
+
+	if (ntokens == 7)
+		first = 0;
+	else if (ntokens >= 9)
+		first = 2;
+	else
+		return false;
+
+	if (tokens[first][0] == '\0' || tokens[first + 1][0] == '\0')
+		return false;
+	if (!parse_uint64(tokens[first + 2], &delivered) || delivered > PG_INT32_MAX ||
+		!parse_uint64(tokens[first + 3], &msg->stream_seq) ||
+		!parse_uint64(tokens[first + 4], &msg->consumer_seq) ||
+		!parse_uint64(tokens[first + 5], &msg->published_ns) ||
+		!parse_uint64(tokens[first + 6], &msg->pending))
+		return false;
+
+	msg->stream = tokens[first];
+	msg->consumer = tokens[first + 1];
+	msg->delivered = (int) delivered;
+	return true;
+}
+
+TimestampTz
+reliq_unix_ns_to_timestamptz(int64 ns)
+{
+	return (TimestampTz) (ns / 1000) -
+		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY *
+		 USECS_PER_SEC);
+}
+
+/*
+ * Make wire bytes (expected UTF-8) into a string of the database encoding,
+ * replacing invalid UTF-8 by U+FFFD.  A character the database encoding
+ * cannot represent still raises the usual conversion error.
+ */
+static char *
+wire_to_server(const char *str, int len)
+{
+	StringInfoData buf;
+	const unsigned char *s = (const unsigned char *) str;
+	int			i = 0;
+
+	if (pg_verifymbstr(str, len, true) && GetDatabaseEncoding() == PG_UTF8)
+		return pnstrdup(str, len);
+
+	initStringInfo(&buf);
+	while (i < len)
+	{
+		int			l = pg_utf_mblen(s + i);
+
+		if (s[i] != 0 && i + l <= len && pg_utf8_islegal(s + i, l))
+		{
+			appendBinaryStringInfo(&buf, str + i, l);
+			i += l;
+		}
+		else
+		{
+			appendStringInfoString(&buf, "\xEF\xBF\xBD");
+			i++;
+		}
+	}
+	return pg_any_to_server(buf.data, buf.len, PG_UTF8);
+}
+
+text *
+reliq_text_from_wire(const char *str, int len)
+{
+	return cstring_to_text(wire_to_server(str, len));
+}
+
+static void
+push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = wire_to_server(str, strlen(str));
+	v.val.string.len = strlen(v.val.string.val);
+	pushJsonbValue(state, token, &v);
+}
+
+/*
+ * Headers as a jsonb object: a key with one value maps to a string, a key
+ * that came several times maps to an array of its values, in order.
+ * No headers give '{}'.
+ */
+Datum
+reliq_message_headers_jsonb(const ReliqMessage *msg)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+	bool	   *done = palloc0(sizeof(bool) * Max(msg->nheaders, 1));
+	int			i,
+				j;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < msg->nheaders; i++)
+	{
+		int			count = 0;
+
+		if (done[i])
+			continue;
+		for (j = i; j < msg->nheaders; j++)
+			if (strcmp(msg->header_keys[i], msg->header_keys[j]) == 0)
+				count++;
+
+		push_string(&state, WJB_KEY, msg->header_keys[i]);
+		if (count == 1)
+			push_string(&state, WJB_VALUE, msg->header_values[i]);
+		else
+		{
+			pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+			for (j = i; j < msg->nheaders; j++)
+			{
+				if (strcmp(msg->header_keys[i], msg->header_keys[j]) == 0)
+				{
+					push_string(&state, WJB_ELEM, msg->header_values[j]);
+					done[j] = true;
+				}
+			}
+			pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+		}
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	pfree(done);
+	return JsonbPGetDatum(JsonbValueToJsonb(result));
+}
+
+/* The first value of a header, or NULL. */
+const char *
+reliq_message_header(const ReliqMessage *msg, const char *key)
+{
+	int			i;
+
+	for (i = 0; i < msg->nheaders; i++)
+		if (strcmp(msg->header_keys[i], key) == 0)
+			return msg->header_values[i];
+	return NULL;
+}
+
+Oid
+reliq_message_type_oid(void)
+{
+	Oid			namespace = get_namespace_oid(RELIQ_SCHEMA_NAME, false);
+	Oid			type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+									   CStringGetDatum("message"),
+									   ObjectIdGetDatum(namespace));
+
+	if (!OidIsValid(type))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("type reliq.message does not exist"),
+				 errhint("Run CREATE EXTENSION reliq in this database.")));
+	return type;
+}
+
+/* The reliq.message value of msg, in the current memory context. */
+Datum
+reliq_message_datum(const ReliqMessage *msg, const char *subscription_name,
+					TupleDesc message_tupdesc)
+{
+	Datum		values[8];
+	bool		nulls[8] = {false};
+	bytea	   *data;
+
+	if (message_tupdesc->natts < 8)
+		elog(ERROR, "reliq.message has %d attributes, expected at least 8",
+			 message_tupdesc->natts);
+
+	data = (bytea *) palloc(VARHDRSZ + msg->data_len);
+	SET_VARSIZE(data, VARHDRSZ + msg->data_len);
+	if (msg->data_len > 0)
+		memcpy(VARDATA(data), msg->data, msg->data_len);
+
+	values[0] = CStringGetTextDatum(subscription_name);
+	values[1] = PointerGetDatum(reliq_text_from_wire(msg->subject,
+													 strlen(msg->subject)));
+	values[2] = PointerGetDatum(data);
+	values[3] = reliq_message_headers_jsonb(msg);
+	values[4] = PointerGetDatum(reliq_text_from_wire(msg->stream,
+													 strlen(msg->stream)));
+	values[5] = Int64GetDatum(msg->stream_seq);
+	values[6] = Int32GetDatum(msg->delivered);
+	values[7] = TimestampTzGetDatum(reliq_unix_ns_to_timestamptz(msg->published_ns));
+
+	return HeapTupleGetDatum(heap_form_tuple(message_tupdesc, values, nulls));
+}
+
+/*
+ * reliq._parse_ack_subject(text): the metadata reliq reads from a reply
+ * subject, for tests and for debugging by hand.
+ */
+Datum
+reliq_parse_ack_subject_sql(PG_FUNCTION_ARGS)
+{
+	char	   *reply = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ReliqMessage msg = {0};
+	TupleDesc	tupdesc;
+	Datum		values[7];
+	bool		nulls[7] = {false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!reliq_parse_ack_subject(reply, &msg))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is not a JetStream acknowledgement subject", reply),
+				 errdetail("Expected $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<timestamp>.<pending>, optionally with domain and account after $JS.ACK.")));
+
+	values[0] = CStringGetTextDatum(msg.stream);
+	values[1] = CStringGetTextDatum(msg.consumer);
+	values[2] = Int32GetDatum(msg.delivered);
+	values[3] = Int64GetDatum(msg.stream_seq);
+	values[4] = Int64GetDatum(msg.consumer_seq);
+	values[5] = TimestampTzGetDatum(reliq_unix_ns_to_timestamptz(msg.published_ns));
+	values[6] = Int64GetDatum(msg.pending);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -1,0 +1,1176 @@
+/*-------------------------------------------------------------------------
+ *
+ * nats_client.c
+ *	  The only file of reliq that uses the NATS C client (cnats).
+ *
+ * Rules that keep a cnats client from harming a PostgreSQL backend:
+ *
+ * - cnats starts threads of its own (timers, socket reader, flusher,
+ *   callback dispatchers); they inherit the signal mask of the thread that
+ *   creates them.  Every call that may start a thread runs with all
+ *   signals blocked (see BLOCK_SIGNALS), so PostgreSQL's signal handlers
+ *   only ever run on the backend's main thread.
+ * - Those threads never touch PostgreSQL state.  The callbacks below only
+ *   update atomics in a malloc'd block that is never freed, because cnats
+ *   may run a callback after the connection has been closed.
+ * - Debian's cnats 3.4.1 natsSubscription_Fetch can write past its array
+ *   (fixed upstream in 3.9.0), and natsMsg_Ack/Nak/Term crash on messages
+ *   of a plain subscription.  So reliq pulls by hand: a plain synchronous
+ *   subscription on its own inbox, one pull request at a time published to
+ *   $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>, and acks published to
+ *   each message's reply subject.
+ * - Every wait is bounded: by reliq.fetch_timeout for pulls and by
+ *   reliq.nats_timeout for everything else.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <nats/nats.h>
+
+#include "common/hashfn.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "nats_client.h"
+#include "reliq.h"
+
+/*
+ * State the cnats threads write through callbacks.  malloc'd and never
+ * freed: cnats may deliver the closed/disconnected callbacks after
+ * natsConnection_Destroy has returned.
+ */
+typedef struct ConnectionEvents
+{
+	pg_atomic_uint32 connected;
+	pg_atomic_uint64 reconnects;
+	pg_atomic_uint64 async_errors;
+} ConnectionEvents;
+
+struct ReliqNatsConnection
+{
+	natsConnection *nc;
+	jsCtx	   *js;
+	ConnectionEvents *events;
+	uint32		settings_hash;	/* of the settings it was made with */
+};
+
+struct ReliqPuller
+{
+	ReliqNatsConnection *conn;
+	natsSubscription *sub;
+	char	   *inbox;
+	char	   *next_subject;	/* $JS.API.CONSUMER.MSG.NEXT.<s>.<c> */
+	uint64		pull_count;
+	char	   *current_reply;	/* reply subject of the outstanding pull */
+	bool		active;
+	int			requested;
+	int			received;
+	TimestampTz deadline;		/* when an unanswered pull is given up */
+	int			end_status;		/* status code that ended the last pull */
+	char		end_description[128];
+};
+
+static char last_error[512];
+static int	last_js_error = 0;
+static bool last_timeout = false;
+
+static ReliqNatsConnection *session_conn = NULL;
+static bool session_exit_registered = false;
+
+/*
+ * Block every signal while cnats may create threads, so that the threads
+ * start with all signals blocked; restore the backend's mask afterwards.
+ */
+#define BLOCK_SIGNALS(saved) \
+	do { \
+		sigset_t	block_all_; \
+		sigfillset(&block_all_); \
+		pthread_sigmask(SIG_SETMASK, &block_all_, &(saved)); \
+	} while (0)
+#define RESTORE_SIGNALS(saved) \
+	pthread_sigmask(SIG_SETMASK, &(saved), NULL)
+
+static void
+remember_error(const char *what, natsStatus status, jsErrCode js_error)
+{
+	const char *text = natsStatus_GetText(status);
+	const char *detail = nats_GetLastError(NULL);
+
+	last_js_error = (int) js_error;
+	last_timeout = (status == NATS_TIMEOUT);
+	if (detail != NULL && detail[0] != '\0' && strcmp(detail, text) != 0)
+		snprintf(last_error, sizeof(last_error), "%s: %s (%s)",
+				 what, text, detail);
+	else
+		snprintf(last_error, sizeof(last_error), "%s: %s", what, text);
+	if (js_error != 0)
+	{
+		size_t		len = strlen(last_error);
+
+		snprintf(last_error + len, sizeof(last_error) - len,
+				 " [JetStream error %d]", (int) js_error);
+	}
+}
+
+static void
+remember_message(const char *message)
+{
+	last_js_error = 0;
+	last_timeout = false;
+	strlcpy(last_error, message, sizeof(last_error));
+}
+
+const char *
+reliq_nats_last_error(void)
+{
+	return last_error;
+}
+
+int
+reliq_nats_last_js_error(void)
+{
+	return last_js_error;
+}
+
+bool
+reliq_nats_last_was_timeout(void)
+{
+	return last_timeout;
+}
+
+/* The URL setting with any user:password@ removed, for messages. */
+char *
+reliq_nats_redacted_url(void)
+{
+	StringInfoData buf;
+	const char *p = reliq_nats_url;
+
+	initStringInfo(&buf);
+	while (*p)
+	{
+		const char *end = strchr(p, ',');
+		const char *scheme = strstr(p, "://");
+		const char *at = strchr(p, '@');
+		int			len = end ? end - p : strlen(p);
+
+		if (at && (!end || at < end))
+		{
+			int			prefix = (scheme && scheme < at) ? scheme + 3 - p : 0;
+
+			appendBinaryStringInfo(&buf, p, prefix);
+			appendStringInfoString(&buf, "***@");
+			appendBinaryStringInfo(&buf, at + 1, p + len - (at + 1));
+		}
+		else
+			appendBinaryStringInfo(&buf, p, len);
+		if (!end)
+			break;
+		appendStringInfoChar(&buf, ',');
+		p = end + 1;
+	}
+	return buf.data;
+}
+
+/* ereport the last failure: the one wrapper between cnats and ereport. */
+void
+reliq_nats_report(int elevel, const char *what)
+{
+	ereport(elevel,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("%s failed", what),
+			 errdetail("%s", last_error),
+			 errhint("Check reliq.nats_url (now \"%s\") and that nats-server is running with JetStream enabled.",
+					 reliq_nats_redacted_url())));
+}
+
+/*
+ * Connection
+ */
+
+static void
+on_disconnected(natsConnection *nc, void *closure)
+{
+	ConnectionEvents *events = closure;
+
+	pg_atomic_write_u32(&events->connected, 0);
+}
+
+static void
+on_reconnected(natsConnection *nc, void *closure)
+{
+	ConnectionEvents *events = closure;
+
+	pg_atomic_fetch_add_u64(&events->reconnects, 1);
+	pg_atomic_write_u32(&events->connected, 1);
+}
+
+static void
+on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err,
+			   void *closure)
+{
+	ConnectionEvents *events = closure;
+
+	pg_atomic_fetch_add_u64(&events->async_errors, 1);
+}
+
+static uint32
+settings_hash(void)
+{
+	StringInfoData buf;
+	uint32		hash;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s|%s|%s|%s|%s|%s|%s|%s|%d",
+					 reliq_nats_url, reliq_nats_credentials_file,
+					 reliq_nats_token, reliq_nats_user, reliq_nats_password,
+					 reliq_nats_tls_ca_file, reliq_nats_tls_cert_file,
+					 reliq_nats_tls_key_file, reliq_nats_timeout);
+	hash = hash_bytes((unsigned char *) buf.data, buf.len);
+	pfree(buf.data);
+	return hash;
+}
+
+static bool
+is_set(const char *setting)
+{
+	return setting != NULL && setting[0] != '\0';
+}
+
+/* natsOptions from the reliq.nats_* settings. */
+static natsStatus
+build_options(natsOptions *opts, const char *client_name,
+			  ConnectionEvents *events)
+{
+	natsStatus	s = NATS_OK;
+	char	   *urls = pstrdup(reliq_nats_url);
+	const char *servers[64];
+	int			nservers = 0;
+	char	   *token;
+	char	   *saveptr = NULL;
+	bool		secure = false;
+
+	for (token = strtok_r(urls, ", ", &saveptr);
+		 token != NULL && nservers < lengthof(servers);
+		 token = strtok_r(NULL, ", ", &saveptr))
+	{
+		servers[nservers++] = token;
+		if (strncmp(token, "tls://", 6) == 0)
+			secure = true;
+	}
+	if (nservers == 0)
+		return NATS_INVALID_ARG;
+
+	s = natsOptions_SetServers(opts, servers, nservers);
+	if (s == NATS_OK)
+		s = natsOptions_SetName(opts, client_name);
+	if (s == NATS_OK)
+		s = natsOptions_SetTimeout(opts, reliq_nats_timeout);
+	/* A frozen server is noticed after two unanswered pings. */
+	if (s == NATS_OK)
+		s = natsOptions_SetPingInterval(opts, reliq_nats_timeout);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxPingsOut(opts, 2);
+	/* Reconnect forever; the worker decides what to do meanwhile. */
+	if (s == NATS_OK)
+		s = natsOptions_SetAllowReconnect(opts, true);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxReconnect(opts, -1);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectWait(opts, Max(reliq_nats_timeout / 4, 1));
+	if (s == NATS_OK)
+		s = natsOptions_SetDisconnectedCB(opts, on_disconnected, events);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectedCB(opts, on_reconnected, events);
+	if (s == NATS_OK)
+		s = natsOptions_SetErrorHandler(opts, on_async_error, events);
+
+	if (s == NATS_OK && is_set(reliq_nats_credentials_file))
+		s = natsOptions_SetUserCredentialsFromFiles(opts,
+													reliq_nats_credentials_file,
+													NULL);
+	if (s == NATS_OK && is_set(reliq_nats_token))
+		s = natsOptions_SetToken(opts, reliq_nats_token);
+	if (s == NATS_OK && is_set(reliq_nats_user))
+		s = natsOptions_SetUserInfo(opts, reliq_nats_user,
+									is_set(reliq_nats_password) ? reliq_nats_password : NULL);
+
+	if (is_set(reliq_nats_tls_ca_file) || is_set(reliq_nats_tls_cert_file))
+		secure = true;
+	if (s == NATS_OK && secure)
+		s = natsOptions_SetSecure(opts, true);
+	if (s == NATS_OK && is_set(reliq_nats_tls_ca_file))
+		s = natsOptions_LoadCATrustedCertificates(opts, reliq_nats_tls_ca_file);
+	if (s == NATS_OK && is_set(reliq_nats_tls_cert_file))
+		s = natsOptions_LoadCertificatesChain(opts, reliq_nats_tls_cert_file,
+											  reliq_nats_tls_key_file);
+	return s;
+}
+
+/*
+ * Connect with the current reliq.nats_* settings.  Returns NULL on
+ * failure (reason in reliq_nats_last_error()).  The connection then keeps
+ * itself connected: cnats reconnects on its own, forever.
+ */
+ReliqNatsConnection *
+reliq_nats_connect(const char *client_name)
+{
+	ReliqNatsConnection *conn;
+	ConnectionEvents *events;
+	natsOptions *opts = NULL;
+	jsOptions	js_opts;
+	natsStatus	s;
+	sigset_t	saved;
+
+	events = malloc(sizeof(ConnectionEvents));
+	if (events == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	pg_atomic_init_u32(&events->connected, 0);
+	pg_atomic_init_u64(&events->reconnects, 0);
+	pg_atomic_init_u64(&events->async_errors, 0);
+
+	conn = MemoryContextAllocZero(TopMemoryContext, sizeof(*conn));
+	conn->events = events;
+	conn->settings_hash = settings_hash();
+
+	BLOCK_SIGNALS(saved);
+	s = natsOptions_Create(&opts);
+	if (s == NATS_OK)
+		s = build_options(opts, client_name, events);
+	if (s != NATS_OK)
+		remember_error("configuring the NATS connection", s, 0);
+	else
+	{
+		s = natsConnection_Connect(&conn->nc, opts);
+		if (s != NATS_OK)
+			remember_error("connecting to NATS", s, 0);
+	}
+	if (s == NATS_OK)
+	{
+		jsOptions_Init(&js_opts);
+		js_opts.Wait = reliq_nats_timeout;
+		s = natsConnection_JetStream(&conn->js, conn->nc, &js_opts);
+		if (s != NATS_OK)
+			remember_error("opening the JetStream context", s, 0);
+	}
+	if (s != NATS_OK && conn->nc != NULL)
+	{
+		natsConnection_Destroy(conn->nc);
+		conn->nc = NULL;
+	}
+	natsOptions_Destroy(opts);
+	RESTORE_SIGNALS(saved);
+
+	if (s != NATS_OK)
+	{
+		pfree(conn);
+		return NULL;
+	}
+	pg_atomic_write_u32(&events->connected, 1);
+	return conn;
+}
+
+void
+reliq_nats_close(ReliqNatsConnection *conn)
+{
+	sigset_t	saved;
+
+	if (conn == NULL)
+		return;
+	if (conn == session_conn)
+		session_conn = NULL;
+	BLOCK_SIGNALS(saved);
+	if (conn->js)
+		jsCtx_Destroy(conn->js);
+	if (conn->nc)
+	{
+		natsConnection_Close(conn->nc);
+		natsConnection_Destroy(conn->nc);
+	}
+	RESTORE_SIGNALS(saved);
+	pg_atomic_write_u32(&conn->events->connected, 0);
+	pfree(conn);
+}
+
+bool
+reliq_nats_is_connected(ReliqNatsConnection *conn)
+{
+	return conn != NULL && pg_atomic_read_u32(&conn->events->connected) != 0;
+}
+
+uint64
+reliq_nats_reconnect_count(ReliqNatsConnection *conn)
+{
+	return pg_atomic_read_u64(&conn->events->reconnects);
+}
+
+/* Did a reload change the settings this connection was made with? */
+bool
+reliq_nats_settings_changed(ReliqNatsConnection *conn)
+{
+	return conn->settings_hash != settings_hash();
+}
+
+static void
+close_session_connection(int code, Datum arg)
+{
+	if (session_conn != NULL)
+		reliq_nats_close(session_conn);
+}
+
+/*
+ * The connection SQL functions of this process use (reliq.publish and
+ * friends).  In a worker it is the worker's own connection; in a backend
+ * it is made on first use and kept until the backend exits.
+ */
+ReliqNatsConnection *
+reliq_nats_session_connection(void)
+{
+	if (session_conn != NULL && reliq_nats_settings_changed(session_conn))
+		reliq_nats_close(session_conn);
+	if (session_conn == NULL)
+	{
+		char		name[64];
+
+		snprintf(name, sizeof(name), "reliq backend %d", MyProcPid);
+		session_conn = reliq_nats_connect(name);
+		if (session_conn == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not connect to NATS at \"%s\"",
+							reliq_nats_redacted_url()),
+					 errdetail("%s", last_error),
+					 errhint("Check reliq.nats_url and that nats-server is running with JetStream enabled.")));
+		if (!session_exit_registered)
+		{
+			on_proc_exit(close_session_connection, (Datum) 0);
+			session_exit_registered = true;
+		}
+	}
+	return session_conn;
+}
+
+void
+reliq_nats_adopt_session_connection(ReliqNatsConnection *conn)
+{
+	session_conn = conn;
+	if (conn != NULL && !session_exit_registered)
+	{
+		on_proc_exit(close_session_connection, (Datum) 0);
+		session_exit_registered = true;
+	}
+}
+
+/*
+ * Streams and consumers
+ */
+
+static void
+init_js_options(jsOptions *opts)
+{
+	jsOptions_Init(opts);
+	opts->Wait = reliq_nats_timeout;
+}
+
+bool
+reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
+					   ReliqStreamInfo *info)
+{
+	jsStreamInfo *si = NULL;
+	jsOptions	opts;
+	jsErrCode	js_error = 0;
+	natsStatus	s;
+	sigset_t	saved;
+
+	memset(info, 0, sizeof(*info));
+	init_js_options(&opts);
+	BLOCK_SIGNALS(saved);
+	s = js_GetStreamInfo(&si, conn->js, stream, &opts, &js_error);
+	RESTORE_SIGNALS(saved);
+
+	/* 2.9 answers a missing stream with an error, code 10059 */
+	if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_STREAM_NOT_FOUND)
+	{
+		remember_error("looking up the stream", s, js_error);
+		return true;
+	}
+	if (s != NATS_OK)
+	{
+		remember_error("looking up the stream", s, js_error);
+		return false;
+	}
+	info->found = true;
+	info->created_ns = si->Created;
+	info->first_seq = (int64) si->State.FirstSeq;
+	info->last_seq = (int64) si->State.LastSeq;
+	info->messages = (int64) si->State.Msgs;
+	jsStreamInfo_Destroy(si);
+	return true;
+}
+
+/* Create the stream, or set its subjects if it exists. */
+bool
+reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
+						 const char **subjects, int nsubjects, bool *created)
+{
+	jsStreamInfo *si = NULL;
+	jsStreamInfo *result = NULL;
+	jsOptions	opts;
+	jsErrCode	js_error = 0;
+	natsStatus	s;
+	sigset_t	saved;
+
+	init_js_options(&opts);
+	BLOCK_SIGNALS(saved);
+	s = js_GetStreamInfo(&si, conn->js, stream, &opts, &js_error);
+	if (s == NATS_NOT_FOUND)
+	{
+		jsStreamConfig cfg;
+
+		jsStreamConfig_Init(&cfg);
+		cfg.Name = stream;
+		cfg.Subjects = subjects;
+		cfg.SubjectsLen = nsubjects;
+		cfg.Storage = js_FileStorage;
+		js_error = 0;
+		s = js_AddStream(&result, conn->js, &cfg, &opts, &js_error);
+		*created = true;
+		if (s != NATS_OK)
+			remember_error("creating the stream", s, js_error);
+	}
+	else if (s == NATS_OK)
+	{
+		const char **old_subjects = si->Config->Subjects;
+		int			old_len = si->Config->SubjectsLen;
+
+		si->Config->Subjects = subjects;
+		si->Config->SubjectsLen = nsubjects;
+		js_error = 0;
+		s = js_UpdateStream(&result, conn->js, si->Config, &opts, &js_error);
+		/* give cnats its own array back before it frees the info */
+		si->Config->Subjects = old_subjects;
+		si->Config->SubjectsLen = old_len;
+		*created = false;
+		if (s != NATS_OK)
+			remember_error("updating the stream", s, js_error);
+	}
+	else
+		remember_error("looking up the stream", s, js_error);
+	if (si)
+		jsStreamInfo_Destroy(si);
+	if (result)
+		jsStreamInfo_Destroy(result);
+	RESTORE_SIGNALS(saved);
+	return s == NATS_OK;
+}
+
+static void
+copy_consumer_info(const jsConsumerInfo *ci, ReliqConsumerInfo *info)
+{
+	info->found = true;
+	info->created_ns = ci->Created;
+	info->ack_floor_stream_seq = (int64) ci->AckFloor.Stream;
+	info->delivered_stream_seq = (int64) ci->Delivered.Stream;
+	info->num_pending = (int64) ci->NumPending;
+	info->num_ack_pending = ci->NumAckPending;
+	info->num_redelivered = ci->NumRedelivered;
+	info->num_waiting = ci->NumWaiting;
+	info->max_ack_pending = ci->Config ? ci->Config->MaxAckPending : 0;
+}
+
+/*
+ * Consumer information.  Returns true with info->found = false when the
+ * consumer (or its stream: see reliq_nats_last_js_error()) does not exist.
+ */
+bool
+reliq_nats_consumer_info(ReliqNatsConnection *conn, const char *stream,
+						 const char *consumer, ReliqConsumerInfo *info)
+{
+	jsConsumerInfo *ci = NULL;
+	jsOptions	opts;
+	jsErrCode	js_error = 0;
+	natsStatus	s;
+	sigset_t	saved;
+
+	memset(info, 0, sizeof(*info));
+	init_js_options(&opts);
+	BLOCK_SIGNALS(saved);
+	s = js_GetConsumerInfo(&ci, conn->js, stream, consumer, &opts, &js_error);
+	RESTORE_SIGNALS(saved);
+
+	if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND ||
+		js_error == RELIQ_JS_STREAM_NOT_FOUND)
+	{
+		remember_error("looking up the consumer", s, js_error);
+		return true;
+	}
+	if (s != NATS_OK)
+	{
+		remember_error("looking up the consumer", s, js_error);
+		return false;
+	}
+	copy_consumer_info(ci, info);
+	jsConsumerInfo_Destroy(ci);
+	return true;
+}
+
+/*
+ * Make the durable consumer match spec: create it if missing, update what
+ * differs otherwise.  Explicit acks; MaxDeliver unlimited, because reliq
+ * counts deliveries itself and dead-letters (a server-side limit would
+ * silently drop a message whose last delivery died with its worker).
+ */
+bool
+reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
+						   const ReliqConsumerSpec *spec,
+						   ReliqConsumerInfo *info, bool *created)
+{
+	jsConsumerInfo *ci = NULL;
+	jsConsumerInfo *result = NULL;
+	jsOptions	opts;
+	jsErrCode	js_error = 0;
+	natsStatus	s;
+	sigset_t	saved;
+	int64		ack_wait_ns = spec->ack_wait_ms * 1000000;
+	bool		ok = false;
+	int			attempt;
+
+	memset(info, 0, sizeof(*info));
+	*created = false;
+	init_js_options(&opts);
+	BLOCK_SIGNALS(saved);
+
+	/* Two rounds: another worker may create it between our look and add. */
+	for (attempt = 0; attempt < 2 && !ok; attempt++)
+	{
+		js_error = 0;
+		s = js_GetConsumerInfo(&ci, conn->js, spec->stream, spec->consumer,
+							   &opts, &js_error);
+		if (js_error == RELIQ_JS_STREAM_NOT_FOUND)
+		{
+			snprintf(last_error, sizeof(last_error),
+					 "stream \"%s\" does not exist", spec->stream);
+			last_js_error = js_error;
+			last_timeout = false;
+			break;
+		}
+		if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND)
+		{
+			jsConsumerConfig cfg;
+
+			jsConsumerConfig_Init(&cfg);
+			cfg.Durable = spec->consumer;
+			cfg.Description = spec->description;
+			cfg.AckPolicy = js_AckExplicit;
+			cfg.AckWait = ack_wait_ns;
+			cfg.MaxDeliver = -1;
+			cfg.FilterSubject = spec->filter_subject;
+			cfg.MaxAckPending = spec->max_ack_pending;
+			switch (spec->deliver_from)
+			{
+				case RELIQ_DELIVER_ALL:
+					cfg.DeliverPolicy = js_DeliverAll;
+					break;
+				case RELIQ_DELIVER_NEW:
+					cfg.DeliverPolicy = js_DeliverNew;
+					break;
+				case RELIQ_DELIVER_FROM_SEQ:
+					cfg.DeliverPolicy = js_DeliverByStartSequence;
+					cfg.OptStartSeq = (uint64) spec->start_seq;
+					break;
+			}
+			js_error = 0;
+			s = js_AddConsumer(&result, conn->js, spec->stream, &cfg, &opts,
+							   &js_error);
+			if (s == NATS_OK)
+			{
+				*created = true;
+				copy_consumer_info(result, info);
+				ok = true;
+			}
+			else
+				remember_error("creating the consumer", s, js_error);
+		}
+		else if (s != NATS_OK)
+		{
+			remember_error("looking up the consumer", s, js_error);
+			break;
+		}
+		else if (ci->Config->AckPolicy != js_AckExplicit ||
+				 (ci->Config->DeliverSubject != NULL &&
+				  ci->Config->DeliverSubject[0] != '\0'))
+		{
+			remember_message("the consumer exists but is not a pull consumer with explicit acks");
+			break;
+		}
+		else
+		{
+			jsConsumerConfig *cfg = ci->Config;
+			const char *old_filter = cfg->FilterSubject;
+			bool		same = (old_filter != NULL &&
+								strcmp(old_filter, spec->filter_subject) == 0 &&
+								cfg->AckWait == ack_wait_ns &&
+								cfg->MaxDeliver == -1 &&
+								cfg->MaxAckPending == spec->max_ack_pending);
+
+			if (same)
+			{
+				copy_consumer_info(ci, info);
+				ok = true;
+			}
+			else
+			{
+				cfg->FilterSubject = spec->filter_subject;
+				cfg->AckWait = ack_wait_ns;
+				cfg->MaxDeliver = -1;
+				cfg->MaxAckPending = spec->max_ack_pending;
+				js_error = 0;
+				s = js_UpdateConsumer(&result, conn->js, spec->stream, cfg,
+									  &opts, &js_error);
+				/* give cnats its own string back before it frees the info */
+				cfg->FilterSubject = old_filter;
+				if (s == NATS_OK)
+				{
+					copy_consumer_info(result, info);
+					ok = true;
+				}
+				else
+					remember_error("updating the consumer", s, js_error);
+			}
+		}
+		if (ci)
+		{
+			jsConsumerInfo_Destroy(ci);
+			ci = NULL;
+		}
+		if (result)
+		{
+			jsConsumerInfo_Destroy(result);
+			result = NULL;
+		}
+		/* only a lost race to create is worth a second round */
+		if (!ok && js_error != JSConsumerNameExistErr)
+			break;
+	}
+	RESTORE_SIGNALS(saved);
+	return ok;
+}
+
+bool
+reliq_nats_delete_consumer(ReliqNatsConnection *conn, const char *stream,
+						   const char *consumer, bool *existed)
+{
+	jsOptions	opts;
+	jsErrCode	js_error = 0;
+	natsStatus	s;
+	sigset_t	saved;
+
+	init_js_options(&opts);
+	BLOCK_SIGNALS(saved);
+	s = js_DeleteConsumer(conn->js, stream, consumer, &opts, &js_error);
+	RESTORE_SIGNALS(saved);
+	*existed = (s == NATS_OK);
+	if (s == NATS_OK || s == NATS_NOT_FOUND ||
+		js_error == RELIQ_JS_CONSUMER_NOT_FOUND ||
+		js_error == RELIQ_JS_STREAM_NOT_FOUND)
+		return true;
+	remember_error("deleting the consumer", s, js_error);
+	return false;
+}
+
+/*
+ * Publishing
+ */
+
+bool
+reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
+				   const char *data, int len,
+				   const char **header_keys, const char **header_values,
+				   int nheaders, const char *msg_id,
+				   int64 *stream_seq, bool *duplicate)
+{
+	natsMsg    *msg = NULL;
+	jsPubAck   *ack = NULL;
+	jsPubOptions opts;
+	jsErrCode	js_error = 0;
+	natsStatus	s;
+	sigset_t	saved;
+	int			i;
+
+	BLOCK_SIGNALS(saved);
+	s = natsMsg_Create(&msg, subject, NULL, data, len);
+	for (i = 0; s == NATS_OK && i < nheaders; i++)
+		s = natsMsgHeader_Add(msg, header_keys[i], header_values[i]);
+	if (s != NATS_OK)
+		remember_error("building the message", s, 0);
+	else
+	{
+		jsPubOptions_Init(&opts);
+		opts.MaxWait = reliq_nats_timeout;
+		opts.MsgId = msg_id;
+		s = js_PublishMsg(&ack, conn->js, msg, &opts, &js_error);
+		if (s != NATS_OK)
+			remember_error("publishing", s, js_error);
+		else
+		{
+			*stream_seq = (int64) ack->Sequence;
+			*duplicate = ack->Duplicate;
+			jsPubAck_Destroy(ack);
+		}
+	}
+	natsMsg_Destroy(msg);
+	RESTORE_SIGNALS(saved);
+	return s == NATS_OK;
+}
+
+/*
+ * Pulling
+ */
+
+ReliqPuller *
+reliq_puller_create(ReliqNatsConnection *conn, const char *stream,
+					const char *consumer)
+{
+	ReliqPuller *puller;
+	natsInbox  *inbox = NULL;
+	char	   *wildcard;
+	natsStatus	s;
+	sigset_t	saved;
+
+	puller = MemoryContextAllocZero(TopMemoryContext, sizeof(*puller));
+	puller->conn = conn;
+
+	BLOCK_SIGNALS(saved);
+	s = natsInbox_Create(&inbox);
+	if (s == NATS_OK)
+	{
+		puller->inbox = MemoryContextStrdup(TopMemoryContext, inbox);
+		natsInbox_Destroy(inbox);
+		wildcard = psprintf("%s.*", puller->inbox);
+		s = natsConnection_SubscribeSync(&puller->sub, conn->nc, wildcard);
+		pfree(wildcard);
+	}
+	/* Replayed pulls can deliver bursts: never drop them as slow. */
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(puller->sub, -1, -1);
+	RESTORE_SIGNALS(saved);
+
+	if (s != NATS_OK)
+	{
+		remember_error("subscribing to the pull inbox", s, 0);
+		reliq_puller_destroy(puller);
+		return NULL;
+	}
+	puller->next_subject = MemoryContextStrdup(TopMemoryContext,
+											   psprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s",
+														stream, consumer));
+	puller->current_reply = MemoryContextAllocZero(TopMemoryContext,
+												   strlen(puller->inbox) + 32);
+	return puller;
+}
+
+void
+reliq_puller_destroy(ReliqPuller *puller)
+{
+	sigset_t	saved;
+
+	if (puller == NULL)
+		return;
+	if (puller->sub)
+	{
+		BLOCK_SIGNALS(saved);
+		natsSubscription_Unsubscribe(puller->sub);
+		natsSubscription_Destroy(puller->sub);
+		RESTORE_SIGNALS(saved);
+	}
+	if (puller->inbox)
+		pfree(puller->inbox);
+	if (puller->next_subject)
+		pfree(puller->next_subject);
+	if (puller->current_reply)
+		pfree(puller->current_reply);
+	pfree(puller);
+}
+
+/*
+ * Ask the server for up to batch messages, waiting at most expires_ms for
+ * them.  Only while connected: cnats would otherwise buffer the request
+ * and replay it on reconnect, long after anyone waits for it.
+ */
+bool
+reliq_puller_request(ReliqPuller *puller, int batch, int expires_ms)
+{
+	char		body[128];
+	natsStatus	s;
+
+	Assert(!puller->active && batch > 0);
+	if (!reliq_nats_is_connected(puller->conn))
+	{
+		remember_message("not connected to NATS");
+		return false;
+	}
+	puller->pull_count++;
+	sprintf(puller->current_reply, "%s." UINT64_FORMAT,
+			puller->inbox, puller->pull_count);
+	snprintf(body, sizeof(body), "{\"batch\":%d,\"expires\":" INT64_FORMAT "}",
+			 batch, (int64) expires_ms * 1000000);
+	s = natsConnection_PublishRequestString(puller->conn->nc,
+											puller->next_subject,
+											puller->current_reply, body);
+	if (s != NATS_OK)
+	{
+		remember_error("sending a pull request", s, 0);
+		return false;
+	}
+	puller->active = true;
+	puller->requested = batch;
+	puller->received = 0;
+	puller->end_status = 0;
+	puller->end_description[0] = '\0';
+	/* The server ends it at expires_ms; allow as much again for the reply. */
+	puller->deadline = GetCurrentTimestamp() +
+		(TimestampTz) expires_ms * 2000 + (TimestampTz) reliq_nats_timeout * 1000;
+	return true;
+}
+
+bool
+reliq_puller_active(ReliqPuller *puller)
+{
+	return puller->active;
+}
+
+/* Messages the outstanding pull may still deliver. */
+int
+reliq_puller_outstanding(ReliqPuller *puller)
+{
+	return puller->active ? puller->requested - puller->received : 0;
+}
+
+/*
+ * Stop waiting for the outstanding pull (say, after a disconnection: the
+ * server may have forgotten it).  Anything it still delivers is taken as
+ * a stale delivery by a later batch.
+ */
+void
+reliq_puller_forget_request(ReliqPuller *puller)
+{
+	puller->active = false;
+}
+
+/* Messages already received and waiting in the inbox. */
+int
+reliq_puller_queued(ReliqPuller *puller)
+{
+	int			msgs = 0;
+	int			bytes = 0;
+
+	if (natsSubscription_GetPending(puller->sub, &msgs, &bytes) != NATS_OK)
+		return 0;
+	return msgs;
+}
+
+/* The status (and its description) that ended the last pull; 0: silence. */
+int
+reliq_puller_end_status(ReliqPuller *puller, const char **description)
+{
+	if (description)
+		*description = puller->end_description;
+	return puller->end_status;
+}
+
+static void
+copy_message(natsMsg *m, ReliqMessage *msg)
+{
+	const char **keys = NULL;
+	int			nkeys = 0;
+	int			len = natsMsg_GetDataLength(m);
+	int			i;
+
+	memset(msg, 0, sizeof(*msg));
+	msg->subject = pstrdup(natsMsg_GetSubject(m));
+	msg->reply = pstrdup(natsMsg_GetReply(m));
+	msg->data = palloc(len + 1);
+	if (len > 0)
+		memcpy(msg->data, natsMsg_GetData(m), len);
+	msg->data[len] = '\0';
+	msg->data_len = len;
+
+	if (natsMsgHeader_Keys(m, &keys, &nkeys) == NATS_OK && nkeys > 0)
+	{
+		int			capacity = nkeys;
+
+		msg->header_keys = palloc(sizeof(char *) * capacity);
+		msg->header_values = palloc(sizeof(char *) * capacity);
+		for (i = 0; i < nkeys; i++)
+		{
+			const char **values = NULL;
+			int			nvalues = 0;
+			int			j;
+
+			if (natsMsgHeader_Values(m, keys[i], &values, &nvalues) != NATS_OK)
+				continue;
+			for (j = 0; j < nvalues; j++)
+			{
+				if (msg->nheaders == capacity)
+				{
+					capacity *= 2;
+					msg->header_keys = repalloc(msg->header_keys,
+												sizeof(char *) * capacity);
+					msg->header_values = repalloc(msg->header_values,
+												  sizeof(char *) * capacity);
+				}
+				msg->header_keys[msg->nheaders] = pstrdup(keys[i]);
+				msg->header_values[msg->nheaders] = pstrdup(values[j]);
+				msg->nheaders++;
+			}
+			free((void *) values);
+		}
+		free((void *) keys);
+	}
+}
+
+/*
+ * Wait up to wait_ms for the next event on the inbox.  Messages are taken
+ * whichever pull they answer: data from an earlier pull is as good as any.
+ * Status messages only count when they answer the outstanding pull; a
+ * late 408 of an old pull must not end the current one.
+ */
+ReliqPullEvent
+reliq_puller_next(ReliqPuller *puller, int wait_ms, ReliqMessage *msg)
+{
+	natsMsg    *m = NULL;
+	const char *reply;
+	const char *status = NULL;
+	const char *description = NULL;
+	natsStatus	s;
+
+	s = natsSubscription_NextMsg(&m, puller->sub, Max(wait_ms, 0));
+	if (s == NATS_TIMEOUT)
+	{
+		if (puller->active && GetCurrentTimestamp() > puller->deadline)
+		{
+			/* No answer at all: a missing consumer or stream is silent. */
+			puller->active = false;
+			puller->end_status = 0;
+			strlcpy(puller->end_description, "no answer to the pull request",
+					sizeof(puller->end_description));
+			return RELIQ_PULL_ENDED;
+		}
+		return RELIQ_PULL_NOTHING;
+	}
+	if (s != NATS_OK)
+	{
+		remember_error("reading the pull inbox", s, 0);
+		return RELIQ_PULL_ERROR;
+	}
+
+	reply = natsMsg_GetReply(m);
+	if (reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0)
+	{
+		copy_message(m, msg);
+		natsMsg_Destroy(m);
+		if (puller->active && ++puller->received >= puller->requested)
+			puller->active = false;
+		if (!reliq_parse_ack_subject(msg->reply, msg))
+		{
+			/* Not acked: the server redelivers it after ack_wait. */
+			ereport(WARNING,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("ignoring a JetStream message with an unexpected reply subject \"%s\"",
+							msg->reply)));
+			return RELIQ_PULL_NOTHING;
+		}
+		return RELIQ_PULL_MESSAGE;
+	}
+
+	if (natsMsgHeader_Get(m, "Status", &status) != NATS_OK)
+		status = NULL;
+	if (status != NULL && puller->active &&
+		strcmp(natsMsg_GetSubject(m), puller->current_reply) == 0 &&
+		strcmp(status, "100") != 0)
+	{
+		puller->active = false;
+		puller->end_status = atoi(status);
+		if (natsMsgHeader_Get(m, "Description", &description) == NATS_OK)
+			strlcpy(puller->end_description, description,
+					sizeof(puller->end_description));
+		natsMsg_Destroy(m);
+		return RELIQ_PULL_ENDED;
+	}
+	/* a heartbeat, or a status of an earlier pull: nothing for us */
+	natsMsg_Destroy(m);
+	return RELIQ_PULL_NOTHING;
+}
+
+/*
+ * Acknowledgements
+ */
+
+bool
+reliq_nats_ack(ReliqNatsConnection *conn, const char *reply,
+			   ReliqAckKind kind, int64 delay_ms)
+{
+	char		body[64];
+	natsStatus	s;
+
+	switch (kind)
+	{
+		case RELIQ_ACK:
+			strcpy(body, "+ACK");
+			break;
+		case RELIQ_NAK:
+			if (delay_ms > 0)
+				snprintf(body, sizeof(body), "-NAK {\"delay\":" INT64_FORMAT "}",
+						 delay_ms * 1000000);
+			else
+				strcpy(body, "-NAK");
+			break;
+		case RELIQ_TERM:
+			strcpy(body, "+TERM");
+			break;
+		case RELIQ_IN_PROGRESS:
+			strcpy(body, "+WPI");
+			break;
+	}
+	s = natsConnection_PublishString(conn->nc, reply, body);
+	if (s != NATS_OK)
+	{
+		remember_error("sending an acknowledgement", s, 0);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Wait until the server has everything sent so far (one round trip).
+ * While disconnected a flush could only time out: what was sent waits in
+ * the reconnect buffer and goes out on reconnection.
+ */
+bool
+reliq_nats_flush(ReliqNatsConnection *conn, int timeout_ms)
+{
+	natsStatus	s;
+
+	if (!reliq_nats_is_connected(conn))
+	{
+		remember_message("not connected to NATS; acknowledgements wait in the reconnect buffer");
+		return false;
+	}
+	s = natsConnection_FlushTimeout(conn->nc, Max(timeout_ms, 1));
+
+	if (s != NATS_OK)
+	{
+		remember_error("flushing to NATS", s, 0);
+		return false;
+	}
+	return true;
+}

@@ -1,0 +1,144 @@
+/*-------------------------------------------------------------------------
+ *
+ * nats_client.h
+ *	  reliq's door to NATS: connections, JetStream management, publishing,
+ *	  pulling by hand and acknowledging.  No cnats type appears here;
+ *	  nats_client.c is the only file that includes nats.h.
+ *
+ * Functions return false on failure and leave the reason in
+ * reliq_nats_last_error(); reliq_nats_report() turns it into an ereport.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RELIQ_NATS_CLIENT_H
+#define RELIQ_NATS_CLIENT_H
+
+#include "message.h"
+
+typedef struct ReliqNatsConnection ReliqNatsConnection;
+typedef struct ReliqPuller ReliqPuller;
+
+/* JetStream API error codes reliq reacts to. */
+#define RELIQ_JS_CONSUMER_NOT_FOUND 10014
+#define RELIQ_JS_STREAM_NOT_FOUND	10059
+
+extern const char *reliq_nats_last_error(void);
+extern int	reliq_nats_last_js_error(void);
+extern bool reliq_nats_last_was_timeout(void);
+extern void reliq_nats_report(int elevel, const char *what);
+extern char *reliq_nats_redacted_url(void);
+
+/* Connections */
+extern ReliqNatsConnection *reliq_nats_connect(const char *client_name);
+extern void reliq_nats_close(ReliqNatsConnection *conn);
+extern bool reliq_nats_is_connected(ReliqNatsConnection *conn);
+extern uint64 reliq_nats_reconnect_count(ReliqNatsConnection *conn);
+extern bool reliq_nats_settings_changed(ReliqNatsConnection *conn);
+extern ReliqNatsConnection *reliq_nats_session_connection(void);
+extern void reliq_nats_adopt_session_connection(ReliqNatsConnection *conn);
+
+/* Streams and consumers */
+typedef struct ReliqStreamInfo
+{
+	bool		found;
+	int64		created_ns;		/* identifies this incarnation of the stream */
+	int64		first_seq;
+	int64		last_seq;
+	int64		messages;
+} ReliqStreamInfo;
+
+typedef enum ReliqDeliverFrom
+{
+	RELIQ_DELIVER_ALL,			/* from the first message of the stream */
+	RELIQ_DELIVER_NEW,			/* from the next message published */
+	RELIQ_DELIVER_FROM_SEQ		/* from start_seq */
+} ReliqDeliverFrom;
+
+typedef struct ReliqConsumerSpec
+{
+	const char *stream;
+	const char *consumer;
+	const char *filter_subject;
+	const char *description;
+	int64		ack_wait_ms;
+	int64		max_ack_pending;
+	ReliqDeliverFrom deliver_from;	/* used only when creating */
+	int64		start_seq;
+} ReliqConsumerSpec;
+
+typedef struct ReliqConsumerInfo
+{
+	bool		found;
+	int64		created_ns;
+	int64		ack_floor_stream_seq;
+	int64		delivered_stream_seq;
+	int64		num_pending;
+	int64		num_ack_pending;
+	int64		num_redelivered;
+	int64		num_waiting;
+	int64		max_ack_pending;
+} ReliqConsumerInfo;
+
+extern bool reliq_nats_stream_info(ReliqNatsConnection *conn,
+								   const char *stream, ReliqStreamInfo *info);
+extern bool reliq_nats_create_stream(ReliqNatsConnection *conn,
+									 const char *stream,
+									 const char **subjects, int nsubjects,
+									 bool *created);
+extern bool reliq_nats_consumer_info(ReliqNatsConnection *conn,
+									 const char *stream, const char *consumer,
+									 ReliqConsumerInfo *info);
+extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
+									   const ReliqConsumerSpec *spec,
+									   ReliqConsumerInfo *info,
+									   bool *created);
+extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
+									   const char *stream, const char *consumer,
+									   bool *existed);
+
+/* Publishing (JetStream: waits for the stream's acknowledgement). */
+extern bool reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
+							   const char *data, int len,
+							   const char **header_keys,
+							   const char **header_values, int nheaders,
+							   const char *msg_id,
+							   int64 *stream_seq, bool *duplicate);
+
+/* Pulling by hand: one outstanding pull request at a time. */
+typedef enum ReliqPullEvent
+{
+	RELIQ_PULL_NOTHING,			/* nothing within the wait */
+	RELIQ_PULL_MESSAGE,			/* a message was copied out */
+	RELIQ_PULL_ENDED,			/* the current pull request has ended */
+	RELIQ_PULL_ERROR			/* the subscription failed */
+} ReliqPullEvent;
+
+extern ReliqPuller *reliq_puller_create(ReliqNatsConnection *conn,
+										const char *stream,
+										const char *consumer);
+extern void reliq_puller_destroy(ReliqPuller *puller);
+extern bool reliq_puller_request(ReliqPuller *puller, int batch,
+								 int expires_ms);
+extern ReliqPullEvent reliq_puller_next(ReliqPuller *puller, int wait_ms,
+										ReliqMessage *msg);
+extern bool reliq_puller_active(ReliqPuller *puller);
+extern int	reliq_puller_outstanding(ReliqPuller *puller);
+extern void reliq_puller_forget_request(ReliqPuller *puller);
+extern int	reliq_puller_queued(ReliqPuller *puller);
+extern int	reliq_puller_end_status(ReliqPuller *puller,
+									const char **description);
+
+/* Acknowledgements: sent to the message's reply subject. */
+typedef enum ReliqAckKind
+{
+	RELIQ_ACK,
+	RELIQ_NAK,
+	RELIQ_TERM,
+	RELIQ_IN_PROGRESS
+} ReliqAckKind;
+
+extern bool reliq_nats_ack(ReliqNatsConnection *conn, const char *reply,
+						   ReliqAckKind kind, int64 delay_ms);
+extern bool reliq_nats_flush(ReliqNatsConnection *conn, int timeout_ms);
+
+#endif							/* RELIQ_NATS_CLIENT_H */

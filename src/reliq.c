@@ -1,0 +1,155 @@
+/*-------------------------------------------------------------------------
+ *
+ * reliq.c
+ *	  Module entry point: refuses to load unless preloaded, defines the
+ *	  reliq.* settings, reserves shared memory and registers the launcher.
+ *
+ * Nothing here talks to NATS: the postmaster must never start the NATS
+ * client's threads, so every cnats call happens in a worker or a backend.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include "launcher.h"
+#include "reliq.h"
+#include "shmem.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *reliq_database_name = NULL;
+char	   *reliq_nats_url = NULL;
+int			reliq_max_workers = 4;
+int			reliq_max_subscriptions = 64;
+int			reliq_fetch_timeout = 1000;
+int			reliq_nats_timeout = 2000;
+int			reliq_naptime = 1000;
+int			reliq_refresh_interval = 5000;
+int			reliq_systemic_failure_threshold = 10;
+char	   *reliq_nats_credentials_file = NULL;
+char	   *reliq_nats_token = NULL;
+char	   *reliq_nats_user = NULL;
+char	   *reliq_nats_password = NULL;
+char	   *reliq_nats_tls_ca_file = NULL;
+char	   *reliq_nats_tls_cert_file = NULL;
+char	   *reliq_nats_tls_key_file = NULL;
+
+/* A secret: settable only in postgresql.conf, shown only to superusers. */
+static void
+define_secret(const char *name, const char *description, char **variable)
+{
+	DefineCustomStringVariable(name, description, NULL, variable, "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+}
+
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("reliq.database_name",
+							   "Database the reliq launcher and workers connect to.",
+							   NULL, &reliq_database_name, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("reliq.nats_url",
+							   "NATS server URL, or a comma-separated list of URLs of one cluster.",
+							   NULL, &reliq_nats_url, "nats://127.0.0.1:4222",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.max_workers",
+							"Upper bound of reliq workers, all subscriptions together.",
+							"Each worker is a background worker: max_worker_processes must leave room for them and the launcher.",
+							&reliq_max_workers, 4, 0, 1024,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.max_subscriptions",
+							"Number of subscriptions whose statistics are kept in shared memory.",
+							NULL, &reliq_max_subscriptions, 64, 1, 100000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.fetch_timeout",
+							"Longest wait of one pull for messages.",
+							"Also bounds how long a worker takes to notice a shutdown or a retuning while idle.",
+							&reliq_fetch_timeout, 1000, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.nats_timeout",
+							"Longest wait of one NATS request: connect, JetStream API call, publish acknowledgement, flush.",
+							NULL, &reliq_nats_timeout, 2000, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.naptime",
+							"How often the launcher re-reads reliq.subscription when nothing woke it.",
+							NULL, &reliq_naptime, 1000, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.refresh_interval",
+							"How often a worker refreshes consumer information from the server and prunes its ledger.",
+							NULL, &reliq_refresh_interval, 5000, 100, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.systemic_failure_threshold",
+							"Consecutive distinct failed messages after which a subscription is considered failing as a whole.",
+							"While failing, failed messages are held and retried, never dead-lettered.",
+							&reliq_systemic_failure_threshold, 10, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	define_secret("reliq.nats_credentials_file",
+				  "NATS credentials file (JWT and NKey seed).",
+				  &reliq_nats_credentials_file);
+	define_secret("reliq.nats_token", "NATS authentication token.",
+				  &reliq_nats_token);
+	define_secret("reliq.nats_user", "NATS user name.", &reliq_nats_user);
+	define_secret("reliq.nats_password", "NATS password.",
+				  &reliq_nats_password);
+	define_secret("reliq.nats_tls_ca_file",
+				  "CA certificates (PEM) that verify the NATS server.",
+				  &reliq_nats_tls_ca_file);
+	define_secret("reliq.nats_tls_cert_file",
+				  "Client certificate (PEM) presented to the NATS server.",
+				  &reliq_nats_tls_cert_file);
+	define_secret("reliq.nats_tls_key_file",
+				  "Private key (PEM) of the client certificate.",
+				  &reliq_nats_tls_key_file);
+
+	MarkGUCPrefixReserved("reliq");
+}
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("reliq must be loaded via shared_preload_libraries"),
+				 errdetail("reliq runs background workers and keeps shared memory, which only a library loaded at server start can do."),
+				 errhint("Add reliq to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	define_settings();
+	reliq_shmem_install_hooks();
+	reliq_launcher_register();
+}
+
+bool
+reliq_in_worker_database(void)
+{
+	char	   *current = get_database_name(MyDatabaseId);
+
+	return current != NULL && strcmp(current, reliq_database_name) == 0;
+}
+
+/*
+ * Functions that need the workers (subscriptions, statistics, waiting for
+ * idle) refuse to run elsewhere rather than silently doing nothing.
+ */
+void
+reliq_require_worker_database(const char *what)
+{
+	if (!reliq_in_worker_database())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s needs the reliq workers, which run only in database \"%s\"",
+						what, reliq_database_name),
+				 errhint("Connect to database \"%s\", or set reliq.database_name to this database and restart the server.",
+						 reliq_database_name)));
+}

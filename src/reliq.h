@@ -1,0 +1,48 @@
+/*-------------------------------------------------------------------------
+ *
+ * reliq.h
+ *	  Settings (GUCs) and names shared by every part of reliq.
+ *
+ * reliq runs JetStream pull consumers inside PostgreSQL background workers:
+ * a launcher (launcher.c) keeps the workers (worker.c) in line with the
+ * catalog table reliq.subscription; each worker pulls batches from NATS
+ * (nats_client.c) and applies each batch in one transaction (batch.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RELIQ_H
+#define RELIQ_H
+
+#define RELIQ_EXTENSION_NAME	"reliq"
+#define RELIQ_SCHEMA_NAME		"reliq"
+#define RELIQ_LIBRARY_NAME		"reliq"
+
+/* Longest text kept in shared memory for last_error. */
+#define RELIQ_ERROR_LEN			256
+
+/* GUC variables, defined in reliq.c; see there for meaning and defaults. */
+extern char *reliq_database_name;
+extern char *reliq_nats_url;
+extern int	reliq_max_workers;
+extern int	reliq_max_subscriptions;
+extern int	reliq_fetch_timeout;
+extern int	reliq_nats_timeout;
+extern int	reliq_naptime;
+extern int	reliq_refresh_interval;
+extern int	reliq_systemic_failure_threshold;
+extern char *reliq_nats_credentials_file;
+extern char *reliq_nats_token;
+extern char *reliq_nats_user;
+extern char *reliq_nats_password;
+extern char *reliq_nats_tls_ca_file;
+extern char *reliq_nats_tls_cert_file;
+extern char *reliq_nats_tls_key_file;
+
+/*
+ * True when the current database is the one reliq's workers serve.  SQL
+ * functions that only make sense where the workers run check it.
+ */
+extern bool reliq_in_worker_database(void);
+extern void reliq_require_worker_database(const char *what);
+
+#endif							/* RELIQ_H */

@@ -1,0 +1,1090 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The loop of a reliq worker: pull a batch, apply it in one transaction
+ *	  (batch.c), then acknowledge.  The order is fetch, BEGIN, handlers,
+ *	  ledger, COMMIT, ack; nothing is acked before its transaction commits.
+ *
+ * States (shown in reliq.worker_status, drawn in docs/architecture.md):
+ *
+ *	 connecting    making the NATS connection; attaching to the consumer
+ *	 fetching      a pull request is out; waiting for messages
+ *	 processing    applying a batch, then acking it
+ *	 failing       the subscription fails as a whole: the worker keeps the
+ *				   failed batch (sending in-progress acks, so the server
+ *				   neither redelivers it nor counts deliveries), pulls
+ *				   nothing, and retries the batch after the backoff delays
+ *	 disconnected  the connection dropped; the client reconnects by itself
+ *	 stopping      asked to stop (scale down, pause, drop): no new pulls;
+ *				   the batch in hand and the outstanding pull are finished
+ *
+ * Waits: a pull waits at most reliq.fetch_timeout; the inbox is polled in
+ * slices of RELIQ_POLL_MS so that interrupts (shutdown, reload) are seen
+ * quickly; retries wait on the latch.  SIGTERM ends the worker at once
+ * (die): an unfinished batch is rolled back, unacked, and redelivered.
+ *
+ * Only the worker with index 0 refreshes the consumer information and
+ * prunes the ledger, so N workers do not multiply the API calls.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "batch.h"
+#include "catalog.h"
+#include "nats_client.h"
+#include "reliq.h"
+#include "shmem.h"
+#include "worker.h"
+
+/* How often a waiting worker looks at its latch and interrupts. */
+#define RELIQ_POLL_MS 100
+
+/* At most one WARNING about failing messages per this many ms. */
+#define RELIQ_WARNING_INTERVAL_MS 10000
+
+/* Longest wait between two attempts to connect or attach. */
+#define RELIQ_MAX_RETRY_MS 30000
+
+typedef struct Worker
+{
+	ReliqWorkerSlot *slot;
+	ReliqSubscriptionStats *stats;
+	int			worker_index;
+	ReliqSubscription *sub;
+	MemoryContext sub_cxt;		/* holds sub */
+	MemoryContext batch_cxt;	/* reset after each batch */
+	MemoryContext held_cxt;		/* holds the held batch, if any */
+	ReliqBatchState batch;
+
+	ReliqNatsConnection *conn;
+	ReliqPuller *puller;
+	bool		attached;
+	bool		connected;		/* as last reported */
+	uint64		reconnects_seen;
+	int64		stream_created;
+	int64		consumer_created;
+	int64		known_floor;
+	int			missed_pulls;
+	TimestampTz next_refresh;
+
+	int			retries;
+	TimestampTz retry_at;
+	char		problem[RELIQ_ERROR_LEN];
+
+	ReliqMessage *held;
+	int			nheld;
+	int			probes;
+	TimestampTz next_probe;
+	TimestampTz next_progress;
+
+	bool		stopping;
+
+	TimestampTz last_warning_at;
+	int			unreported_failures;
+} Worker;
+
+static ReliqWorkerSlot *MySlot = NULL;
+
+static TimestampTz
+after_ms(int64 ms)
+{
+	return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+}
+
+static long
+ms_until(TimestampTz when)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(GetCurrentTimestamp(), when, &secs, &usecs);
+	return secs * 1000 + usecs / 1000;
+}
+
+static void
+detach_slot(int code, Datum arg)
+{
+	if (MySlot == NULL)
+		return;
+	SpinLockAcquire(&MySlot->mutex);
+	MySlot->pid = 0;
+	MySlot->latch = NULL;
+	MySlot->state = RELIQ_WORKER_STOPPED;
+	MySlot->connected = false;
+	MySlot->in_flight = 0;
+	SpinLockRelease(&MySlot->mutex);
+	MySlot = NULL;
+}
+
+/* Take over the slot the launcher prepared, unless it has moved on. */
+static bool
+attach_slot(Worker *w, int slot_index, uint64 generation)
+{
+	ReliqWorkerSlot *slot;
+	bool		ours;
+
+	if (slot_index < 0 || slot_index >= reliq_shared->max_workers)
+		return false;
+	slot = &reliq_shared->slots[slot_index];
+
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	ours = slot->in_use && slot->generation == generation;
+	if (ours)
+	{
+		w->worker_index = slot->worker_index;
+		SpinLockAcquire(&slot->mutex);
+		slot->pid = MyProcPid;
+		slot->latch = MyLatch;
+		slot->state = RELIQ_WORKER_CONNECTING;
+		slot->since = GetCurrentTimestamp();
+		slot->started_at = slot->since;
+		slot->connected = false;
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(reliq_shared->lock);
+	if (!ours)
+		return false;
+
+	w->slot = slot;
+	MySlot = slot;
+	on_shmem_exit(detach_slot, (Datum) 0);
+	return true;
+}
+
+static void
+set_state(Worker *w, ReliqWorkerState state)
+{
+	reliq_slot_set_state(w->slot, state);
+}
+
+static void
+report_connected(Worker *w, bool connected)
+{
+	if (connected == w->connected)
+		return;
+	w->connected = connected;
+	reliq_slot_set_connected(w->slot, connected);
+}
+
+/*
+ * Log a problem once, when it starts or changes, and show it in
+ * last_error; the same problem again stays quiet.
+ */
+static void
+note_problem(Worker *w, int elevel, const char *fmt,...)
+{
+	char		message[RELIQ_ERROR_LEN];
+	va_list		args;
+
+	va_start(args, fmt);
+	vsnprintf(message, sizeof(message), fmt, args);
+	va_end(args);
+
+	if (strcmp(message, w->problem) != 0)
+	{
+		ereport(elevel,
+				(errmsg("reliq subscription \"%s\": %s", w->sub->name, message)));
+		strlcpy(w->problem, message, sizeof(w->problem));
+	}
+	reliq_stats_set_error(w->stats, message);
+}
+
+static void
+clear_problem(Worker *w, const char *resolution)
+{
+	if (w->problem[0] != '\0')
+	{
+		ereport(LOG,
+				(errmsg("reliq subscription \"%s\": %s", w->sub->name, resolution)));
+		w->problem[0] = '\0';
+	}
+	w->retries = 0;
+}
+
+static void
+schedule_retry(Worker *w)
+{
+	int64		delay = (int64) reliq_naptime << Min(w->retries, 5);
+
+	w->retries++;
+	w->retry_at = after_ms(Min(delay, RELIQ_MAX_RETRY_MS));
+}
+
+/* Wait on the latch for at most ms, then look at interrupts. */
+static void
+wait_latch(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 Max(ms, 1), PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+static void
+begin_transaction(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+end_transaction(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Subscription settings
+ */
+
+static bool
+consumer_settings_differ(const ReliqSubscription *a, const ReliqSubscription *b)
+{
+	return strcmp(a->stream, b->stream) != 0 ||
+		strcmp(a->consumer, b->consumer) != 0 ||
+		strcmp(a->subject, b->subject) != 0 ||
+		a->ack_wait_ms != b->ack_wait_ms ||
+		reliq_subscription_max_ack_pending(a) != reliq_subscription_max_ack_pending(b);
+}
+
+/* (Re)load the subscription; false if it is gone. */
+static bool
+load_subscription(Worker *w, int64 subscription_id)
+{
+	MemoryContext cxt;
+	ReliqSubscription *sub;
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "reliq subscription",
+								ALLOCSET_SMALL_SIZES);
+	begin_transaction("reliq: reading subscription");
+	MemoryContextSwitchTo(cxt);
+	sub = reliq_catalog_extension_present() ?
+		reliq_catalog_load_subscription(subscription_id) : NULL;
+	end_transaction();
+	MemoryContextSwitchTo(TopMemoryContext);
+
+	if (sub == NULL)
+	{
+		MemoryContextDelete(cxt);
+		return false;
+	}
+	if (w->sub != NULL && consumer_settings_differ(w->sub, sub))
+		w->attached = false;	/* attach again: updates the consumer */
+	if (w->sub != NULL && w->nheld > 0)
+		w->next_probe = GetCurrentTimestamp();	/* a fix may have come */
+	if (w->sub_cxt)
+		MemoryContextDelete(w->sub_cxt);
+	w->sub_cxt = cxt;
+	w->sub = sub;
+	reliq_batch_set_subscription(&w->batch, sub);
+	reliq_slot_set_progress(w->slot, sub->batch_size, w->nheld);
+	return true;
+}
+
+static void
+begin_stopping(Worker *w, const char *why)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	set_state(w, RELIQ_WORKER_STOPPING);
+	ereport(DEBUG1,
+			(errmsg("reliq subscription \"%s\": worker %d stopping: %s",
+					w->sub->name, w->worker_index, why)));
+}
+
+/* Interrupts, reloads, stop requests and catalog changes. */
+static void
+check_for_news(Worker *w)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (pg_atomic_read_u32(&w->slot->stop_requested) != 0)
+		begin_stopping(w, "requested by the launcher");
+	if (!w->stopping &&
+		pg_atomic_read_u64(&w->slot->config_version) > (uint64) w->sub->version)
+	{
+		if (!load_subscription(w, w->sub->id))
+			begin_stopping(w, "subscription dropped");
+	}
+}
+
+/*
+ * Connection and consumer
+ */
+
+static void
+detach(Worker *w)
+{
+	if (w->puller)
+	{
+		reliq_puller_destroy(w->puller);
+		w->puller = NULL;
+	}
+	w->attached = false;
+	w->missed_pulls = 0;
+}
+
+static void
+disconnect(Worker *w)
+{
+	detach(w);
+	if (w->conn)
+	{
+		reliq_nats_close(w->conn);
+		w->conn = NULL;
+	}
+	report_connected(w, false);
+}
+
+static bool
+ensure_connected(Worker *w)
+{
+	char		name[128];
+
+	if (w->conn && reliq_nats_settings_changed(w->conn))
+	{
+		ereport(LOG,
+				(errmsg("reliq subscription \"%s\": NATS settings changed, reconnecting",
+						w->sub->name)));
+		disconnect(w);
+	}
+	if (w->conn)
+		return true;
+	if (GetCurrentTimestamp() < w->retry_at)
+		return false;
+
+	set_state(w, RELIQ_WORKER_CONNECTING);
+	snprintf(name, sizeof(name), "reliq %s #%d", w->sub->name, w->worker_index);
+	w->conn = reliq_nats_connect(name);
+	if (w->conn == NULL)
+	{
+		note_problem(w, WARNING, "could not connect to NATS at %s: %s",
+					 reliq_nats_redacted_url(), reliq_nats_last_error());
+		schedule_retry(w);
+		return false;
+	}
+	reliq_nats_adopt_session_connection(w->conn);
+	w->reconnects_seen = reliq_nats_reconnect_count(w->conn);
+	report_connected(w, true);
+	ereport(LOG,
+			(errmsg("reliq subscription \"%s\": worker %d connected to NATS at %s",
+					w->sub->name, w->worker_index, reliq_nats_redacted_url())));
+	return true;
+}
+
+static void
+publish_consumer_info(Worker *w, const ReliqConsumerInfo *info)
+{
+	ReliqSubscriptionStats *stats = w->stats;
+
+	if (stats == NULL)
+		return;
+	SpinLockAcquire(&stats->mutex);
+	stats->have_consumer_info = true;
+	stats->num_pending = info->num_pending;
+	stats->num_ack_pending = info->num_ack_pending;
+	stats->num_redelivered = info->num_redelivered;
+	stats->num_waiting = info->num_waiting;
+	stats->ack_floor = info->ack_floor_stream_seq;
+	stats->consumer_info_at = GetCurrentTimestamp();
+	SpinLockRelease(&stats->mutex);
+}
+
+static void
+advance_floor(Worker *w, int64 ack_floor)
+{
+	if (ack_floor <= w->known_floor)
+		return;
+	begin_transaction("reliq: pruning the ledger");
+	reliq_catalog_advance_floor(w->sub->id, w->stream_created, ack_floor);
+	end_transaction();
+	w->known_floor = ack_floor;
+}
+
+/*
+ * Attach to the durable consumer: learn which incarnation of the stream
+ * exists, record it, make the consumer match the subscription (creating
+ * it after the last acknowledged message if it was lost), and open a new
+ * pull inbox.
+ */
+static bool
+ensure_attached(Worker *w)
+{
+	ReliqStreamInfo before;
+	ReliqStreamInfo after;
+	ReliqConsumerInfo info;
+	ReliqConsumerSpec spec;
+	int64		claimed;
+	int64		floor;
+	bool		has_history;
+	bool		created;
+	char	   *description;
+
+	if (w->attached)
+		return true;
+	if (GetCurrentTimestamp() < w->retry_at)
+		return false;
+	set_state(w, RELIQ_WORKER_CONNECTING);
+	if (!reliq_nats_is_connected(w->conn))
+	{
+		note_problem(w, LOG, "disconnected from NATS");
+		schedule_retry(w);
+		return false;
+	}
+
+	if (!reliq_nats_stream_info(w->conn, w->sub->stream, &before))
+	{
+		note_problem(w, WARNING, "could not look up stream \"%s\": %s",
+					 w->sub->stream, reliq_nats_last_error());
+		schedule_retry(w);
+		return false;
+	}
+	if (!before.found)
+	{
+		note_problem(w, WARNING, "stream \"%s\" does not exist", w->sub->stream);
+		schedule_retry(w);
+		return false;
+	}
+
+	begin_transaction("reliq: attaching to the stream");
+	claimed = reliq_catalog_claim_stream(w->sub->id, before.created_ns,
+										 &floor, &has_history);
+	end_transaction();
+	if (claimed != before.created_ns)
+	{
+		note_problem(w, LOG, "a newer incarnation of stream \"%s\" is recorded than the server shows; waiting",
+					 w->sub->stream);
+		schedule_retry(w);
+		return false;
+	}
+
+	description = psprintf("reliq subscription %s", w->sub->name);
+	memset(&spec, 0, sizeof(spec));
+	spec.stream = w->sub->stream;
+	spec.consumer = w->sub->consumer;
+	spec.filter_subject = w->sub->subject;
+	spec.description = description;
+	spec.ack_wait_ms = w->sub->ack_wait_ms;
+	spec.max_ack_pending = reliq_subscription_max_ack_pending(w->sub);
+	if (has_history)
+	{
+		spec.deliver_from = RELIQ_DELIVER_FROM_SEQ;
+		spec.start_seq = floor + 1;
+	}
+	else
+		spec.deliver_from = w->sub->start_new ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
+
+	if (!reliq_nats_ensure_consumer(w->conn, &spec, &info, &created))
+	{
+		note_problem(w, WARNING, "could not set up consumer \"%s\" of stream \"%s\": %s",
+					 w->sub->consumer, w->sub->stream, reliq_nats_last_error());
+		schedule_retry(w);
+		return false;
+	}
+	if (!reliq_nats_stream_info(w->conn, w->sub->stream, &after) ||
+		!after.found || after.created_ns != before.created_ns)
+	{
+		note_problem(w, LOG, "stream \"%s\" changed while attaching; trying again",
+					 w->sub->stream);
+		schedule_retry(w);
+		return false;
+	}
+	if (created)
+		ereport(LOG,
+				(errmsg("reliq subscription \"%s\": created consumer \"%s\" on stream \"%s\"%s",
+						w->sub->name, w->sub->consumer, w->sub->stream,
+						has_history ? psprintf(" from sequence " INT64_FORMAT, floor + 1) : "")));
+
+	w->stream_created = before.created_ns;
+	w->consumer_created = info.created_ns;
+	w->batch.stream_created = before.created_ns;
+	w->known_floor = 0;
+	advance_floor(w, info.ack_floor_stream_seq);
+	publish_consumer_info(w, &info);
+
+	if (w->puller)
+		reliq_puller_destroy(w->puller);
+	w->puller = reliq_puller_create(w->conn, w->sub->stream, w->sub->consumer);
+	if (w->puller == NULL)
+	{
+		note_problem(w, WARNING, "could not subscribe to a pull inbox: %s",
+					 reliq_nats_last_error());
+		schedule_retry(w);
+		return false;
+	}
+	w->attached = true;
+	w->missed_pulls = 0;
+	w->reconnects_seen = reliq_nats_reconnect_count(w->conn);
+	w->next_refresh = after_ms(reliq_refresh_interval);
+	clear_problem(w, "attached to its consumer again");
+	ereport(DEBUG1,
+			(errmsg("reliq subscription \"%s\": worker %d attached to consumer \"%s\" (" INT64_FORMAT " pending)",
+					w->sub->name, w->worker_index, w->sub->consumer, info.num_pending)));
+	return true;
+}
+
+/*
+ * Is the consumer we attached to still there, and still the same one?
+ * Called when pulls go unanswered, and periodically by worker 0.
+ */
+static void
+verify_consumer(Worker *w)
+{
+	ReliqConsumerInfo info;
+
+	if (!reliq_nats_consumer_info(w->conn, w->sub->stream, w->sub->consumer, &info))
+		return;					/* cannot tell now; the connection reports */
+	if (!info.found)
+	{
+		note_problem(w, WARNING, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
+					 w->sub->consumer, w->sub->stream);
+		detach(w);
+		return;
+	}
+	if (info.created_ns != w->consumer_created)
+	{
+		note_problem(w, LOG, "consumer \"%s\" was made again on the server; attaching anew",
+					 w->sub->consumer);
+		detach(w);
+		return;
+	}
+	publish_consumer_info(w, &info);
+	if (w->worker_index == 0)
+		advance_floor(w, info.ack_floor_stream_seq);
+}
+
+static void
+maybe_refresh(Worker *w)
+{
+	ReliqStreamInfo stream;
+
+	if (w->worker_index != 0 || GetCurrentTimestamp() < w->next_refresh)
+		return;
+	w->next_refresh = after_ms(reliq_refresh_interval);
+	if (!reliq_nats_is_connected(w->conn))
+		return;
+	if (reliq_nats_stream_info(w->conn, w->sub->stream, &stream) &&
+		(!stream.found || stream.created_ns != w->stream_created))
+	{
+		note_problem(w, LOG, "stream \"%s\" was deleted or made again; attaching anew",
+					 w->sub->stream);
+		detach(w);
+		return;
+	}
+	verify_consumer(w);
+}
+
+/* The outstanding pull ended without filling the batch. */
+static void
+handle_pull_end(Worker *w)
+{
+	const char *description;
+	int			status = reliq_puller_end_status(w->puller, &description);
+
+	switch (status)
+	{
+		case 404:				/* no messages */
+		case 408:				/* expired */
+			w->missed_pulls = 0;
+			break;
+		case 409:
+			if (strstr(description, "Deleted") != NULL ||
+				strstr(description, "deleted") != NULL)
+			{
+				note_problem(w, WARNING, "consumer \"%s\" was deleted on the server",
+							 w->sub->consumer);
+				detach(w);
+			}
+			else
+			{
+				note_problem(w, WARNING, "pull refused: %d %s", status, description);
+				wait_latch(reliq_naptime);
+			}
+			break;
+		case 0:					/* no answer at all */
+			if (reliq_nats_is_connected(w->conn) && ++w->missed_pulls >= 2)
+			{
+				w->missed_pulls = 0;
+				verify_consumer(w);
+			}
+			break;
+		default:
+			note_problem(w, WARNING, "pull refused: %d %s", status, description);
+			wait_latch(reliq_naptime);
+			break;
+	}
+}
+
+/* Keep track of the connection; a reconnection loses the pull request. */
+static bool
+connection_usable(Worker *w)
+{
+	uint64		reconnects = reliq_nats_reconnect_count(w->conn);
+
+	if (!reliq_nats_is_connected(w->conn))
+	{
+		if (w->connected)
+		{
+			report_connected(w, false);
+			note_problem(w, LOG, "disconnected from NATS; reconnecting");
+		}
+		set_state(w, RELIQ_WORKER_DISCONNECTED);
+		reliq_puller_forget_request(w->puller);
+		return false;
+	}
+	if (reconnects != w->reconnects_seen)
+	{
+		w->reconnects_seen = reconnects;
+		reliq_puller_forget_request(w->puller);
+		w->missed_pulls = 0;
+	}
+	if (!w->connected)
+	{
+		report_connected(w, true);
+		clear_problem(w, "reconnected to NATS");
+	}
+	return true;
+}
+
+/*
+ * Take messages that have arrived, without waiting.  Returns false if
+ * the inbox failed (the worker then attaches again).
+ */
+static bool
+take_arrived(Worker *w, ReliqMessage *msgs, int max, int *n)
+{
+	while (*n < max && w->attached)
+	{
+		switch (reliq_puller_next(w->puller, 0, &msgs[*n]))
+		{
+			case RELIQ_PULL_MESSAGE:
+				(*n)++;
+				break;
+			case RELIQ_PULL_ENDED:
+				handle_pull_end(w);
+				break;
+			case RELIQ_PULL_ERROR:
+				note_problem(w, WARNING, "%s", reliq_nats_last_error());
+				detach(w);
+				return false;
+			case RELIQ_PULL_NOTHING:
+				return true;
+		}
+	}
+	return true;
+}
+
+/*
+ * Collect up to max messages.  Returns as soon as at least one has come
+ * (what arrived meanwhile comes along), or after reliq.fetch_timeout with
+ * none.  Before returning a non-empty batch it asks for the next one, so
+ * messages flow in while this batch is applied.
+ */
+static int
+collect_batch(Worker *w, ReliqMessage *msgs, int max)
+{
+	TimestampTz give_up = after_ms(reliq_fetch_timeout);
+	int			n = 0;
+
+	set_state(w, w->stopping ? RELIQ_WORKER_STOPPING : RELIQ_WORKER_FETCHING);
+	for (;;)
+	{
+		if (!take_arrived(w, msgs, max, &n) || n > 0)
+			break;
+		if (w->stopping && !reliq_puller_active(w->puller))
+			break;
+		if (GetCurrentTimestamp() >= give_up)
+			break;
+
+		check_for_news(w);
+		if (!w->attached)
+			break;
+		if (!connection_usable(w))
+		{
+			wait_latch(RELIQ_POLL_MS);
+			continue;
+		}
+		if (!w->stopping)
+			set_state(w, RELIQ_WORKER_FETCHING);
+		if (!reliq_puller_active(w->puller) && !w->stopping &&
+			!reliq_puller_request(w->puller, max, reliq_fetch_timeout))
+		{
+			wait_latch(RELIQ_POLL_MS);
+			continue;
+		}
+		switch (reliq_puller_next(w->puller, RELIQ_POLL_MS, &msgs[n]))
+		{
+			case RELIQ_PULL_MESSAGE:
+				n++;
+				break;
+			case RELIQ_PULL_ENDED:
+				handle_pull_end(w);
+				break;
+			case RELIQ_PULL_ERROR:
+				note_problem(w, WARNING, "%s", reliq_nats_last_error());
+				detach(w);
+				break;
+			case RELIQ_PULL_NOTHING:
+				break;
+		}
+	}
+
+	if (n > 0 && w->attached && !w->stopping &&
+		!reliq_puller_active(w->puller) && reliq_nats_is_connected(w->conn))
+	{
+		int			queued = reliq_puller_queued(w->puller);
+
+		if (queued < max)
+			(void) reliq_puller_request(w->puller, max - queued,
+										reliq_fetch_timeout);
+	}
+	return n;
+}
+
+/*
+ * Acknowledging
+ */
+
+static void
+acknowledge(Worker *w, ReliqMessage *msgs, int n)
+{
+	bool		ok = true;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		ReliqMessage *msg = &msgs[i];
+
+		switch (msg->outcome)
+		{
+			case RELIQ_OUTCOME_PROCESSED:
+			case RELIQ_OUTCOME_DUPLICATE:
+				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_ACK, 0);
+				break;
+			case RELIQ_OUTCOME_FAILED:
+				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_NAK,
+									 reliq_subscription_backoff_ms(w->sub, msg->delivered));
+				break;
+			case RELIQ_OUTCOME_DEAD_LETTERED:
+				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_TERM, 0);
+				break;
+			case RELIQ_OUTCOME_NONE:
+				/* not applied (the stream changed): deliver again now */
+				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_NAK, 0);
+				break;
+			case RELIQ_OUTCOME_HELD:
+				break;
+		}
+	}
+	/* Unsent acks only mean redeliveries, which the ledger absorbs. */
+	if (!ok || !reliq_nats_flush(w->conn, reliq_nats_timeout))
+		ereport(DEBUG1,
+				(errmsg("reliq subscription \"%s\": acknowledgements not confirmed: %s",
+						w->sub->name, reliq_nats_last_error())));
+}
+
+static void
+send_in_progress(Worker *w)
+{
+	int			i;
+
+	for (i = 0; i < w->nheld; i++)
+		(void) reliq_nats_ack(w->conn, w->held[i].reply, RELIQ_IN_PROGRESS, 0);
+	(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
+	w->next_progress = after_ms(Max(w->sub->ack_wait_ms / 2, 1));
+}
+
+static void
+count_batch(Worker *w, int received, const ReliqBatchResult *result)
+{
+	ReliqSubscriptionStats *stats = w->stats;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (stats == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&stats->received, received);
+	pg_atomic_fetch_add_u64(&stats->processed, result->processed);
+	pg_atomic_fetch_add_u64(&stats->failed, result->failed);
+	pg_atomic_fetch_add_u64(&stats->retried, result->retried);
+	pg_atomic_fetch_add_u64(&stats->dead_lettered, result->dead_lettered);
+	pg_atomic_fetch_add_u64(&stats->duplicates, result->duplicates);
+	pg_atomic_fetch_add_u64(&stats->batches, 1);
+	SpinLockAcquire(&stats->mutex);
+	stats->last_batch_at = now;
+	SpinLockRelease(&stats->mutex);
+}
+
+/* Failures: last_error always, a WARNING at most every so often. */
+static void
+report_failures(Worker *w, const ReliqBatchResult *result)
+{
+	ErrorData  *error = result->batch_error ? result->batch_error : result->last_failure;
+	char		text[RELIQ_ERROR_LEN];
+
+	if (error == NULL)
+		return;
+	if (result->batch_error)
+		snprintf(text, sizeof(text), "batch failed: %s", error->message);
+	else
+		snprintf(text, sizeof(text), "handler failed on stream sequence " INT64_FORMAT ": %s",
+				 result->last_failure_seq, error->message);
+	reliq_stats_set_error(w->stats, text);
+
+	w->unreported_failures += Max(result->failed, 1);
+	if (w->last_warning_at == 0 ||
+		TimestampDifferenceExceeds(w->last_warning_at, GetCurrentTimestamp(),
+								   RELIQ_WARNING_INTERVAL_MS))
+	{
+		ereport(WARNING,
+				(errcode(error->sqlerrcode),
+				 errmsg("reliq subscription \"%s\": %d message failures; last: %s",
+						w->sub->name, w->unreported_failures, text),
+				 error->detail ? errdetail("%s", error->detail) : 0));
+		w->last_warning_at = GetCurrentTimestamp();
+		w->unreported_failures = 0;
+	}
+}
+
+static void
+copy_held(Worker *w, ReliqMessage *msgs, int n)
+{
+	MemoryContext cxt;
+	MemoryContext old;
+	int			i;
+	int			j;
+
+	/* A probe's messages point into the current held_cxt: copy, then swap. */
+	cxt = AllocSetContextCreate(TopMemoryContext, "reliq held batch",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	w->held = palloc(sizeof(ReliqMessage) * Max(n, 1));
+	w->nheld = 0;
+	for (i = 0; i < n; i++)
+	{
+		ReliqMessage *src = &msgs[i];
+		ReliqMessage *dst;
+
+		if (src->outcome != RELIQ_OUTCOME_HELD)
+			continue;
+		dst = &w->held[w->nheld++];
+		*dst = *src;
+		dst->subject = pstrdup(src->subject);
+		dst->reply = pstrdup(src->reply);
+		dst->stream = pstrdup(src->stream);
+		dst->consumer = pstrdup(src->consumer);
+		dst->data = palloc(src->data_len + 1);
+		memcpy(dst->data, src->data, src->data_len + 1);
+		dst->header_keys = palloc(sizeof(char *) * Max(src->nheaders, 1));
+		dst->header_values = palloc(sizeof(char *) * Max(src->nheaders, 1));
+		for (j = 0; j < src->nheaders; j++)
+		{
+			dst->header_keys[j] = pstrdup(src->header_keys[j]);
+			dst->header_values[j] = pstrdup(src->header_values[j]);
+		}
+		dst->error = NULL;
+	}
+	MemoryContextSwitchTo(old);
+	if (w->held_cxt)
+		MemoryContextDelete(w->held_cxt);
+	w->held_cxt = cxt;
+}
+
+/* Apply a batch, acknowledge it, count it. */
+static void
+process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
+{
+	ReliqBatchResult result;
+	bool		was_failing = (w->nheld > 0);
+
+	set_state(w, RELIQ_WORKER_PROCESSING);
+	reliq_slot_set_progress(w->slot, w->sub->batch_size, n);
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("reliq: applying %d messages of subscription %s", n, w->sub->name));
+
+	reliq_batch_run(&w->batch, msgs, n, &result);
+	acknowledge(w, msgs, n);
+	count_batch(w, probe ? 0 : n, &result);
+	report_failures(w, &result);
+
+	if (result.stream_changed)
+	{
+		note_problem(w, LOG, "stream \"%s\" was made again; attaching to the new one",
+					 w->sub->stream);
+		detach(w);
+	}
+
+	if (result.tripped && result.held > 0)
+	{
+		if (!was_failing)
+		{
+			ereport(LOG,
+					(errmsg("reliq subscription \"%s\": systemic failure detected; holding %d messages and pausing pulls",
+							w->sub->name, result.held),
+					 errdetail("%d distinct messages in a row failed with errors not specific to them; nothing is dead-lettered meanwhile.",
+							   w->batch.breaker.consecutive),
+					 errhint("Fix the cause shown in reliq.subscription_stats.last_error; reliq retries after the subscription's backoff delays.")));
+			w->probes = 0;
+		}
+		copy_held(w, msgs, n);
+		w->next_probe = after_ms(reliq_subscription_backoff_ms(w->sub, ++w->probes));
+		w->next_progress = GetCurrentTimestamp();
+		set_state(w, RELIQ_WORKER_FAILING);
+	}
+	else if (was_failing)
+	{
+		ereport(LOG,
+				(errmsg("reliq subscription \"%s\": resumed after a systemic failure",
+						w->sub->name)));
+		w->nheld = 0;
+		w->held = NULL;
+		MemoryContextDelete(w->held_cxt);
+		w->held_cxt = NULL;
+	}
+	reliq_slot_set_progress(w->slot, w->sub->batch_size, w->nheld);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Failing: keep the held batch alive on the server and retry it. */
+static void
+hold_step(Worker *w)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	set_state(w, RELIQ_WORKER_FAILING);
+	if (w->stopping)
+	{
+		int			i;
+
+		for (i = 0; i < w->nheld; i++)
+			(void) reliq_nats_ack(w->conn, w->held[i].reply, RELIQ_NAK, 0);
+		(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
+		w->nheld = 0;
+		return;
+	}
+	if (now >= w->next_progress && reliq_nats_is_connected(w->conn))
+		send_in_progress(w);
+	if (now >= w->next_probe)
+	{
+		MemoryContext old = MemoryContextSwitchTo(w->batch_cxt);
+		ReliqMessage *msgs = palloc(sizeof(ReliqMessage) * w->nheld);
+		int			n = w->nheld;
+
+		memcpy(msgs, w->held, sizeof(ReliqMessage) * n);
+		process_batch(w, msgs, n, true);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(w->batch_cxt);
+		return;
+	}
+	wait_latch(Min(RELIQ_POLL_MS * 10,
+				   Max(Min(ms_until(w->next_probe), ms_until(w->next_progress)), 1)));
+}
+
+static void
+finish(Worker *w)
+{
+	if (w->nheld > 0 && w->conn)
+		hold_step(w);
+	disconnect(w);
+	ereport(DEBUG1,
+			(errmsg("reliq subscription \"%s\": worker %d stopped",
+					w->sub->name, w->worker_index)));
+	proc_exit(0);
+}
+
+void
+reliq_worker_main(Datum main_arg)
+{
+	Worker		w;
+	uint64		generation;
+	int64		subscription_id;
+	char		appname[NAMEDATALEN];
+	ReliqMessage *msgs = NULL;
+
+	memset(&w, 0, sizeof(w));
+	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(generation));
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	if (!attach_slot(&w, DatumGetInt32(main_arg), generation))
+		proc_exit(0);
+	subscription_id = w.slot->subscription_id;
+
+	BackgroundWorkerInitializeConnection(reliq_database_name, NULL, 0);
+
+	snprintf(appname, sizeof(appname), "reliq %s #%d",
+			 w.slot->subscription_name, w.worker_index);
+	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
+
+	reliq_batch_init(&w.batch);
+	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "reliq batch",
+										ALLOCSET_DEFAULT_SIZES);
+	if (!load_subscription(&w, subscription_id))
+		proc_exit(0);
+	w.stats = reliq_stats_find(w.sub->id, true, w.sub->name);
+
+	for (;;)
+	{
+		int			n;
+
+		check_for_news(&w);
+		if (w.stopping && w.nheld == 0 &&
+			(w.puller == NULL || !reliq_puller_active(w.puller)) &&
+			(w.puller == NULL || reliq_puller_queued(w.puller) == 0))
+			break;
+		if (w.stopping && w.nheld > 0)
+			break;
+
+		if (!ensure_connected(&w) || !ensure_attached(&w))
+		{
+			if (w.stopping)
+				break;
+			wait_latch(Max(Min(ms_until(w.retry_at), RELIQ_POLL_MS * 10), 1));
+			continue;
+		}
+		if (w.nheld > 0)
+		{
+			hold_step(&w);
+			continue;
+		}
+		maybe_refresh(&w);
+		if (!w.attached)
+			continue;
+
+		MemoryContextSwitchTo(w.batch_cxt);
+		msgs = palloc(sizeof(ReliqMessage) * w.sub->batch_size);
+		n = collect_batch(&w, msgs, w.sub->batch_size);
+		if (n > 0)
+			process_batch(&w, msgs, n, false);
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(w.batch_cxt);
+	}
+	finish(&w);
+}
