@@ -21,7 +21,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # (it names the nats-server the temporary instance talks to).
 REGRESS = setup subscription_api errors dead_letter privileges
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
-	--temp-config=$(or $(RELIQ_TEMP_CONFIG),$(srcdir)/test/regress.conf)
+	--temp-config=$(RELIQ_TEMP_CONFIG)
 
 # TAP: real Postgres clusters and real nats-servers (test/t/*.pl).
 TAP_TESTS = 1
@@ -41,6 +41,14 @@ test/tools/natstool: test/tools/natstool.c
 	$(CC) $(CFLAGS) -Wall -Wextra -O2 -o $@ $< -lnats
 
 all: test/tools/natstool
+
+# The tests need a nats-server; test/with-nats starts one and sets this.
+installcheck: reliq-test-environment
+.PHONY: reliq-test-environment
+reliq-test-environment:
+	@test -n "$(RELIQ_TEMP_CONFIG)" || { \
+		echo "reliq's tests need a nats-server: run scripts/test, or test/with-nats make installcheck"; \
+		exit 1; }
 
 .PHONY: format format-check
 format:

@@ -397,7 +397,9 @@ DECLARE
     s reliq.subscription;
 BEGIN
     PERFORM reliq._require_admin(p_action);
-    SELECT * INTO s FROM reliq.subscription WHERE subscription_name = p_name FOR UPDATE;
+    -- Look before locking: FOR UPDATE would apply the update policy and
+    -- hide another owner's subscription instead of refusing it.
+    SELECT * INTO s FROM reliq.subscription WHERE subscription_name = p_name;
     IF NOT FOUND THEN
         IF p_missing_ok THEN
             RETURN NULL;
@@ -411,6 +413,7 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = format('Subscription %s belongs to role %s.', p_name, s.owner);
     END IF;
+    SELECT * INTO s FROM reliq.subscription WHERE id = s.id FOR UPDATE;
     RETURN s;
 END
 $$;

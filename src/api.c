@@ -170,9 +170,17 @@ reliq_publish(PG_FUNCTION_ARGS)
 	if (!reliq_nats_publish(reliq_nats_session_connection(), subject,
 							VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
 							keys, values, nheaders, msg_id, &seq, &duplicate))
+	{
+		if (reliq_nats_last_was_no_responders())
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("no JetStream stream captures subject \"%s\"", subject),
+					 errdetail("reliq.publish stores the message in a stream, and none listens on this subject."),
+					 errhint("Add the subject to a stream: SELECT reliq.create_stream('NAME', ARRAY['%s']);",
+							 subject)));
 		report_nats_failure(psprintf("could not publish to subject \"%s\"", subject),
-							ERRCODE_CONNECTION_FAILURE,
-							"A JetStream stream must capture the subject: see reliq.create_stream().");
+							ERRCODE_CONNECTION_FAILURE, NULL);
+	}
 	PG_RETURN_INT64(seq);
 }
 

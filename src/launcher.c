@@ -37,6 +37,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -495,6 +496,7 @@ reliq_launcher_main(Datum main_arg)
 	on_shmem_exit(clear_launcher, (Datum) 0);
 
 	BackgroundWorkerInitializeConnection(reliq_database_name, NULL, 0);
+	SetConfigOption("application_name", "reliq launcher", PGC_USERSET, PGC_S_SESSION);
 	ereport(LOG,
 			(errmsg("reliq launcher started in database \"%s\" with room for %d workers",
 					reliq_database_name, reliq_shared->max_workers)));

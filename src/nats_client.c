@@ -81,6 +81,7 @@ struct ReliqPuller
 static char last_error[512];
 static int	last_js_error = 0;
 static bool last_timeout = false;
+static bool last_no_responders = false;
 
 static ReliqNatsConnection *session_conn = NULL;
 static bool session_exit_registered = false;
@@ -98,19 +99,40 @@ static bool session_exit_registered = false;
 #define RESTORE_SIGNALS(saved) \
 	pthread_sigmask(SIG_SETMASK, &(saved), NULL)
 
+/*
+ * cnats' last error text, without the "(file.c:123): " it starts with.
+ */
+static const char *
+library_error_text(void)
+{
+	const char *detail = nats_GetLastError(NULL);
+
+	if (detail != NULL && detail[0] == '(')
+	{
+		const char *end = strstr(detail, "): ");
+
+		if (end != NULL)
+			detail = end + 3;
+	}
+	return detail;
+}
+
 static void
 remember_error(const char *what, natsStatus status, jsErrCode js_error)
 {
 	const char *text = natsStatus_GetText(status);
-	const char *detail = nats_GetLastError(NULL);
+	const char *detail = library_error_text();
 
 	last_js_error = (int) js_error;
 	last_timeout = (status == NATS_TIMEOUT);
-	if (detail != NULL && detail[0] != '\0' && strcmp(detail, text) != 0)
+	last_no_responders = (status == NATS_NO_RESPONDERS);
+	if (detail == NULL || detail[0] == '\0' || strcmp(detail, text) == 0)
+		snprintf(last_error, sizeof(last_error), "%s: %s", what, text);
+	else if (status == NATS_ERR)
+		snprintf(last_error, sizeof(last_error), "%s: %s", what, detail);
+	else
 		snprintf(last_error, sizeof(last_error), "%s: %s (%s)",
 				 what, text, detail);
-	else
-		snprintf(last_error, sizeof(last_error), "%s: %s", what, text);
 	if (js_error != 0)
 	{
 		size_t		len = strlen(last_error);
@@ -125,6 +147,7 @@ remember_message(const char *message)
 {
 	last_js_error = 0;
 	last_timeout = false;
+	last_no_responders = false;
 	strlcpy(last_error, message, sizeof(last_error));
 }
 
@@ -144,6 +167,13 @@ bool
 reliq_nats_last_was_timeout(void)
 {
 	return last_timeout;
+}
+
+/* A publish nobody answered: no stream captures the subject. */
+bool
+reliq_nats_last_was_no_responders(void)
+{
+	return last_no_responders;
 }
 
 /* The URL setting with any user:password@ removed, for messages. */
@@ -661,6 +691,7 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 					 "stream \"%s\" does not exist", spec->stream);
 			last_js_error = js_error;
 			last_timeout = false;
+			last_no_responders = false;
 			break;
 		}
 		if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND)

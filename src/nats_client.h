@@ -25,6 +25,7 @@ typedef struct ReliqPuller ReliqPuller;
 extern const char *reliq_nats_last_error(void);
 extern int	reliq_nats_last_js_error(void);
 extern bool reliq_nats_last_was_timeout(void);
+extern bool reliq_nats_last_was_no_responders(void);
 extern void reliq_nats_report(int elevel, const char *what);
 extern char *reliq_nats_redacted_url(void);
 

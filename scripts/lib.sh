@@ -1,0 +1,86 @@
+# scripts/lib.sh: shared by scripts/test, scripts/demo and .ci/run.
+#
+# Installs what reliq needs from Debian's packages when it is missing, builds
+# and installs the extension, and runs test programs as an unprivileged user
+# (initdb refuses to run as root; CI runs as root).
+
+RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc"
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+export PG_CONFIG=${PG_CONFIG:-$PG_BINDIR/pg_config}
+
+reliq_root() {
+	cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd
+}
+
+# Run a command as root: directly, or through sudo.
+as_root() {
+	if [ "$(id -u)" = 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo "$@"
+	else
+		echo "reliq: '$*' needs root, and sudo is not installed" >&2
+		return 1
+	fi
+}
+
+reliq_missing_packages() {
+	local missing=""
+	[ -x "$PG_BINDIR/initdb" ] || missing="$missing postgresql-15"
+	[ -x "$PG_CONFIG" ] && [ -f /usr/include/postgresql/15/server/postgres.h ] || missing="$missing postgresql-server-dev-15"
+	[ -f /usr/include/nats/nats.h ] || missing="$missing libnats-dev"
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$missing nats-server"
+	perl -MIPC::Run -e 1 2>/dev/null || missing="$missing libipc-run-perl"
+	command -v make >/dev/null || missing="$missing make"
+	command -v gcc >/dev/null || missing="$missing gcc"
+	echo $missing
+}
+
+reliq_ensure_packages() {
+	local missing
+	missing=$(reliq_missing_packages)
+	[ -z "$missing" ] && return 0
+	echo "reliq: installing Debian packages:$missing"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $RELIQ_PACKAGES >/dev/null
+	missing=$(reliq_missing_packages)
+	if [ -n "$missing" ]; then
+		echo "reliq: still missing after apt-get:$missing" >&2
+		return 1
+	fi
+}
+
+# Build and install the extension (the install needs root).
+reliq_build_install() {
+	local root
+	root=$(reliq_root)
+	make -C "$root" -s PG_CONFIG="$PG_CONFIG" >/dev/null
+	as_root make -C "$root" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
+	echo "reliq: built and installed into $($PG_CONFIG --pkglibdir)"
+}
+
+# Run "$@" from a copy of the repository owned by an unprivileged user when
+# we are root (PostgreSQL will not run as root); from the checkout otherwise.
+# RELIQ_WORKDIR names the directory the command runs in.
+reliq_as_test_user() {
+	local root
+	root=$(reliq_root)
+	if [ "$(id -u)" != 0 ]; then
+		(cd "$root" && RELIQ_WORKDIR="$root" "$@")
+		return
+	fi
+	local user=${RELIQ_TEST_USER:-postgres}
+	local work
+	work=$(mktemp -d /tmp/reliq-run.XXXXXX)
+	tar -C "$root" --exclude=./tmp_check --exclude=./tmp_check_regress \
+		--exclude=./results --exclude=./.git -cf - . | tar -C "$work" -xf -
+	chown -R "$user" "$work"
+	local status=0
+	(cd "$work" && runuser -u "$user" -- env RELIQ_WORKDIR="$work" PATH="$PATH" "$@") || status=$?
+	if [ "$status" = 0 ] && [ -z "${RELIQ_KEEP_WORKDIR:-}" ]; then
+		rm -rf "$work"
+	else
+		echo "reliq: test files and logs kept in $work"
+	fi
+	return $status
+}
