@@ -119,6 +119,19 @@ CREATE TABLE reliq._stream_identity (
 );
 COMMENT ON TABLE reliq._stream_identity IS 'The newest incarnation of its stream a subscription has attached to; batches labelled with an older one are refused';
 
+-- Publishes made by handlers, written in the handler's transaction and
+-- published by the worker after COMMIT (see reliq.publish).
+CREATE TABLE reliq._outbox (
+    id              bigserial PRIMARY KEY,
+    subscription_id bigint NOT NULL,
+    subject         text NOT NULL,
+    data            bytea NOT NULL,
+    headers         jsonb,
+    msg_id          text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX _outbox_subscription ON reliq._outbox (subscription_id, id);
+
 SELECT pg_catalog.pg_extension_config_dump('reliq.subscription', '');
 SELECT pg_catalog.pg_extension_config_dump('reliq.subscription_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('reliq.dead_letter', '');
@@ -126,6 +139,8 @@ SELECT pg_catalog.pg_extension_config_dump('reliq.dead_letter_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('reliq._ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('reliq._stream_floor', '');
 SELECT pg_catalog.pg_extension_config_dump('reliq._stream_identity', '');
+SELECT pg_catalog.pg_extension_config_dump('reliq._outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('reliq._outbox_id_seq', '');
 
 /*
  * The message a handler receives.
@@ -176,7 +191,7 @@ LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'reliq_parse_ack_subject_sql';
 CREATE FUNCTION reliq.publish(subject text, data bytea, headers jsonb DEFAULT NULL)
 RETURNS bigint
 LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_publish';
-COMMENT ON FUNCTION reliq.publish(text, bytea, jsonb) IS 'JetStream publish; returns the stream sequence. Immediate, not transactional; inside a handler, a Nats-Msg-Id derived from the message makes a retried handler''s publish a server-side duplicate';
+COMMENT ON FUNCTION reliq.publish(text, bytea, jsonb) IS 'JetStream publish; returns the stream sequence. Inside a handler it is transactional: published after the batch commits, and returns NULL';
 
 CREATE FUNCTION reliq.create_stream(stream text, subjects text[])
 RETURNS text

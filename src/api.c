@@ -32,6 +32,7 @@
 #include "batch.h"
 #include "catalog.h"
 #include "nats_client.h"
+#include "outbox.h"
 #include "reliq.h"
 #include "shmem.h"
 
@@ -67,80 +68,11 @@ report_nats_failure(const char *what, int sqlerrcode, const char *hint)
 }
 
 /*
- * Headers given as a jsonb object: each value a string or an array of
- * strings (a header sent several times).
- */
-static int
-headers_from_jsonb(Jsonb *headers, const char ***keys, const char ***values,
-				   const char **msg_id)
-{
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
-	int			capacity = 8;
-	int			n = 0;
-	char	   *key = NULL;
-	int			depth = 0;
-
-	*msg_id = NULL;
-	if (!JB_ROOT_IS_OBJECT(headers))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("headers must be a JSON object"),
-				 errhint("For example '{\"traceparent\": \"00-...\"}'::jsonb.")));
-
-	*keys = palloc(sizeof(char *) * capacity);
-	*values = palloc(sizeof(char *) * capacity);
-	it = JsonbIteratorInit(&headers->root);
-	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
-	{
-		switch (token)
-		{
-			case WJB_BEGIN_OBJECT:
-			case WJB_BEGIN_ARRAY:
-				if (++depth > (token == WJB_BEGIN_OBJECT ? 1 : 2))
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("header values must be strings or arrays of strings")));
-				break;
-			case WJB_END_OBJECT:
-			case WJB_END_ARRAY:
-				depth--;
-				break;
-			case WJB_KEY:
-				key = pnstrdup(v.val.string.val, v.val.string.len);
-				break;
-			case WJB_VALUE:
-			case WJB_ELEM:
-				if (v.type != jbvString)
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("value of header \"%s\" must be a string or an array of strings",
-									key)));
-				if (n == capacity)
-				{
-					capacity *= 2;
-					*keys = repalloc(*keys, sizeof(char *) * capacity);
-					*values = repalloc(*values, sizeof(char *) * capacity);
-				}
-				(*keys)[n] = key;
-				(*values)[n] = pnstrdup(v.val.string.val, v.val.string.len);
-				if (strcmp(key, "Nats-Msg-Id") == 0)
-					*msg_id = (*values)[n];
-				n++;
-				break;
-			default:
-				break;
-		}
-	}
-	return n;
-}
-
-/*
  * reliq.publish(subject, data, headers): a JetStream publish, waiting for
  * the stream's acknowledgement; returns the stream sequence.  Inside a
- * handler without an explicit Nats-Msg-Id, the message id is derived from
- * the message being handled (see batch.c).
+ * handler it is transactional instead: queued in reliq._outbox and
+ * published after the batch commits, with a Nats-Msg-Id derived from the
+ * message being handled unless the headers give one; it returns NULL.
  */
 Datum
 reliq_publish(PG_FUNCTION_ARGS)
@@ -163,9 +95,15 @@ reliq_publish(PG_FUNCTION_ARGS)
 	subject = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	data = PG_GETARG_BYTEA_PP(1);
 	if (!PG_ARGISNULL(2))
-		nheaders = headers_from_jsonb(PG_GETARG_JSONB_P(2), &keys, &values, &msg_id);
-	if (msg_id == NULL && reliq_batch_publish_msg_id(derived_id, sizeof(derived_id)))
-		msg_id = derived_id;
+		nheaders = reliq_headers_from_jsonb(PG_GETARG_JSONB_P(2), &keys, &values, &msg_id);
+	/* Inside a handler: published after the batch commits (outbox.c). */
+	if (reliq_batch_publish_msg_id(derived_id, sizeof(derived_id)))
+	{
+		reliq_outbox_defer(subject, data,
+						   PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
+						   msg_id ? msg_id : derived_id);
+		PG_RETURN_NULL();
+	}
 
 	if (!reliq_nats_publish(reliq_nats_session_connection(), subject,
 							VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),

@@ -49,6 +49,7 @@
 #include "utils/typcache.h"
 
 #include "batch.h"
+#include "outbox.h"
 #include "reliq.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
@@ -268,11 +269,12 @@ ensure_plans(ReliqBatchState *state)
  */
 
 /*
- * Run the handler on one message as the subscription's owner.  On error
+ * Run the handler on one message as the subscription's owner, then write
+ * what it published to the outbox (as reliq); returns how many.  On error
  * the transaction or subtransaction abort restores the user and the GUC
  * nest level; handler_cleanup() undoes the rest.
  */
-void
+int
 reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
 				   Datum message, int64 subscription_id,
 				   int64 stream_created, int64 stream_seq)
@@ -293,6 +295,7 @@ reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
 	current_stream_seq = stream_seq;
 	current_publish_count = 0;
 	in_handler = true;
+	reliq_outbox_begin();
 
 	if (sub->handler_timeout_ms > 0)
 		enable_timeout_after(STATEMENT_TIMEOUT,
@@ -309,6 +312,7 @@ reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
 
 	AtEOXact_GUC(false, nest);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return reliq_outbox_write(subscription_id);
 }
 
 /* After an error thrown out of reliq_call_handler. */
@@ -316,6 +320,7 @@ static void
 handler_cleanup(void)
 {
 	in_handler = false;
+	reliq_outbox_discard();
 	if (get_timeout_active(STATEMENT_TIMEOUT))
 		disable_timeout(STATEMENT_TIMEOUT, false);
 }
@@ -343,8 +348,9 @@ apply_message(ReliqBatchState *state, ReliqMessage *msg)
 	Datum		message = reliq_message_datum(msg, state->sub->name,
 											  state->message_tupdesc);
 
-	reliq_call_handler(state->sub, state->handler_plan, message,
-					   state->sub->id, state->stream_created, msg->stream_seq);
+	msg->outboxed = reliq_call_handler(state->sub, state->handler_plan, message,
+									   state->sub->id, state->stream_created,
+									   msg->stream_seq);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);
 }
@@ -541,6 +547,7 @@ reset_outcomes(ReliqMessage *msgs, int nmsgs)
 	{
 		msgs[i].outcome = RELIQ_OUTCOME_NONE;
 		msgs[i].error = NULL;
+		msgs[i].outboxed = 0;
 	}
 }
 
@@ -779,6 +786,7 @@ reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 		{
 			case RELIQ_OUTCOME_PROCESSED:
 				result->processed++;
+				result->outboxed += msg->outboxed;
 				break;
 			case RELIQ_OUTCOME_DUPLICATE:
 				result->duplicates++;

@@ -58,6 +58,7 @@ typedef struct ReliqBatchResult
 	int			retried;		/* of those, nacked for a later delivery */
 	int			dead_lettered;
 	int			held;
+	int			outboxed;		/* publishes written to reliq._outbox */
 	bool		used_slow_path;
 	bool		tripped;		/* failing as a whole: messages held */
 	bool		stream_changed; /* a newer stream incarnation exists */
@@ -76,7 +77,7 @@ extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
 /* Used by reliq.replay_dead_letter. */
 extern SPIPlanPtr reliq_prepare_handler_plan(const ReliqSubscription *sub,
 											 Oid message_type);
-extern void reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
+extern int	reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
 							   Datum message, int64 subscription_id,
 							   int64 stream_created, int64 stream_seq);
 

@@ -211,6 +211,76 @@ reliq_message_headers_jsonb(const ReliqMessage *msg)
 	return JsonbPGetDatum(JsonbValueToJsonb(result));
 }
 
+/*
+ * Headers given as a jsonb object: each value a string or an array of
+ * strings (a header sent several times).
+ */
+int
+reliq_headers_from_jsonb(Jsonb *headers, const char ***keys, const char ***values,
+				   const char **msg_id)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	int			capacity = 8;
+	int			n = 0;
+	char	   *key = NULL;
+	int			depth = 0;
+
+	*msg_id = NULL;
+	if (!JB_ROOT_IS_OBJECT(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object"),
+				 errhint("For example '{\"traceparent\": \"00-...\"}'::jsonb.")));
+
+	*keys = palloc(sizeof(char *) * capacity);
+	*values = palloc(sizeof(char *) * capacity);
+	it = JsonbIteratorInit(&headers->root);
+	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		switch (token)
+		{
+			case WJB_BEGIN_OBJECT:
+			case WJB_BEGIN_ARRAY:
+				if (++depth > (token == WJB_BEGIN_OBJECT ? 1 : 2))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("header values must be strings or arrays of strings")));
+				break;
+			case WJB_END_OBJECT:
+			case WJB_END_ARRAY:
+				depth--;
+				break;
+			case WJB_KEY:
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+				break;
+			case WJB_VALUE:
+			case WJB_ELEM:
+				if (v.type != jbvString)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("value of header \"%s\" must be a string or an array of strings",
+									key)));
+				if (n == capacity)
+				{
+					capacity *= 2;
+					*keys = repalloc(*keys, sizeof(char *) * capacity);
+					*values = repalloc(*values, sizeof(char *) * capacity);
+				}
+				(*keys)[n] = key;
+				(*values)[n] = pnstrdup(v.val.string.val, v.val.string.len);
+				if (strcmp(key, "Nats-Msg-Id") == 0)
+					*msg_id = (*values)[n];
+				n++;
+				break;
+			default:
+				break;
+		}
+	}
+	return n;
+}
+
 /* The first value of a header, or NULL. */
 const char *
 reliq_message_header(const ReliqMessage *msg, const char *key)

@@ -12,6 +12,7 @@
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "utils/jsonb.h"
 
 /* What became of a message in its batch; decides how it is acknowledged. */
 typedef enum ReliqOutcome
@@ -47,11 +48,14 @@ typedef struct ReliqMessage
 	/* Set while the batch is processed. */
 	ReliqOutcome outcome;
 	ErrorData  *error;			/* why the handler failed */
+	int			outboxed;		/* publishes its handler made */
 } ReliqMessage;
 
 extern bool reliq_parse_ack_subject(const char *reply, ReliqMessage *msg);
 extern TimestampTz reliq_unix_ns_to_timestamptz(int64 ns);
 extern Datum reliq_message_headers_jsonb(const ReliqMessage *msg);
+extern int	reliq_headers_from_jsonb(Jsonb *headers, const char ***keys,
+									 const char ***values, const char **msg_id);
 extern text *reliq_text_from_wire(const char *str, int len);
 extern const char *reliq_message_header(const ReliqMessage *msg,
 										const char *key);

@@ -48,6 +48,7 @@
 #include "batch.h"
 #include "catalog.h"
 #include "nats_client.h"
+#include "outbox.h"
 #include "reliq.h"
 #include "shmem.h"
 #include "worker.h"
@@ -94,6 +95,8 @@ typedef struct Worker
 	TimestampTz next_progress;
 
 	bool		stopping;
+	bool		outbox_pending; /* rows may wait in reliq._outbox */
+	TimestampTz next_outbox_try;
 
 	TimestampTz last_warning_at;
 	int			unreported_failures;
@@ -587,6 +590,7 @@ maybe_refresh(Worker *w)
 	if (w->worker_index != 0 || GetCurrentTimestamp() < w->next_refresh)
 		return;
 	w->next_refresh = after_ms(reliq_refresh_interval);
+	w->outbox_pending = true;	/* rows a dead worker or a dropped subscription left */
 	if (!reliq_nats_is_connected(w->conn))
 		return;
 	if (reliq_nats_stream_info(w->conn, w->sub->stream, &stream) &&
@@ -768,6 +772,37 @@ collect_batch(Worker *w, ReliqMessage *msgs, int max)
 }
 
 /*
+ * Publishing what handlers published, after their commit
+ */
+
+/* Outbox rows published in one transaction. */
+#define RELIQ_OUTBOX_ROUND 500
+
+static void
+drain_outbox(Worker *w)
+{
+	bool		stuck = false;
+	int			rows;
+
+	if (!w->outbox_pending || w->conn == NULL || !reliq_nats_is_connected(w->conn))
+		return;
+	pgstat_report_activity(STATE_RUNNING, "reliq: publishing the outbox");
+	do
+	{
+		rows = reliq_outbox_publish(w->conn, w->sub->id, RELIQ_OUTBOX_ROUND, &stuck);
+	} while (rows == RELIQ_OUTBOX_ROUND && !stuck);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	w->outbox_pending = stuck;
+	if (stuck)
+	{
+		note_problem(w, WARNING, "messages wait in reliq._outbox: %s",
+					 reliq_nats_last_error());
+		w->next_outbox_try = after_ms(reliq_refresh_interval);
+	}
+}
+
+/*
  * Acknowledging
  */
 
@@ -928,6 +963,9 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 						   psprintf("reliq: applying %d messages of subscription %s", n, w->sub->name));
 
 	reliq_batch_run(&w->batch, msgs, n, &result);
+	if (result.outboxed > 0)
+		w->outbox_pending = true;
+	drain_outbox(w);
 	acknowledge(w, msgs, n);
 	count_batch(w, probe ? 0 : n, &result);
 	report_failures(w, &result);
@@ -1049,6 +1087,7 @@ reliq_worker_main(Datum main_arg)
 	if (!load_subscription(&w, subscription_id))
 		proc_exit(0);
 	w.stats = reliq_stats_find(w.sub->id, true, w.sub->name);
+	w.outbox_pending = true;	/* a worker before us may have left rows */
 
 	for (;;)
 	{
@@ -1074,6 +1113,8 @@ reliq_worker_main(Datum main_arg)
 			hold_step(&w);
 			continue;
 		}
+		if (w.outbox_pending && GetCurrentTimestamp() >= w.next_outbox_try)
+			drain_outbox(&w);
 		maybe_refresh(&w);
 		if (!w.attached)
 			continue;

@@ -13,7 +13,7 @@ use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port start_nats stop_pid nats_server_path
-  start_postgres stop_postgres);
+  start_postgres restart_postgres stop_postgres);
 
 my $pg_bindir = $ENV{PG_BINDIR} // '/usr/lib/postgresql/15/bin';
 
@@ -109,6 +109,14 @@ sub start_postgres
 		'-w', '-s', 'start') == 0
 	  or die "pg_ctl start failed; see $dir/postgresql.log\n";
 	return $data;
+}
+
+sub restart_postgres
+{
+	my ($data) = @_;
+	system("$pg_bindir/pg_ctl", '-D', $data, '-l', "$data/../postgresql.log",
+		'-m', 'fast', '-w', '-s', 'restart') == 0
+	  or die "pg_ctl restart failed\n";
 }
 
 sub stop_postgres

@@ -1,0 +1,155 @@
+#!/usr/bin/perl
+# demo/demo.pl: the reliq demo; run it with scripts/demo.
+#
+# Starts a nats-server and a PostgreSQL cluster on free loopback ports in a
+# temporary directory, installs the flow of demo/setup.sql, publishes
+# onboarding events from outside (test/tools/natstool, as another service
+# would), shows progress from reliq.subscription_stats, checks that every
+# user got exactly one plan, and stops everything it started.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/../test/perl";
+use File::Temp qw(tempdir);
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(time sleep);
+use ReliqTest::Local
+  qw(free_port start_nats stop_pid start_postgres restart_postgres stop_postgres);
+
+$| = 1;
+my $users   = $ENV{DEMO_USERS} // 5000;
+my $bad     = int($users / 100);          # malformed events: no user_id
+my $timeout = $ENV{DEMO_TIMEOUT} // 300;
+my $root    = "$FindBin::Bin/..";
+my $natstool = "$root/test/tools/natstool";
+-x $natstool or die "$natstool is missing: run scripts/demo (it builds it)\n";
+
+my $dir = tempdir('reliq-demo-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{DEMO_KEEP});
+my ($nats_pid, $pgdata, $publisher_pid);
+
+sub cleanup
+{
+	stop_pid($publisher_pid, 2) if $publisher_pid;
+	stop_postgres($pgdata) if $pgdata;
+	stop_pid($nats_pid) if $nats_pid;
+	undef $publisher_pid;
+	undef $pgdata;
+	undef $nats_pid;
+}
+END { cleanup(); }
+$SIG{INT} = $SIG{TERM} = sub { print "\ninterrupted\n"; exit 130; };
+
+my $nats_port = free_port();
+$nats_pid = start_nats($dir, $nats_port);
+my $pg_port = free_port();
+$pgdata = start_postgres($dir, $pg_port, <<"CONF");
+shared_preload_libraries = 'reliq'
+reliq.nats_url = 'nats://127.0.0.1:$nats_port'
+reliq.database_name = 'demo'
+reliq.max_workers = 8
+max_worker_processes = 16
+CONF
+print "reliq demo\n";
+print "  nats-server  nats://127.0.0.1:$nats_port  (pid $nats_pid)\n";
+print "  PostgreSQL   127.0.0.1:$pg_port, database demo, data in $dir\n\n";
+
+my @psql = ('psql', '-X', '-q', '-h', $dir, '-p', $pg_port, '-U', 'postgres');
+
+sub sql
+{
+	my ($query) = @_;
+	open my $fh, '-|', @psql, '-d', 'demo', '-A', '-t', '-F', '|', '-c', $query
+	  or die "psql: $!";
+	local $/;
+	my $out = <$fh>;
+	close $fh or die "query failed: $query\n";
+	$out =~ s/\s+\z//;
+	return $out;
+}
+
+# The launcher connects to reliq.database_name at start: make it exist first.
+system(@psql, '-d', 'postgres', '-c', 'CREATE DATABASE demo') == 0 or die;
+restart_postgres($pgdata);
+system(@psql, '-d', 'demo', '-f', "$FindBin::Bin/setup.sql", '-o', '/dev/null') == 0
+  or die "demo/setup.sql failed\n";
+print "Three subscriptions on stream EVENTS:\n";
+system(@psql, '-d', 'demo', '-c',
+	"SELECT subscription_name, subject, handler, batch_size, concurrency FROM reliq.subscription ORDER BY id");
+
+# Publish from outside, like the services that emit these events.
+print "Publishing $users onboarding events ($bad of them malformed) ...\n\n";
+$publisher_pid = fork // die;
+if ($publisher_pid == 0)
+{
+	open STDOUT, '>', "$dir/publisher.log";
+	my $url = "nats://127.0.0.1:$nats_port";
+	system($natstool, '--url', $url, 'publish', 'user.onboarding.completed',
+		'--count', $users - $bad, '--start', 1,
+		'--payload', '{"user_id":%d,"email":"user@example.com","goal":"strength"}',
+		'--msg-id', 'onboarding-%d') == 0 or POSIX::_exit(1);
+	system($natstool, '--url', $url, 'publish', 'user.onboarding.completed',
+		'--count', $bad, '--start', 1,
+		'--payload', '{"email":"nobody-%d@example.com"}',
+		'--msg-id', 'malformed-%d') == 0 or POSIX::_exit(1);
+	POSIX::_exit(0);
+}
+
+my $good    = $users - $bad;
+my $started = time;
+my $done    = 0;
+printf "%7s  %-24s %-24s %-24s %s\n", 'time', 'onboarding', 'plans', 'ready',
+  'users ready';
+while (time - $started < $timeout)
+{
+	sleep 1;
+	if ($publisher_pid && waitpid($publisher_pid, WNOHANG) == $publisher_pid)
+	{
+		die "publishing failed; see $dir/publisher.log\n" if $? != 0;
+		undef $publisher_pid;
+	}
+	my %s;
+	for my $row (split /\n/, sql(
+		"SELECT subscription_name, processed, dead_lettered, COALESCE(pending, 0) + COALESCE(ack_pending, 0)
+		   FROM reliq.subscription_stats"))
+	{
+		my ($name, $processed, $dead, $waiting) = split /\|/, $row;
+		$s{$name} = sprintf('%6d done %5d waiting', $processed, $waiting)
+		  . ($dead ? " $dead dead" : '');
+	}
+	my ($ready, $dead) = split /\|/, sql(
+		"SELECT (SELECT count(*) FROM app.users WHERE ready),
+		        (SELECT count(*) FROM reliq.dead_letter)");
+	printf "%6.1fs  %-24s %-24s %-24s %d/%d\n", time - $started,
+	  map({ $s{$_} // '' } qw(onboarding plans ready)), $ready, $good;
+	if (!$publisher_pid && $ready == $good && $dead == $bad
+		&& sql("SELECT bool_and(reliq.wait_idle(subscription_name, '0s')) FROM reliq.subscription") eq 't')
+	{
+		$done = 1;
+		last;
+	}
+}
+my $elapsed = time - $started;
+
+print "\nreliq.subscription_stats:\n";
+system(@psql, '-d', 'demo', '-c',
+	"SELECT subscription_name, state, workers, received, processed, failed, retried,
+	        dead_lettered, duplicates, batches
+	   FROM reliq.subscription_stats ORDER BY subscription_name");
+print "reliq.dead_letter (first 3 of $bad):\n";
+system(@psql, '-d', 'demo', '-c',
+	"SELECT id, subject, convert_from(data, 'UTF8') AS data, delivered, error_message
+	   FROM reliq.dead_letter ORDER BY id LIMIT 3");
+
+my ($nusers, $nplans, $not_one, $not_ready) = split /\|/, sql(
+	"SELECT count(*),
+	        (SELECT count(*) FROM app.plans),
+	        count(*) FILTER (WHERE (SELECT count(*) FROM app.plans p WHERE p.user_id = u.id) <> 1),
+	        count(*) FILTER (WHERE NOT u.ready)
+	   FROM app.users u");
+my $ok = $done && $nusers == $good && $nplans == $good && $not_one == 0 && $not_ready == 0;
+printf "%s: %d users, %d plans, %d users without exactly one plan, %d not ready; "
+  . "%d malformed events dead-lettered; %d messages in %.1f s\n",
+  $ok ? 'OK' : 'FAILED', $nusers, $nplans, $not_one, $not_ready, $bad,
+  $users + 2 * $good, $elapsed;
+cleanup();
+exit($ok ? 0 : 1);
