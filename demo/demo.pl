@@ -37,7 +37,8 @@ sub cleanup
 	undef $nats_pid;
 }
 END { cleanup(); }
-$SIG{INT} = $SIG{TERM} = sub { print "\ninterrupted\n"; exit 130; };
+$SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { print STDERR "\ninterrupted\n"; exit 130; };
+$SIG{PIPE} = sub { exit 141; };    # output closed: still stop what we started
 
 my $nats_port = free_port();
 $nats_pid = start_nats($dir, $nats_port);

@@ -1098,6 +1098,19 @@ reliq_puller_next(ReliqPuller *puller, int wait_ms, ReliqMessage *msg)
 		}
 		return RELIQ_PULL_NOTHING;
 	}
+	if (s == NATS_NO_RESPONDERS)
+	{
+		/* a 503 status: nothing served the pull (server restarting?) */
+		if (puller->active)
+		{
+			puller->active = false;
+			puller->end_status = 503;
+			strlcpy(puller->end_description, "No Responders",
+					sizeof(puller->end_description));
+			return RELIQ_PULL_ENDED;
+		}
+		return RELIQ_PULL_NOTHING;
+	}
 	if (s != NATS_OK)
 	{
 		remember_error("reading the pull inbox", s, 0);

@@ -632,6 +632,7 @@ handle_pull_end(Worker *w)
 			}
 			break;
 		case 0:					/* no answer at all */
+		case 503:				/* no responders */
 			if (reliq_nats_is_connected(w->conn) && ++w->missed_pulls >= 2)
 			{
 				w->missed_pulls = 0;
@@ -1008,6 +1009,36 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * Apply what was collected.  First deliveries go in one batch; each
+ * redelivery goes in a transaction of its own, so that a message whose
+ * handler kills the worker (each time, before COMMIT) takes only itself
+ * towards max_deliver, not the messages that shared its first batch.
+ * Redeliveries are rare when all is well: after a failure, a crash or an
+ * expired ack_wait.
+ */
+static void
+apply_collected(Worker *w, ReliqMessage *msgs, int n)
+{
+	ReliqMessage *first = palloc(sizeof(ReliqMessage) * n);
+	int			nfirst = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (msgs[i].delivered <= 1)
+			first[nfirst++] = msgs[i];
+	if (nfirst > 0)
+		process_batch(w, first, nfirst, false);
+	for (i = 0; i < n && w->attached && w->nheld == 0; i++)
+		if (msgs[i].delivered > 1)
+			process_batch(w, &msgs[i], 1, false);
+	/* what a failing state or a detach left unapplied comes again later */
+	for (; i < n; i++)
+		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn)
+			(void) reliq_nats_ack(w->conn, msgs[i].reply, RELIQ_NAK, 0);
+	pfree(first);
+}
+
 /* Failing: keep the held batch alive on the server and retry it. */
 static void
 hold_step(Worker *w)
@@ -1123,7 +1154,7 @@ reliq_worker_main(Datum main_arg)
 		msgs = palloc(sizeof(ReliqMessage) * w.sub->batch_size);
 		n = collect_batch(&w, msgs, w.sub->batch_size);
 		if (n > 0)
-			process_batch(&w, msgs, n, false);
+			apply_collected(&w, msgs, n);
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(w.batch_cxt);
 	}

@@ -1,0 +1,52 @@
+# pg_ctl stop -m fast returns promptly while every worker is inside a
+# handler that would run for an hour, and the interrupted messages are
+# applied after the restart (unacked, so redelivered), once.
+#
+# Not a speed test: the assertion is only that shutdown does not wait for
+# the handlers (an hour); the measured time is printed.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use ReliqTest::Nats;
+use ReliqTest::Node;
+
+my $nats = ReliqTest::Nats->new(name => 'shutdown');
+$nats->start;
+$nats->stream_create('LONG', ['long.>']);
+
+my $node = reliq_node('shutdown', $nats);
+$node->safe_psql('postgres', q{
+	CREATE TABLE finished (id int);
+	CREATE TABLE config (hour_long boolean);
+	INSERT INTO config VALUES (true);
+	CREATE FUNCTION long_job(m reliq.message) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		IF (SELECT hour_long FROM config) THEN PERFORM pg_sleep(3600); END IF;
+		INSERT INTO finished VALUES ((reliq.message_json(m)->>'id')::int);
+	END $$;
+	SELECT reliq.create_subscription('long', stream => 'LONG', subject => 'long.>',
+	       handler => 'long_job(reliq.message)'::regprocedure,
+	       batch_size => 1, concurrency => 2, ack_wait => '2s');
+});
+$nats->publish('long.job', count => 4, start => 1, payload => '{"id":%d}');
+ok(wait_for($node, q{SELECT count(*) = 2 FROM pg_stat_activity
+                      WHERE backend_type = 'reliq worker' AND wait_event = 'PgSleep'}),
+	'both workers busy in their handlers');
+
+my $t0 = time;
+$node->stop('fast');
+my $elapsed = time - $t0;
+diag(sprintf('pg_ctl stop -m fast with busy workers took %.2f s', $elapsed));
+cmp_ok($elapsed, '<', 60, 'fast shutdown did not wait for the hour-long handlers');
+
+$node->start;
+$node->safe_psql('postgres', 'UPDATE config SET hour_long = false');
+ok(wait_idle($node, 'long'), 'interrupted messages redelivered and applied');
+is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT id) FROM finished'),
+	'4|4', 'each applied once');
+
+$node->stop;
+$nats->stop;
+done_testing();

@@ -1,0 +1,75 @@
+# Loading and the launcher: reliq refuses to load unless preloaded; the
+# launcher idles until CREATE EXTENSION, then serves subscriptions without
+# a restart; it stops the workers when the extension is dropped; more
+# workers than reliq.max_workers are refused with a warning; workers of a
+# subscription made in another database are refused.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ReliqTest::Nats;
+use ReliqTest::Node;
+
+my $nats = ReliqTest::Nats->new(name => 'launcher');
+$nats->start;
+$nats->stream_create('L', ['l.>']);
+
+# Not preloaded: a clear refusal.
+my $plain = PostgreSQL::Test::Cluster->new('plain');
+$plain->init;
+$plain->start;
+my ($ret, $out, $err) = $plain->psql('postgres', 'CREATE EXTENSION reliq');
+isnt($ret, 0, 'CREATE EXTENSION refused without shared_preload_libraries');
+like($err, qr/reliq must be loaded via shared_preload_libraries/, 'error says why');
+like($err, qr/HINT:  Add reliq to shared_preload_libraries/, 'hint names the setting');
+$plain->stop;
+
+# Preloaded, extension not created yet: the launcher waits quietly.
+my $node = reliq_node('launcher', $nats, no_extension => 1, conf => 'reliq.max_workers = 3');
+ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'reliq launcher'}),
+	'launcher running before CREATE EXTENSION');
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION reliq;
+	CREATE TABLE got (sub text, id int);
+	CREATE FUNCTION got(m reliq.message) RETURNS void LANGUAGE sql AS $$
+		INSERT INTO got VALUES (m.subscription, (reliq.message_json(m)->>'id')::int)
+	$$;
+	SELECT reliq.create_subscription('a', stream => 'L', subject => 'l.a',
+	       handler => 'got(reliq.message)'::regprocedure, concurrency => 2);
+});
+$nats->publish('l.a', count => 100, start => 1, payload => '{"id":%d}');
+ok(wait_idle($node, 'a'), 'subscription served without a restart');
+is($node->safe_psql('postgres', q{SELECT count(DISTINCT id) FROM got WHERE sub = 'a'}), '100', 'all applied');
+
+# Asking for more workers than reliq.max_workers allows.
+$node->safe_psql('postgres', q{
+	SELECT reliq.create_subscription('b', stream => 'L', subject => 'l.b',
+	       handler => 'got(reliq.message)'::regprocedure, concurrency => 2);
+});
+ok(wait_for($node, q{SELECT count(*) = 3 FROM reliq.worker_status}), 'three workers, the maximum');
+is($node->safe_psql('postgres', q{SELECT workers, concurrency FROM reliq.subscription_stats WHERE subscription_name = 'b'}),
+	'1|2', 'the later subscription runs with fewer workers than asked');
+ok($node->log_contains('reliq subscriptions want 4 workers, but reliq.max_workers is 3'),
+	'the shortfall is logged');
+$nats->publish('l.b', count => 50, start => 1, payload => '{"id":%d}');
+ok(wait_idle($node, 'b'), 'still served');
+
+# A subscription in another database would never run: refused.
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+$node->safe_psql('other', 'CREATE EXTENSION reliq');
+($ret, $out, $err) = $node->psql('other', q{
+	SELECT reliq.create_subscription('c', stream => 'L', subject => 'l.c',
+	       handler => 'reliq.message_json(reliq.message)'::regprocedure)});
+like($err, qr/reliq workers run only in database "postgres"/, 'create_subscription elsewhere refused');
+
+# Dropping the extension stops the workers.
+$node->safe_psql('postgres', 'DROP EXTENSION reliq CASCADE');
+ok(wait_for($node, q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'reliq worker'}),
+	'workers stopped after DROP EXTENSION');
+ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'reliq launcher'}),
+	'launcher still there, idle');
+
+$node->stop;
+$nats->stop;
+done_testing();
