@@ -87,6 +87,16 @@ is($ci->{config}{ack_policy}, 'explicit', 'consumer uses explicit acks');
 is($ci->{config}{filter_subject}, 'order.>', 'consumer filters the subject');
 is($ci->{config}{max_deliver}, -1, 'server-side max_deliver unlimited (reliq counts)');
 
+# A table sink: each JSON message becomes a row of the target table.
+$node->safe_psql('postgres', q{
+	CREATE TABLE order_rows (id int, amount int, note text);
+	SELECT reliq.create_subscription('rows', stream => 'ORDERS', subject => 'order.>',
+	       target => 'order_rows'::regclass, batch_size => 200);
+});
+ok(wait_idle($node, 'rows'), 'table sink drained');
+is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT id), sum(amount), count(note) FROM order_rows'),
+	"$total|$total|" . (7 * $total) . '|0', 'each message inserted once, keys matched to columns');
+
 $node->stop;
 $nats->stop;
 done_testing();
