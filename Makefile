@@ -25,8 +25,6 @@ REGRESS_OPTS = --temp-instance=tmp_check_regress \
 
 # TAP: real Postgres clusters and real nats-servers (test/t/*.pl).
 TAP_TESTS = 1
-PROVE_TESTS = $(or $(RELIQ_TAP_TESTS),test/t/*.pl)
-PROVE_FLAGS = -I $(srcdir)/test/perl $(RELIQ_PROVE_FLAGS)
 
 EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs \
 	regression.out test/tools/natstool
@@ -34,6 +32,10 @@ EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs \
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# After the include: Makefile.global resets these.
+PROVE_TESTS = $(or $(RELIQ_TAP_TESTS),test/t/*.pl)
+PROVE_FLAGS = -I $(srcdir)/test/perl $(RELIQ_PROVE_FLAGS)
 
 # A small cnats client used by the tests, the demo and the benchmark to
 # publish and to talk to the JetStream API from outside Postgres.
