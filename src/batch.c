@@ -506,6 +506,30 @@ set_delivery_limit_error(ReliqBatchState *state, ReliqMessage *msg,
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Apply one message whose ledger row the caller has just tried to write:
+ * a duplicate if it was recorded already; dead-lettered unheard if it has
+ * been delivered more than max_deliver times; otherwise handled.
+ */
+static void
+apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
+				MemoryContext batch_cxt)
+{
+	if (!fresh)
+		msg->outcome = RELIQ_OUTCOME_DUPLICATE;
+	else if (msg->delivered > state->sub->max_deliver)
+	{
+		set_delivery_limit_error(state, msg, batch_cxt);
+		insert_dead_letter(state, msg);
+		msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
+	}
+	else
+	{
+		apply_message(state, msg);
+		msg->outcome = RELIQ_OUTCOME_PROCESSED;
+	}
+}
+
 static void
 start_batch_transaction(ReliqBatchState *state)
 {
@@ -581,23 +605,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 		{
 			record_in_ledger(state, msgs, all, nmsgs, fresh);
 			for (i = 0; i < nmsgs; i++)
-			{
-				ReliqMessage *msg = &msgs[i];
-
-				if (!fresh[i])
-					msg->outcome = RELIQ_OUTCOME_DUPLICATE;
-				else if (msg->delivered > state->sub->max_deliver)
-				{
-					set_delivery_limit_error(state, msg, batch_cxt);
-					insert_dead_letter(state, msg);
-					msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
-				}
-				else
-				{
-					apply_message(state, msg);
-					msg->outcome = RELIQ_OUTCOME_PROCESSED;
-				}
-			}
+				apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);
 			finish_batch_transaction();
 		}
 	}
@@ -637,19 +645,7 @@ run_in_subtransaction(ReliqBatchState *state, ReliqMessage *msgs, int index,
 	MemoryContextSwitchTo(old);
 	PG_TRY();
 	{
-		if (!record_one(state, msgs, index))
-			msg->outcome = RELIQ_OUTCOME_DUPLICATE;
-		else if (msg->delivered > state->sub->max_deliver)
-		{
-			set_delivery_limit_error(state, msg, batch_cxt);
-			insert_dead_letter(state, msg);
-			msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
-		}
-		else
-		{
-			apply_message(state, msg);
-			msg->outcome = RELIQ_OUTCOME_PROCESSED;
-		}
+		apply_or_divert(state, msg, record_one(state, msgs, index), batch_cxt);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(old);
 		CurrentResourceOwner = owner;

@@ -147,6 +147,7 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	int			rows;
 	int			nest;
 	int			i;
+	MemoryContext caller = CurrentMemoryContext;
 
 	*stuck = false;
 	SetCurrentStatementStartTimestamp();
@@ -215,5 +216,6 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	return *stuck ? 0 : rows;
 }

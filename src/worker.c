@@ -239,20 +239,29 @@ wait_latch(long ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
-static void
+/*
+ * A short transaction for reliq's bookkeeping.  end_transaction() returns
+ * to the memory context that was current before (a commit leaves
+ * TopMemoryContext current, where the loop's allocations would leak).
+ */
+static MemoryContext
 begin_transaction(const char *activity)
 {
+	MemoryContext caller = CurrentMemoryContext;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
+	return caller;
 }
 
 static void
-end_transaction(void)
+end_transaction(MemoryContext caller)
 {
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
@@ -278,14 +287,15 @@ load_subscription(Worker *w, int64 subscription_id)
 	MemoryContext cxt;
 	ReliqSubscription *sub;
 
+	MemoryContext caller;
+
 	cxt = AllocSetContextCreate(TopMemoryContext, "reliq subscription",
 								ALLOCSET_SMALL_SIZES);
-	begin_transaction("reliq: reading subscription");
+	caller = begin_transaction("reliq: reading subscription");
 	MemoryContextSwitchTo(cxt);
 	sub = reliq_catalog_extension_present() ?
 		reliq_catalog_load_subscription(subscription_id) : NULL;
-	end_transaction();
-	MemoryContextSwitchTo(TopMemoryContext);
+	end_transaction(caller);
 
 	if (sub == NULL)
 	{
@@ -422,11 +432,13 @@ publish_consumer_info(Worker *w, const ReliqConsumerInfo *info)
 static void
 advance_floor(Worker *w, int64 ack_floor)
 {
+	MemoryContext caller;
+
 	if (ack_floor <= w->known_floor)
 		return;
-	begin_transaction("reliq: pruning the ledger");
+	caller = begin_transaction("reliq: pruning the ledger");
 	reliq_catalog_advance_floor(w->sub->id, w->stream_created, ack_floor);
-	end_transaction();
+	end_transaction(caller);
 	w->known_floor = ack_floor;
 }
 
@@ -448,6 +460,7 @@ ensure_attached(Worker *w)
 	bool		has_history;
 	bool		created;
 	char	   *description;
+	MemoryContext caller;
 
 	if (w->attached)
 		return true;
@@ -475,10 +488,10 @@ ensure_attached(Worker *w)
 		return false;
 	}
 
-	begin_transaction("reliq: attaching to the stream");
+	caller = begin_transaction("reliq: attaching to the stream");
 	claimed = reliq_catalog_claim_stream(w->sub->id, before.created_ns,
 										 &floor, &has_history);
-	end_transaction();
+	end_transaction(caller);
 	if (claimed != before.created_ns)
 	{
 		note_problem(w, LOG, "a newer incarnation of stream \"%s\" is recorded than the server shows; waiting",
@@ -678,31 +691,37 @@ connection_usable(Worker *w)
 }
 
 /*
- * Take messages that have arrived, without waiting.  Returns false if
- * the inbox failed (the worker then attaches again).
+ * Wait up to wait_ms for the next inbox event and deal with it; a message
+ * lands in msgs[*n].  Returns false when nothing came (or the inbox
+ * failed, and the worker detached).
  */
 static bool
+next_event(Worker *w, ReliqMessage *msgs, int *n, int wait_ms)
+{
+	switch (reliq_puller_next(w->puller, wait_ms, &msgs[*n]))
+	{
+		case RELIQ_PULL_MESSAGE:
+			(*n)++;
+			return true;
+		case RELIQ_PULL_ENDED:
+			handle_pull_end(w);
+			return true;
+		case RELIQ_PULL_ERROR:
+			note_problem(w, WARNING, "%s", reliq_nats_last_error());
+			detach(w);
+			return false;
+		case RELIQ_PULL_NOTHING:
+			return false;
+	}
+	return false;
+}
+
+/* Take the messages that have arrived, without waiting. */
+static void
 take_arrived(Worker *w, ReliqMessage *msgs, int max, int *n)
 {
-	while (*n < max && w->attached)
-	{
-		switch (reliq_puller_next(w->puller, 0, &msgs[*n]))
-		{
-			case RELIQ_PULL_MESSAGE:
-				(*n)++;
-				break;
-			case RELIQ_PULL_ENDED:
-				handle_pull_end(w);
-				break;
-			case RELIQ_PULL_ERROR:
-				note_problem(w, WARNING, "%s", reliq_nats_last_error());
-				detach(w);
-				return false;
-			case RELIQ_PULL_NOTHING:
-				return true;
-		}
-	}
-	return true;
+	while (*n < max && w->attached && next_event(w, msgs, n, 0))
+		;
 }
 
 /*
@@ -720,7 +739,8 @@ collect_batch(Worker *w, ReliqMessage *msgs, int max)
 	set_state(w, w->stopping ? RELIQ_WORKER_STOPPING : RELIQ_WORKER_FETCHING);
 	for (;;)
 	{
-		if (!take_arrived(w, msgs, max, &n) || n > 0)
+		take_arrived(w, msgs, max, &n);
+		if (n > 0 || !w->attached)
 			break;
 		if (w->stopping && !reliq_puller_active(w->puller))
 			break;
@@ -743,21 +763,7 @@ collect_batch(Worker *w, ReliqMessage *msgs, int max)
 			wait_latch(RELIQ_POLL_MS);
 			continue;
 		}
-		switch (reliq_puller_next(w->puller, RELIQ_POLL_MS, &msgs[n]))
-		{
-			case RELIQ_PULL_MESSAGE:
-				n++;
-				break;
-			case RELIQ_PULL_ENDED:
-				handle_pull_end(w);
-				break;
-			case RELIQ_PULL_ERROR:
-				note_problem(w, WARNING, "%s", reliq_nats_last_error());
-				detach(w);
-				break;
-			case RELIQ_PULL_NOTHING:
-				break;
-		}
+		(void) next_event(w, msgs, &n, RELIQ_POLL_MS);
 	}
 
 	if (n > 0 && w->attached && !w->stopping &&
@@ -1060,14 +1066,11 @@ hold_step(Worker *w)
 		send_in_progress(w);
 	if (now >= w->next_probe)
 	{
-		MemoryContext old = MemoryContextSwitchTo(w->batch_cxt);
 		ReliqMessage *msgs = palloc(sizeof(ReliqMessage) * w->nheld);
 		int			n = w->nheld;
 
 		memcpy(msgs, w->held, sizeof(ReliqMessage) * n);
 		process_batch(w, msgs, n, true);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(w->batch_cxt);
 		return;
 	}
 	wait_latch(Min(RELIQ_POLL_MS * 10,
@@ -1124,6 +1127,9 @@ reliq_worker_main(Datum main_arg)
 	{
 		int			n;
 
+		/* everything an iteration allocates goes when it ends */
+		MemoryContextSwitchTo(w.batch_cxt);
+		MemoryContextReset(w.batch_cxt);
 		check_for_news(&w);
 		if (w.stopping && w.nheld == 0 &&
 			(w.puller == NULL || !reliq_puller_active(w.puller)) &&
@@ -1150,13 +1156,10 @@ reliq_worker_main(Datum main_arg)
 		if (!w.attached)
 			continue;
 
-		MemoryContextSwitchTo(w.batch_cxt);
 		msgs = palloc(sizeof(ReliqMessage) * w.sub->batch_size);
 		n = collect_batch(&w, msgs, w.sub->batch_size);
 		if (n > 0)
 			apply_collected(&w, msgs, n);
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(w.batch_cxt);
 	}
 	finish(&w);
 }
