@@ -52,8 +52,3 @@ reliq-test-environment:
 		echo "reliq's tests need a nats-server: run scripts/test, or test/with-nats make installcheck"; \
 		exit 1; }
 
-.PHONY: format format-check
-format:
-	clang-format -i src/*.c src/*.h
-format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h
