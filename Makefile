@@ -33,6 +33,10 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies here (autodepend is off): rebuild
+# every object when any header changes, so struct layouts never disagree.
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 # After the include: Makefile.global resets these.
 PROVE_TESTS = $(or $(RELIQ_TAP_TESTS),test/t/*.pl)
 PROVE_FLAGS = -I $(srcdir)/test/perl $(RELIQ_PROVE_FLAGS)

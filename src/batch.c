@@ -235,6 +235,15 @@ ensure_plans(ReliqBatchState *state)
 										  " ON CONFLICT DO NOTHING"
 										  " RETURNING stream_seq",
 										  3, ledger_args);
+		state->floor_plan = prepare_kept(
+										 "SELECT ack_floor FROM reliq._stream_floor"
+										 " WHERE subscription_id = $1 AND stream_created = $2",
+										 2, ledger_args);
+		state->unrecord_plan = prepare_kept(
+											"DELETE FROM reliq._ledger"
+											" WHERE subscription_id = $1 AND stream_created = $2"
+											"   AND stream_seq = ANY($3)",
+											3, ledger_args);
 		state->identity_plan = prepare_kept(
 											"SELECT stream_created FROM reliq._stream_identity WHERE subscription_id = $1",
 											1, identity_args);
@@ -378,6 +387,54 @@ stream_is_current(ReliqBatchState *state)
 }
 
 /*
+ * A prune may have deleted a committed ledger row between the snapshot of
+ * the ledger INSERT and its conflict check, making a sequence look new.
+ * The prune raised the floor in the same transaction, and this statement's
+ * snapshot is later than the INSERT's: a "new" sequence at or below the
+ * floor seen now was applied before.  Undo our row for it.
+ */
+static void
+forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
+			  int count, bool *fresh)
+{
+	Datum		args[3];
+	Datum	   *seqs;
+	int64		floor;
+	bool		isnull;
+	int			nstale = 0;
+	int			i;
+
+	args[0] = Int64GetDatum(state->sub->id);
+	args[1] = Int64GetDatum(state->stream_created);
+	if (SPI_execute_plan(state->floor_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq._stream_floor");
+	if (SPI_processed == 0)
+		return;
+	floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+
+	seqs = palloc(sizeof(Datum) * Max(count, 1));
+	for (i = 0; i < count; i++)
+	{
+		if (fresh[indexes[i]] && msgs[indexes[i]].stream_seq <= floor)
+		{
+			fresh[indexes[i]] = false;
+			seqs[nstale++] = Int64GetDatum(msgs[indexes[i]].stream_seq);
+		}
+	}
+	if (nstale > 0)
+	{
+		args[2] = PointerGetDatum(construct_array(seqs, nstale, INT8OID, 8,
+												  FLOAT8PASSBYVAL,
+												  TYPALIGN_DOUBLE));
+		if (SPI_execute_plan(state->unrecord_plan, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not correct reliq._ledger");
+	}
+	pfree(seqs);
+}
+
+/*
  * Record msgs[i] for every i in indexes; mark fresh[i] for those recorded
  * now.  A sequence present twice in one batch is recorded once: the second
  * copy stays not fresh, a duplicate.
@@ -423,6 +480,7 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	}
 	SPI_freetuptable(SPI_tuptable);
 	pfree(array);
+	forget_pruned(state, msgs, indexes, count, fresh);
 	pfree(seqs);
 }
 
@@ -539,7 +597,6 @@ start_batch_transaction(ReliqBatchState *state)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ensure_plans(state);
-	reliq_lock_subscription_ledger(state->sub->id, false);
 }
 
 static void

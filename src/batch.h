@@ -43,6 +43,8 @@ typedef struct ReliqBatchState
 	Oid			message_type;
 	TupleDesc	message_tupdesc;
 	SPIPlanPtr	ledger_plan;
+	SPIPlanPtr	floor_plan;
+	SPIPlanPtr	unrecord_plan;
 	SPIPlanPtr	identity_plan;
 	SPIPlanPtr	dead_letter_plan;
 	SPIPlanPtr	handler_plan;

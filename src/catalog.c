@@ -18,11 +18,13 @@
  *							attached to; a batch labelled with an older one
  *							is refused.
  *
- * Batches take a per-subscription advisory lock in share mode; pruning and
- * claiming a stream take it in exclusive mode.  So a batch never checks
- * the ledger between a prune's delete and its floor update.  The lock tag
- * is (database, RELIQ_ADVISORY_CLASS, subscription id, 2), visible in
- * pg_locks as an advisory lock.
+ * No lock orders batches and pruning.  A prune raises the floor and deletes
+ * the ledger rows below it in one transaction; a batch that writes its
+ * ledger rows reads the floor again afterwards, in a later statement (so
+ * with a later snapshot), and takes any sequence at or below it for a
+ * duplicate (batch.c).  A row a prune deleted between the batch's snapshot
+ * and its conflict check is thus still caught; and no batch, however long,
+ * holds up a prune or a worker attaching.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,9 +44,6 @@
 
 #include "catalog.h"
 #include "reliq.h"
-
-/* First key of reliq's advisory locks: "relq" in ASCII. */
-#define RELIQ_ADVISORY_CLASS 0x72656c71
 
 bool
 reliq_catalog_extension_present(void)
@@ -260,17 +259,6 @@ reliq_subscription_backoff_ms(const ReliqSubscription *sub, int delivered)
 	return sub->backoff_ms[i];
 }
 
-void
-reliq_lock_subscription_ledger(int64 subscription_id, bool exclusive)
-{
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, RELIQ_ADVISORY_CLASS,
-						 (uint32) subscription_id, 2);
-	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock,
-					   false, false);
-}
-
 /*
  * A worker has found the stream incarnation stream_created.  Record it as
  * the subscription's current one unless a newer one is recorded already,
@@ -290,7 +278,6 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 	int64		current;
 	int			nest;
 
-	reliq_lock_subscription_ledger(subscription_id, true);
 	SPI_connect();
 	nest = reliq_enter_safe_search_path();
 	SPI_execute_with_args("INSERT INTO reliq._stream_identity AS i (subscription_id, stream_created)"
@@ -343,7 +330,6 @@ reliq_catalog_advance_floor(int64 subscription_id, int64 stream_created,
 	Int64GetDatum(ack_floor)};
 	int			nest;
 
-	reliq_lock_subscription_ledger(subscription_id, true);
 	SPI_connect();
 	nest = reliq_enter_safe_search_path();
 	SPI_execute_with_args("INSERT INTO reliq._stream_floor AS f (subscription_id, stream_created, ack_floor)"

@@ -57,8 +57,6 @@ extern int64 reliq_subscription_backoff_ms(const ReliqSubscription *sub,
 extern int	reliq_enter_safe_search_path(void);
 extern void reliq_leave_safe_search_path(int nest_level);
 
-extern void reliq_lock_subscription_ledger(int64 subscription_id,
-										   bool exclusive);
 extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 										int64 stream_created,
 										int64 *floor, bool *has_history);
