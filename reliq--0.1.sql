@@ -81,6 +81,7 @@ CREATE TABLE reliq.dead_letter (
     error_detail    text,
     error_context   text,
     sqlstate        text,
+    traceparent     text,
     failed_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     replay_attempts integer NOT NULL DEFAULT 0,
     last_replay_at  timestamptz
@@ -218,11 +219,22 @@ CREATE FUNCTION reliq._subscription_stats(
     OUT retried bigint, OUT dead_lettered bigint, OUT duplicates bigint,
     OUT batches bigint, OUT in_flight bigint,
     OUT pending bigint, OUT ack_pending bigint, OUT redelivered bigint,
-    OUT ack_floor bigint, OUT consumer_info_at timestamptz,
+    OUT ack_floor bigint, OUT max_ack_pending bigint,
+    OUT consumer_info_at timestamptz,
     OUT last_error text, OUT last_error_at timestamptz,
-    OUT last_batch_at timestamptz, OUT stats_reset_at timestamptz)
+    OUT last_batch_at timestamptz, OUT stats_reset_at timestamptz,
+    OUT messages_per_second double precision,
+    OUT batch_p50 interval, OUT batch_p99 interval,
+    OUT latency_p50 interval, OUT latency_p99 interval,
+    OUT disconnected_since timestamptz, OUT lag_growing boolean,
+    OUT last_failure_at timestamptz)
 RETURNS SETOF record
 LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_subscription_stats';
+
+CREATE FUNCTION reliq.metrics()
+RETURNS text
+LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_metrics';
+COMMENT ON FUNCTION reliq.metrics() IS 'Every subscription''s figures in the Prometheus text exposition format (the same as the reliq.metrics_port endpoint)';
 
 CREATE FUNCTION reliq._worker_status(
     OUT pid integer, OUT subscription_id bigint, OUT subscription_name text,
@@ -256,10 +268,19 @@ SELECT s.subscription_name,
        st.ack_pending,
        st.redelivered,
        st.ack_floor,
+       st.max_ack_pending,
        st.last_error,
        st.last_error_at,
+       st.last_failure_at,
        st.last_batch_at,
+       COALESCE(st.messages_per_second, 0) AS messages_per_second,
+       st.batch_p50,
+       st.batch_p99,
+       st.latency_p50,
+       st.latency_p99,
        st.consumer_info_at,
+       st.disconnected_since,
+       COALESCE(st.lag_growing, false) AS lag_growing,
        st.stats_reset_at,
        s.stream,
        s.subject,
@@ -273,6 +294,62 @@ SELECT w.pid, w.subscription_name, w.worker_index, w.state, w.connected,
        w.batch_size, w.in_flight, w.since, w.started_at
   FROM reliq._worker_status() w;
 COMMENT ON VIEW reliq.worker_status IS 'One row per running reliq worker';
+
+CREATE FUNCTION reliq.health(OUT subscription_name text, OUT status text, OUT reasons text[])
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT s.subscription_name,
+       CASE WHEN bool_or(r.level = 'down') THEN 'down'
+            WHEN bool_or(r.level = 'degraded') THEN 'degraded'
+            ELSE 'ok' END,
+       COALESCE(array_agg(r.reason ORDER BY r.ord) FILTER (WHERE r.reason IS NOT NULL), '{}')
+  FROM reliq.subscription_stats s
+  LEFT JOIN LATERAL (VALUES
+      (1, NOT s.enabled, 'ok', 'paused'),
+      (2, s.enabled AND s.workers = 0, 'down', 'no worker running'),
+      (3, s.state = 'failing', 'down',
+          'systemic failure: ' || COALESCE(s.last_error, 'unknown error')),
+      (4, s.disconnected_since < now() - current_setting('reliq.health_disconnect_timeout')::interval,
+          'down', format('disconnected from NATS for %s', date_trunc('second', now() - s.disconnected_since))),
+      (5, s.disconnected_since >= now() - current_setting('reliq.health_disconnect_timeout')::interval,
+          'degraded', 'disconnected from NATS, reconnecting'),
+      (6, s.state = 'backing_off', 'degraded',
+          'backing off: ' || COALESCE(s.last_error, 'retrying')),
+      (7, s.max_ack_pending > 0 AND s.ack_pending >= s.max_ack_pending, 'degraded',
+          format('stalled: %s messages await acknowledgement, the consumer''s max_ack_pending', s.ack_pending)),
+      (8, s.lag_growing, 'degraded',
+          format('lag growing while nothing is processed (%s pending)', s.pending)),
+      (9, s.enabled AND s.workers > 0 AND s.consumer_info_at
+            < now() - 3 * current_setting('reliq.refresh_interval')::interval, 'degraded',
+          format('no consumer information from the server since %s', s.consumer_info_at)),
+      (10, s.state <> 'failing' AND s.last_failure_at > now() - interval '1 minute', 'degraded',
+          'messages failed in the last minute: ' || s.last_error)
+  ) AS r(ord, active, level, reason) ON r.active
+ GROUP BY s.subscription_name
+ ORDER BY s.subscription_name
+$$;
+COMMENT ON FUNCTION reliq.health() IS 'One row per subscription: ok, degraded or down, with the reasons';
+
+-- Warns when the enabled subscriptions want more workers than there are.
+CREATE FUNCTION reliq._warn_worker_budget()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wanted bigint;
+    budget integer := current_setting('reliq.max_workers')::integer;
+BEGIN
+    SELECT COALESCE(sum(concurrency), 0) INTO wanted FROM reliq.subscription WHERE enabled;
+    IF wanted > budget THEN
+        RAISE WARNING 'subscriptions now want % workers, but reliq.max_workers is %', wanted, budget
+            USING DETAIL = 'Subscriptions are served in order of creation; the last ones run with fewer workers than their concurrency, or none.',
+                  HINT = 'Increase reliq.max_workers (and max_worker_processes) and restart the server, or lower a concurrency.';
+    END IF;
+END
+$$;
 
 /*
  * SQL API
@@ -541,6 +618,7 @@ BEGIN
             create_subscription.backoff, create_subscription.ack_wait, create_subscription.handler_timeout,
             create_subscription.start, create_subscription.enabled, v_owner)
     RETURNING id INTO v_id;
+    PERFORM reliq._warn_worker_budget();
     RETURN v_id;
 END
 $$;
@@ -605,6 +683,9 @@ BEGIN
                                   WHEN alter_subscription.handler_timeout = '0'::interval THEN NULL
                                   ELSE alter_subscription.handler_timeout END
      WHERE t.id = s.id;
+    IF alter_subscription.concurrency IS NOT NULL OR alter_subscription.enabled THEN
+        PERFORM reliq._warn_worker_budget();
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval)
@@ -713,6 +794,7 @@ GRANT EXECUTE ON FUNCTION
     reliq._max_ack_pending(integer, integer),
     reliq._ensure_consumer(text, text, text, interval, bigint, text, text),
     reliq._delete_consumer(text, text),
+    reliq._warn_worker_budget(),
     reliq._subscription_bump_version(),
     reliq._subscription_changed()
     TO reliq_admin;
@@ -727,7 +809,7 @@ GRANT EXECUTE ON FUNCTION
     TO PUBLIC;
 
 GRANT EXECUTE ON FUNCTION reliq._subscription_stats(), reliq._worker_status(),
-                          reliq._parse_ack_subject(text)
+                          reliq._parse_ack_subject(text), reliq.metrics(), reliq.health()
     TO reliq_admin, pg_monitor;
 GRANT SELECT ON reliq.subscription_stats, reliq.worker_status TO reliq_admin, pg_monitor;
 

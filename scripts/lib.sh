@@ -4,7 +4,7 @@
 # and installs the extension, and runs test programs as an unprivileged user
 # (initdb refuses to run as root; CI runs as root).
 
-RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc"
+RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl"
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 export PG_CONFIG=${PG_CONFIG:-$PG_BINDIR/pg_config}
 
@@ -33,6 +33,7 @@ reliq_missing_packages() {
 	perl -MIPC::Run -e 1 2>/dev/null || missing="$missing libipc-run-perl"
 	command -v make >/dev/null || missing="$missing make"
 	command -v gcc >/dev/null || missing="$missing gcc"
+	command -v curl >/dev/null || missing="$missing curl"
 	echo $missing
 }
 

@@ -47,9 +47,11 @@ SELECT subscription_name, state, workers, concurrency, batch_size, received,
 SELECT subscription_name, worker_index, state IN ('fetching', 'processing') AS working, connected
   FROM reliq.worker_status;
 
--- Workers show in pg_stat_activity.
+-- Workers show in pg_stat_activity.  (The launcher and the monitor too,
+-- but in this instance they may still be waiting for the database to
+-- exist; the TAP tests check them.)
 SELECT backend_type, application_name
-  FROM pg_stat_activity WHERE backend_type LIKE 'reliq%' ORDER BY 1, 2;
+  FROM pg_stat_activity WHERE backend_type = 'reliq worker' ORDER BY 1, 2;
 
 -- Retune live: more workers, bigger batches, no restart.
 SELECT reliq.alter_subscription('events', batch_size => 50, concurrency => 2);

@@ -314,6 +314,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	Datum		message;
 	int64		subscription_id;
 	int64		stream_seq;
+	char	   *traceparent;
 	bool		isnull;
 	volatile bool ok = true;
 	ErrorData  *error = NULL;
@@ -321,7 +322,8 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT d.subscription_id, d.stream_seq,"
 							  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
-							  "           d.stream_seq, d.delivered, d.published_at)::reliq.message"
+							  "           d.stream_seq, d.delivered, d.published_at)::reliq.message,"
+							  "       d.traceparent"
 							  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read reliq.dead_letter");
@@ -334,6 +336,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	subscription_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	stream_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	message = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	traceparent = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 
 	sub = reliq_catalog_load_subscription(subscription_id);
 	if (sub == NULL)
@@ -353,7 +356,8 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(caller);
 	PG_TRY();
 	{
-		reliq_call_handler(sub, plan, message, sub->id, 0, stream_seq);
+		reliq_call_handler(sub, plan, message, traceparent, sub->id, 0,
+						   stream_seq);
 		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete dead letter");
@@ -478,42 +482,6 @@ copy_workers(WorkerCopy **copies)
 	return n;
 }
 
-/* One word for a subscription's workers; see reliq.subscription_stats. */
-static const char *
-summarize_state(const WorkerCopy *workers, int nworkers, int64 id, int *count,
-				int64 *in_flight)
-{
-	int			running = 0;
-	int			failing = 0;
-	int			connected = 0;
-	int			connecting = 0;
-	int			i;
-
-	*in_flight = 0;
-	for (i = 0; i < nworkers; i++)
-	{
-		if (workers[i].subscription_id != id)
-			continue;
-		running++;
-		*in_flight += workers[i].in_flight;
-		if (workers[i].state == RELIQ_WORKER_FAILING)
-			failing++;
-		if (workers[i].connected)
-			connected++;
-		if (workers[i].state == RELIQ_WORKER_STARTING ||
-			workers[i].state == RELIQ_WORKER_CONNECTING)
-			connecting++;
-	}
-	*count = running;
-	if (running == 0)
-		return NULL;
-	if (failing > 0)
-		return "failing";
-	if (connected == 0)
-		return connecting > 0 ? "connecting" : "disconnected";
-	return "running";
-}
-
 static Datum
 timestamp_or_null(TimestampTz t, bool *isnull)
 {
@@ -521,82 +489,71 @@ timestamp_or_null(TimestampTz t, bool *isnull)
 	return TimestampTzGetDatum(t);
 }
 
+static Datum
+interval_us_or_null(int64 us, bool *isnull)
+{
+	Interval   *interval;
+
+	*isnull = (us < 0);
+	if (us < 0)
+		return (Datum) 0;
+	interval = palloc0(sizeof(Interval));
+	interval->time = us;
+	return IntervalPGetDatum(interval);
+}
+
+/* reliq._subscription_stats(): the figures behind reliq.subscription_stats. */
 Datum
 reliq_subscription_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	WorkerCopy *workers;
-	int			nworkers;
+	ReliqStatsSnapshot *snapshots;
+	int			n;
 	int			i;
 
 	reliq_shmem_require();
 	reliq_require_worker_database("reliq.subscription_stats");
 	InitMaterializedSRF(fcinfo, 0);
-	nworkers = copy_workers(&workers);
+	n = reliq_stats_snapshot(&snapshots);
 
-	for (i = 0; i < reliq_shared->max_subscriptions; i++)
+	for (i = 0; i < n; i++)
 	{
-		ReliqSubscriptionStats *entry = &reliq_shared->stats[i];
-		Datum		values[20];
-		bool		nulls[20] = {false};
-		int64		id;
-		const char *state;
-		int			count;
-		int64		in_flight;
-		char		last_error[RELIQ_ERROR_LEN];
-		TimestampTz last_error_at,
-					last_batch_at,
-					reset_at,
-					info_at;
-		bool		have_info;
-		int64		pending,
-					ack_pending,
-					redelivered,
-					ack_floor;
+		ReliqStatsSnapshot *s = &snapshots[i];
+		Datum		values[29];
+		bool		nulls[29] = {false};
 
-		LWLockAcquire(reliq_shared->lock, LW_SHARED);
-		id = entry->subscription_id;
-		LWLockRelease(reliq_shared->lock);
-		if (id == 0)
-			continue;
-
-		SpinLockAcquire(&entry->mutex);
-		strlcpy(last_error, entry->last_error, sizeof(last_error));
-		last_error_at = entry->last_error_at;
-		last_batch_at = entry->last_batch_at;
-		reset_at = entry->stats_reset_at;
-		have_info = entry->have_consumer_info;
-		pending = entry->num_pending;
-		ack_pending = entry->num_ack_pending;
-		redelivered = entry->num_redelivered;
-		ack_floor = entry->ack_floor;
-		info_at = entry->consumer_info_at;
-		SpinLockRelease(&entry->mutex);
-
-		state = summarize_state(workers, nworkers, id, &count, &in_flight);
-		values[0] = Int64GetDatum(id);
-		values[1] = state ? CStringGetTextDatum(state) : (Datum) 0;
-		nulls[1] = (state == NULL);
-		values[2] = Int32GetDatum(count);
-		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->received));
-		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->processed));
-		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->failed));
-		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->retried));
-		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->dead_lettered));
-		values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->duplicates));
-		values[9] = Int64GetDatum((int64) pg_atomic_read_u64(&entry->batches));
-		values[10] = Int64GetDatum(in_flight);
-		values[11] = Int64GetDatum(pending);
-		values[12] = Int64GetDatum(ack_pending);
-		values[13] = Int64GetDatum(redelivered);
-		values[14] = Int64GetDatum(ack_floor);
-		nulls[11] = nulls[12] = nulls[13] = nulls[14] = !have_info;
-		values[15] = timestamp_or_null(info_at, &nulls[15]);
-		values[16] = CStringGetTextDatum(last_error);
-		nulls[16] = (last_error[0] == '\0');
-		values[17] = timestamp_or_null(last_error_at, &nulls[17]);
-		values[18] = timestamp_or_null(last_batch_at, &nulls[18]);
-		values[19] = timestamp_or_null(reset_at, &nulls[19]);
+		values[0] = Int64GetDatum(s->subscription_id);
+		values[1] = s->state ? CStringGetTextDatum(s->state) : (Datum) 0;
+		nulls[1] = (s->state == NULL);
+		values[2] = Int32GetDatum(s->workers);
+		values[3] = Int64GetDatum((int64) s->received);
+		values[4] = Int64GetDatum((int64) s->processed);
+		values[5] = Int64GetDatum((int64) s->failed);
+		values[6] = Int64GetDatum((int64) s->retried);
+		values[7] = Int64GetDatum((int64) s->dead_lettered);
+		values[8] = Int64GetDatum((int64) s->duplicates);
+		values[9] = Int64GetDatum((int64) s->batches);
+		values[10] = Int64GetDatum(s->in_flight);
+		values[11] = Int64GetDatum(s->pending);
+		values[12] = Int64GetDatum(s->ack_pending);
+		values[13] = Int64GetDatum(s->redelivered);
+		values[14] = Int64GetDatum(s->ack_floor);
+		values[15] = Int64GetDatum(s->max_ack_pending);
+		nulls[11] = nulls[12] = nulls[13] = nulls[14] = nulls[15] = !s->have_consumer_info;
+		values[16] = timestamp_or_null(s->consumer_info_at, &nulls[16]);
+		values[17] = CStringGetTextDatum(s->last_error);
+		nulls[17] = (s->last_error[0] == '\0');
+		values[18] = timestamp_or_null(s->last_error_at, &nulls[18]);
+		values[19] = timestamp_or_null(s->last_batch_at, &nulls[19]);
+		values[20] = timestamp_or_null(s->stats_reset_at, &nulls[20]);
+		values[21] = Float8GetDatum(s->rate);
+		values[22] = interval_us_or_null(s->batch_p50_us, &nulls[22]);
+		values[23] = interval_us_or_null(s->batch_p99_us, &nulls[23]);
+		values[24] = interval_us_or_null(s->latency_p50_us, &nulls[24]);
+		values[25] = interval_us_or_null(s->latency_p99_us, &nulls[25]);
+		values[26] = timestamp_or_null(s->disconnected_since, &nulls[26]);
+		values[27] = BoolGetDatum(s->lag_growing);
+		values[28] = timestamp_or_null(s->last_failure_at, &nulls[28]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -215,9 +215,9 @@ ensure_plans(ReliqBatchState *state)
 	{
 		Oid			ledger_args[3] = {INT8OID, INT8OID, INT8ARRAYOID};
 		Oid			identity_args[1] = {INT8OID};
-		Oid			dead_letter_args[13] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
+		Oid			dead_letter_args[14] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
 			BYTEAOID, JSONBOID, INT8OID, INT4OID, TIMESTAMPTZOID,
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 
 		nest = reliq_enter_safe_search_path();
 
@@ -250,9 +250,9 @@ ensure_plans(ReliqBatchState *state)
 		state->dead_letter_plan = prepare_kept(
 											   "INSERT INTO reliq.dead_letter (subscription_id, subscription, stream, subject,"
 											   "  data, headers, stream_seq, delivered, published_at, error_message,"
-											   "  error_detail, error_context, sqlstate)"
-											   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-											   13, dead_letter_args);
+											   "  error_detail, error_context, sqlstate, traceparent)"
+											   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+											   14, dead_letter_args);
 		reliq_leave_safe_search_path(nest);
 	}
 
@@ -285,8 +285,9 @@ ensure_plans(ReliqBatchState *state)
  */
 int
 reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
-				   Datum message, int64 subscription_id,
-				   int64 stream_created, int64 stream_seq)
+				   Datum message, const char *traceparent,
+				   int64 subscription_id, int64 stream_created,
+				   int64 stream_seq)
 {
 	Oid			save_userid;
 	int			save_sec_context;
@@ -298,6 +299,10 @@ reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	nest = NewGUCNestLevel();
+	if (traceparent != NULL)
+		(void) set_config_option("reliq.traceparent", traceparent,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 
 	current_subscription_id = subscription_id;
 	current_stream_created = stream_created;
@@ -358,6 +363,7 @@ apply_message(ReliqBatchState *state, ReliqMessage *msg)
 											  state->message_tupdesc);
 
 	msg->outboxed = reliq_call_handler(state->sub, state->handler_plan, message,
+									   reliq_message_header(msg, "traceparent"),
 									   state->sub->id, state->stream_created,
 									   msg->stream_seq);
 	MemoryContextSwitchTo(old);
@@ -512,8 +518,8 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 {
 	MemoryContext old = MemoryContextSwitchTo(state->message_cxt);
 	ErrorData  *error = msg->error;
-	Datum		values[13];
-	char		nulls[13];
+	Datum		values[14];
+	char		nulls[14];
 	bytea	   *data;
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -535,6 +541,7 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 	values[11] = nullable_text(error ? error->context : NULL, &nulls[11]);
 	values[12] = nullable_text(error ? unpack_sql_state(error->sqlerrcode) : NULL,
 							   &nulls[12]);
+	values[13] = nullable_text(reliq_message_header(msg, "traceparent"), &nulls[13]);
 
 	if (SPI_execute_plan(state->dead_letter_plan, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not write reliq.dead_letter");

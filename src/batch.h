@@ -80,8 +80,9 @@ extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
 extern SPIPlanPtr reliq_prepare_handler_plan(const ReliqSubscription *sub,
 											 Oid message_type);
 extern int	reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
-							   Datum message, int64 subscription_id,
-							   int64 stream_created, int64 stream_seq);
+							   Datum message, const char *traceparent,
+							   int64 subscription_id, int64 stream_created,
+							   int64 stream_seq);
 
 /* Used by reliq.publish inside a handler. */
 extern bool reliq_batch_publish_msg_id(char *buf, size_t len);

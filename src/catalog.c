@@ -196,7 +196,7 @@ reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
 
 	SPI_connect();
 	nest = reliq_enter_safe_search_path();
-	rc = SPI_execute("SELECT id, subscription_name, enabled, concurrency, version"
+	rc = SPI_execute("SELECT id, subscription_name, enabled, concurrency, version, batch_size"
 					 "  FROM reliq.subscription ORDER BY id", true, 0);
 	reliq_leave_safe_search_path(nest);
 	if (rc != SPI_OK_SELECT)
@@ -217,6 +217,55 @@ reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
 		(*list)[i].enabled = bool_column(t, d, 3);
 		(*list)[i].concurrency = int32_column(t, d, 4);
 		(*list)[i].version = int64_column(t, d, 5);
+		(*list)[i].batch_size = int32_column(t, d, 6);
+	}
+	SPI_finish();
+	return count;
+}
+
+/*
+ * Every subscription with the stream incarnation its workers attached to
+ * and the floor recorded for it, for the monitor.  Allocated in the
+ * caller's memory context.
+ */
+int
+reliq_catalog_list_watched(ReliqWatched **list)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	int			nest;
+	int			count;
+	uint64		i;
+
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	if (SPI_execute("SELECT s.id, s.subscription_name, s.stream, s.consumer, s.enabled,"
+					"       i.stream_created, COALESCE(f.ack_floor, 0)"
+					"  FROM reliq.subscription s"
+					"  LEFT JOIN reliq._stream_identity i ON i.subscription_id = s.id"
+					"  LEFT JOIN reliq._stream_floor f ON f.subscription_id = s.id"
+					"        AND f.stream_created = i.stream_created"
+					" ORDER BY s.id", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq.subscription");
+	reliq_leave_safe_search_path(nest);
+
+	count = (int) SPI_processed;
+	*list = MemoryContextAllocZero(caller, sizeof(ReliqWatched) * Max(count, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		ReliqWatched *w = &(*list)[i];
+		bool		isnull;
+
+		w->id = int64_column(t, d, 1);
+		w->name = MemoryContextStrdup(caller, SPI_getvalue(t, d, 2));
+		w->stream = MemoryContextStrdup(caller, SPI_getvalue(t, d, 3));
+		w->consumer = MemoryContextStrdup(caller, SPI_getvalue(t, d, 4));
+		w->enabled = bool_column(t, d, 5);
+		(void) SPI_getbinval(t, d, 6, &isnull);
+		w->attached = !isnull;
+		w->stream_created = int64_column(t, d, 6);
+		w->ack_floor = int64_column(t, d, 7);
 	}
 	SPI_finish();
 	return count;

@@ -43,10 +43,25 @@ typedef struct ReliqSubscriptionSummary
 	char		name[NAMEDATALEN];
 	bool		enabled;
 	int			concurrency;
+	int			batch_size;
 	int64		version;
 } ReliqSubscriptionSummary;
 
+/* What the monitor watches of each subscription. */
+typedef struct ReliqWatched
+{
+	int64		id;
+	char	   *name;
+	char	   *stream;
+	char	   *consumer;
+	bool		enabled;
+	bool		attached;		/* a worker has recorded the stream's identity */
+	int64		stream_created;
+	int64		ack_floor;		/* recorded for that identity; 0 if none */
+} ReliqWatched;
+
 extern bool reliq_catalog_extension_present(void);
+extern int	reliq_catalog_list_watched(ReliqWatched **list);
 extern ReliqSubscription *reliq_catalog_load_subscription(int64 id);
 extern int	reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list);
 extern void reliq_catalog_forget_dropped(void);

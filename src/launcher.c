@@ -379,8 +379,14 @@ reconcile(MemoryContext cxt)
 	ids = MemoryContextAlloc(cxt, sizeof(int64) * Max(count, 1));
 	for (i = 0; i < count; i++)
 	{
+		ReliqSubscriptionStats *entry = reliq_stats_find(subs[i].id, true,
+														 subs[i].name);
+
 		ids[i] = subs[i].id;
-		if (reliq_stats_find(subs[i].id, true, subs[i].name) == NULL)
+		if (entry != NULL)
+			reliq_stats_set_catalog(entry, subs[i].enabled, subs[i].concurrency,
+									subs[i].batch_size);
+		else
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("no statistics entry left for reliq subscription \"%s\"", subs[i].name),

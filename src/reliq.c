@@ -17,6 +17,8 @@
 #include "utils/guc.h"
 
 #include "launcher.h"
+#include "metrics.h"
+#include "monitor.h"
 #include "reliq.h"
 #include "shmem.h"
 
@@ -40,6 +42,10 @@ char	   *reliq_nats_password = NULL;
 char	   *reliq_nats_tls_ca_file = NULL;
 char	   *reliq_nats_tls_cert_file = NULL;
 char	   *reliq_nats_tls_key_file = NULL;
+char	   *reliq_traceparent = NULL;
+int			reliq_health_disconnect_timeout = 10000;
+int			reliq_metrics_port = 0;
+char	   *reliq_metrics_listen_address = NULL;
 
 /* A secret: settable only in postgresql.conf, shown only to superusers. */
 static void
@@ -94,6 +100,24 @@ define_settings(void)
 							&reliq_systemic_failure_threshold, 10, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
+	DefineCustomStringVariable("reliq.traceparent",
+							   "W3C trace context of the message whose handler is running.",
+							   "Set by reliq from the message's traceparent header while its handler runs; empty otherwise.",
+							   &reliq_traceparent, "",
+							   PGC_USERSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.health_disconnect_timeout",
+							"How long a subscription may be disconnected from NATS before reliq.health() reports it down.",
+							NULL, &reliq_health_disconnect_timeout, 10000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.metrics_port",
+							"TCP port of the Prometheus endpoint (path /metrics); 0 turns it off.",
+							NULL, &reliq_metrics_port, 0, 0, 65535,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("reliq.metrics_listen_address",
+							   "Address the Prometheus endpoint listens on.",
+							   NULL, &reliq_metrics_listen_address, "127.0.0.1",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
 	define_secret("reliq.nats_credentials_file",
 				  "NATS credentials file (JWT and NKey seed).",
 				  &reliq_nats_credentials_file);
@@ -128,6 +152,9 @@ _PG_init(void)
 	define_settings();
 	reliq_shmem_install_hooks();
 	reliq_launcher_register();
+	reliq_monitor_register();
+	if (reliq_metrics_port > 0)
+		reliq_metrics_server_register();
 }
 
 bool

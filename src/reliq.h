@@ -37,6 +37,10 @@ extern char *reliq_nats_password;
 extern char *reliq_nats_tls_ca_file;
 extern char *reliq_nats_tls_cert_file;
 extern char *reliq_nats_tls_key_file;
+extern char *reliq_traceparent;
+extern int	reliq_health_disconnect_timeout;
+extern int	reliq_metrics_port;
+extern char *reliq_metrics_listen_address;
 
 /*
  * True when the current database is the one reliq's workers serve.  SQL

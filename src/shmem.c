@@ -15,9 +15,13 @@
  * - A slot's mutex (spinlock) guards what its worker reports: pid, latch,
  *   state, connected, since, started_at, batch_size, in_flight.  The worker
  *   writes them; anyone may copy them out.
- * - A statistics entry's counters are atomics, added to by any worker of
- *   the subscription without a lock.  Its mutex guards the rest: times,
- *   last_error and the consumer information from the server.
+ * - A statistics entry's counters and latency histograms are atomics,
+ *   added to by any worker of the subscription without a lock.  Its mutex
+ *   guards the rest: times, last_error, the consumer information from the
+ *   server, the recent samples (p50/p99), the per-second rate, the lag
+ *   points, and the copy of the subscription's settings the launcher
+ *   writes.  reliq_stats_snapshot() copies all of it out under the lock
+ *   and computes percentiles afterwards.
  * - ReliqShared->mutex guards the launcher's pid and latch.
  * - Order: the LWLock before any spinlock; never two spinlocks at once;
  *   a spinlock is held only to copy a few fields, never across a call that
@@ -53,6 +57,12 @@ static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_FAILING] = "failing",
 	[RELIQ_WORKER_DISCONNECTED] = "disconnected",
 	[RELIQ_WORKER_STOPPING] = "stopping",
+	[RELIQ_WORKER_BACKING_OFF] = "backing_off",
+};
+
+/* Upper bounds of the latency histogram buckets, in seconds. */
+const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 };
 
 const char *
@@ -86,9 +96,22 @@ shmem_request(void)
 }
 
 static void
+init_histogram(ReliqHistogram *histogram)
+{
+	int			i;
+
+	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
+		pg_atomic_init_u64(&histogram->buckets[i], 0);
+	pg_atomic_init_u64(&histogram->count, 0);
+	pg_atomic_init_u64(&histogram->sum_us, 0);
+}
+
+static void
 init_stats_entry(ReliqSubscriptionStats *entry)
 {
 	memset(entry, 0, sizeof(*entry));
+	init_histogram(&entry->batch_duration);
+	init_histogram(&entry->commit_latency);
 	pg_atomic_init_u64(&entry->received, 0);
 	pg_atomic_init_u64(&entry->processed, 0);
 	pg_atomic_init_u64(&entry->failed, 0);
@@ -266,17 +289,126 @@ reliq_stats_reset(ReliqSubscriptionStats *entry)
 	pg_atomic_write_u64(&entry->dead_lettered, 0);
 	pg_atomic_write_u64(&entry->duplicates, 0);
 	pg_atomic_write_u64(&entry->batches, 0);
+	init_histogram(&entry->batch_duration);
+	init_histogram(&entry->commit_latency);
 
 	SpinLockAcquire(&entry->mutex);
 	entry->last_batch_at = 0;
 	entry->last_error_at = 0;
+	entry->last_failure_at = 0;
 	entry->last_error[0] = '\0';
 	entry->stats_reset_at = GetCurrentTimestamp();
+	entry->batch_samples.count = entry->batch_samples.next = 0;
+	entry->latency_samples.count = entry->latency_samples.next = 0;
+	memset(entry->rate_second, 0, sizeof(entry->rate_second));
+	memset(entry->rate_count, 0, sizeof(entry->rate_count));
+	entry->lag_next = 0;
+	memset(entry->lag_at, 0, sizeof(entry->lag_at));
 	SpinLockRelease(&entry->mutex);
 }
 
+/* The subscription's settings, as the launcher read them. */
 void
-reliq_stats_set_error(ReliqSubscriptionStats *entry, const char *message)
+reliq_stats_set_catalog(ReliqSubscriptionStats *entry, bool enabled,
+						int concurrency, int batch_size)
+{
+	SpinLockAcquire(&entry->mutex);
+	entry->catalog_known = true;
+	entry->enabled = enabled;
+	entry->concurrency = concurrency;
+	entry->batch_size = batch_size;
+	SpinLockRelease(&entry->mutex);
+}
+
+static void
+observe(ReliqHistogram *histogram, int64 value_us)
+{
+	int			i = 0;
+
+	while (i < RELIQ_HISTOGRAM_BOUNDS &&
+		   (double) value_us > reliq_histogram_bounds[i] * 1000000.0)
+		i++;
+	pg_atomic_fetch_add_u64(&histogram->buckets[i], 1);
+	pg_atomic_fetch_add_u64(&histogram->count, 1);
+	pg_atomic_fetch_add_u64(&histogram->sum_us, (uint64) Max(value_us, 0));
+}
+
+static void
+add_sample(ReliqSamples *samples, int64 value_us)
+{
+	samples->values_us[samples->next] = value_us;
+	samples->next = (samples->next + 1) % RELIQ_SAMPLES;
+	if (samples->count < RELIQ_SAMPLES)
+		samples->count++;
+}
+
+/*
+ * One committed batch: its duration, the publish-to-commit latency of
+ * each message it applied, and how many it applied (for the rate).
+ */
+void
+reliq_stats_record_batch(ReliqSubscriptionStats *entry, int64 duration_us,
+						 const int64 *latencies_us, int nlatencies,
+						 int processed)
+{
+	int64		second = (int64) (GetCurrentTimestamp() / USECS_PER_SEC);
+	int			slot = (int) (second % RELIQ_RATE_SECONDS);
+	int			i;
+
+	if (entry == NULL)
+		return;
+	observe(&entry->batch_duration, duration_us);
+	for (i = 0; i < nlatencies; i++)
+		observe(&entry->commit_latency, latencies_us[i]);
+
+	SpinLockAcquire(&entry->mutex);
+	add_sample(&entry->batch_samples, duration_us);
+	for (i = 0; i < nlatencies; i++)
+		add_sample(&entry->latency_samples, latencies_us[i]);
+	if (entry->rate_second[slot] != second)
+	{
+		entry->rate_second[slot] = second;
+		entry->rate_count[slot] = 0;
+	}
+	entry->rate_count[slot] += processed;
+	SpinLockRelease(&entry->mutex);
+}
+
+/* The consumer as the server last described it. */
+void
+reliq_stats_set_consumer_info(ReliqSubscriptionStats *entry, int64 pending,
+							  int64 ack_pending, int64 redelivered,
+							  int64 ack_floor, int64 max_ack_pending)
+{
+	if (entry == NULL)
+		return;
+	SpinLockAcquire(&entry->mutex);
+	entry->have_consumer_info = true;
+	entry->num_pending = pending;
+	entry->num_ack_pending = ack_pending;
+	entry->num_redelivered = redelivered;
+	entry->ack_floor = ack_floor;
+	entry->max_ack_pending = max_ack_pending;
+	entry->consumer_info_at = GetCurrentTimestamp();
+	SpinLockRelease(&entry->mutex);
+}
+
+/* At each refresh: the backlog on the server and what has been processed. */
+void
+reliq_stats_record_lag(ReliqSubscriptionStats *entry, int64 pending)
+{
+	uint64		processed = pg_atomic_read_u64(&entry->processed);
+
+	SpinLockAcquire(&entry->mutex);
+	entry->lag_at[entry->lag_next] = GetCurrentTimestamp();
+	entry->lag_pending[entry->lag_next] = pending;
+	entry->lag_processed[entry->lag_next] = (int64) processed;
+	entry->lag_next = (entry->lag_next + 1) % RELIQ_LAG_POINTS;
+	SpinLockRelease(&entry->mutex);
+}
+
+static void
+set_error(ReliqSubscriptionStats *entry, const char *message, bool failure)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -285,7 +417,23 @@ reliq_stats_set_error(ReliqSubscriptionStats *entry, const char *message)
 	SpinLockAcquire(&entry->mutex);
 	strlcpy(entry->last_error, message, RELIQ_ERROR_LEN);
 	entry->last_error_at = now;
+	if (failure)
+		entry->last_failure_at = now;
 	SpinLockRelease(&entry->mutex);
+}
+
+/* A problem of the subscription: connection, consumer, settings. */
+void
+reliq_stats_set_error(ReliqSubscriptionStats *entry, const char *message)
+{
+	set_error(entry, message, false);
+}
+
+/* A message (or a batch) that failed. */
+void
+reliq_stats_set_failure(ReliqSubscriptionStats *entry, const char *message)
+{
+	set_error(entry, message, true);
 }
 
 void
@@ -305,9 +453,274 @@ reliq_slot_set_state(ReliqWorkerSlot *slot, ReliqWorkerState state)
 void
 reliq_slot_set_connected(ReliqWorkerSlot *slot, bool connected)
 {
+	TimestampTz now = GetCurrentTimestamp();
+
 	SpinLockAcquire(&slot->mutex);
+	if (connected)
+		slot->disconnected_at = 0;
+	else if (slot->connected || slot->disconnected_at == 0)
+		slot->disconnected_at = now;
 	slot->connected = connected;
 	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * Snapshots
+ */
+
+typedef struct WorkerSummary
+{
+	int64		subscription_id;
+	ReliqWorkerState state;
+	bool		connected;
+	int			in_flight;
+	TimestampTz disconnected_at;
+} WorkerSummary;
+
+static int
+compare_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of the samples; -1 when there are none. */
+static void
+percentiles(const ReliqSamples *samples, int64 *p50, int64 *p99)
+{
+	int64		sorted[RELIQ_SAMPLES];
+	int			n = samples->count;
+
+	if (n == 0)
+	{
+		*p50 = *p99 = -1;
+		return;
+	}
+	memcpy(sorted, samples->values_us, sizeof(int64) * n);
+	qsort(sorted, n, sizeof(int64), compare_int64);
+	*p50 = sorted[(n * 50 + 99) / 100 - 1];
+	*p99 = sorted[(n * 99 + 99) / 100 - 1];
+}
+
+/*
+ * The state of a subscription in one word, from its settings and its
+ * workers: paused, stopped (wanted but no worker runs), failing,
+ * backing_off, disconnected, connecting, running.
+ */
+static const char *
+summarize(ReliqStatsSnapshot *s, const WorkerSummary *workers, int nworkers)
+{
+	int			failing = 0;
+	int			backing_off = 0;
+	int			connected = 0;
+	int			connecting = 0;
+	TimestampTz last_disconnect = 0;
+	int			i;
+
+	s->workers = 0;
+	s->in_flight = 0;
+	for (i = 0; i < nworkers; i++)
+	{
+		const WorkerSummary *w = &workers[i];
+
+		if (w->subscription_id != s->subscription_id)
+			continue;
+		s->workers++;
+		s->in_flight += w->in_flight;
+		if (w->state == RELIQ_WORKER_FAILING)
+			failing++;
+		if (w->state == RELIQ_WORKER_BACKING_OFF)
+			backing_off++;
+		if (w->connected)
+			connected++;
+		else if (w->disconnected_at > last_disconnect)
+			last_disconnect = w->disconnected_at;
+		if (w->state == RELIQ_WORKER_STARTING ||
+			w->state == RELIQ_WORKER_CONNECTING)
+			connecting++;
+	}
+	s->disconnected_since = (s->workers > 0 && connected == 0) ? last_disconnect : 0;
+
+	if (s->catalog_known && !s->enabled)
+		return "paused";
+	if (s->workers == 0)
+		return NULL;
+	if (failing > 0)
+		return "failing";
+	if (backing_off > 0)
+		return "backing_off";
+	if (connected == 0)
+		return connecting > 0 ? "connecting" : "disconnected";
+	return "running";
+}
+
+static void
+copy_histogram(const ReliqHistogram *h, uint64 *buckets, uint64 *count,
+			   uint64 *sum_us)
+{
+	int			i;
+
+	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
+		buckets[i] = pg_atomic_read_u64((pg_atomic_uint64 *) &h->buckets[i]);
+	*count = pg_atomic_read_u64((pg_atomic_uint64 *) &h->count);
+	*sum_us = pg_atomic_read_u64((pg_atomic_uint64 *) &h->sum_us);
+}
+
+/*
+ * Lag grows while nothing is processed: over the refreshes of the last
+ * minute, pending only went up and processed did not move.
+ */
+typedef struct LagPoints
+{
+	TimestampTz at[RELIQ_LAG_POINTS];
+	int64		pending[RELIQ_LAG_POINTS];
+	int64		processed[RELIQ_LAG_POINTS];
+	int			next;
+} LagPoints;
+
+static void
+lag_trend(const LagPoints *entry, ReliqStatsSnapshot *s, TimestampTz now)
+{
+	int			i;
+	int			npoints = 0;
+	int64		first_pending = 0;
+	int64		last_pending = 0;
+	int64		first_processed = 0;
+	int64		last_processed = 0;
+	bool		rising = true;
+
+	for (i = 0; i < RELIQ_LAG_POINTS; i++)
+	{
+		int			k = (entry->next + i) % RELIQ_LAG_POINTS;
+
+		if (entry->at[k] == 0 ||
+			TimestampDifferenceExceeds(entry->at[k], now, 60 * 1000))
+			continue;
+		if (npoints == 0)
+		{
+			first_pending = entry->pending[k];
+			first_processed = entry->processed[k];
+		}
+		else if (entry->pending[k] <= last_pending)
+			rising = false;
+		last_pending = entry->pending[k];
+		last_processed = entry->processed[k];
+		npoints++;
+	}
+	s->lag_growing = npoints >= 2 && rising && last_processed == first_processed;
+	s->lag_from = first_pending;
+	s->lag_to = last_pending;
+}
+
+/*
+ * Copy out every subscription's figures and the summary of its workers.
+ * Locks are held only while copying.  Returns the number of snapshots,
+ * palloc'd in the current memory context.
+ */
+int
+reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
+{
+	WorkerSummary *workers;
+	int			nworkers = 0;
+	int			n = 0;
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+	int64		second = (int64) (now / USECS_PER_SEC);
+	ReliqSamples *batch_samples = palloc(sizeof(ReliqSamples));
+	ReliqSamples *latency_samples = palloc(sizeof(ReliqSamples));
+	LagPoints	lag;
+
+	workers = palloc0(sizeof(WorkerSummary) * Max(reliq_shared->max_workers, 1));
+	*snapshots = palloc0(sizeof(ReliqStatsSnapshot) *
+						 Max(reliq_shared->max_subscriptions, 1));
+
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	for (i = 0; i < reliq_shared->max_workers; i++)
+	{
+		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
+		WorkerSummary *w = &workers[nworkers];
+		pid_t		pid;
+
+		if (!slot->in_use)
+			continue;
+		w->subscription_id = slot->subscription_id;
+		SpinLockAcquire(&slot->mutex);
+		pid = slot->pid;
+		w->state = slot->state;
+		w->connected = slot->connected;
+		w->in_flight = slot->in_flight;
+		w->disconnected_at = slot->disconnected_at;
+		SpinLockRelease(&slot->mutex);
+		if (pid != 0)
+			nworkers++;
+	}
+
+	for (i = 0; i < reliq_shared->max_subscriptions; i++)
+	{
+		ReliqSubscriptionStats *entry = &reliq_shared->stats[i];
+		ReliqStatsSnapshot *s = &(*snapshots)[n];
+		int64		recent = 0;
+		int			j;
+
+		if (entry->subscription_id == 0)
+			continue;
+		s->subscription_id = entry->subscription_id;
+		strlcpy(s->subscription_name, entry->subscription_name, NAMEDATALEN);
+		s->received = pg_atomic_read_u64(&entry->received);
+		s->processed = pg_atomic_read_u64(&entry->processed);
+		s->failed = pg_atomic_read_u64(&entry->failed);
+		s->retried = pg_atomic_read_u64(&entry->retried);
+		s->dead_lettered = pg_atomic_read_u64(&entry->dead_lettered);
+		s->duplicates = pg_atomic_read_u64(&entry->duplicates);
+		s->batches = pg_atomic_read_u64(&entry->batches);
+		copy_histogram(&entry->batch_duration, s->batch_hist,
+					   &s->batch_count, &s->batch_sum_us);
+		copy_histogram(&entry->commit_latency, s->latency_hist,
+					   &s->latency_count, &s->latency_sum_us);
+
+		SpinLockAcquire(&entry->mutex);
+		s->catalog_known = entry->catalog_known;
+		s->enabled = entry->enabled;
+		s->concurrency = entry->concurrency;
+		s->batch_size = entry->batch_size;
+		s->last_batch_at = entry->last_batch_at;
+		s->last_error_at = entry->last_error_at;
+		s->last_failure_at = entry->last_failure_at;
+		s->stats_reset_at = entry->stats_reset_at;
+		strlcpy(s->last_error, entry->last_error, RELIQ_ERROR_LEN);
+		s->have_consumer_info = entry->have_consumer_info;
+		s->pending = entry->num_pending;
+		s->ack_pending = entry->num_ack_pending;
+		s->redelivered = entry->num_redelivered;
+		s->ack_floor = entry->ack_floor;
+		s->max_ack_pending = entry->max_ack_pending;
+		s->consumer_info_at = entry->consumer_info_at;
+		for (j = 0; j < RELIQ_RATE_SECONDS; j++)
+			if (entry->rate_second[j] > second - RELIQ_RATE_SECONDS &&
+				entry->rate_second[j] <= second)
+				recent += entry->rate_count[j];
+		*batch_samples = entry->batch_samples;
+		*latency_samples = entry->latency_samples;
+		memcpy(lag.at, entry->lag_at, sizeof(lag.at));
+		memcpy(lag.pending, entry->lag_pending, sizeof(lag.pending));
+		memcpy(lag.processed, entry->lag_processed, sizeof(lag.processed));
+		lag.next = entry->lag_next;
+		SpinLockRelease(&entry->mutex);
+
+		percentiles(batch_samples, &s->batch_p50_us, &s->batch_p99_us);
+		percentiles(latency_samples, &s->latency_p50_us, &s->latency_p99_us);
+		lag_trend(&lag, s, now);
+		s->rate = (double) recent / RELIQ_RATE_SECONDS;
+		s->state = summarize(s, workers, nworkers);
+		n++;
+	}
+	LWLockRelease(reliq_shared->lock);
+	pfree(workers);
+	pfree(batch_samples);
+	pfree(latency_samples);
+	return n;
 }
 
 void

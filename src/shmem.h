@@ -27,7 +27,8 @@ typedef enum ReliqWorkerState
 	RELIQ_WORKER_PROCESSING,	/* inside a batch transaction, or acking */
 	RELIQ_WORKER_FAILING,		/* systemic failure: holding a batch, probing */
 	RELIQ_WORKER_DISCONNECTED,	/* connection lost; the client reconnects */
-	RELIQ_WORKER_STOPPING		/* asked to stop: finishing its batch */
+	RELIQ_WORKER_STOPPING,		/* asked to stop: finishing its batch */
+	RELIQ_WORKER_BACKING_OFF	/* waiting to retry connecting or attaching */
 } ReliqWorkerState;
 
 extern const char *reliq_worker_state_name(ReliqWorkerState state);
@@ -53,9 +54,38 @@ typedef struct ReliqWorkerSlot
 	bool		connected;
 	TimestampTz since;			/* when state last changed */
 	TimestampTz started_at;
+	TimestampTz disconnected_at;	/* 0 while connected */
 	int			batch_size;
 	int			in_flight;		/* received, not yet acked or nacked */
 } ReliqWorkerSlot;
+
+/*
+ * Latency histograms, cumulative since the last reset, in the layout
+ * Prometheus wants: a count per bucket (upper bounds in
+ * reliq_histogram_bounds, seconds; the last bucket is +Inf), the count and
+ * the sum.
+ */
+#define RELIQ_HISTOGRAM_BOUNDS 13
+extern const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS];
+
+typedef struct ReliqHistogram
+{
+	pg_atomic_uint64 buckets[RELIQ_HISTOGRAM_BOUNDS + 1];
+	pg_atomic_uint64 count;
+	pg_atomic_uint64 sum_us;
+} ReliqHistogram;
+
+/* Recent samples kept for p50/p99, and seconds kept for the rate. */
+#define RELIQ_SAMPLES 1024
+#define RELIQ_RATE_SECONDS 60
+#define RELIQ_LAG_POINTS 4
+
+typedef struct ReliqSamples
+{
+	int64		values_us[RELIQ_SAMPLES];
+	int			next;
+	int			count;
+} ReliqSamples;
 
 typedef struct ReliqSubscriptionStats
 {
@@ -71,11 +101,14 @@ typedef struct ReliqSubscriptionStats
 	pg_atomic_uint64 dead_lettered;
 	pg_atomic_uint64 duplicates;
 	pg_atomic_uint64 batches;
+	ReliqHistogram batch_duration;	/* a batch, from BEGIN to the acks */
+	ReliqHistogram commit_latency;	/* a message, from publish to commit */
 
 	/* Everything below under mutex. */
 	slock_t		mutex;
 	TimestampTz last_batch_at;
 	TimestampTz last_error_at;
+	TimestampTz last_failure_at;	/* of a message, not of the connection */
 	TimestampTz stats_reset_at;
 	char		last_error[RELIQ_ERROR_LEN];
 
@@ -84,10 +117,79 @@ typedef struct ReliqSubscriptionStats
 	int64		num_pending;
 	int64		num_ack_pending;
 	int64		num_redelivered;
-	int64		num_waiting;
 	int64		ack_floor;
+	int64		max_ack_pending;
 	TimestampTz consumer_info_at;
+
+	/* Recent figures: p50/p99 and the rate over the last minute. */
+	ReliqSamples batch_samples;
+	ReliqSamples latency_samples;
+	int64		rate_second[RELIQ_RATE_SECONDS];
+	int64		rate_count[RELIQ_RATE_SECONDS];
+
+	/* (pending, processed) at the last refreshes, to see lag grow. */
+	TimestampTz lag_at[RELIQ_LAG_POINTS];
+	int64		lag_pending[RELIQ_LAG_POINTS];
+	int64		lag_processed[RELIQ_LAG_POINTS];
+	int			lag_next;
+
+	/* From the catalog, copied by the launcher at each reconciliation. */
+	bool		catalog_known;
+	bool		enabled;
+	int			concurrency;
+	int			batch_size;
 } ReliqSubscriptionStats;
+
+/*
+ * A consistent copy of one subscription's figures, taken without holding
+ * any lock while it is used (reliq.subscription_stats, reliq.metrics).
+ */
+typedef struct ReliqStatsSnapshot
+{
+	int64		subscription_id;
+	char		subscription_name[NAMEDATALEN];
+	bool		catalog_known;
+	bool		enabled;
+	int			concurrency;
+	int			batch_size;
+	const char *state;			/* NULL: no worker and not paused */
+	int			workers;
+	int64		in_flight;
+	TimestampTz disconnected_since; /* all workers disconnected since; or 0 */
+	uint64		received;
+	uint64		processed;
+	uint64		failed;
+	uint64		retried;
+	uint64		dead_lettered;
+	uint64		duplicates;
+	uint64		batches;
+	TimestampTz last_batch_at;
+	TimestampTz last_error_at;
+	TimestampTz last_failure_at;
+	TimestampTz stats_reset_at;
+	char		last_error[RELIQ_ERROR_LEN];
+	bool		have_consumer_info;
+	int64		pending;
+	int64		ack_pending;
+	int64		redelivered;
+	int64		ack_floor;
+	int64		max_ack_pending;
+	TimestampTz consumer_info_at;
+	double		rate;			/* processed per second, last minute */
+	int64		batch_p50_us;	/* -1: no sample */
+	int64		batch_p99_us;
+	int64		latency_p50_us;
+	int64		latency_p99_us;
+	bool		lag_growing;
+	int64		lag_from;
+	int64		lag_to;
+	uint64		batch_hist[RELIQ_HISTOGRAM_BOUNDS + 1];
+	uint64		batch_count;
+	uint64		batch_sum_us;
+	uint64		latency_hist[RELIQ_HISTOGRAM_BOUNDS + 1];
+	uint64		latency_count;
+	uint64		latency_sum_us;
+} ReliqStatsSnapshot;
 
 typedef struct ReliqShared
 {
@@ -120,6 +222,22 @@ extern void reliq_stats_keep_only(const int64 *subscription_ids, int count);
 extern void reliq_stats_reset(ReliqSubscriptionStats *entry);
 extern void reliq_stats_set_error(ReliqSubscriptionStats *entry,
 								  const char *message);
+extern void reliq_stats_set_failure(ReliqSubscriptionStats *entry,
+									const char *message);
+extern void reliq_stats_set_catalog(ReliqSubscriptionStats *entry,
+									bool enabled, int concurrency,
+									int batch_size);
+extern void reliq_stats_record_batch(ReliqSubscriptionStats *entry,
+									 int64 duration_us,
+									 const int64 *latencies_us, int nlatencies,
+									 int processed);
+extern void reliq_stats_record_lag(ReliqSubscriptionStats *entry,
+								   int64 pending);
+extern void reliq_stats_set_consumer_info(ReliqSubscriptionStats *entry,
+										  int64 pending, int64 ack_pending,
+										  int64 redelivered, int64 ack_floor,
+										  int64 max_ack_pending);
+extern int	reliq_stats_snapshot(ReliqStatsSnapshot **snapshots);
 
 /* Worker slots */
 extern void reliq_slot_set_state(ReliqWorkerSlot *slot, ReliqWorkerState state);

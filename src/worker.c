@@ -15,6 +15,7 @@
  *				   neither redelivers it nor counts deliveries), pulls
  *				   nothing, and retries the batch after the backoff delays
  *	 disconnected  the connection dropped; the client reconnects by itself
+ *	 backing_off   connecting or attaching failed; waiting to try again
  *	 stopping      asked to stop (scale down, pause, drop): no new pulls;
  *				   the batch in hand and the outstanding pull are finished
  *
@@ -23,8 +24,9 @@
  * quickly; retries wait on the latch.  SIGTERM ends the worker at once
  * (die): an unfinished batch is rolled back, unacked, and redelivered.
  *
- * Only the worker with index 0 refreshes the consumer information and
- * prunes the ledger, so N workers do not multiply the API calls.
+ * The consumer's figures on the server, and the pruning of the ledger, are
+ * the monitor's (monitor.c); a worker only publishes what it sees when it
+ * attaches.
  *
  *-------------------------------------------------------------------------
  */
@@ -79,7 +81,6 @@ typedef struct Worker
 	bool		connected;		/* as last reported */
 	uint64		reconnects_seen;
 	int64		stream_created;
-	int64		consumer_created;
 	int64		known_floor;
 	int			missed_pulls;
 	TimestampTz next_refresh;
@@ -158,6 +159,7 @@ attach_slot(Worker *w, int slot_index, uint64 generation)
 		slot->since = GetCurrentTimestamp();
 		slot->started_at = slot->since;
 		slot->connected = false;
+		slot->disconnected_at = slot->since;
 		SpinLockRelease(&slot->mutex);
 	}
 	LWLockRelease(reliq_shared->lock);
@@ -414,19 +416,10 @@ ensure_connected(Worker *w)
 static void
 publish_consumer_info(Worker *w, const ReliqConsumerInfo *info)
 {
-	ReliqSubscriptionStats *stats = w->stats;
-
-	if (stats == NULL)
-		return;
-	SpinLockAcquire(&stats->mutex);
-	stats->have_consumer_info = true;
-	stats->num_pending = info->num_pending;
-	stats->num_ack_pending = info->num_ack_pending;
-	stats->num_redelivered = info->num_redelivered;
-	stats->num_waiting = info->num_waiting;
-	stats->ack_floor = info->ack_floor_stream_seq;
-	stats->consumer_info_at = GetCurrentTimestamp();
-	SpinLockRelease(&stats->mutex);
+	reliq_stats_set_consumer_info(w->stats, info->num_pending,
+								  info->num_ack_pending, info->num_redelivered,
+								  info->ack_floor_stream_seq,
+								  info->max_ack_pending);
 }
 
 static void
@@ -538,7 +531,6 @@ ensure_attached(Worker *w)
 						has_history ? psprintf(" from sequence " INT64_FORMAT, floor + 1) : "")));
 
 	w->stream_created = before.created_ns;
-	w->consumer_created = info.created_ns;
 	w->batch.stream_created = before.created_ns;
 	w->known_floor = 0;
 	advance_floor(w, info.ack_floor_stream_seq);
@@ -566,8 +558,10 @@ ensure_attached(Worker *w)
 }
 
 /*
- * Is the consumer we attached to still there, and still the same one?
- * Called when pulls go unanswered, and periodically by worker 0.
+ * Is the consumer we attached to still there?  Called when pulls go
+ * unanswered, and periodically by worker 0.  (A consumer made again under
+ * the same name needs nothing: the ledger is keyed by the stream, and a
+ * server restart changes a consumer's creation time anyway.)
  */
 static void
 verify_consumer(Worker *w)
@@ -583,28 +577,25 @@ verify_consumer(Worker *w)
 		detach(w);
 		return;
 	}
-	if (info.created_ns != w->consumer_created)
-	{
-		note_problem(w, LOG, "consumer \"%s\" was made again on the server; attaching anew",
-					 w->sub->consumer);
-		detach(w);
-		return;
-	}
 	publish_consumer_info(w, &info);
-	if (w->worker_index == 0)
-		advance_floor(w, info.ack_floor_stream_seq);
 }
 
+/*
+ * Every reliq.refresh_interval: look for outbox rows left behind, and
+ * (worker 0) make sure the stream is still the incarnation attached to.
+ * The consumer's figures and the ledger's pruning are the monitor's
+ * (monitor.c), which works even while every worker is busy.
+ */
 static void
 maybe_refresh(Worker *w)
 {
 	ReliqStreamInfo stream;
 
-	if (w->worker_index != 0 || GetCurrentTimestamp() < w->next_refresh)
+	if (GetCurrentTimestamp() < w->next_refresh)
 		return;
 	w->next_refresh = after_ms(reliq_refresh_interval);
 	w->outbox_pending = true;	/* rows a dead worker or a dropped subscription left */
-	if (!reliq_nats_is_connected(w->conn))
+	if (w->worker_index != 0 || !reliq_nats_is_connected(w->conn))
 		return;
 	if (reliq_nats_stream_info(w->conn, w->sub->stream, &stream) &&
 		(!stream.found || stream.created_ns != w->stream_created))
@@ -612,9 +603,7 @@ maybe_refresh(Worker *w)
 		note_problem(w, LOG, "stream \"%s\" was deleted or made again; attaching anew",
 					 w->sub->stream);
 		detach(w);
-		return;
 	}
-	verify_consumer(w);
 }
 
 /* The outstanding pull ended without filling the batch. */
@@ -896,7 +885,7 @@ report_failures(Worker *w, const ReliqBatchResult *result)
 	else
 		snprintf(text, sizeof(text), "handler failed on stream sequence " INT64_FORMAT ": %s",
 				 result->last_failure_seq, error->message);
-	reliq_stats_set_error(w->stats, text);
+	reliq_stats_set_failure(w->stats, text);
 
 	w->unreported_failures += Max(result->failed, 1);
 	if (w->last_warning_at == 0 ||
@@ -957,12 +946,38 @@ copy_held(Worker *w, ReliqMessage *msgs, int n)
 	w->held_cxt = cxt;
 }
 
+/*
+ * Latency and duration of a committed batch: publish-to-commit for each
+ * message it applied, and the batch from BEGIN to its acks.
+ */
+static void
+time_batch(Worker *w, ReliqMessage *msgs, int n, TimestampTz started,
+		   TimestampTz committed, const ReliqBatchResult *result)
+{
+	int64	   *latencies = palloc(sizeof(int64) * Max(n, 1));
+	int			nlatencies = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (msgs[i].outcome != RELIQ_OUTCOME_PROCESSED)
+			continue;
+		latencies[nlatencies++] =
+			Max(committed - reliq_unix_ns_to_timestamptz(msgs[i].published_ns), 0);
+	}
+	reliq_stats_record_batch(w->stats, GetCurrentTimestamp() - started,
+							 latencies, nlatencies, result->processed);
+	pfree(latencies);
+}
+
 /* Apply a batch, acknowledge it, count it. */
 static void
 process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 {
 	ReliqBatchResult result;
 	bool		was_failing = (w->nheld > 0);
+	TimestampTz started = GetCurrentTimestamp();
+	TimestampTz committed;
 
 	set_state(w, RELIQ_WORKER_PROCESSING);
 	reliq_slot_set_progress(w->slot, w->sub->batch_size, n);
@@ -970,11 +985,13 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 						   psprintf("reliq: applying %d messages of subscription %s", n, w->sub->name));
 
 	reliq_batch_run(&w->batch, msgs, n, &result);
+	committed = GetCurrentTimestamp();
 	if (result.outboxed > 0)
 		w->outbox_pending = true;
 	drain_outbox(w);
 	acknowledge(w, msgs, n);
 	count_batch(w, probe ? 0 : n, &result);
+	time_batch(w, msgs, n, started, committed, &result);
 	report_failures(w, &result);
 
 	if (result.stream_changed)
@@ -1142,6 +1159,8 @@ reliq_worker_main(Datum main_arg)
 		{
 			if (w.stopping)
 				break;
+			if (GetCurrentTimestamp() < w.retry_at)
+				set_state(&w, RELIQ_WORKER_BACKING_OFF);
 			wait_latch(Max(Min(ms_until(w.retry_at), RELIQ_POLL_MS * 10), 1));
 			continue;
 		}

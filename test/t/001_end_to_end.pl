@@ -78,8 +78,8 @@ ok(wait_for($node, q{SELECT pending = 0 AND ack_pending = 0 FROM reliq.subscript
 is($node->safe_psql('postgres',
 		q{SELECT string_agg(backend_type || ':' || application_name, ',' ORDER BY application_name)
 		    FROM pg_stat_activity WHERE backend_type LIKE 'reliq%'}),
-	'reliq worker:reliq invoices #0,reliq launcher:reliq launcher,reliq worker:reliq orders #0,reliq worker:reliq orders #1',
-	'launcher and workers are visible in pg_stat_activity');
+	'reliq worker:reliq invoices #0,reliq launcher:reliq launcher,reliq monitor:reliq monitor,reliq worker:reliq orders #0,reliq worker:reliq orders #1',
+	'launcher, monitor and workers are visible in pg_stat_activity');
 
 # The consumer on the server matches the subscription.
 my $ci = $nats->consumer_info('ORDERS', 'reliq_orders');

@@ -1,0 +1,197 @@
+/*-------------------------------------------------------------------------
+ *
+ * monitor.c
+ *	  The reliq monitor: one background worker that, every
+ *	  reliq.refresh_interval, asks the server about every subscription's
+ *	  consumer (pending, ack_pending, redelivered, ack floor), publishes
+ *	  the figures to shared memory, and prunes each ledger below the floor
+ *	  the server has acknowledged.
+ *
+ * It is not a worker on purpose: when every worker of a subscription is
+ * stuck in a handler -- the usual reason a subscription stalls -- the
+ * figures that show the stall (ack_pending at max_ack_pending, a backlog
+ * growing while nothing is applied) must still be fresh.
+ *
+ * Pruning is safe only for the stream incarnation the workers attached to
+ * (reliq._stream_identity): the consumer is asked first, the stream second,
+ * and the floor is recorded only if the stream is still that incarnation
+ * (incarnations never come back, so it was that one when the consumer
+ * answered too).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "catalog.h"
+#include "monitor.h"
+#include "nats_client.h"
+#include "reliq.h"
+#include "shmem.h"
+
+static char last_problem[RELIQ_ERROR_LEN];
+
+void
+reliq_monitor_register(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 10;
+	strlcpy(bgw.bgw_library_name, RELIQ_LIBRARY_NAME, BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, "reliq_monitor_main", BGW_MAXLEN);
+	strlcpy(bgw.bgw_name, "reliq monitor", BGW_MAXLEN);
+	strlcpy(bgw.bgw_type, "reliq monitor", BGW_MAXLEN);
+	RegisterBackgroundWorker(&bgw);
+}
+
+/* Log a problem when it starts or changes; nothing while it persists. */
+static void
+note(const char *problem)
+{
+	if (strcmp(problem, last_problem) != 0)
+	{
+		if (problem[0] != '\0')
+			ereport(LOG, (errmsg("reliq monitor: %s", problem)));
+		else
+			ereport(LOG, (errmsg("reliq monitor: in contact with NATS again")));
+		strlcpy(last_problem, problem, sizeof(last_problem));
+	}
+}
+
+/* The subscriptions, read in a short transaction of our own. */
+static int
+read_watched(ReliqWatched **watched, MemoryContext cxt)
+{
+	int			count = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading subscriptions");
+	*watched = NULL;
+	if (reliq_catalog_extension_present())
+	{
+		MemoryContextSwitchTo(cxt);
+		count = reliq_catalog_list_watched(watched);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return count;
+}
+
+static void
+record_floor(const ReliqWatched *w, int64 ack_floor)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "reliq monitor: pruning the ledger");
+	reliq_catalog_advance_floor(w->id, w->stream_created, ack_floor);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* One round over every subscription. */
+static void
+watch(ReliqNatsConnection *conn, MemoryContext cxt)
+{
+	ReliqWatched *watched;
+	int			count = read_watched(&watched, cxt);
+	int			i;
+
+	for (i = 0; i < count; i++)
+	{
+		ReliqWatched *w = &watched[i];
+		ReliqSubscriptionStats *entry;
+		ReliqConsumerInfo info;
+		ReliqStreamInfo stream;
+
+		CHECK_FOR_INTERRUPTS();
+		entry = reliq_stats_find(w->id, false, NULL);
+		if (!reliq_nats_consumer_info(conn, w->stream, w->consumer, &info))
+		{
+			note(psprintf("could not ask NATS about consumer \"%s\": %s",
+						  w->consumer, reliq_nats_last_error()));
+			return;				/* the connection is likely gone: next round */
+		}
+		if (!info.found)
+			continue;			/* the workers make it again when they attach */
+		reliq_stats_set_consumer_info(entry, info.num_pending,
+									  info.num_ack_pending,
+									  info.num_redelivered,
+									  info.ack_floor_stream_seq,
+									  info.max_ack_pending);
+		if (entry != NULL && w->enabled)
+			reliq_stats_record_lag(entry, info.num_pending);
+
+		if (w->attached && info.ack_floor_stream_seq > w->ack_floor &&
+			reliq_nats_stream_info(conn, w->stream, &stream) &&
+			stream.found && stream.created_ns == w->stream_created)
+			record_floor(w, info.ack_floor_stream_seq);
+	}
+	note("");
+}
+
+void
+reliq_monitor_main(Datum main_arg)
+{
+	ReliqNatsConnection *conn = NULL;
+	MemoryContext cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(reliq_database_name, NULL, 0);
+	SetConfigOption("application_name", "reliq monitor", PGC_USERSET, PGC_S_SESSION);
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "reliq monitor",
+								ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextSwitchTo(cxt);
+		MemoryContextReset(cxt);
+
+		if (conn != NULL && reliq_nats_settings_changed(conn))
+		{
+			reliq_nats_close(conn);
+			conn = NULL;
+		}
+		if (conn == NULL)
+		{
+			conn = reliq_nats_connect("reliq monitor");
+			if (conn == NULL)
+				note(psprintf("could not connect to NATS at %s: %s",
+							  reliq_nats_redacted_url(), reliq_nats_last_error()));
+		}
+		if (conn != NULL && reliq_nats_is_connected(conn))
+			watch(conn, cxt);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 reliq_refresh_interval, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
