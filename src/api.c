@@ -433,55 +433,6 @@ reliq_subscription_stats_reset(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-typedef struct WorkerCopy
-{
-	int64		subscription_id;
-	char		subscription_name[NAMEDATALEN];
-	int			worker_index;
-	pid_t		pid;
-	ReliqWorkerState state;
-	bool		connected;
-	int			batch_size;
-	int			in_flight;
-	TimestampTz since;
-	TimestampTz started_at;
-} WorkerCopy;
-
-/* Copy out the slots in use, so no lock is held while building tuples. */
-static int
-copy_workers(WorkerCopy **copies)
-{
-	int			n = 0;
-	int			i;
-
-	*copies = palloc0(sizeof(WorkerCopy) * Max(reliq_shared->max_workers, 1));
-	LWLockAcquire(reliq_shared->lock, LW_SHARED);
-	for (i = 0; i < reliq_shared->max_workers; i++)
-	{
-		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
-		WorkerCopy *c = &(*copies)[n];
-
-		if (!slot->in_use)
-			continue;
-		c->subscription_id = slot->subscription_id;
-		strlcpy(c->subscription_name, slot->subscription_name, NAMEDATALEN);
-		c->worker_index = slot->worker_index;
-		SpinLockAcquire(&slot->mutex);
-		c->pid = slot->pid;
-		c->state = slot->state;
-		c->connected = slot->connected;
-		c->batch_size = slot->batch_size;
-		c->in_flight = slot->in_flight;
-		c->since = slot->since;
-		c->started_at = slot->started_at;
-		SpinLockRelease(&slot->mutex);
-		if (c->pid != 0)
-			n++;
-	}
-	LWLockRelease(reliq_shared->lock);
-	return n;
-}
-
 static Datum
 timestamp_or_null(TimestampTz t, bool *isnull)
 {
@@ -563,16 +514,16 @@ Datum
 reliq_worker_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	WorkerCopy *workers;
+	ReliqWorkerSnapshot *workers;
 	int			nworkers;
 	int			i;
 
 	reliq_shmem_require();
 	InitMaterializedSRF(fcinfo, 0);
-	nworkers = copy_workers(&workers);
+	nworkers = reliq_workers_snapshot(&workers);
 	for (i = 0; i < nworkers; i++)
 	{
-		WorkerCopy *w = &workers[i];
+		ReliqWorkerSnapshot *w = &workers[i];
 		Datum		values[10];
 		bool		nulls[10] = {false};
 

@@ -606,6 +606,16 @@ start_batch_transaction(ReliqBatchState *state)
 	ensure_plans(state);
 }
 
+/* A newer stream incarnation is recorded: apply nothing, attach anew. */
+static void
+abandon_for_new_stream(ReliqBatchResult *result)
+{
+	result->stream_changed = true;
+	SPI_finish();
+	PopActiveSnapshot();
+	AbortCurrentTransaction();
+}
+
 static void
 finish_batch_transaction(void)
 {
@@ -659,12 +669,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 	{
 		start_batch_transaction(state);
 		if (!stream_is_current(state))
-		{
-			result->stream_changed = true;
-			SPI_finish();
-			PopActiveSnapshot();
-			AbortCurrentTransaction();
-		}
+			abandon_for_new_stream(result);
 		else
 		{
 			record_in_ledger(state, msgs, all, nmsgs, fresh);
@@ -743,12 +748,7 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 
 		start_batch_transaction(state);
 		if (!stream_is_current(state))
-		{
-			result->stream_changed = true;
-			SPI_finish();
-			PopActiveSnapshot();
-			AbortCurrentTransaction();
-		}
+			abandon_for_new_stream(result);
 		else
 		{
 			if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)

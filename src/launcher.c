@@ -78,17 +78,7 @@ clear_launcher(int code, Datum arg)
 void
 reliq_launcher_register(void)
 {
-	BackgroundWorker bgw;
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = 5;
-	strlcpy(bgw.bgw_library_name, RELIQ_LIBRARY_NAME, BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name, "reliq_launcher_main", BGW_MAXLEN);
-	strlcpy(bgw.bgw_name, "reliq launcher", BGW_MAXLEN);
-	strlcpy(bgw.bgw_type, "reliq launcher", BGW_MAXLEN);
-	RegisterBackgroundWorker(&bgw);
+	reliq_register_static_worker("reliq launcher", "reliq_launcher_main", true, 5);
 }
 
 /*

@@ -62,21 +62,6 @@ sample_prefix(StringInfo buf, const char *name, const ReliqStatsSnapshot *s)
 }
 
 static void
-counter_samples(StringInfo buf, const char *name, const char *help,
-				const ReliqStatsSnapshot *snaps, int n, size_t offset)
-{
-	int			i;
-
-	family(buf, name, "counter", help);
-	for (i = 0; i < n; i++)
-	{
-		sample_prefix(buf, name, &snaps[i]);
-		appendStringInfo(buf, "} " UINT64_FORMAT "\n",
-						 *(const uint64 *) ((const char *) &snaps[i] + offset));
-	}
-}
-
-static void
 gauge_sample(StringInfo buf, const char *name, const ReliqStatsSnapshot *s,
 			 double value)
 {
@@ -125,6 +110,140 @@ unix_seconds(TimestampTz t)
 		(double) ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY);
 }
 
+/* Counters: an uint64 field of the snapshot each. */
+typedef struct CounterFamily
+{
+	const char *name;
+	const char *help;
+	size_t		offset;
+} CounterFamily;
+
+static const CounterFamily counters[] = {
+	{"reliq_messages_received_total",
+		"Messages received from JetStream, redeliveries included.",
+	offsetof(ReliqStatsSnapshot, received)},
+	{"reliq_messages_processed_total",
+		"Messages applied by the handler and committed.",
+	offsetof(ReliqStatsSnapshot, processed)},
+	{"reliq_messages_failed_total",
+		"Handler failures; each failed delivery counts.",
+	offsetof(ReliqStatsSnapshot, failed)},
+	{"reliq_messages_retried_total",
+		"Failed messages negatively acknowledged for a later delivery.",
+	offsetof(ReliqStatsSnapshot, retried)},
+	{"reliq_messages_dead_lettered_total",
+		"Messages moved to reliq.dead_letter.",
+	offsetof(ReliqStatsSnapshot, dead_lettered)},
+	{"reliq_messages_duplicate_total",
+		"Redeliveries of messages already applied, acknowledged without running the handler.",
+	offsetof(ReliqStatsSnapshot, duplicates)},
+	{"reliq_batches_total",
+		"Batches applied, one transaction each.",
+	offsetof(ReliqStatsSnapshot, batches)},
+};
+
+/* Gauges: a function gives the value, or false when there is none. */
+typedef bool (*GaugeValue) (const ReliqStatsSnapshot *s, double *value);
+
+static bool
+g_pending(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->pending;
+	return s->have_consumer_info;
+}
+
+static bool
+g_ack_pending(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->ack_pending;
+	return s->have_consumer_info;
+}
+
+static bool
+g_redelivered(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->redelivered;
+	return s->have_consumer_info;
+}
+
+static bool
+g_max_ack_pending(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->max_ack_pending;
+	return s->have_consumer_info;
+}
+
+static bool
+g_server_contact(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = unix_seconds(s->consumer_info_at);
+	return s->consumer_info_at != 0;
+}
+
+static bool
+g_workers(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->workers;
+	return true;
+}
+
+static bool
+g_workers_desired(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->enabled ? s->concurrency : 0;
+	return true;
+}
+
+static bool
+g_in_flight(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->in_flight;
+	return true;
+}
+
+static bool
+g_rate(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->rate;
+	return true;
+}
+
+static bool
+g_last_batch(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = unix_seconds(s->last_batch_at);
+	return s->last_batch_at != 0;
+}
+
+typedef struct GaugeFamily
+{
+	const char *name;
+	const char *help;
+	GaugeValue	value;
+} GaugeFamily;
+
+static const GaugeFamily gauges[] = {
+	{"reliq_consumer_pending",
+		"Messages on the server not yet delivered to the consumer, as last reported.", g_pending},
+	{"reliq_consumer_ack_pending",
+		"Messages delivered and not yet acknowledged, as last reported.", g_ack_pending},
+	{"reliq_consumer_redelivered",
+		"Messages being delivered again, as last reported.", g_redelivered},
+	{"reliq_consumer_max_ack_pending",
+		"The consumer's limit of unacknowledged messages.", g_max_ack_pending},
+	{"reliq_last_server_contact_timestamp_seconds",
+		"When consumer information last came from the server (Unix time).", g_server_contact},
+	{"reliq_workers", "Workers running.", g_workers},
+	{"reliq_workers_desired",
+		"Workers the subscription asks for (its concurrency; 0 while paused).", g_workers_desired},
+	{"reliq_in_flight",
+		"Messages the workers have received and not yet acknowledged.", g_in_flight},
+	{"reliq_messages_per_second",
+		"Messages applied per second over the last minute.", g_rate},
+	{"reliq_last_batch_timestamp_seconds",
+		"When the last batch committed (Unix time).", g_last_batch},
+};
+
 /* The exposition text, palloc'd in the current memory context. */
 char *
 reliq_metrics_text(void)
@@ -132,6 +251,7 @@ reliq_metrics_text(void)
 	ReliqStatsSnapshot *snaps;
 	StringInfoData buf;
 	int			n;
+	int			f;
 	int			i;
 	int			k;
 
@@ -139,77 +259,28 @@ reliq_metrics_text(void)
 	n = reliq_stats_snapshot(&snaps);
 	initStringInfo(&buf);
 
-	counter_samples(&buf, "reliq_messages_received_total",
-					"Messages received from JetStream, redeliveries included.",
-					snaps, n, offsetof(ReliqStatsSnapshot, received));
-	counter_samples(&buf, "reliq_messages_processed_total",
-					"Messages applied by the handler and committed.",
-					snaps, n, offsetof(ReliqStatsSnapshot, processed));
-	counter_samples(&buf, "reliq_messages_failed_total",
-					"Handler failures; each failed delivery counts.",
-					snaps, n, offsetof(ReliqStatsSnapshot, failed));
-	counter_samples(&buf, "reliq_messages_retried_total",
-					"Failed messages negatively acknowledged for a later delivery.",
-					snaps, n, offsetof(ReliqStatsSnapshot, retried));
-	counter_samples(&buf, "reliq_messages_dead_lettered_total",
-					"Messages moved to reliq.dead_letter.",
-					snaps, n, offsetof(ReliqStatsSnapshot, dead_lettered));
-	counter_samples(&buf, "reliq_messages_duplicate_total",
-					"Redeliveries of messages already applied, acknowledged without running the handler.",
-					snaps, n, offsetof(ReliqStatsSnapshot, duplicates));
-	counter_samples(&buf, "reliq_batches_total",
-					"Batches applied, one transaction each.",
-					snaps, n, offsetof(ReliqStatsSnapshot, batches));
+	for (f = 0; f < lengthof(counters); f++)
+	{
+		family(&buf, counters[f].name, "counter", counters[f].help);
+		for (i = 0; i < n; i++)
+		{
+			sample_prefix(&buf, counters[f].name, &snaps[i]);
+			appendStringInfo(&buf, "} " UINT64_FORMAT "\n",
+							 *(const uint64 *) ((const char *) &snaps[i] + counters[f].offset));
+		}
+	}
 
-	family(&buf, "reliq_consumer_pending", "gauge",
-		   "Messages on the server not yet delivered to the consumer, as last reported.");
-	for (i = 0; i < n; i++)
-		if (snaps[i].have_consumer_info)
-			gauge_sample(&buf, "reliq_consumer_pending", &snaps[i], snaps[i].pending);
-	family(&buf, "reliq_consumer_ack_pending", "gauge",
-		   "Messages delivered and not yet acknowledged, as last reported.");
-	for (i = 0; i < n; i++)
-		if (snaps[i].have_consumer_info)
-			gauge_sample(&buf, "reliq_consumer_ack_pending", &snaps[i], snaps[i].ack_pending);
-	family(&buf, "reliq_consumer_redelivered", "gauge",
-		   "Messages being delivered again, as last reported.");
-	for (i = 0; i < n; i++)
-		if (snaps[i].have_consumer_info)
-			gauge_sample(&buf, "reliq_consumer_redelivered", &snaps[i], snaps[i].redelivered);
-	family(&buf, "reliq_consumer_max_ack_pending", "gauge",
-		   "The consumer's limit of unacknowledged messages.");
-	for (i = 0; i < n; i++)
-		if (snaps[i].have_consumer_info)
-			gauge_sample(&buf, "reliq_consumer_max_ack_pending", &snaps[i], snaps[i].max_ack_pending);
-	family(&buf, "reliq_last_server_contact_timestamp_seconds", "gauge",
-		   "When consumer information last came from the server (Unix time).");
-	for (i = 0; i < n; i++)
-		if (snaps[i].consumer_info_at != 0)
-			gauge_sample(&buf, "reliq_last_server_contact_timestamp_seconds", &snaps[i],
-						 unix_seconds(snaps[i].consumer_info_at));
+	for (f = 0; f < lengthof(gauges); f++)
+	{
+		family(&buf, gauges[f].name, "gauge", gauges[f].help);
+		for (i = 0; i < n; i++)
+		{
+			double		value;
 
-	family(&buf, "reliq_workers", "gauge", "Workers running.");
-	for (i = 0; i < n; i++)
-		gauge_sample(&buf, "reliq_workers", &snaps[i], snaps[i].workers);
-	family(&buf, "reliq_workers_desired", "gauge",
-		   "Workers the subscription asks for (its concurrency; 0 while paused).");
-	for (i = 0; i < n; i++)
-		gauge_sample(&buf, "reliq_workers_desired", &snaps[i],
-					 snaps[i].enabled ? snaps[i].concurrency : 0);
-	family(&buf, "reliq_in_flight", "gauge",
-		   "Messages the workers have received and not yet acknowledged.");
-	for (i = 0; i < n; i++)
-		gauge_sample(&buf, "reliq_in_flight", &snaps[i], snaps[i].in_flight);
-	family(&buf, "reliq_messages_per_second", "gauge",
-		   "Messages applied per second over the last minute.");
-	for (i = 0; i < n; i++)
-		gauge_sample(&buf, "reliq_messages_per_second", &snaps[i], snaps[i].rate);
-	family(&buf, "reliq_last_batch_timestamp_seconds", "gauge",
-		   "When the last batch committed (Unix time).");
-	for (i = 0; i < n; i++)
-		if (snaps[i].last_batch_at != 0)
-			gauge_sample(&buf, "reliq_last_batch_timestamp_seconds", &snaps[i],
-						 unix_seconds(snaps[i].last_batch_at));
+			if (gauges[f].value(&snaps[i], &value))
+				gauge_sample(&buf, gauges[f].name, &snaps[i], value);
+		}
+	}
 
 	family(&buf, "reliq_subscription_state", "gauge",
 		   "1 for the subscription's current state, 0 for the others.");

@@ -38,17 +38,7 @@
 void
 reliq_metrics_server_register(void)
 {
-	BackgroundWorker bgw;
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = 10;
-	strlcpy(bgw.bgw_library_name, RELIQ_LIBRARY_NAME, BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name, "reliq_metrics_server_main", BGW_MAXLEN);
-	strlcpy(bgw.bgw_name, "reliq metrics", BGW_MAXLEN);
-	strlcpy(bgw.bgw_type, "reliq metrics", BGW_MAXLEN);
-	RegisterBackgroundWorker(&bgw);
+	reliq_register_static_worker("reliq metrics", "reliq_metrics_server_main", false, 10);
 }
 
 static int

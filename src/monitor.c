@@ -44,17 +44,7 @@ static char last_problem[RELIQ_ERROR_LEN];
 void
 reliq_monitor_register(void)
 {
-	BackgroundWorker bgw;
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = 10;
-	strlcpy(bgw.bgw_library_name, RELIQ_LIBRARY_NAME, BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name, "reliq_monitor_main", BGW_MAXLEN);
-	strlcpy(bgw.bgw_name, "reliq monitor", BGW_MAXLEN);
-	strlcpy(bgw.bgw_type, "reliq monitor", BGW_MAXLEN);
-	RegisterBackgroundWorker(&bgw);
+	reliq_register_static_worker("reliq monitor", "reliq_monitor_main", true, 10);
 }
 
 /* Log a problem when it starts or changes; nothing while it persists. */

@@ -14,6 +14,7 @@
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "utils/guc.h"
 
 #include "launcher.h"
@@ -155,6 +156,29 @@ _PG_init(void)
 	reliq_monitor_register();
 	if (reliq_metrics_port > 0)
 		reliq_metrics_server_register();
+}
+
+/*
+ * Register one of reliq's static background workers (launcher, monitor,
+ * metrics); bgw_type and bgw_name are both `type`, so pg_stat_activity's
+ * backend_type names it.
+ */
+void
+reliq_register_static_worker(const char *type, const char *function,
+							 bool database, int restart_seconds)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		(database ? BGWORKER_BACKEND_DATABASE_CONNECTION : 0);
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = restart_seconds;
+	strlcpy(bgw.bgw_library_name, RELIQ_LIBRARY_NAME, BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(bgw.bgw_name, type, BGW_MAXLEN);
+	strlcpy(bgw.bgw_type, type, BGW_MAXLEN);
+	RegisterBackgroundWorker(&bgw);
 }
 
 bool

@@ -46,6 +46,8 @@ extern char *reliq_metrics_listen_address;
  * True when the current database is the one reliq's workers serve.  SQL
  * functions that only make sense where the workers run check it.
  */
+extern void reliq_register_static_worker(const char *type, const char *function,
+										 bool database, int restart_seconds);
 extern bool reliq_in_worker_database(void);
 extern void reliq_require_worker_database(const char *what);
 

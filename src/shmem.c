@@ -468,15 +468,6 @@ reliq_slot_set_connected(ReliqWorkerSlot *slot, bool connected)
  * Snapshots
  */
 
-typedef struct WorkerSummary
-{
-	int64		subscription_id;
-	ReliqWorkerState state;
-	bool		connected;
-	int			in_flight;
-	TimestampTz disconnected_at;
-} WorkerSummary;
-
 static int
 compare_int64(const void *a, const void *b)
 {
@@ -510,7 +501,7 @@ percentiles(const ReliqSamples *samples, int64 *p50, int64 *p99)
  * backing_off, disconnected, connecting, running.
  */
 static const char *
-summarize(ReliqStatsSnapshot *s, const WorkerSummary *workers, int nworkers)
+summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworkers)
 {
 	int			failing = 0;
 	int			backing_off = 0;
@@ -523,7 +514,7 @@ summarize(ReliqStatsSnapshot *s, const WorkerSummary *workers, int nworkers)
 	s->in_flight = 0;
 	for (i = 0; i < nworkers; i++)
 	{
-		const WorkerSummary *w = &workers[i];
+		const ReliqWorkerSnapshot *w = &workers[i];
 
 		if (w->subscription_id != s->subscription_id)
 			continue;
@@ -615,6 +606,46 @@ lag_trend(const LagPoints *entry, ReliqStatsSnapshot *s, TimestampTz now)
 }
 
 /*
+ * Copy out the slots of running workers, palloc'd in the current memory
+ * context; returns how many.
+ */
+int
+reliq_workers_snapshot(ReliqWorkerSnapshot **workers)
+{
+	int			n = 0;
+	int			i;
+
+	*workers = palloc0(sizeof(ReliqWorkerSnapshot) *
+					   Max(reliq_shared->max_workers, 1));
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	for (i = 0; i < reliq_shared->max_workers; i++)
+	{
+		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
+		ReliqWorkerSnapshot *w = &(*workers)[n];
+
+		if (!slot->in_use)
+			continue;
+		w->subscription_id = slot->subscription_id;
+		strlcpy(w->subscription_name, slot->subscription_name, NAMEDATALEN);
+		w->worker_index = slot->worker_index;
+		SpinLockAcquire(&slot->mutex);
+		w->pid = slot->pid;
+		w->state = slot->state;
+		w->connected = slot->connected;
+		w->batch_size = slot->batch_size;
+		w->in_flight = slot->in_flight;
+		w->since = slot->since;
+		w->started_at = slot->started_at;
+		w->disconnected_at = slot->disconnected_at;
+		SpinLockRelease(&slot->mutex);
+		if (w->pid != 0)
+			n++;
+	}
+	LWLockRelease(reliq_shared->lock);
+	return n;
+}
+
+/*
  * Copy out every subscription's figures and the summary of its workers.
  * Locks are held only while copying.  Returns the number of snapshots,
  * palloc'd in the current memory context.
@@ -622,8 +653,8 @@ lag_trend(const LagPoints *entry, ReliqStatsSnapshot *s, TimestampTz now)
 int
 reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 {
-	WorkerSummary *workers;
-	int			nworkers = 0;
+	ReliqWorkerSnapshot *workers;
+	int			nworkers;
 	int			n = 0;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
@@ -632,31 +663,11 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 	ReliqSamples *latency_samples = palloc(sizeof(ReliqSamples));
 	LagPoints	lag;
 
-	workers = palloc0(sizeof(WorkerSummary) * Max(reliq_shared->max_workers, 1));
+	nworkers = reliq_workers_snapshot(&workers);
 	*snapshots = palloc0(sizeof(ReliqStatsSnapshot) *
 						 Max(reliq_shared->max_subscriptions, 1));
 
 	LWLockAcquire(reliq_shared->lock, LW_SHARED);
-	for (i = 0; i < reliq_shared->max_workers; i++)
-	{
-		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
-		WorkerSummary *w = &workers[nworkers];
-		pid_t		pid;
-
-		if (!slot->in_use)
-			continue;
-		w->subscription_id = slot->subscription_id;
-		SpinLockAcquire(&slot->mutex);
-		pid = slot->pid;
-		w->state = slot->state;
-		w->connected = slot->connected;
-		w->in_flight = slot->in_flight;
-		w->disconnected_at = slot->disconnected_at;
-		SpinLockRelease(&slot->mutex);
-		if (pid != 0)
-			nworkers++;
-	}
-
 	for (i = 0; i < reliq_shared->max_subscriptions; i++)
 	{
 		ReliqSubscriptionStats *entry = &reliq_shared->stats[i];

@@ -140,6 +140,22 @@ typedef struct ReliqSubscriptionStats
 	int			batch_size;
 } ReliqSubscriptionStats;
 
+/* A copy of a running worker's slot. */
+typedef struct ReliqWorkerSnapshot
+{
+	int64		subscription_id;
+	char		subscription_name[NAMEDATALEN];
+	int			worker_index;
+	pid_t		pid;
+	ReliqWorkerState state;
+	bool		connected;
+	int			batch_size;
+	int			in_flight;
+	TimestampTz since;
+	TimestampTz started_at;
+	TimestampTz disconnected_at;
+} ReliqWorkerSnapshot;
+
 /*
  * A consistent copy of one subscription's figures, taken without holding
  * any lock while it is used (reliq.subscription_stats, reliq.metrics).
@@ -238,6 +254,7 @@ extern void reliq_stats_set_consumer_info(ReliqSubscriptionStats *entry,
 										  int64 redelivered, int64 ack_floor,
 										  int64 max_ack_pending);
 extern int	reliq_stats_snapshot(ReliqStatsSnapshot **snapshots);
+extern int	reliq_workers_snapshot(ReliqWorkerSnapshot **workers);
 
 /* Worker slots */
 extern void reliq_slot_set_state(ReliqWorkerSlot *slot, ReliqWorkerState state);
