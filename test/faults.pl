@@ -1,0 +1,25 @@
+#!/usr/bin/perl
+# test/faults.pl [--messages N] [--per-kind K] [--seed S]: the fault suite
+# outside prove (scripts/faults runs it); prints the figures.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/perl";
+use Getopt::Long;
+use PostgreSQL::Test::Utils;
+use ReliqTest::Faults;
+
+my %opt = (messages => 1_000_000, 'per-kind' => 20);
+GetOptions(\%opt, 'messages=i', 'per-kind=i', 'seed=i') or die "usage\n";
+$| = 1;
+my $f = ReliqTest::Faults::run(
+	messages => $opt{messages},
+	per_kind => $opt{'per-kind'},
+	seed     => $opt{seed},
+	say      => sub { print "@_\n" });
+print "$_\n" for ReliqTest::Faults::report($f);
+my $ok = $f->{lost} == 0 && $f->{duplicated} == 0 && $f->{dead_lettered} == 0
+  && $f->{probes_lost} == 0 && $f->{probes_duplicated} == 0
+  && $f->{crash_restarts} == $f->{expected_restarts} && $f->{idle};
+print $ok ? "PASS\n" : "FAIL\n";
+exit($ok ? 0 : 1);

@@ -1,0 +1,232 @@
+# ReliqTest::Faults: reliq's fault suite.  Publishes N messages with unique
+# ids at a steady rate while faults fire in a random order, then waits
+# and counts what was applied.
+#
+# Faults:
+#   pg_immediate       pg_ctl stop -m immediate, then start
+#   worker_kill9       kill -9 of one reliq worker (the postmaster then
+#                      restarts every backend: PostgreSQL's own rule)
+#   nats_kill9         kill -9 of nats-server, then start (same store)
+#   nats_sigstop       SIGSTOP nats-server for longer than ack_wait, SIGCONT
+#   proxy_cut          the TCP connection between reliq and nats-server cut
+#   proxy_blackhole    the same connection silently dropping everything
+#   lock_timeout       the target table locked; handlers hit lock_timeout
+#   statement_timeout  the target table locked; handlers hit handler_timeout
+#
+# After each fault, a probe message is published and the time until it is
+# applied is the recovery time.  What must hold: every message applied
+# exactly once, nothing dead-lettered, the postmaster restarted only by
+# the test's own kills.
+package ReliqTest::Faults;
+
+use strict;
+use warnings;
+use List::Util qw(max shuffle);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Time::HiRes qw(sleep time);
+use ReliqTest::Nats;
+use ReliqTest::Node;
+use ReliqTest::Proxy;
+
+our @KINDS = qw(pg_immediate worker_kill9 nats_kill9 nats_sigstop proxy_cut
+  proxy_blackhole lock_timeout statement_timeout);
+
+my $ACK_WAIT = 3;    # seconds; SIGSTOP lasts longer than this
+
+# run(messages => N, per_kind => K, seed => S, say => sub { print ... })
+# Returns a hash of figures.
+sub run
+{
+	my (%p) = @_;
+	my $say = $p{say} // sub { };
+	my $messages = $p{messages};
+	my $per_kind = $p{per_kind};
+	my $seed = $p{seed} // time;
+	srand($seed);
+
+	my $nats = ReliqTest::Nats->new(name => 'faults');
+	$nats->start;
+	$nats->stream_create('FAULTS', ['faults.>']);
+	my $proxy = ReliqTest::Proxy->new(
+		target_port => $nats->port,
+		port        => PostgreSQL::Test::Cluster::get_free_port())->start;
+	my $node = reliq_node('faults', $proxy, conf => <<'CONF');
+reliq.nats_timeout = 1000
+reliq.fetch_timeout = 500
+log_min_messages = warning
+CONF
+	$node->safe_psql('postgres', sprintf(<<'SQL', $ACK_WAIT));
+CREATE TABLE applied (id bigint, seq bigint, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE fault_ctl (lock_timeout text);
+INSERT INTO fault_ctl VALUES ('300ms');
+CREATE FUNCTION apply(m reliq.message) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM set_config('lock_timeout', (SELECT lock_timeout FROM fault_ctl), true);
+	INSERT INTO applied (id, seq) VALUES ((reliq.message_json(m)->>'id')::bigint, m.stream_seq);
+END $$;
+SELECT reliq.create_subscription('faults', stream => 'FAULTS', subject => 'faults.>',
+       handler => 'apply(reliq.message)'::regprocedure, batch_size => 100, concurrency => 2,
+       ack_wait => '%d s', max_deliver => 10000, backoff => '{200ms,1s}',
+       handler_timeout => '1s');
+SQL
+
+	my @faults = shuffle((@KINDS) x $per_kind);
+	# spread the stream over the expected length of the fault sequence
+	my $rate = max(50, int($messages / (scalar(@faults) * 5.5)));
+	$say->(sprintf("fault suite: %d messages at %d/s, %d faults (%d of each kind), seed %d",
+			$messages, $rate, scalar @faults, $per_kind, $seed));
+	my $publisher = $nats->publish_bg('faults.m', count => $messages, start => 1,
+		payload => '{"id":%d}', msg_id => 'm-%d', rate => $rate, retry_for => 600);
+
+	my (%count, %recovery);
+	my $probes = 0;
+	my $kills = 0;
+	my $locker;
+	for my $i (0 .. $#faults)
+	{
+		my $kind = $faults[$i];
+		sleep(0.5 + rand(1.5));
+		my $t0 = time;
+		if ($kind eq 'pg_immediate')
+		{
+			$node->stop('immediate');
+			sleep 0.3;
+			$node->start;
+		}
+		elsif ($kind eq 'worker_kill9')
+		{
+			my $pid = $node->safe_psql('postgres',
+				q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'reliq worker' ORDER BY random() LIMIT 1});
+			if ($pid)
+			{
+				kill 'KILL', $pid;
+				$kills++;
+				# the postmaster restarts every backend; wait for connections
+				sleep 0.5;
+				$node->poll_query_until('postgres', 'SELECT true');
+			}
+		}
+		elsif ($kind eq 'nats_kill9')
+		{
+			$nats->kill9;
+			sleep 0.5;
+			$nats->start;
+		}
+		elsif ($kind eq 'nats_sigstop')
+		{
+			$nats->sigstop;
+			sleep($ACK_WAIT + 1);
+			$nats->sigcont;
+		}
+		elsif ($kind eq 'proxy_cut')
+		{
+			$proxy->cut;
+			sleep 2;
+			$proxy->restore;
+		}
+		elsif ($kind eq 'proxy_blackhole')
+		{
+			$proxy->blackhole;
+			sleep 4;    # longer than reliq's ping-based detection
+			$proxy->restore;
+		}
+		elsif ($kind eq 'lock_timeout' || $kind eq 'statement_timeout')
+		{
+			$node->safe_psql('postgres', sprintf("UPDATE fault_ctl SET lock_timeout = '%s'",
+					$kind eq 'lock_timeout' ? '300ms' : '0'));
+			$locker = $node->background_psql('postgres');
+			$locker->query_safe('BEGIN; LOCK TABLE applied IN ACCESS EXCLUSIVE MODE;');
+			sleep 2.5;
+			$locker->query_safe('COMMIT');
+			$locker->quit;
+			$node->safe_psql('postgres', "UPDATE fault_ctl SET lock_timeout = '300ms'");
+		}
+		my $fault_end = time;
+
+		# Recovery: a probe published now must be applied.
+		my $probe = 1_000_000_000 + $i;
+		$nats->publish('faults.probe', count => 1, start => $probe, payload => '{"id":%d}',
+			msg_id => 'probe-%d');
+		$probes++;
+		my $recovered = 0;
+		my $deadline = time + 120;
+		while (time < $deadline)
+		{
+			my ($ret, $out) = $node->psql('postgres', "SELECT count(*) FROM applied WHERE id = $probe");
+			if ($ret == 0 && $out eq '1')
+			{
+				$recovered = 1;
+				last;
+			}
+			sleep 0.1;
+		}
+		my $took = time - $fault_end;
+		$count{$kind}++;
+		$recovery{$kind} = max($recovery{$kind} // 0, $took);
+		$say->(sprintf("  %3d/%d %-18s fault %.1f s, consuming again %s",
+				$i + 1, scalar @faults, $kind, $fault_end - $t0,
+				$recovered ? sprintf('after %.1f s', $took) : 'NOT WITHIN 120 s'));
+		die "no recovery after $kind\n" unless $recovered;
+	}
+
+	my $published = $nats->wait_publish($publisher);
+	my $idle = wait_idle($node, 'faults', 300);
+	my ($rows, $distinct, $lo, $hi) = split /\|/, $node->safe_psql('postgres',
+		"SELECT count(*), count(DISTINCT id), min(id), max(id) FROM applied WHERE id <= $messages");
+	my ($probe_rows, $probe_distinct) = split /\|/, $node->safe_psql('postgres',
+		'SELECT count(*), count(DISTINCT id) FROM applied WHERE id >= 1000000000');
+	my $dead = $node->safe_psql('postgres', 'SELECT count(*) FROM reliq.dead_letter');
+	my $stats = reliq_stats($node, 'faults');
+	my $log = slurp_file($node->logfile);
+	my $crash_restarts = () = $log =~ /all server processes terminated; reinitializing/g;
+
+	my %figures = (
+		seed                 => $seed,
+		messages             => $messages,
+		published            => $published,
+		idle                 => $idle ? 1 : 0,
+		applied              => $distinct,
+		lost                 => $messages - $distinct,
+		duplicated           => $rows - $distinct,
+		probes               => $probes,
+		probes_lost          => $probes - $probe_distinct,
+		probes_duplicated    => $probe_rows - $probe_distinct,
+		dead_lettered        => $dead,
+		duplicates_absorbed  => $stats->{duplicates},
+		crash_restarts       => $crash_restarts,
+		expected_restarts    => $kills,
+		faults               => \%count,
+		recovery             => \%recovery,
+		longest_recovery     => max(values %recovery),
+	);
+
+	$node->stop;
+	$proxy->stop;
+	$nats->stop;
+	return \%figures;
+}
+
+# The figures as a table.
+sub report
+{
+	my ($f) = @_;
+	my @lines = (
+		sprintf('messages %d, applied %d, lost %d, duplicated %d, dead-lettered %d',
+			$f->{messages}, $f->{applied}, $f->{lost}, $f->{duplicated}, $f->{dead_lettered}),
+		sprintf('probes %d, lost %d, duplicated %d; redeliveries absorbed by the ledger: %d',
+			$f->{probes}, $f->{probes_lost}, $f->{probes_duplicated}, $f->{duplicates_absorbed}),
+		sprintf('postmaster crash-restarts: %d (the test killed %d workers); seed %d',
+			$f->{crash_restarts}, $f->{expected_restarts}, $f->{seed}),
+		sprintf('%-18s %6s %14s', 'fault', 'count', 'recovery max'),
+	);
+	for my $kind (@KINDS)
+	{
+		next unless $f->{faults}{$kind};
+		push @lines, sprintf('%-18s %6d %12.1f s', $kind, $f->{faults}{$kind}, $f->{recovery}{$kind});
+	}
+	push @lines, sprintf('%-18s %6s %12.1f s', 'longest recovery', '', $f->{longest_recovery});
+	return @lines;
+}
+
+1;
