@@ -186,6 +186,12 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	if (!reliq_nats_ensure_consumer(reliq_nats_session_connection(), &spec,
 									&info, &created))
 	{
+		if (reliq_nats_last_was_no_responders())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("JetStream is not available on the NATS server"),
+					 errdetail("%s", reliq_nats_last_error()),
+					 errhint("Start nats-server with JetStream enabled (-js, or a jetstream block in its configuration), for the account reliq connects as.")));
 		if (reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),

@@ -126,7 +126,11 @@ remember_error(const char *what, natsStatus status, jsErrCode js_error)
 	last_js_error = (int) js_error;
 	last_timeout = (status == NATS_TIMEOUT);
 	last_no_responders = (status == NATS_NO_RESPONDERS);
-	if (detail == NULL || detail[0] == '\0' || strcmp(detail, text) == 0)
+	if (status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0)
+		snprintf(last_error, sizeof(last_error),
+				 "%s: no JetStream API answered (is JetStream enabled on the server, and for this account?)",
+				 what);
+	else if (detail == NULL || detail[0] == '\0' || strcmp(detail, text) == 0)
 		snprintf(last_error, sizeof(last_error), "%s: %s", what, text);
 	else if (status == NATS_ERR)
 		snprintf(last_error, sizeof(last_error), "%s: %s", what, detail);

@@ -67,6 +67,13 @@
 
 static const char *opt_url = DEFAULT_URL;
 static int64_t opt_timeout = 2000;
+static const char *opt_token = NULL;
+static const char *opt_user = NULL;
+static const char *opt_password = NULL;
+static const char *opt_creds = NULL;
+static const char *opt_tls_ca = NULL;
+static const char *opt_tls_cert = NULL;
+static const char *opt_tls_key = NULL;
 static volatile bool closing = false;	/* quiet the callbacks at exit */
 
 /* ----------------------------------------------------------------
@@ -78,7 +85,9 @@ static void
 usage(void)
 {
 	fprintf(stderr,
-			"usage: natstool [--url URL] [--timeout MS] COMMAND ARGS...\n"
+			"usage: natstool [--url URL] [--timeout MS] [--token T] [--user U --password P]\n"
+			"                [--creds FILE] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]\n"
+			"                COMMAND ARGS...\n"
 			"  publish SUBJECT [--count N] [--start K] [--payload FMT] [--msg-id FMT]\n"
 			"          [--header KEY=VALUE]... [--rate R] [--retry-for SECONDS]\n"
 			"  request SUBJECT [DATA] [--count N] [--start K]\n"
@@ -262,6 +271,18 @@ connect_nats(int64_t retry_until, bool verbose_reconnect)
 		s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
 	if (s == NATS_OK && verbose_reconnect)
 		s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+	if (s == NATS_OK && opt_token)
+		s = natsOptions_SetToken(opts, opt_token);
+	if (s == NATS_OK && opt_user)
+		s = natsOptions_SetUserInfo(opts, opt_user, opt_password);
+	if (s == NATS_OK && opt_creds)
+		s = natsOptions_SetUserCredentialsFromFiles(opts, opt_creds, NULL);
+	if (s == NATS_OK && (opt_tls_ca || opt_tls_cert))
+		s = natsOptions_SetSecure(opts, true);
+	if (s == NATS_OK && opt_tls_ca)
+		s = natsOptions_LoadCATrustedCertificates(opts, opt_tls_ca);
+	if (s == NATS_OK && opt_tls_cert)
+		s = natsOptions_LoadCertificatesChain(opts, opt_tls_cert, opt_tls_key);
 	if (s != NATS_OK)
 		fatal_status("cannot set connection options", s);
 
@@ -971,6 +992,20 @@ main(int argc, char **argv)
 			opt_url = argv[i + 1];
 		else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
 			opt_timeout = parse_int(argv[i], argv[i + 1], 1);
+		else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+			opt_token = argv[i + 1];
+		else if (strcmp(argv[i], "--user") == 0 && i + 1 < argc)
+			opt_user = argv[i + 1];
+		else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc)
+			opt_password = argv[i + 1];
+		else if (strcmp(argv[i], "--creds") == 0 && i + 1 < argc)
+			opt_creds = argv[i + 1];
+		else if (strcmp(argv[i], "--tls-ca") == 0 && i + 1 < argc)
+			opt_tls_ca = argv[i + 1];
+		else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc)
+			opt_tls_cert = argv[i + 1];
+		else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc)
+			opt_tls_key = argv[i + 1];
 		else if (strcmp(argv[i], "--help") == 0)
 			usage();
 		else
