@@ -118,7 +118,7 @@ CREATE TABLE reliq._stream_identity (
     stream_created  bigint NOT NULL,
     updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
-COMMENT ON TABLE reliq._stream_identity IS 'The newest incarnation of its stream a subscription has attached to; batches labelled with an older one are refused';
+COMMENT ON TABLE reliq._stream_identity IS 'The incarnation of its stream (creation time) a subscription''s workers last attached to; batches labelled with another are refused';
 
 -- Publishes made by handlers, written in the handler's transaction and
 -- published by the worker after COMMIT (see reliq.publish).
@@ -815,7 +815,8 @@ GRANT SELECT ON reliq.subscription_stats, reliq.worker_status TO reliq_admin, pg
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON reliq.subscription TO reliq_admin;
 GRANT USAGE ON SEQUENCE reliq.subscription_id_seq TO reliq_admin;
-GRANT SELECT, DELETE ON reliq.dead_letter TO reliq_admin;
+-- UPDATE: replay_dead_letter locks the row and records a failed attempt
+GRANT SELECT, UPDATE, DELETE ON reliq.dead_letter TO reliq_admin;
 
 ALTER TABLE reliq.subscription ENABLE ROW LEVEL SECURITY;
 CREATE POLICY subscription_visible ON reliq.subscription

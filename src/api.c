@@ -186,7 +186,7 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	if (!reliq_nats_ensure_consumer(reliq_nats_session_connection(), &spec,
 									&info, &created))
 	{
-		if (reliq_nats_last_was_no_responders())
+		if (reliq_nats_last_was_jetstream_missing())
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("JetStream is not available on the NATS server"),
@@ -324,8 +324,12 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	bool		isnull;
 	volatile bool ok = true;
 	ErrorData  *error = NULL;
+	int			nest;
 
 	SPI_connect();
+
+	/* reliq's own statements run under the safe search_path (catalog.c) */
+	nest = reliq_enter_safe_search_path();
 	if (SPI_execute_with_args("SELECT d.subscription_id, d.stream_seq,"
 							  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
 							  "           d.stream_seq, d.delivered, d.published_at)::reliq.message,"
@@ -333,6 +337,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 							  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read reliq.dead_letter");
+	reliq_leave_safe_search_path(nest);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -362,11 +367,15 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(caller);
 	PG_TRY();
 	{
+		int			delete_nest;
+
 		reliq_call_handler(sub, plan, message, traceparent, sub->id, 0,
 						   stream_seq);
+		delete_nest = reliq_enter_safe_search_path();
 		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete dead letter");
+		reliq_leave_safe_search_path(delete_nest);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(caller);
 		CurrentResourceOwner = owner;
@@ -397,14 +406,16 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 		uargs[3] = error->context ? CStringGetTextDatum(error->context) : (Datum) 0;
 		unulls[3] = error->context ? ' ' : 'n';
 		uargs[4] = CStringGetTextDatum(unpack_sql_state(error->sqlerrcode));
+		nest = reliq_enter_safe_search_path();
 		if (SPI_execute_with_args("UPDATE reliq.dead_letter"
 								  "   SET replay_attempts = replay_attempts + 1,"
-								  "       last_replay_at = pg_catalog.now(),"
+								  "       last_replay_at = now(),"
 								  "       error_message = $2, error_detail = $3,"
 								  "       error_context = $4, sqlstate = $5"
 								  " WHERE id = $1",
 								  5, uargtypes, uargs, unulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update dead letter");
+		reliq_leave_safe_search_path(nest);
 		ereport(NOTICE,
 				(errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
 				 error->detail ? errdetail("%s", error->detail) : 0));

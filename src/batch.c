@@ -148,7 +148,6 @@ reliq_prepare_handler_plan(const ReliqSubscription *sub, Oid message_type)
 	StringInfoData sql;
 	Oid			argtypes[1] = {message_type};
 	SPIPlanPtr	plan;
-	int			nest;
 
 	initStringInfo(&sql);
 	if (sub->handler != NULL)
@@ -184,9 +183,13 @@ reliq_prepare_handler_plan(const ReliqSubscription *sub, Oid message_type)
 						 qualified, qualified);
 	}
 
-	nest = reliq_enter_safe_search_path();
+	/*
+	 * Not under the safe search_path: the statement names everything with
+	 * its schema, and it runs with the session's path (the handler's), so
+	 * preparing it under another would only make every run analyse it
+	 * again.
+	 */
 	plan = prepare_kept(sql.data, 1, argtypes);
-	reliq_leave_safe_search_path(nest);
 	pfree(sql.data);
 	return plan;
 }
@@ -382,7 +385,7 @@ stream_is_current(ReliqBatchState *state)
 	bool		isnull;
 	int64		recorded;
 
-	if (SPI_execute_plan(state->identity_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (reliq_execute_plan_safely(state->identity_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read reliq._stream_identity");
 	if (SPI_processed != 1)
 		return false;
@@ -412,7 +415,7 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
-	if (SPI_execute_plan(state->floor_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (reliq_execute_plan_safely(state->floor_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read reliq._stream_floor");
 	if (SPI_processed == 0)
 		return;
@@ -434,7 +437,7 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 		args[2] = PointerGetDatum(construct_array(seqs, nstale, INT8OID, 8,
 												  FLOAT8PASSBYVAL,
 												  TYPALIGN_DOUBLE));
-		if (SPI_execute_plan(state->unrecord_plan, args, NULL, false, 0) != SPI_OK_DELETE)
+		if (reliq_execute_plan_safely(state->unrecord_plan, args, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not correct reliq._ledger");
 	}
 	pfree(seqs);
@@ -465,7 +468,7 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
 	args[2] = PointerGetDatum(array);
-	if (SPI_execute_plan(state->ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+	if (reliq_execute_plan_safely(state->ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not write reliq._ledger");
 
 	for (row = 0; row < SPI_processed; row++)
@@ -543,7 +546,7 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 							   &nulls[12]);
 	values[13] = nullable_text(reliq_message_header(msg, "traceparent"), &nulls[13]);
 
-	if (SPI_execute_plan(state->dead_letter_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (reliq_execute_plan_safely(state->dead_letter_plan, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not write reliq.dead_letter");
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);

@@ -14,8 +14,8 @@
  *							reported: every matching message at or below it
  *							was committed and acked, so the ledger rows
  *							below it can go;
- *	 reliq._stream_identity the newest stream incarnation a worker has
- *							attached to; a batch labelled with an older one
+ *	 reliq._stream_identity the stream incarnation the workers last
+ *							attached to; a batch labelled with another one
  *							is refused.
  *
  * No lock orders batches and pruning.  A prune raises the floor and deletes
@@ -52,9 +52,15 @@ reliq_catalog_extension_present(void)
 }
 
 /*
- * reliq's own statements run with search_path = pg_catalog, pg_temp, so
- * that no object planted in another schema can stand in for a built-in.
- * Handlers run with the session's search_path.
+ * reliq's own statements are parsed and executed with search_path =
+ * pg_catalog, pg_temp, so that no object planted in another schema can
+ * stand in for a built-in.  (An exact-type function such as
+ * public.unnest(bigint[]) beats pg_catalog.unnest(anyarray) whatever the
+ * schema order.)  Preparing under that path is not enough: up to
+ * PostgreSQL 16, a cached plan run under a different search_path is
+ * analysed again under the one in force -- so kept plans are also
+ * executed under it (reliq_execute_plan_safely).  Handlers run with the
+ * session's search_path.
  */
 int
 reliq_enter_safe_search_path(void)
@@ -71,6 +77,18 @@ void
 reliq_leave_safe_search_path(int nest_level)
 {
 	AtEOXact_GUC(true, nest_level);
+}
+
+/* SPI_execute_plan under the safe search_path. */
+int
+reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values, const char *nulls,
+						  bool read_only, long count)
+{
+	int			nest = reliq_enter_safe_search_path();
+	int			rc = SPI_execute_plan(plan, values, nulls, read_only, count);
+
+	reliq_leave_safe_search_path(nest);
+	return rc;
 }
 
 static char *
@@ -309,13 +327,16 @@ reliq_subscription_backoff_ms(const ReliqSubscription *sub, int delivered)
 }
 
 /*
- * A worker has found the stream incarnation stream_created.  Record it as
- * the subscription's current one unless a newer one is recorded already,
- * and forget the ledger of older incarnations (deleted streams deliver
- * nothing more).  Returns the incarnation now recorded; if it is not
- * stream_created, the caller's view is stale.  *floor and *has_history
- * tell where the subscription stands in that stream, so a consumer that
- * must be made again starts after the last acknowledged message.
+ * A worker has found the stream incarnation stream_created on the server:
+ * record it as the subscription's current one.  Batches labelled with any
+ * other incarnation are then refused.  The last worker to attach wins: a
+ * worker that read a stream just deleted finds out when it reads the
+ * stream again after setting up the consumer (worker.c), and attaches
+ * anew.  The ledger of other incarnations is kept -- reliq may be pointed
+ * back at a server that still has one -- and goes with the subscription.
+ * Returns the incarnation now recorded.  *floor and *has_history tell
+ * where the subscription stands in that stream, so a consumer that must
+ * be made again starts after the last acknowledged message.
  */
 int64
 reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
@@ -332,18 +353,10 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 	SPI_execute_with_args("INSERT INTO reliq._stream_identity AS i (subscription_id, stream_created)"
 						  " VALUES ($1, $2)"
 						  " ON CONFLICT (subscription_id) DO UPDATE"
-						  "   SET stream_created = greatest(i.stream_created, excluded.stream_created),"
-						  "       updated_at = now()"
+						  "   SET stream_created = excluded.stream_created, updated_at = now()"
 						  " RETURNING stream_created",
 						  2, argtypes, args, NULL, false, 1);
 	current = int64_column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-	SPI_execute_with_args("DELETE FROM reliq._ledger"
-						  " WHERE subscription_id = $1 AND stream_created < $2",
-						  2, argtypes, args, NULL, false, 0);
-	SPI_execute_with_args("DELETE FROM reliq._stream_floor"
-						  " WHERE subscription_id = $1 AND stream_created < $2",
-						  2, argtypes, args, NULL, false, 0);
 
 	SPI_execute_with_args("SELECT (SELECT ack_floor FROM reliq._stream_floor"
 						  "          WHERE subscription_id = $1 AND stream_created = $2),"

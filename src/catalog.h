@@ -14,6 +14,8 @@
 
 #include "postgres.h"
 
+#include "executor/spi.h"
+
 typedef struct ReliqSubscription
 {
 	int64		id;
@@ -71,6 +73,9 @@ extern int64 reliq_subscription_backoff_ms(const ReliqSubscription *sub,
 
 extern int	reliq_enter_safe_search_path(void);
 extern void reliq_leave_safe_search_path(int nest_level);
+extern int	reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values,
+									  const char *nulls, bool read_only,
+									  long count);
 
 extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 										int64 stream_created,

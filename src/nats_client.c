@@ -35,6 +35,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -126,7 +127,8 @@ remember_error(const char *what, natsStatus status, jsErrCode js_error)
 	last_js_error = (int) js_error;
 	last_timeout = (status == NATS_TIMEOUT);
 	last_no_responders = (status == NATS_NO_RESPONDERS);
-	if (status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0)
+	if ((status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0) ||
+		js_error == JSNotEnabledForAccountErr || js_error == JSNotEnabledErr)
 		snprintf(last_error, sizeof(last_error),
 				 "%s: no JetStream API answered (is JetStream enabled on the server, and for this account?)",
 				 what);
@@ -178,6 +180,15 @@ bool
 reliq_nats_last_was_no_responders(void)
 {
 	return last_no_responders;
+}
+
+/* JetStream is off on the server, or for the account reliq uses. */
+bool
+reliq_nats_last_was_jetstream_missing(void)
+{
+	return last_js_error == JSNotEnabledForAccountErr ||
+		last_js_error == JSNotEnabledErr ||
+		(last_no_responders && strstr(last_error, "no JetStream API answered") != NULL);
 }
 
 /* The URL setting with any user:password@ removed, for messages. */
@@ -278,6 +289,45 @@ is_set(const char *setting)
 	return setting != NULL && setting[0] != '\0';
 }
 
+/*
+ * A secret setting's value: itself, or with "file:PATH" the first line of
+ * that file (so that rotating it by reload does not put it in the server
+ * log, where the postmaster reports every changed setting).  NULL, with
+ * last_error set, when the file cannot be read or holds what the NATS
+ * client cannot send.
+ */
+static char *
+secret_value(const char *setting, const char *name)
+{
+	FILE	   *file;
+	char		line[1024];
+	size_t		len;
+
+	if (strncmp(setting, "file:", 5) != 0)
+		return pstrdup(setting);
+	file = AllocateFile(setting + 5, "r");
+	if (file == NULL)
+	{
+		snprintf(last_error, sizeof(last_error),
+				 "could not read the file of %s \"%s\": %s",
+				 name, setting + 5, strerror(errno));
+		return NULL;
+	}
+	if (fgets(line, sizeof(line), file) == NULL)
+		line[0] = '\0';
+	FreeFile(file);
+	len = strcspn(line, "\r\n");
+	line[len] = '\0';
+	if (strpbrk(line, "\"\\") != NULL)
+	{
+		snprintf(last_error, sizeof(last_error),
+				 "the file of %s holds a double quote or a backslash, which the NATS C client cannot send",
+				 name);
+		return NULL;
+	}
+	return pstrdup(line);
+}
+
 /* natsOptions from the reliq.nats_* settings. */
 static natsStatus
 build_options(natsOptions *opts, const char *client_name,
@@ -331,10 +381,21 @@ build_options(natsOptions *opts, const char *client_name,
 													reliq_nats_credentials_file,
 													NULL);
 	if (s == NATS_OK && is_set(reliq_nats_token))
-		s = natsOptions_SetToken(opts, reliq_nats_token);
+	{
+		char	   *token = secret_value(reliq_nats_token, "reliq.nats_token");
+
+		s = token ? natsOptions_SetToken(opts, token) : NATS_INVALID_ARG;
+	}
 	if (s == NATS_OK && is_set(reliq_nats_user))
-		s = natsOptions_SetUserInfo(opts, reliq_nats_user,
-									is_set(reliq_nats_password) ? reliq_nats_password : NULL);
+	{
+		char	   *password = is_set(reliq_nats_password) ?
+			secret_value(reliq_nats_password, "reliq.nats_password") : NULL;
+
+		if (is_set(reliq_nats_password) && password == NULL)
+			s = NATS_INVALID_ARG;
+		else
+			s = natsOptions_SetUserInfo(opts, reliq_nats_user, password);
+	}
 
 	if (is_set(reliq_nats_tls_ca_file) || is_set(reliq_nats_tls_cert_file))
 		secure = true;
@@ -379,8 +440,11 @@ reliq_nats_connect(const char *client_name)
 	BLOCK_SIGNALS(saved);
 	s = natsOptions_Create(&opts);
 	if (s == NATS_OK)
+	{
+		last_error[0] = '\0';
 		s = build_options(opts, client_name, events);
-	if (s != NATS_OK)
+	}
+	if (s != NATS_OK && last_error[0] == '\0')
 		remember_error("configuring the NATS connection", s, 0);
 	else
 	{

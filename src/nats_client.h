@@ -26,6 +26,7 @@ extern const char *reliq_nats_last_error(void);
 extern int	reliq_nats_last_js_error(void);
 extern bool reliq_nats_last_was_timeout(void);
 extern bool reliq_nats_last_was_no_responders(void);
+extern bool reliq_nats_last_was_jetstream_missing(void);
 extern void reliq_nats_report(int elevel, const char *what);
 extern char *reliq_nats_redacted_url(void);
 

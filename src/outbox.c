@@ -121,7 +121,7 @@ reliq_outbox_write(int64 subscription_id)
 		if (p->headers == NULL)
 			nulls[3] = 'n';
 		values[4] = CStringGetTextDatum(p->msg_id);
-		if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		if (reliq_execute_plan_safely(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not write to reliq._outbox");
 		count++;
 	}

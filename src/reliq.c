@@ -48,14 +48,34 @@ int			reliq_health_disconnect_timeout = 10000;
 int			reliq_metrics_port = 0;
 char	   *reliq_metrics_listen_address = NULL;
 
+/*
+ * The NATS C client (3.4.1) puts user, password and token into its
+ * CONNECT message without escaping: a '"' or '\\' would make the server
+ * refuse it as a protocol error.  Say so when the setting is made.
+ */
+static bool
+check_connect_string(char **newval, void **extra, GucSource source)
+{
+	if (*newval != NULL && strncmp(*newval, "file:", 5) != 0 &&
+		strpbrk(*newval, "\"\\") != NULL)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("The NATS C client sends it unescaped; a double quote or a backslash breaks its CONNECT message.");
+		return false;
+	}
+	return true;
+}
+
 /* A secret: settable only in postgresql.conf, shown only to superusers. */
 static void
-define_secret(const char *name, const char *description, char **variable)
+define_secret(const char *name, const char *description, char **variable,
+			  bool connect_string)
 {
 	DefineCustomStringVariable(name, description, NULL, variable, "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   connect_string ? check_connect_string : NULL,
+							   NULL, NULL);
 }
 
 static void
@@ -121,21 +141,23 @@ define_settings(void)
 
 	define_secret("reliq.nats_credentials_file",
 				  "NATS credentials file (JWT and NKey seed).",
-				  &reliq_nats_credentials_file);
-	define_secret("reliq.nats_token", "NATS authentication token.",
-				  &reliq_nats_token);
-	define_secret("reliq.nats_user", "NATS user name.", &reliq_nats_user);
-	define_secret("reliq.nats_password", "NATS password.",
-				  &reliq_nats_password);
+				  &reliq_nats_credentials_file, false);
+	define_secret("reliq.nats_token",
+				  "NATS authentication token, or file:PATH to read it from a file.",
+				  &reliq_nats_token, true);
+	define_secret("reliq.nats_user", "NATS user name.", &reliq_nats_user, true);
+	define_secret("reliq.nats_password",
+				  "NATS password, or file:PATH to read it from a file.",
+				  &reliq_nats_password, true);
 	define_secret("reliq.nats_tls_ca_file",
 				  "CA certificates (PEM) that verify the NATS server.",
-				  &reliq_nats_tls_ca_file);
+				  &reliq_nats_tls_ca_file, false);
 	define_secret("reliq.nats_tls_cert_file",
 				  "Client certificate (PEM) presented to the NATS server.",
-				  &reliq_nats_tls_cert_file);
+				  &reliq_nats_tls_cert_file, false);
 	define_secret("reliq.nats_tls_key_file",
 				  "Private key (PEM) of the client certificate.",
-				  &reliq_nats_tls_key_file);
+				  &reliq_nats_tls_key_file, false);
 
 	MarkGUCPrefixReserved("reliq");
 }

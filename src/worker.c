@@ -448,7 +448,7 @@ ensure_attached(Worker *w)
 	ReliqStreamInfo after;
 	ReliqConsumerInfo info;
 	ReliqConsumerSpec spec;
-	int64		claimed;
+	int64		claimed PG_USED_FOR_ASSERTS_ONLY;
 	int64		floor;
 	bool		has_history;
 	bool		created;
@@ -485,13 +485,7 @@ ensure_attached(Worker *w)
 	claimed = reliq_catalog_claim_stream(w->sub->id, before.created_ns,
 										 &floor, &has_history);
 	end_transaction(caller);
-	if (claimed != before.created_ns)
-	{
-		note_problem(w, LOG, "a newer incarnation of stream \"%s\" is recorded than the server shows; waiting",
-					 w->sub->stream);
-		schedule_retry(w);
-		return false;
-	}
+	Assert(claimed == before.created_ns);
 
 	description = psprintf("reliq subscription %s", w->sub->name);
 	memset(&spec, 0, sizeof(spec));
