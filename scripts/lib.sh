@@ -4,7 +4,7 @@
 # and installs the extension, and runs test programs as an unprivileged user
 # (initdb refuses to run as root; CI runs as root).
 
-RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl"
+RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl openssl"
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 export PG_CONFIG=${PG_CONFIG:-$PG_BINDIR/pg_config}
 
@@ -34,6 +34,7 @@ reliq_missing_packages() {
 	command -v make >/dev/null || missing="$missing make"
 	command -v gcc >/dev/null || missing="$missing gcc"
 	command -v curl >/dev/null || missing="$missing curl"
+	command -v openssl >/dev/null || missing="$missing openssl"
 	echo $missing
 }
 
