@@ -7,19 +7,23 @@ use FindBin;
 use lib "$FindBin::Bin/perl";
 use Getopt::Long;
 use PostgreSQL::Test::Utils;
+use Test::More;
 use ReliqTest::Faults;
+
+# PostgreSQL::Test::Utils sends STDOUT to its log file; Test::More's
+# output handle still reaches the terminal.
+my $out = Test::More->builder->output;
 
 my %opt = (messages => 1_000_000, 'per-kind' => 20);
 GetOptions(\%opt, 'messages=i', 'per-kind=i', 'seed=i') or die "usage\n";
-$| = 1;
 my $f = ReliqTest::Faults::run(
 	messages => $opt{messages},
 	per_kind => $opt{'per-kind'},
 	seed     => $opt{seed},
-	say      => sub { print "@_\n" });
-print "$_\n" for ReliqTest::Faults::report($f);
+	say      => sub { print $out "@_\n" });
+print $out "$_\n" for ReliqTest::Faults::report($f);
 my $ok = $f->{lost} == 0 && $f->{duplicated} == 0 && $f->{dead_lettered} == 0
   && $f->{probes_lost} == 0 && $f->{probes_duplicated} == 0
   && $f->{crash_restarts} == $f->{expected_restarts} && $f->{idle};
-print $ok ? "PASS\n" : "FAIL\n";
+print $out $ok ? "PASS\n" : "FAIL\n";
 exit($ok ? 0 : 1);
