@@ -14,6 +14,10 @@ use ReliqTest::Faults;
 # output handle still reaches the terminal.
 my $out = Test::More->builder->output;
 
+# Ctrl-C or a TERM: die, so that the END blocks of the harness stop the
+# nats-servers, publishers and PostgreSQL clusters this run started.
+$SIG{INT} = $SIG{TERM} = sub { die "interrupted by SIG$_[0]\n" };
+
 my %opt = (messages => 1_000_000, 'per-kind' => 20);
 GetOptions(\%opt, 'messages=i', 'per-kind=i', 'seed=i') or die "usage\n";
 my $f = ReliqTest::Faults::run(
