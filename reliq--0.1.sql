@@ -227,7 +227,7 @@ CREATE FUNCTION reliq._subscription_stats(
     OUT batch_p50 interval, OUT batch_p99 interval,
     OUT latency_p50 interval, OUT latency_p99 interval,
     OUT disconnected_since timestamptz, OUT lag_growing boolean,
-    OUT last_failure_at timestamptz)
+    OUT last_failure_at timestamptz, OUT slow_path_batches bigint)
 RETURNS SETOF record
 LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_subscription_stats';
 
@@ -263,6 +263,7 @@ SELECT s.subscription_name,
        COALESCE(st.dead_lettered, 0) AS dead_lettered,
        COALESCE(st.duplicates, 0) AS duplicates,
        COALESCE(st.batches, 0) AS batches,
+       COALESCE(st.slow_path_batches, 0) AS slow_path_batches,
        COALESCE(st.in_flight, 0) AS in_flight,
        st.pending,
        st.ack_pending,

@@ -369,8 +369,8 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	{
 		int			delete_nest;
 
-		reliq_call_handler(sub, plan, message, traceparent, sub->id, 0,
-						   stream_seq);
+		reliq_call_handler(sub, plan, reliq_handler_argument(sub, message),
+						   traceparent, sub->id, 0, stream_seq);
 		delete_nest = reliq_enter_safe_search_path();
 		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
@@ -487,8 +487,8 @@ reliq_subscription_stats(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 	{
 		ReliqStatsSnapshot *s = &snapshots[i];
-		Datum		values[29];
-		bool		nulls[29] = {false};
+		Datum		values[30];
+		bool		nulls[30] = {false};
 
 		values[0] = Int64GetDatum(s->subscription_id);
 		values[1] = s->state ? CStringGetTextDatum(s->state) : (Datum) 0;
@@ -522,6 +522,7 @@ reliq_subscription_stats(PG_FUNCTION_ARGS)
 		values[26] = timestamp_or_null(s->disconnected_since, &nulls[26]);
 		values[27] = BoolGetDatum(s->lag_growing);
 		values[28] = timestamp_or_null(s->last_failure_at, &nulls[28]);
+		values[29] = Int64GetDatum((int64) s->slow_path_batches);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

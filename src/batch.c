@@ -36,11 +36,15 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -62,9 +66,18 @@ static int64 current_stream_created = 0;
 static int64 current_stream_seq = 0;
 static int	current_publish_count = 0;
 
+static void sink_relcache_callback(Datum arg, Oid relid);
+
 void
 reliq_batch_init(ReliqBatchState *state)
 {
+	static bool callback_registered = false;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(sink_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
 	memset(state, 0, sizeof(*state));
 	state->cxt = AllocSetContextCreate(TopMemoryContext, "reliq batch state",
 									   ALLOCSET_DEFAULT_SIZES);
@@ -138,18 +151,152 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * The statement that applies one message: a call of the handler, or for a
- * table sink an insert of the JSON payload as a row of the target.
- * Prepared with reliq's safe search_path; executed as the owner.
+ * Table sink
+ *
+ * One INSERT for all the fresh messages of a batch:
+ *
+ *	 INSERT INTO t (a, b, ...)
+ *	 SELECT r.a, CASE WHEN m.j ? 'b' THEN r.b ELSE <default of b> END, ...
+ *	   FROM unnest($1::jsonb[]) AS m(j),
+ *			LATERAL jsonb_populate_record(NULL::t, m.j) AS r
+ *
+ * Keys are matched to columns as jsonb_populate_record does; a column
+ * whose key is missing gets its default (identity columns BY DEFAULT
+ * their next value), or NULL if it has none.  Generated columns and
+ * identity columns GENERATED ALWAYS are left to the table.  A message
+ * that is not JSON, or does not fit, fails the statement: the batch goes
+ * to the slow path, where the same statement runs for one message at a
+ * time in its own subtransaction and the message takes the usual failure
+ * path.
+ *
+ * The text is built from the catalogs with the defaults deparsed under
+ * the safe search_path, so every name in it is qualified.  A relcache
+ * invalidation of the target (ALTER TABLE...) makes the worker build it
+ * again before the next batch.
+ */
+
+static Oid	watched_target = InvalidOid;
+static bool sink_plan_stale = false;
+
+static void
+sink_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == watched_target)
+		sink_plan_stale = true;
+}
+
+static char *
+sink_insert_sql(const ReliqSubscription *sub)
+{
+	char	   *relname = get_rel_name(sub->target);
+	char	   *qualified;
+	StringInfoData columns;
+	StringInfoData values;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+	uint64		row;
+	int			nest;
+
+	if (relname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("target table of subscription \"%s\" does not exist",
+						sub->name),
+				 errdetail("The table with OID %u was dropped.", sub->target),
+				 errhint("Create the table again, or drop the subscription.")));
+	qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(sub->target)),
+										   relname);
+
+	args[0] = ObjectIdGetDatum(sub->target);
+	nest = reliq_enter_safe_search_path();
+	if (SPI_execute_with_args("SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),"
+							  "       CASE WHEN a.attidentity = 'd' THEN"
+							  "              'pg_catalog.nextval(' || pg_catalog.quote_literal("
+							  "                pg_catalog.pg_get_serial_sequence(a.attrelid::regclass::text, a.attname))"
+							  "              || '::pg_catalog.regclass)'"
+							  "            ELSE pg_catalog.pg_get_expr(d.adbin, d.adrelid) END"
+							  "  FROM pg_catalog.pg_attribute a"
+							  "  LEFT JOIN pg_catalog.pg_attrdef d"
+							  "         ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+							  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
+							  "   AND a.attgenerated = '' AND a.attidentity <> 'a'"
+							  " ORDER BY a.attnum",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the columns of table %s", qualified);
+	reliq_leave_safe_search_path(nest);
+
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("target table %s of subscription \"%s\" has no column a message can fill",
+						qualified, sub->name),
+				 errdetail("All its columns are generated.")));
+
+	initStringInfo(&columns);
+	initStringInfo(&values);
+	for (row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[row];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tuple, desc, 1);
+		char	   *type = SPI_getvalue(tuple, desc, 2);
+		char	   *fallback = SPI_getvalue(tuple, desc, 3);
+		const char *ident = quote_identifier(name);
+		const char *separator = row > 0 ? ", " : "";
+
+		appendStringInfo(&columns, "%s%s", separator, ident);
+		if (fallback == NULL)
+			appendStringInfo(&values, "%sr.%s", separator, ident);
+		else
+			appendStringInfo(&values,
+							 "%sCASE WHEN m.j OPERATOR(pg_catalog.?) %s THEN r.%s ELSE (%s)::%s END",
+							 separator, quote_literal_cstr(name), ident,
+							 fallback, type);
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	return psprintf("INSERT INTO %s (%s) SELECT %s"
+					" FROM pg_catalog.unnest($1) AS m(j),"
+					" LATERAL pg_catalog.jsonb_populate_record(NULL::%s, m.j) AS r",
+					qualified, columns.data, values.data, qualified);
+}
+
+/* A message payload as jsonb; an error if it is not UTF-8 JSON. */
+static Datum
+payload_jsonb(const char *data, int len)
+{
+	char	   *converted = pg_any_to_server(data, len, PG_UTF8);
+
+	if (converted == data)
+		converted = pnstrdup(data, len);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(converted));
+}
+
+/* The argument of a table sink's statement: the payloads as jsonb[]. */
+static Datum
+sink_rows(ReliqMessage **msgs, int count)
+{
+	Datum	   *rows = palloc(sizeof(Datum) * count);
+	int			i;
+
+	for (i = 0; i < count; i++)
+		rows[i] = payload_jsonb(msgs[i]->data, msgs[i]->data_len);
+	return PointerGetDatum(construct_array(rows, count, JSONBOID, -1, false,
+										   TYPALIGN_INT));
+}
+
+/*
+ * The statement that applies messages: a call of the handler with $1 of
+ * type reliq.message, or for a table sink the INSERT above with $1 of
+ * type jsonb[].  Executed as the owner.
  */
 SPIPlanPtr
 reliq_prepare_handler_plan(const ReliqSubscription *sub, Oid message_type)
 {
-	StringInfoData sql;
 	Oid			argtypes[1] = {message_type};
+	char	   *sql;
 	SPIPlanPtr	plan;
 
-	initStringInfo(&sql);
 	if (sub->handler != NULL)
 	{
 		const char *suffix = "(reliq.message)";
@@ -161,26 +308,13 @@ reliq_prepare_handler_plan(const ReliqSubscription *sub, Oid message_type)
 					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 					 errmsg("handler \"%s\" of subscription \"%s\" is not of the form schema.function(reliq.message)",
 							sub->handler, sub->name)));
-		appendStringInfo(&sql, "SELECT %.*s($1)",
-						 (int) (len - strlen(suffix)), sub->handler);
+		sql = psprintf("SELECT %.*s($1)",
+					   (int) (len - strlen(suffix)), sub->handler);
 	}
 	else
 	{
-		char	   *relname = get_rel_name(sub->target);
-		char	   *qualified;
-
-		if (relname == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("target table of subscription \"%s\" does not exist",
-							sub->name),
-					 errdetail("The table with OID %u was dropped.", sub->target),
-					 errhint("Create the table again, or drop the subscription.")));
-		qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(sub->target)),
-											   relname);
-		appendStringInfo(&sql,
-						 "INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, reliq.message_json($1))",
-						 qualified, qualified);
+		sql = sink_insert_sql(sub);
+		argtypes[0] = JSONBARRAYOID;
 	}
 
 	/*
@@ -189,9 +323,34 @@ reliq_prepare_handler_plan(const ReliqSubscription *sub, Oid message_type)
 	 * preparing it under another would only make every run analyse it
 	 * again.
 	 */
-	plan = prepare_kept(sql.data, 1, argtypes);
-	pfree(sql.data);
+	plan = prepare_kept(sql, 1, argtypes);
+	pfree(sql);
 	return plan;
+}
+
+/*
+ * What reliq_call_handler passes to the statement for one message given
+ * as a reliq.message datum (a replayed dead letter).
+ */
+Datum
+reliq_handler_argument(const ReliqSubscription *sub, Datum message)
+{
+	bool		isnull;
+	Datum		data;
+	bytea	   *payload;
+	Datum		row;
+
+	if (sub->handler != NULL)
+		return message;
+	data = GetAttributeByName(DatumGetHeapTupleHeader(message), "data", &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("message has no payload to insert")));
+	payload = DatumGetByteaPP(data);
+	row = payload_jsonb(VARDATA_ANY(payload), VARSIZE_ANY_EXHDR(payload));
+	return PointerGetDatum(construct_array(&row, 1, JSONBOID, -1, false,
+										   TYPALIGN_INT));
 }
 
 static void
@@ -262,7 +421,8 @@ ensure_plans(ReliqBatchState *state)
 	key = sub->handler ? psprintf("handler %s", sub->handler)
 		: psprintf("target %u", sub->target);
 	if (state->handler_plan == NULL ||
-		strcmp(key, state->handler_plan_key) != 0)
+		strcmp(key, state->handler_plan_key) != 0 ||
+		(sub->handler == NULL && sink_plan_stale))
 	{
 		if (state->handler_plan)
 		{
@@ -270,6 +430,8 @@ ensure_plans(ReliqBatchState *state)
 			state->handler_plan = NULL;
 			pfree(state->handler_plan_key);
 		}
+		watched_target = sub->handler ? InvalidOid : sub->target;
+		sink_plan_stale = false;
 		state->handler_plan = reliq_prepare_handler_plan(sub, state->message_type);
 		state->handler_plan_key = MemoryContextStrdup(state->cxt, key);
 	}
@@ -362,13 +524,43 @@ static void
 apply_message(ReliqBatchState *state, ReliqMessage *msg)
 {
 	MemoryContext old = MemoryContextSwitchTo(state->message_cxt);
-	Datum		message = reliq_message_datum(msg, state->sub->name,
-											  state->message_tupdesc);
+	Datum		argument;
 
-	msg->outboxed = reliq_call_handler(state->sub, state->handler_plan, message,
+	if (state->sub->handler != NULL)
+		argument = reliq_message_datum(msg, state->sub->name,
+									   state->message_tupdesc);
+	else
+		argument = sink_rows(&msg, 1);
+	msg->outboxed = reliq_call_handler(state->sub, state->handler_plan, argument,
 									   reliq_message_header(msg, "traceparent"),
 									   state->sub->id, state->stream_created,
 									   msg->stream_seq);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(state->message_cxt);
+}
+
+/*
+ * A table sink's fast path: the messages to apply in one INSERT.  What
+ * the triggers of the table publish is written with message ids derived
+ * from the first of them.
+ */
+static void
+apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
+{
+	MemoryContext old;
+	Datum		rows;
+	int			i;
+
+	if (count == 0)
+		return;
+	old = MemoryContextSwitchTo(state->message_cxt);
+	rows = sink_rows(msgs, count);
+	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler_plan, rows,
+										   NULL, state->sub->id,
+										   state->stream_created,
+										   msgs[0]->stream_seq);
+	for (i = 0; i < count; i++)
+		msgs[i]->outcome = RELIQ_OUTCOME_PROCESSED;
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);
 }
@@ -676,8 +868,26 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 		else
 		{
 			record_in_ledger(state, msgs, all, nmsgs, fresh);
-			for (i = 0; i < nmsgs; i++)
-				apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);
+			if (state->sub->handler != NULL)
+			{
+				for (i = 0; i < nmsgs; i++)
+					apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);
+			}
+			else
+			{
+				ReliqMessage **bulk = palloc(sizeof(ReliqMessage *) * nmsgs);
+				int			nbulk = 0;
+
+				for (i = 0; i < nmsgs; i++)
+				{
+					if (fresh[i] && msgs[i].delivered <= state->sub->max_deliver)
+						bulk[nbulk++] = &msgs[i];
+					else
+						apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);
+				}
+				apply_in_bulk(state, bulk, nbulk);
+				pfree(bulk);
+			}
 			finish_batch_transaction();
 		}
 	}

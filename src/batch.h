@@ -79,6 +79,8 @@ extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
 /* Used by reliq.replay_dead_letter. */
 extern SPIPlanPtr reliq_prepare_handler_plan(const ReliqSubscription *sub,
 											 Oid message_type);
+extern Datum reliq_handler_argument(const ReliqSubscription *sub,
+									Datum message);
 extern int	reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
 							   Datum message, const char *traceparent,
 							   int64 subscription_id, int64 stream_created,

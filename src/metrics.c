@@ -140,6 +140,9 @@ static const CounterFamily counters[] = {
 	{"reliq_batches_total",
 		"Batches applied, one transaction each.",
 	offsetof(ReliqStatsSnapshot, batches)},
+	{"reliq_slow_path_batches_total",
+		"Batches that failed as a whole and were redone with one subtransaction per message.",
+	offsetof(ReliqStatsSnapshot, slow_path_batches)},
 };
 
 /* Gauges: a function gives the value, or false when there is none. */

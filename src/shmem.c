@@ -119,6 +119,7 @@ init_stats_entry(ReliqSubscriptionStats *entry)
 	pg_atomic_init_u64(&entry->dead_lettered, 0);
 	pg_atomic_init_u64(&entry->duplicates, 0);
 	pg_atomic_init_u64(&entry->batches, 0);
+	pg_atomic_init_u64(&entry->slow_path_batches, 0);
 	SpinLockInit(&entry->mutex);
 }
 
@@ -289,6 +290,7 @@ reliq_stats_reset(ReliqSubscriptionStats *entry)
 	pg_atomic_write_u64(&entry->dead_lettered, 0);
 	pg_atomic_write_u64(&entry->duplicates, 0);
 	pg_atomic_write_u64(&entry->batches, 0);
+	pg_atomic_write_u64(&entry->slow_path_batches, 0);
 	init_histogram(&entry->batch_duration);
 	init_histogram(&entry->commit_latency);
 
@@ -686,6 +688,7 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->dead_lettered = pg_atomic_read_u64(&entry->dead_lettered);
 		s->duplicates = pg_atomic_read_u64(&entry->duplicates);
 		s->batches = pg_atomic_read_u64(&entry->batches);
+		s->slow_path_batches = pg_atomic_read_u64(&entry->slow_path_batches);
 		copy_histogram(&entry->batch_duration, s->batch_hist,
 					   &s->batch_count, &s->batch_sum_us);
 		copy_histogram(&entry->commit_latency, s->latency_hist,

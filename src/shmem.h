@@ -101,6 +101,7 @@ typedef struct ReliqSubscriptionStats
 	pg_atomic_uint64 dead_lettered;
 	pg_atomic_uint64 duplicates;
 	pg_atomic_uint64 batches;
+	pg_atomic_uint64 slow_path_batches; /* redone one message at a time */
 	ReliqHistogram batch_duration;	/* a batch, from BEGIN to the acks */
 	ReliqHistogram commit_latency;	/* a message, from publish to commit */
 
@@ -179,6 +180,7 @@ typedef struct ReliqStatsSnapshot
 	uint64		dead_lettered;
 	uint64		duplicates;
 	uint64		batches;
+	uint64		slow_path_batches;
 	TimestampTz last_batch_at;
 	TimestampTz last_error_at;
 	TimestampTz last_failure_at;

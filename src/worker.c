@@ -860,6 +860,8 @@ count_batch(Worker *w, int received, const ReliqBatchResult *result)
 	pg_atomic_fetch_add_u64(&stats->dead_lettered, result->dead_lettered);
 	pg_atomic_fetch_add_u64(&stats->duplicates, result->duplicates);
 	pg_atomic_fetch_add_u64(&stats->batches, 1);
+	if (result->used_slow_path)
+		pg_atomic_fetch_add_u64(&stats->slow_path_batches, 1);
 	SpinLockAcquire(&stats->mutex);
 	stats->last_batch_at = now;
 	SpinLockRelease(&stats->mutex);

@@ -80,6 +80,7 @@ for my $pair (
 	[ 'reliq_messages_dead_lettered_total', 'dead_lettered' ],
 	[ 'reliq_messages_duplicate_total',     'duplicates' ],
 	[ 'reliq_batches_total',                'batches' ],
+	[ 'reliq_slow_path_batches_total',      'slow_path_batches' ],
 	[ 'reliq_workers',                      'workers' ],
 	[ 'reliq_consumer_pending',             'pending' ],
 	[ 'reliq_consumer_ack_pending',         'ack_pending' ])
