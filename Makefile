@@ -56,3 +56,8 @@ reliq-test-environment:
 		echo "reliq's tests need a nats-server: run scripts/test, or test/with-nats make installcheck"; \
 		exit 1; }
 
+
+# The benchmark, by hand (see README "Performance"); not part of the tests.
+.PHONY: bench
+bench:
+	scripts/bench

@@ -1128,6 +1128,20 @@ reliq_worker_main(Datum main_arg)
 			 w.slot->subscription_name, w.worker_index);
 	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
 
+	/*
+	 * An ack promises that the batch is durable: its COMMIT must have
+	 * reached disk.  With synchronous_commit = off a crash could lose a
+	 * batch already acked, so the worker commits with at least "local".
+	 */
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+	{
+		SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
+		ereport(LOG,
+				(errmsg("reliq worker for subscription \"%s\" commits with synchronous_commit = local",
+						w.slot->subscription_name),
+				 errdetail("synchronous_commit is off here; an acknowledgement must follow a durable commit.")));
+	}
+
 	reliq_batch_init(&w.batch);
 	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "reliq batch",
 										ALLOCSET_DEFAULT_SIZES);

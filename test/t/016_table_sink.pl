@@ -15,7 +15,9 @@ my $nats = ReliqTest::Nats->new(name => 'sink');
 $nats->start;
 $nats->stream_create('EVENTS', ['ev.>']);
 
-my $node = reliq_node('sink', $nats);
+# synchronous_commit = off in the server's configuration: the worker must
+# still commit durably before it acks.
+my $node = reliq_node('sink', $nats, conf => "synchronous_commit = off\n");
 $node->safe_psql('postgres', q{
 	CREATE SCHEMA app;
 	CREATE SEQUENCE app.ref_seq START 1000;
@@ -90,6 +92,9 @@ $node->safe_psql('postgres', q{
 });
 is($node->safe_psql('postgres', q{SELECT amount, doubled FROM app.events WHERE seq = 1051}),
 	'-1|-2', 'replayed dead letter inserted through the sink');
+
+ok($node->log_contains('reliq worker for subscription "events" commits with synchronous_commit = local'),
+	'the worker overrides synchronous_commit = off');
 
 # The table changes: the next batches use the new column and its default.
 $node->safe_psql('postgres', q{

@@ -24,6 +24,15 @@
  *		K..K+N-1, one reply line each (e.g. '$JS.API.STREAM.MSG.GET.S' with
  *		'{"seq":%d}').
  *
+ *	drain STREAM CONSUMER --count N [--batch B]
+ *		The NATS-only ceiling of the benchmark: pulls from an existing
+ *		durable pull consumer in batches of B (default 100), the way a reliq
+ *		worker does (the next pull is asked for before the batch in hand is
+ *		acknowledged), acks every message by publishing "+ACK" to its reply
+ *		subject with one flush per batch, and stops after N messages.
+ *		Prints "drained N in S s" (the clock starts at the first message).
+ *		No database work at all.
+ *
  * FMT is a printf-like format in which "%d" (at most once) is replaced by
  * the message index and "%%" by "%"; no other conversion is allowed.
  *
@@ -76,6 +85,8 @@ static const char *opt_tls_cert = NULL;
 static const char *opt_tls_key = NULL;
 static volatile bool closing = false;	/* quiet the callbacks at exit */
 
+#define Min64(a, b) ((a) < (b) ? (a) : (b))
+
 /* ----------------------------------------------------------------
  * Helpers
  * ----------------------------------------------------------------
@@ -91,6 +102,7 @@ usage(void)
 			"  publish SUBJECT [--count N] [--start K] [--payload FMT] [--msg-id FMT]\n"
 			"          [--header KEY=VALUE]... [--rate R] [--retry-for SECONDS]\n"
 			"  request SUBJECT [DATA] [--count N] [--start K]\n"
+			"  drain STREAM CONSUMER --count N [--batch B]\n"
 			"URL defaults to %s, MS (per request) to 2000.\n"
 			"FMT: printf-like, at most one %%d (the message index), %%%% for %%.\n",
 			DEFAULT_URL);
@@ -981,6 +993,166 @@ cmd_request(int argc, char **argv)
 	return rc;
 }
 
+/* ----------------------------------------------------------------
+ * drain
+ * ----------------------------------------------------------------
+ */
+
+/* Ask the consumer for up to batch messages, replies to reply. */
+static void
+pull(natsConnection *nc, const char *api, const char *reply, int64_t batch)
+{
+	char		body[128];
+	natsStatus	s;
+
+	snprintf(body, sizeof(body),
+			 "{\"batch\":%" PRId64 ",\"expires\":%" PRId64 "}",
+			 batch, (int64_t) 5000 * 1000 * 1000);
+	s = natsConnection_PublishRequestString(nc, api, reply, body);
+	if (s != NATS_OK)
+		fatal_status("cannot send a pull request", s);
+}
+
+static int
+cmd_drain(int argc, char **argv)
+{
+	const char *stream;
+	const char *consumer;
+	int64_t		count = -1;
+	int64_t		batch = 100;
+	int64_t		received = 0;
+	int64_t		first_ms = 0;
+	int64_t		idle_since;
+	natsConnection *nc;
+	natsSubscription *sub = NULL;
+	natsInbox  *inbox = NULL;
+	natsMsg   **held;
+	char		api[512];
+	char		wild[300];
+	char		reply[320];
+	int64_t		pulls = 0;
+	int64_t		owed;			/* messages the outstanding pull may still bring */
+	natsStatus	s;
+	int			i;
+
+	if (argc < 2)
+		usage();
+	stream = argv[0];
+	consumer = argv[1];
+	for (i = 2; i < argc; i++)
+	{
+		if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
+			count = parse_int(argv[i], argv[i + 1], 1);
+		else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+			batch = parse_int(argv[i], argv[i + 1], 1);
+		else
+			usage();
+		i++;
+	}
+	if (count < 0)
+		usage();
+	held = calloc(batch, sizeof(natsMsg *));
+	if (held == NULL)
+	{
+		fprintf(stderr, "natstool: out of memory\n");
+		return EXIT_FAIL;
+	}
+
+	nc = connect_nats(0, false);
+	snprintf(api, sizeof(api), "$JS.API.CONSUMER.MSG.NEXT.%s.%s", stream,
+			 consumer);
+	s = natsInbox_Create(&inbox);
+	if (s == NATS_OK)
+	{
+		snprintf(wild, sizeof(wild), "%s.*", inbox);
+		s = natsConnection_SubscribeSync(&sub, nc, wild);
+	}
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(sub, -1, -1);
+	if (s != NATS_OK)
+		fatal_status("cannot subscribe to the pull inbox", s);
+
+	snprintf(reply, sizeof(reply), "%s.%" PRId64, inbox, pulls++);
+	owed = Min64(batch, count);
+	pull(nc, api, reply, owed);
+	idle_since = nats_Now();
+	while (received < count)
+	{
+		int			n = 0;
+
+		/* collect up to a batch: what arrived, waiting only for the first */
+		while (n < batch && received + n < count && owed > 0)
+		{
+			natsMsg    *m = NULL;
+
+			s = natsSubscription_NextMsg(&m, sub, n == 0 ? 100 : 0);
+			if (s == NATS_TIMEOUT)
+			{
+				if (n > 0)
+					break;
+				if (nats_Now() - idle_since > 30000)
+				{
+					fprintf(stderr, "natstool: drain: no message for 30 s after %" PRId64 "\n",
+							received);
+					return EXIT_FAIL;
+				}
+				continue;
+			}
+			if (s != NATS_OK)
+				fatal_status("cannot read the pull inbox", s);
+			if (natsMsg_GetReply(m) == NULL || natsMsg_GetDataLength(m) == 0)
+			{
+				const char *status = NULL;
+
+				/* a status: this pull is over (408 expired, 404...) */
+				natsMsgHeader_Get(m, "Status", &status);
+				if (status != NULL && strcmp(natsMsg_GetSubject(m), reply) == 0)
+					owed = 0;
+				natsMsg_Destroy(m);
+				continue;
+			}
+			if (first_ms == 0)
+				first_ms = nats_Now();
+			held[n++] = m;
+			owed--;
+		}
+		idle_since = nats_Now();
+
+		/* ask for the next batch before acknowledging this one */
+		received += n;
+		if (received < count && owed <= 0)
+		{
+			snprintf(reply, sizeof(reply), "%s.%" PRId64, inbox, pulls++);
+			owed = Min64(batch, count - received);
+			pull(nc, api, reply, owed);
+		}
+		for (i = 0; i < n; i++)
+		{
+			s = natsConnection_PublishString(nc, natsMsg_GetReply(held[i]), "+ACK");
+			if (s != NATS_OK)
+				fatal_status("cannot acknowledge", s);
+			natsMsg_Destroy(held[i]);
+		}
+		if (n > 0)
+		{
+			s = natsConnection_FlushTimeout(nc, opt_timeout);
+			if (s != NATS_OK)
+				fatal_status("cannot flush the acknowledgements", s);
+		}
+	}
+
+	printf("drained %" PRId64 " in %.3f s\n", received,
+		   (nats_Now() - first_ms) / 1000.0);
+	fflush(stdout);
+	closing = true;
+	natsSubscription_Destroy(sub);
+	natsInbox_Destroy(inbox);
+	natsConnection_Destroy(nc);
+	nats_Close();
+	free(held);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1022,6 +1194,8 @@ main(int argc, char **argv)
 		return cmd_publish(argc - i - 1, argv + i + 1);
 	if (strcmp(argv[i], "request") == 0)
 		return cmd_request(argc - i - 1, argv + i + 1);
+	if (strcmp(argv[i], "drain") == 0)
+		return cmd_drain(argc - i - 1, argv + i + 1);
 
 	fprintf(stderr, "natstool: unknown command \"%s\"\n", argv[i]);
 	usage();
