@@ -42,7 +42,8 @@ typedef struct ReliqBatchState
 	MemoryContext message_cxt;	/* reset after each message */
 	Oid			message_type;
 	TupleDesc	message_tupdesc;
-	SPIPlanPtr	ledger_plan;
+	SPIPlanPtr	ledger_plan;	/* ... ON CONFLICT DO NOTHING */
+	SPIPlanPtr	ledger_plain_plan;	/* the same without ON CONFLICT */
 	SPIPlanPtr	floor_plan;
 	SPIPlanPtr	unrecord_plan;
 	SPIPlanPtr	identity_plan;
@@ -64,6 +65,7 @@ typedef struct ReliqBatchResult
 	bool		used_slow_path;
 	bool		tripped;		/* failing as a whole: messages held */
 	bool		stream_changed; /* a newer stream incarnation exists */
+	bool		subscription_gone;	/* dropped: nothing applied */
 	ErrorData  *batch_error;	/* an error outside any handler */
 	ErrorData  *last_failure;	/* the last handler error */
 	int64		last_failure_seq;

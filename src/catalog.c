@@ -334,7 +334,8 @@ reliq_subscription_backoff_ms(const ReliqSubscription *sub, int delivered)
  * stream again after setting up the consumer (worker.c), and attaches
  * anew.  The ledger of other incarnations is kept -- reliq may be pointed
  * back at a server that still has one -- and goes with the subscription.
- * Returns the incarnation now recorded.  *floor and *has_history tell
+ * Returns the incarnation now recorded, or 0 if the subscription has been
+ * dropped or paused.  *floor and *has_history tell
  * where the subscription stands in that stream, so a consumer that must
  * be made again starts after the last acknowledged message.
  */
@@ -350,6 +351,20 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 
 	SPI_connect();
 	nest = reliq_enter_safe_search_path();
+
+	/*
+	 * Wait for a drop or a pause being committed: drop_subscription deletes
+	 * the consumer before its transaction commits, and a worker that saw
+	 * the consumer gone must not make it again for a dropped subscription.
+	 */
+	SPI_execute_with_args("SELECT FROM reliq.subscription WHERE id = $1 AND enabled FOR KEY SHARE",
+						  1, argtypes, args, NULL, false, 0);
+	if (SPI_processed == 0)
+	{
+		reliq_leave_safe_search_path(nest);
+		SPI_finish();
+		return 0;
+	}
 	SPI_execute_with_args("INSERT INTO reliq._stream_identity AS i (subscription_id, stream_created)"
 						  " VALUES ($1, $2)"
 						  " ON CONFLICT (subscription_id) DO UPDATE"

@@ -135,6 +135,32 @@ ok(wait_idle($node, 'events'), 'drained after the rewind');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM app.events'), $before,
 	'no row inserted twice');
 
+# Dropped mid-stream with drop_consumer: the workers stop, nothing more is
+# inserted, and no worker makes the consumer again (drop_subscription
+# deletes it before its transaction commits; a worker that notices first
+# waits for the drop to commit).  A few rounds, to meet the race.
+$node->safe_psql('postgres', 'CREATE TABLE app.scratch (seq int)');
+for my $round (1 .. 5)
+{
+	$node->safe_psql('postgres', qq{
+		TRUNCATE app.scratch;
+		SELECT reliq.create_subscription('drop$round', stream => 'EVENTS', subject => 'ev.>',
+		       target => 'app.scratch'::regclass, batch_size => 10);
+	});
+	wait_for($node, 'SELECT count(*) > 100 FROM app.scratch');
+	$node->safe_psql('postgres', qq{SELECT reliq.drop_subscription('drop$round', drop_consumer => true)});
+	ok(wait_for($node, qq{SELECT count(*) = 0 FROM reliq.worker_status WHERE subscription_name = 'drop$round'}),
+		"round $round: workers stopped");
+	my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM app.scratch');
+	sleep 1;
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM app.scratch'), $rows,
+		"round $round: nothing inserted after the workers stopped");
+	is($nats->consumer_info('EVENTS', "reliq_drop$round"), undef,
+		"round $round: the consumer stays deleted");
+}
+ok(!$node->log_contains('reliq subscription "drop\d": created consumer'),
+	'no worker made a dropped subscription\'s consumer again');
+
 $node->stop;
 $nats->stop;
 done_testing();
