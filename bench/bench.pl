@@ -225,17 +225,18 @@ for my $batch (10, 100, 500)
 	js_api("CONSUMER.DELETE.BENCH.$name", '');
 }
 
-# Private memory (clean + dirty) of a process, in MB.
+# Private memory of a process, in MB: its anonymous resident pages
+# (RssAnon: heap, stacks, memory contexts), not the shared buffers it has
+# touched, which smaps would count as private while no other process has.
 sub private_mb
 {
 	my ($pid) = @_;
-	open my $fh, '<', "/proc/$pid/smaps_rollup" or return undef;
-	my $kb = 0;
+	open my $fh, '<', "/proc/$pid/status" or return undef;
 	while (<$fh>)
 	{
-		$kb += $1 if /^Private_(?:Clean|Dirty):\s+(\d+) kB/;
+		return $1 / 1024 if /^RssAnon:\s+(\d+) kB/;
 	}
-	return $kb / 1024;
+	return undef;
 }
 
 sub worker_memory
@@ -295,10 +296,11 @@ sub reliq_run
 	my $dups = sql("SELECT count(*) - count(DISTINCT id) FROM bench.events");
 	die "\n$what: $dups rows twice\n" if $dups;
 	my $mb = worker_memory($name);
-	my $slow = sql("SELECT slow_path_batches FROM reliq.subscription_stats WHERE subscription_name = '$name'");
+	my ($slow, $avg) = split /\|/, sql("SELECT slow_path_batches, round(processed::numeric / greatest(batches, 1))
+		FROM reliq.subscription_stats WHERE subscription_name = '$name'");
 	sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
-	$result{$key} = { rate => $r, mem => $mb, batch => $batch };
-	done_line($what, sprintf('%8.0f msgs/s, worker %5.1f MB private%s', $r, $mb // 0,
+	$result{$key} = { rate => $r, mem => $mb, batch => $batch, avg => $avg };
+	done_line($what, sprintf('%8.0f msgs/s, %3d per batch, worker %5.1f MB private%s', $r, $avg, $mb // 0,
 		$slow ? ", $slow slow-path batches" : ''));
 }
 
