@@ -259,19 +259,36 @@ sub commit_rate
 	return ($rows, $secs > 0 ? ($rows - $first_rows) / $secs : 0);
 }
 
-sub wait_rows
+# Wait until subscription $sub has processed $want messages, watching its
+# counter in shared memory (a count(*) of the table every 0.2 s would take
+# CPU from the run it measures).
+sub wait_processed
 {
-	my ($what, $table, $want, $timeout) = @_;
+	my ($what, $sub, $want, $timeout) = @_;
 	my $deadline = time + ($timeout // 600);
-	my $rows = 0;
+	my $done = 0;
 	while (time < $deadline)
 	{
-		$rows = sql("SELECT count(*) FROM $table");
-		progress($what, $rows, $want);
-		return $rows if $rows >= $want;
+		$done = sql("SELECT processed FROM reliq.subscription_stats WHERE subscription_name = '$sub'");
+		progress($what, $done, $want);
+		return $done if $done >= $want;
 		sleep 0.2;
 	}
-	die "\n$what: $rows of $want rows after the timeout\n";
+	die "\n$what: $done of $want messages after the timeout\n";
+}
+
+# Wait until every worker of $sub is attached and waiting for messages.
+sub wait_ready
+{
+	my ($sub, $workers) = @_;
+	my $deadline = time + 60;
+	while (time < $deadline)
+	{
+		return if sql("SELECT count(*) FROM reliq.worker_status
+		                WHERE subscription_name = '$sub' AND connected AND state = 'fetching'") >= $workers;
+		sleep 0.1;
+	}
+	die "the workers of $sub did not get ready within 60 s\n";
 }
 
 my $runs = 0;
@@ -290,7 +307,7 @@ sub reliq_run
 	sql('TRUNCATE bench.events; CHECKPOINT');
 	sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.events',
 	       $how, batch_size => $batch, concurrency => $concurrency)");
-	wait_rows($what, 'bench.events', $N);
+	wait_processed($what, $name, $N);
 	my ($rows, $r) = commit_rate('bench.events');
 	die "\n$what: $rows rows for $N messages\n" unless $rows == $N;
 	my $dups = sql("SELECT count(*) - count(DISTINCT id) FROM bench.events");
@@ -336,7 +353,7 @@ sub node_run
 	push @children, $pid;
 	while (waitpid($pid, WNOHANG) != $pid)
 	{
-		progress($what, sql('SELECT count(*) FROM bench.events'), $node_n);
+		progress($what, sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'bench.events'::regclass"), $node_n);
 		sleep 1;
 	}
 	@children = grep { $_ != $pid } @children;
@@ -345,8 +362,6 @@ sub node_run
 	$json =~ /"msgs_per_second":\s*([\d.]+)/ or die "node output: $json";
 	my $r = $1;
 	$result{"node/$fetch/$inserts"} = { rate => $r };
-	$result{baseline} = $result{"node/$fetch/$inserts"}
-	  if !$result{baseline} || $r > $result{baseline}{rate};
 	done_line($what, sprintf('%8.0f msgs/s (%d messages)', $r, $node_n));
 	js_api("CONSUMER.DELETE.BENCH.$name", '');
 }
@@ -369,7 +384,7 @@ sub streaming_run
 	sql('TRUNCATE bench.events; CHECKPOINT');
 	sql("SELECT reliq.create_subscription('live', stream => 'LIVE', subject => 'live.events',
 	       target => 'bench.events'::regclass, batch_size => $batch, concurrency => $concurrency)");
-	sleep 1;    # workers attached
+	wait_ready('live', $concurrency);
 	my $t0 = time;
 	my $pid = fork // die;
 	if ($pid == 0)
@@ -379,8 +394,10 @@ sub streaming_run
 		  '--start', 1, '--payload', $payload or die;
 	}
 	push @children, $pid;
-	wait_rows($what, 'bench.events', $N);
+	wait_processed($what, 'live', $N);
 	my $secs = time - $t0;
+	my $rows = sql('SELECT count(*) FROM bench.events');
+	die "\n$what: $rows rows for $N messages\n" unless $rows == $N;
 	waitpid($pid, 0);
 	@children = grep { $_ != $pid } @children;
 	die "\npublisher failed\n" if $? != 0;
@@ -399,7 +416,7 @@ sub latency_run
 	js_api('STREAM.CREATE.LAT', '{"name":"LAT","subjects":["lat.>"],"storage":"file"}');
 	sql("SELECT reliq.create_subscription('lat', stream => 'LAT', subject => 'lat.x',
 	       handler => 'bench.record_latency(reliq.message)'::regprocedure)");
-	sleep 1;
+	wait_ready('lat', 1);
 	my $pid = fork // die;
 	if ($pid == 0)
 	{
@@ -408,7 +425,7 @@ sub latency_run
 		  '--rate', $rate, '--payload', $payload or die;
 	}
 	push @children, $pid;
-	wait_rows($what, 'bench.latency', $count);
+	wait_processed($what, 'lat', $count);
 	waitpid($pid, 0);
 	@children = grep { $_ != $pid } @children;
 	my ($p50, $p99, $max) = split /\|/, sql(
@@ -434,7 +451,7 @@ sub memory_run
 	sql('TRUNCATE bench.events; CHECKPOINT');
 	sql("SELECT reliq.create_subscription('mem', stream => 'MEM', subject => 'mem.x',
 	       target => 'bench.events'::regclass, batch_size => 500)");
-	sleep 1;
+	wait_ready('mem', 1);
 	my $pid = fork // die;
 	if ($pid == 0)
 	{
@@ -468,9 +485,10 @@ sub memory_run
 }
 memory_run() if $memory_n && !defined $only;
 
-# The table.
-my $base = $result{baseline} ? $result{baseline}{rate} : undef;
-print "\n| run | batch | conc. | msgs/s | of ceiling | × Node | worker MB |\n";
+# The table.  The baseline is the consumer as the original service was
+# written: fetch 10, one INSERT at a time, ack after each.
+my $base = $result{'node/10/1'} ? $result{'node/10/1'}{rate} : undef;
+print "\n| run | batch | conc. | msgs/s | of ceiling | × Node baseline | worker MB |\n";
 print "|---|---:|---:|---:|---:|---:|---:|\n";
 printf "| \\copy (ceiling) | | | %.0f | | | |\n", $result{copy}{rate};
 for my $batch (10, 100, 500)
@@ -506,6 +524,16 @@ if (my $s = $result{streaming})
 	printf "| reliq table sink while publishing (first publish to last commit) | %d | 2 | %.0f | %.0f%% | %s | |\n",
 	  $s->{batch}, $s->{rate}, 100 * $s->{rate} / $result{"ceiling$s->{batch}"}{rate},
 	  $base ? sprintf('%.0f×', $s->{rate} / $base) : '-';
+}
+my ($best_key) = sort { $result{$b}{rate} <=> $result{$a}{rate} }
+  grep { m{^(sink|handler)/} } keys %result;
+my ($fast_node) = sort { $result{$b}{rate} <=> $result{$a}{rate} }
+  grep { m{^node/} } keys %result;
+if ($best_key && $fast_node)
+{
+	printf "\nBest reliq run (%s) against the fastest Node variant (%s, %.0f msgs/s): %.1f×\n",
+	  $best_key, $fast_node, $result{$fast_node}{rate},
+	  $result{$best_key}{rate} / $result{$fast_node}{rate};
 }
 if (my $l = $result{latency})
 {

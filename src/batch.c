@@ -4,9 +4,11 @@
  *	  Apply one batch of messages in one transaction.
  *
  * The fast path runs the whole batch in a single transaction with no
- * subtransaction: ledger rows first (one INSERT ... ON CONFLICT DO NOTHING
- * RETURNING for the batch, which also finds the duplicates), then each
- * handler, then COMMIT.  Only if anything fails is the batch redone on the
+ * subtransaction: ledger rows first (one INSERT ... RETURNING for the
+ * batch; if a sequence is there already, the batch starts again with
+ * INSERT ... ON CONFLICT DO NOTHING RETURNING, which finds the
+ * duplicates), then each handler, or one INSERT for a table sink, then
+ * COMMIT.  Only if anything fails is the batch redone on the
  * slow path, with one subtransaction per message, so that a failing
  * message rolls back alone.  A subtransaction per message on every batch
  * would burn an XID each and overflow the 64-entry subxid cache of every
