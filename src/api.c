@@ -316,7 +316,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(id)};
 	ReliqSubscription *sub;
-	SPIPlanPtr	plan;
+	ReliqHandler *handler;
 	Datum		message;
 	int64		subscription_id;
 	int64		stream_seq;
@@ -361,7 +361,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 				 errmsg("must be owner of subscription \"%s\" to replay its dead letters",
 						sub->name)));
 
-	plan = reliq_prepare_handler_plan(sub, reliq_message_type_oid());
+	handler = reliq_prepare_handler(sub, CurrentMemoryContext);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(caller);
@@ -369,7 +369,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	{
 		int			delete_nest;
 
-		reliq_call_handler(sub, plan, reliq_handler_argument(sub, message),
+		reliq_call_handler(sub, handler, reliq_handler_argument(sub, message),
 						   traceparent, sub->id, 0, stream_seq);
 		delete_nest = reliq_enter_safe_search_path();
 		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
@@ -391,7 +391,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 		ok = false;
 	}
 	PG_END_TRY();
-	SPI_freeplan(plan);
+	reliq_free_handler(handler);
 
 	if (!ok)
 	{

@@ -11,6 +11,7 @@
 #define RELIQ_BATCH_H
 
 #include "executor/spi.h"
+#include "fmgr.h"
 
 #include "catalog.h"
 #include "message.h"
@@ -48,8 +49,8 @@ typedef struct ReliqBatchState
 	SPIPlanPtr	unrecord_plan;
 	SPIPlanPtr	identity_plan;
 	SPIPlanPtr	dead_letter_plan;
-	SPIPlanPtr	handler_plan;
-	char	   *handler_plan_key;
+	struct ReliqHandler *handler;
+	char	   *handler_key;	/* what handler was prepared for */
 	ReliqBreaker breaker;
 } ReliqBatchState;
 
@@ -78,12 +79,26 @@ extern void reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs,
 							int nmsgs, ReliqBatchResult *result);
 extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
 
-/* Used by reliq.replay_dead_letter. */
-extern SPIPlanPtr reliq_prepare_handler_plan(const ReliqSubscription *sub,
-											 Oid message_type);
+/*
+ * How a subscription's messages are applied: its handler function (looked
+ * up and checked once per transaction), or its table sink's INSERT.
+ */
+typedef struct ReliqHandler
+{
+	MemoryContext cxt;
+	SPIPlanPtr	plan;			/* a table sink's INSERT; NULL: a handler */
+	Oid			function;		/* the handler as last looked up */
+	FmgrInfo	flinfo;
+	LocalTransactionId checked_lxid;	/* looked up in this transaction */
+} ReliqHandler;
+
+/* Used by reliq.replay_dead_letter too. */
+extern ReliqHandler *reliq_prepare_handler(const ReliqSubscription *sub,
+										   MemoryContext cxt);
+extern void reliq_free_handler(ReliqHandler *handler);
 extern Datum reliq_handler_argument(const ReliqSubscription *sub,
 									Datum message);
-extern int	reliq_call_handler(const ReliqSubscription *sub, SPIPlanPtr plan,
+extern int	reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
 							   Datum message, const char *traceparent,
 							   int64 subscription_id, int64 stream_created,
 							   int64 stream_seq);

@@ -99,6 +99,40 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM reliq.dead_letter'), '2', 
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT what, ',') FROM public.pwned}), '',
 	'none of the planted functions or operators ran');
 
+# The handler is looked up by name and checked as the owner, once per
+# batch: EXECUTE taken away stops it without losing a message; a function
+# dropped and made again is found anew.
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION app.mark(m reliq.message) RETURNS void LANGUAGE sql
+	    AS $$ INSERT INTO app.done VALUES (7) $$;
+	REVOKE EXECUTE ON FUNCTION app.mark(reliq.message) FROM PUBLIC;
+	GRANT EXECUTE ON FUNCTION app.mark(reliq.message) TO alice;
+});
+$node->safe_psql('postgres', q{
+	SELECT reliq.create_subscription('marks', stream => 'P', subject => 'p.marks',
+	       handler => 'app.mark(reliq.message)'::regprocedure, backoff => '{100ms}');
+}, extra_params => ['-U', 'alice']);
+$nats->publish('p.marks', count => 3, start => 1, payload => 'x');
+ok(wait_idle($node, 'marks'), 'marks drained');
+$node->safe_psql('postgres', q{REVOKE EXECUTE ON FUNCTION app.mark(reliq.message) FROM alice});
+$nats->publish('p.marks', count => 2, start => 4, payload => 'x');
+ok(wait_for($node, q{SELECT last_error LIKE '%permission denied for function mark%'
+	FROM reliq.subscription_stats WHERE subscription_name = 'marks'}),
+	'the owner without EXECUTE: the handler does not run');
+$node->safe_psql('postgres', q{
+	DROP FUNCTION app.mark(reliq.message);
+	CREATE FUNCTION app.mark(m reliq.message) RETURNS void LANGUAGE sql
+	    AS $$ INSERT INTO app.done VALUES (8) $$;
+	REVOKE EXECUTE ON FUNCTION app.mark(reliq.message) FROM PUBLIC;
+	GRANT EXECUTE ON FUNCTION app.mark(reliq.message) TO alice;
+});
+ok(wait_for($node, q{SELECT count(*) = 2 FROM app.done WHERE id = 8}),
+	'EXECUTE given back on a function made again: the held messages are applied by it');
+is($node->safe_psql('postgres', q{SELECT count(*) FILTER (WHERE id = 7), count(*) FILTER (WHERE id = 8)
+	FROM app.done}), '3|2', 'each message applied once, by the function of its time');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM reliq.dead_letter WHERE subscription = 'marks'}),
+	'0', 'nothing dead-lettered meanwhile');
+
 # Dead letters are private to the subscription's owner.
 is($node->safe_psql('postgres', 'SELECT string_agg(subscription, \',\') FROM reliq.dead_letter',
 		extra_params => ['-U', 'alice']),
