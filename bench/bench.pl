@@ -351,9 +351,11 @@ sub node_run
 		  or die "exec node: $!";
 	}
 	push @children, $pid;
+	my $inserted = "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'bench.events'::regclass";
+	my $before = sql($inserted);
 	while (waitpid($pid, WNOHANG) != $pid)
 	{
-		progress($what, sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'bench.events'::regclass"), $node_n);
+		progress($what, sql($inserted) - $before, $node_n);
 		sleep 1;
 	}
 	@children = grep { $_ != $pid } @children;

@@ -40,7 +40,6 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/proc.h"
@@ -48,8 +47,6 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/inval.h"
-#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -60,6 +57,7 @@
 #include "batch.h"
 #include "outbox.h"
 #include "reliq.h"
+#include "sink.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
 #define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R','Q','0','0','1')
@@ -74,18 +72,9 @@ static int64 current_stream_created = 0;
 static int64 current_stream_seq = 0;
 static int	current_publish_count = 0;
 
-static void sink_relcache_callback(Datum arg, Oid relid);
-
 void
 reliq_batch_init(ReliqBatchState *state)
 {
-	static bool callback_registered = false;
-
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(sink_relcache_callback, (Datum) 0);
-		callback_registered = true;
-	}
 	memset(state, 0, sizeof(*state));
 	state->cxt = AllocSetContextCreate(TopMemoryContext, "reliq batch state",
 									   ALLOCSET_DEFAULT_SIZES);
@@ -159,141 +148,6 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * Table sink
- *
- * One INSERT for all the fresh messages of a batch:
- *
- *	 INSERT INTO t (a, b, ...)
- *	 SELECT r.a, CASE WHEN m.j ? 'b' THEN r.b ELSE <default of b> END, ...
- *	   FROM unnest($1::jsonb[]) AS m(j),
- *			LATERAL jsonb_populate_record(NULL::t, m.j) AS r
- *
- * Keys are matched to columns as jsonb_populate_record does; a column
- * whose key is missing gets its default (identity columns BY DEFAULT
- * their next value), or NULL if it has none.  Generated columns and
- * identity columns GENERATED ALWAYS are left to the table.  A message
- * that is not JSON, or does not fit, fails the statement: the batch goes
- * to the slow path, where the same statement runs for one message at a
- * time in its own subtransaction and the message takes the usual failure
- * path.
- *
- * The text is built from the catalogs with the defaults deparsed under
- * the safe search_path, so every name in it is qualified.  A relcache
- * invalidation of the target (ALTER TABLE...) makes the worker build it
- * again before the next batch.
- */
-
-static Oid	watched_target = InvalidOid;
-static bool sink_plan_stale = false;
-
-static void
-sink_relcache_callback(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == watched_target)
-		sink_plan_stale = true;
-}
-
-static char *
-sink_insert_sql(const ReliqSubscription *sub)
-{
-	char	   *relname = get_rel_name(sub->target);
-	char	   *qualified;
-	StringInfoData columns;
-	StringInfoData values;
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1];
-	uint64		row;
-	int			nest;
-
-	if (relname == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("target table of subscription \"%s\" does not exist",
-						sub->name),
-				 errdetail("The table with OID %u was dropped.", sub->target),
-				 errhint("Create the table again, or drop the subscription.")));
-	qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(sub->target)),
-										   relname);
-
-	args[0] = ObjectIdGetDatum(sub->target);
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),"
-							  "       CASE WHEN a.attidentity = 'd' THEN"
-							  "              'pg_catalog.nextval(' || pg_catalog.quote_literal("
-							  "                pg_catalog.pg_get_serial_sequence(a.attrelid::regclass::text, a.attname))"
-							  "              || '::pg_catalog.regclass)'"
-							  "            ELSE pg_catalog.pg_get_expr(d.adbin, d.adrelid) END"
-							  "  FROM pg_catalog.pg_attribute a"
-							  "  LEFT JOIN pg_catalog.pg_attrdef d"
-							  "         ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
-							  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
-							  "   AND a.attgenerated = '' AND a.attidentity <> 'a'"
-							  " ORDER BY a.attnum",
-							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the columns of table %s", qualified);
-	reliq_leave_safe_search_path(nest);
-
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
-				 errmsg("target table %s of subscription \"%s\" has no column a message can fill",
-						qualified, sub->name),
-				 errdetail("All its columns are generated.")));
-
-	initStringInfo(&columns);
-	initStringInfo(&values);
-	for (row = 0; row < SPI_processed; row++)
-	{
-		HeapTuple	tuple = SPI_tuptable->vals[row];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *name = SPI_getvalue(tuple, desc, 1);
-		char	   *type = SPI_getvalue(tuple, desc, 2);
-		char	   *fallback = SPI_getvalue(tuple, desc, 3);
-		const char *ident = quote_identifier(name);
-		const char *separator = row > 0 ? ", " : "";
-
-		appendStringInfo(&columns, "%s%s", separator, ident);
-		if (fallback == NULL)
-			appendStringInfo(&values, "%sr.%s", separator, ident);
-		else
-			appendStringInfo(&values,
-							 "%sCASE WHEN m.j OPERATOR(pg_catalog.?) %s THEN r.%s ELSE (%s)::%s END",
-							 separator, quote_literal_cstr(name), ident,
-							 fallback, type);
-	}
-	SPI_freetuptable(SPI_tuptable);
-
-	return psprintf("INSERT INTO %s (%s) SELECT %s"
-					" FROM pg_catalog.unnest($1) AS m(j),"
-					" LATERAL pg_catalog.jsonb_populate_record(NULL::%s, m.j) AS r",
-					qualified, columns.data, values.data, qualified);
-}
-
-/* A message payload as jsonb; an error if it is not UTF-8 JSON. */
-static Datum
-payload_jsonb(const char *data, int len)
-{
-	char	   *converted = pg_any_to_server(data, len, PG_UTF8);
-
-	if (converted == data)
-		converted = pnstrdup(data, len);
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(converted));
-}
-
-/* The argument of a table sink's statement: the payloads as jsonb[]. */
-static Datum
-sink_rows(ReliqMessage **msgs, int count)
-{
-	Datum	   *rows = palloc(sizeof(Datum) * count);
-	int			i;
-
-	for (i = 0; i < count; i++)
-		rows[i] = payload_jsonb(msgs[i]->data, msgs[i]->data_len);
-	return PointerGetDatum(construct_array(rows, count, JSONBOID, -1, false,
-										   TYPALIGN_INT));
-}
-
-/*
  * How messages are applied: a handler function, called directly through
  * the function manager (no executor per message: the SPI statement
  * "SELECT handler($1)" spent a fifth of a worker's time starting up its
@@ -319,27 +173,15 @@ reliq_prepare_handler(const ReliqSubscription *sub, MemoryContext cxt)
 		/* the function is looked up at each batch, as the owner */
 	}
 	else
-	{
-		char	   *sql = sink_insert_sql(sub);
-		Oid			argtypes[1] = {JSONBARRAYOID};
-
-		/*
-		 * Not under the safe search_path: the statement names everything
-		 * with its schema, and it runs with the session's path, so
-		 * preparing it under another would only make every run analyse it
-		 * again.
-		 */
-		handler->plan = prepare_kept(sql, 1, argtypes);
-		pfree(sql);
-	}
+		handler->sink = reliq_sink_prepare(sub, cxt);
 	return handler;
 }
 
 void
 reliq_free_handler(ReliqHandler *handler)
 {
-	if (handler->plan)
-		SPI_freeplan(handler->plan);
+	if (handler->sink)
+		reliq_sink_free(handler->sink);
 	pfree(handler);
 }
 
@@ -397,8 +239,6 @@ reliq_handler_argument(const ReliqSubscription *sub, Datum message)
 {
 	bool		isnull;
 	Datum		data;
-	bytea	   *payload;
-	Datum		row;
 
 	if (sub->handler != NULL)
 		return message;
@@ -407,10 +247,7 @@ reliq_handler_argument(const ReliqSubscription *sub, Datum message)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("message has no payload to insert")));
-	payload = DatumGetByteaPP(data);
-	row = payload_jsonb(VARDATA_ANY(payload), VARSIZE_ANY_EXHDR(payload));
-	return PointerGetDatum(construct_array(&row, 1, JSONBOID, -1, false,
-										   TYPALIGN_INT));
+	return reliq_sink_row_from_bytea(DatumGetByteaPP(data));
 }
 
 static void
@@ -498,7 +335,7 @@ ensure_plans(ReliqBatchState *state)
 		: psprintf("target %u", sub->target);
 	if (state->handler == NULL ||
 		strcmp(key, state->handler_key) != 0 ||
-		(sub->handler == NULL && sink_plan_stale))
+		(sub->handler == NULL && reliq_sink_is_stale()))
 	{
 		if (state->handler)
 		{
@@ -506,8 +343,6 @@ ensure_plans(ReliqBatchState *state)
 			state->handler = NULL;
 			pfree(state->handler_key);
 		}
-		watched_target = sub->handler ? InvalidOid : sub->target;
-		sink_plan_stale = false;
 		state->handler = reliq_prepare_handler(sub, state->cxt);
 		state->handler_key = MemoryContextStrdup(state->cxt, key);
 	}
@@ -538,7 +373,7 @@ reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
 	SetUserIdAndSecContext(sub->owner,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
-	if (handler->plan == NULL)
+	if (handler->sink == NULL)
 		resolve_handler_function(sub, handler);
 	nest = NewGUCNestLevel();
 	if (traceparent != NULL)
@@ -556,17 +391,10 @@ reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
 	if (sub->handler_timeout_ms > 0)
 		enable_timeout_after(STATEMENT_TIMEOUT,
 							 (int) Min(sub->handler_timeout_ms, INT_MAX));
-	if (handler->plan == NULL)
+	if (handler->sink == NULL)
 		call_handler_function(handler, message);
 	else
-	{
-		int			rc = SPI_execute_plan(handler->plan, &message, NULL, false, 0);
-
-		if (rc < 0)
-			elog(ERROR, "table sink of subscription \"%s\" failed: %s",
-				 sub->name, SPI_result_code_string(rc));
-		SPI_freetuptable(SPI_tuptable);
-	}
+		reliq_sink_insert(handler->sink, message);
 	if (sub->handler_timeout_ms > 0)
 		disable_timeout(STATEMENT_TIMEOUT, false);
 	in_handler = false;
@@ -612,7 +440,7 @@ apply_message(ReliqBatchState *state, ReliqMessage *msg)
 		argument = reliq_message_datum(msg, state->sub->name,
 									   state->message_tupdesc);
 	else
-		argument = sink_rows(&msg, 1);
+		argument = reliq_sink_rows(&msg, 1);
 	msg->outboxed = reliq_call_handler(state->sub, state->handler, argument,
 									   reliq_message_header(msg, "traceparent"),
 									   state->sub->id, state->stream_created,
@@ -636,7 +464,7 @@ apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 	if (count == 0)
 		return;
 	old = MemoryContextSwitchTo(state->message_cxt);
-	rows = sink_rows(msgs, count);
+	rows = reliq_sink_rows(msgs, count);
 	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler, rows,
 										   NULL, state->sub->id,
 										   state->stream_created,

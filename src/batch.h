@@ -81,12 +81,12 @@ extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
 
 /*
  * How a subscription's messages are applied: its handler function (looked
- * up and checked once per transaction), or its table sink's INSERT.
+ * up and checked once per transaction), or its table sink.
  */
 typedef struct ReliqHandler
 {
 	MemoryContext cxt;
-	SPIPlanPtr	plan;			/* a table sink's INSERT; NULL: a handler */
+	struct ReliqSink *sink;		/* a table sink; NULL: a handler function */
 	Oid			function;		/* the handler as last looked up */
 	FmgrInfo	flinfo;
 	LocalTransactionId checked_lxid;	/* looked up in this transaction */
