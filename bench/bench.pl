@@ -408,7 +408,7 @@ sub streaming_run
 	$result{streaming} = { rate => $N / $secs, batch => $batch };
 	done_line($what, sprintf('%8.0f msgs/s, first publish to last commit', $N / $secs));
 }
-streaming_run('sink', 500, 2) unless defined $only;
+streaming_run('sink', 500, 2) if !defined $only || 'streaming' =~ /$only/;
 
 # Latency at a fixed offered rate: publish -> commit of each message.
 sub latency_run
@@ -443,7 +443,7 @@ sub latency_run
 	done_line($what, sprintf('p50 %.2f ms, p99 %.2f ms, max %.1f ms (%d msgs; reliq\'s own p50 %.2f, p99 %.2f ms)',
 		$p50, $p99, $max, $count, $rp50 // 0, $rp99 // 0));
 }
-latency_run() unless defined $only;
+latency_run() if !defined $only || 'latency' =~ /$only/;
 
 # Memory over a long run: the sink at batch 500 while 1M messages are published.
 sub memory_run
@@ -485,7 +485,7 @@ sub memory_run
 	$result{memory} = \@samples;
 	done_line($what, "worker MB every " . ($step / 1000) . "k: @samples");
 }
-memory_run() if $memory_n && !defined $only;
+memory_run() if $memory_n && (!defined $only || 'memory' =~ /$only/);
 
 # The table.  The baseline is the consumer as the original service was
 # written: fetch 10, one INSERT at a time, ack after each.
