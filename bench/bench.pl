@@ -34,8 +34,7 @@ use lib "$FindBin::Bin/../test/perl";
 use File::Temp qw(tempdir);
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(time sleep);
-use ReliqTest::Local
-  qw(free_port start_nats stop_pid start_postgres stop_postgres restart_postgres);
+use ReliqTest::Local qw(stop_pid start_site stop_site site_query);
 
 $| = 1;
 my $N          = $ENV{BENCH_N}        // 100_000;
@@ -51,49 +50,27 @@ my $payload    = '{"id":%d,"kind":"order","amount":42,"note":"bench"}';
 -x $natstool or die "$natstool is missing: run make bench (it builds it)\n";
 
 my $dir = tempdir('reliq-bench-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{BENCH_KEEP});
-my ($nats_pid, $pgdata, @children);
+my (%site, @children);
 
 sub cleanup
 {
 	stop_pid($_, 2) for grep { $_ } @children;
 	@children = ();
-	stop_postgres($pgdata) if $pgdata;
-	stop_pid($nats_pid) if $nats_pid;
-	undef $pgdata;
-	undef $nats_pid;
+	stop_site(\%site);
 }
 END { cleanup(); }
 $SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { print STDERR "\ninterrupted\n"; exit 130; };
 $SIG{PIPE} = sub { exit 141; };
 
-my $nats_port = free_port();
-my $nats_url  = "nats://127.0.0.1:$nats_port";
-$nats_pid = start_nats($dir, $nats_port);
-my $pg_port = free_port();
-$pgdata = start_postgres($dir, $pg_port, <<"CONF");
-shared_preload_libraries = 'reliq'
-reliq.nats_url = '$nats_url'
-reliq.database_name = 'bench'
-reliq.max_workers = 8
-max_worker_processes = 16
+start_site(\%site, $dir, 'bench', <<'CONF');
 track_commit_timestamp = on
 shared_buffers = 256MB
 max_wal_size = 4GB
 CONF
-my @psql = ('psql', '-X', '-q', '-h', $dir, '-p', $pg_port, '-U', 'postgres');
-
-sub sql
-{
-	my ($query) = @_;
-	open my $fh, '-|', @psql, '-d', 'bench', '-v', 'ON_ERROR_STOP=1', '-A', '-t',
-	  '-F', '|', '-c', $query
-	  or die "psql: $!";
-	local $/;
-	my $out = <$fh>;
-	close $fh or die "query failed: $query\n";
-	$out =~ s/\s+\z//;
-	return $out;
-}
+my $nats_url = $site{nats_url};
+my $pg_port  = $site{pg_port};
+my @psql     = @{ $site{psql} };
+sub sql { return site_query(\%site, @_); }
 
 sub natstool
 {
@@ -139,8 +116,6 @@ sub done_line
 	printf "  %-44s %s\n", $what, $text;
 }
 
-system(@psql, '-d', 'postgres', '-c', 'CREATE DATABASE bench') == 0 or die;
-restart_postgres($pgdata);
 sql(<<'SQL');
 CREATE EXTENSION reliq;
 CREATE SCHEMA bench;
@@ -473,7 +448,7 @@ sub memory_run
 		if ($processed >= $next || $processed >= $memory_n)
 		{
 			push @samples, sprintf('%.1f', worker_memory('mem') // 0);
-			$next += $step;
+			$next += $step while $next <= $processed;
 		}
 		last if $processed >= $memory_n;
 		sleep 0.2;

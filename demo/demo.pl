@@ -13,8 +13,7 @@ use lib "$FindBin::Bin/../test/perl";
 use File::Temp qw(tempdir);
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(time sleep);
-use ReliqTest::Local
-  qw(free_port start_nats stop_pid start_postgres restart_postgres stop_postgres);
+use ReliqTest::Local qw(stop_pid start_site stop_site site_query);
 
 $| = 1;
 my $users   = $ENV{DEMO_USERS} // 5000;
@@ -25,52 +24,26 @@ my $natstool = "$root/test/tools/natstool";
 -x $natstool or die "$natstool is missing: run scripts/demo (it builds it)\n";
 
 my $dir = tempdir('reliq-demo-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{DEMO_KEEP});
-my ($nats_pid, $pgdata, $publisher_pid);
+my %site;
+my $publisher_pid;
 
 sub cleanup
 {
 	stop_pid($publisher_pid, 2) if $publisher_pid;
-	stop_postgres($pgdata) if $pgdata;
-	stop_pid($nats_pid) if $nats_pid;
 	undef $publisher_pid;
-	undef $pgdata;
-	undef $nats_pid;
+	stop_site(\%site);
 }
 END { cleanup(); }
 $SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { print STDERR "\ninterrupted\n"; exit 130; };
 $SIG{PIPE} = sub { exit 141; };    # output closed: still stop what we started
 
-my $nats_port = free_port();
-$nats_pid = start_nats($dir, $nats_port);
-my $pg_port = free_port();
-$pgdata = start_postgres($dir, $pg_port, <<"CONF");
-shared_preload_libraries = 'reliq'
-reliq.nats_url = 'nats://127.0.0.1:$nats_port'
-reliq.database_name = 'demo'
-reliq.max_workers = 8
-max_worker_processes = 16
-CONF
+start_site(\%site, $dir, 'demo');
 print "reliq demo\n";
-print "  nats-server  nats://127.0.0.1:$nats_port  (pid $nats_pid)\n";
-print "  PostgreSQL   127.0.0.1:$pg_port, database demo, data in $dir\n\n";
+print "  nats-server  $site{nats_url}  (pid $site{nats_pid})\n";
+print "  PostgreSQL   127.0.0.1:$site{pg_port}, database demo, data in $dir\n\n";
 
-my @psql = ('psql', '-X', '-q', '-h', $dir, '-p', $pg_port, '-U', 'postgres');
-
-sub sql
-{
-	my ($query) = @_;
-	open my $fh, '-|', @psql, '-d', 'demo', '-A', '-t', '-F', '|', '-c', $query
-	  or die "psql: $!";
-	local $/;
-	my $out = <$fh>;
-	close $fh or die "query failed: $query\n";
-	$out =~ s/\s+\z//;
-	return $out;
-}
-
-# The launcher connects to reliq.database_name at start: make it exist first.
-system(@psql, '-d', 'postgres', '-c', 'CREATE DATABASE demo') == 0 or die;
-restart_postgres($pgdata);
+my @psql = @{ $site{psql} };
+sub sql { return site_query(\%site, @_); }
 system(@psql, '-d', 'demo', '-f', "$FindBin::Bin/setup.sql", '-o', '/dev/null') == 0
   or die "demo/setup.sql failed\n";
 print "Three subscriptions on stream EVENTS:\n";
@@ -83,7 +56,7 @@ $publisher_pid = fork // die;
 if ($publisher_pid == 0)
 {
 	open STDOUT, '>', "$dir/publisher.log";
-	my $url = "nats://127.0.0.1:$nats_port";
+	my $url = $site{nats_url};
 	system($natstool, '--url', $url, 'publish', 'user.onboarding.completed',
 		'--count', $users - $bad, '--start', 1,
 		'--payload', '{"user_id":%d,"email":"user@example.com","goal":"strength"}',

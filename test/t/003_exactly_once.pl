@@ -33,16 +33,7 @@ ok(wait_idle($node, 'reset'), 'first pass drained');
 # wait for the acknowledged floor to be recorded and the ledger pruned
 ok(wait_for($node, q{SELECT count(*) = 0 FROM reliq._ledger l JOIN reliq.subscription s ON s.id = l.subscription_id WHERE s.subscription_name = 'reset'}),
 	'ledger pruned below the acknowledged floor');
-$node->safe_psql('postgres', q{SELECT reliq.alter_subscription('reset', enabled => false)});
-ok(wait_for($node, q{SELECT count(*) = 0 FROM reliq.worker_status WHERE subscription_name = 'reset'}),
-	'paused');
-my $ci = $nats->consumer_info('EV', 'reliq_reset');
-$nats->consumer_delete('EV', 'reliq_reset');
-$nats->consumer_create('EV', 'reliq_reset',
-	filter_subject  => 'ev.reset',
-	ack_wait        => $ci->{config}{ack_wait},
-	max_ack_pending => $ci->{config}{max_ack_pending},
-	deliver_policy  => 'all');
+ok(rewind_consumer($node, $nats, 'reset', 'EV', 'ev.reset'), 'paused');
 is($nats->consumer_info('EV', 'reliq_reset')->{num_pending}, 500, 'new consumer will redeliver all 500');
 $node->safe_psql('postgres', q{
 	SELECT reliq.subscription_stats_reset('reset');

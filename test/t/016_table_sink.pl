@@ -127,16 +127,7 @@ is($node->safe_psql('postgres', q{
 # ledger (and the acknowledged floor) keep every message from being
 # inserted twice.
 my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM app.events');
-$node->safe_psql('postgres', q{SELECT reliq.alter_subscription('events', enabled => false)});
-ok(wait_for($node, q{SELECT count(*) = 0 FROM reliq.worker_status WHERE subscription_name = 'events'}),
-	'paused');
-my $ci = $nats->consumer_info('EVENTS', 'reliq_events');
-$nats->consumer_delete('EVENTS', 'reliq_events');
-$nats->consumer_create('EVENTS', 'reliq_events',
-	filter_subject  => 'ev.>',
-	ack_wait        => $ci->{config}{ack_wait},
-	max_ack_pending => $ci->{config}{max_ack_pending},
-	deliver_policy  => 'all');
+ok(rewind_consumer($node, $nats, 'events', 'EVENTS', 'ev.>'), 'paused');
 $node->safe_psql('postgres', q{
 	SELECT reliq.subscription_stats_reset('events');
 	SELECT reliq.alter_subscription('events', enabled => true);

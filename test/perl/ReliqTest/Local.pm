@@ -13,7 +13,7 @@ use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port start_nats stop_pid nats_server_path
-  start_postgres restart_postgres stop_postgres);
+  start_postgres restart_postgres stop_postgres start_site stop_site site_query);
 
 my $pg_bindir = $ENV{PG_BINDIR} // '/usr/lib/postgresql/15/bin';
 
@@ -124,6 +124,56 @@ sub stop_postgres
 	my ($data) = @_;
 	return unless $data && -f "$data/postmaster.pid";
 	system("$pg_bindir/pg_ctl", '-D', $data, '-m', 'fast', '-w', '-s', 'stop');
+}
+
+# A site for the demo and the benchmark: a nats-server and a cluster with
+# reliq preloaded on free loopback ports in $dir, and $database made (the
+# launcher connects to it at start, hence the restart).  Fills %$site as
+# it goes (nats_pid, nats_url, pgdata, pg_port, psql), so that stop_site
+# stops what was started even if a later step dies.
+sub start_site
+{
+	my ($site, $dir, $database, $conf) = @_;
+	my $nats_port = free_port();
+	$site->{nats_url} = "nats://127.0.0.1:$nats_port";
+	$site->{nats_pid} = start_nats($dir, $nats_port);
+	$site->{pg_port}  = free_port();
+	$site->{pgdata}   = start_postgres($dir, $site->{pg_port},
+		"shared_preload_libraries = 'reliq'\n"
+		  . "reliq.nats_url = '$site->{nats_url}'\n"
+		  . "reliq.database_name = '$database'\n"
+		  . "reliq.max_workers = 8\n"
+		  . "max_worker_processes = 16\n"
+		  . ($conf // ''));
+	$site->{database} = $database;
+	$site->{psql} = [ 'psql', '-X', '-q', '-h', $dir, '-p', $site->{pg_port}, '-U', 'postgres' ];
+	system(@{ $site->{psql} }, '-d', 'postgres', '-c', "CREATE DATABASE $database") == 0
+	  or die "CREATE DATABASE $database failed\n";
+	restart_postgres($site->{pgdata});
+	return $site;
+}
+
+sub stop_site
+{
+	my ($site) = @_;
+	stop_postgres($site->{pgdata}) if $site->{pgdata};
+	stop_pid($site->{nats_pid}) if $site->{nats_pid};
+	delete @$site{qw(pgdata nats_pid)};
+}
+
+# The rows of one query in the site's database, "|" between fields; dies
+# when the query fails.
+sub site_query
+{
+	my ($site, $query) = @_;
+	open my $fh, '-|', @{ $site->{psql} }, '-d', $site->{database},
+	  '-v', 'ON_ERROR_STOP=1', '-A', '-t', '-F', '|', '-c', $query
+	  or die "psql: $!";
+	local $/;
+	my $out = <$fh>;
+	close $fh or die "query failed: $query\n";
+	$out =~ s/\s+\z//;
+	return $out;
 }
 
 1;

@@ -13,7 +13,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 our @EXPORT = qw(reliq_node wait_idle wait_for reliq_stats query_row
-  postmaster_start_time);
+  postmaster_start_time rewind_consumer);
 
 # A started cluster with reliq preloaded, CREATE EXTENSION done.
 # Options: conf => extra postgresql.conf text, no_extension => 1.
@@ -38,6 +38,28 @@ CONF
 	$node->safe_psql('postgres', 'CREATE EXTENSION reliq')
 	  unless $opts{no_extension};
 	return $node;
+}
+
+# Pause a subscription, then delete its durable consumer on the server and
+# make it again from the first message of the stream (same ack_wait and
+# max_ack_pending), as an operator resetting it by hand would.  Returns
+# whether the workers stopped; the caller resumes the subscription.
+sub rewind_consumer
+{
+	my ($node, $nats, $subscription, $stream, $filter) = @_;
+	my $consumer = "reliq_$subscription";
+	$node->safe_psql('postgres',
+		"SELECT reliq.alter_subscription('$subscription', enabled => false)");
+	my $paused = wait_for($node,
+		"SELECT count(*) = 0 FROM reliq.worker_status WHERE subscription_name = '$subscription'");
+	my $ci = $nats->consumer_info($stream, $consumer);
+	$nats->consumer_delete($stream, $consumer);
+	$nats->consumer_create($stream, $consumer,
+		filter_subject  => $filter,
+		ack_wait        => $ci->{config}{ack_wait},
+		max_ack_pending => $ci->{config}{max_ack_pending},
+		deliver_policy  => 'all');
+	return $paused;
 }
 
 # Poll a boolean query until it is true; returns whether it became true.
