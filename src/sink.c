@@ -24,7 +24,7 @@
  * listed.
  *
  * A message that is not a JSON object, or does not fit the table, fails
- * the statement; batch.c then applies the batch one message per
+ * (here, or in the statement); batch.c then applies the batch one message per
  * subtransaction, and the message takes the usual failure path.
  *
  * Every name in the statements is qualified, so they run the same under
@@ -230,7 +230,7 @@ statement_for(ReliqSink *sink, uint64 present)
 	return plan;
 }
 
-/* Which of the columns with a default the object names. */
+/* Which of the columns with a default the object names; an error if it is no object. */
 static uint64
 keys_present(ReliqSink *sink, Jsonb *object)
 {
@@ -238,7 +238,10 @@ keys_present(ReliqSink *sink, Jsonb *object)
 	int			i;
 
 	if (!JB_ROOT_IS_OBJECT(object))
-		return 0;				/* jsonb_populate_record will refuse it */
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message is not a JSON object"),
+				 errdetail("A table sink makes a row of each message; its keys are the columns.")));
 	for (i = 0; i < sink->ndefaults; i++)
 	{
 		JsonbValue	key;

@@ -84,9 +84,10 @@ $nats->publish('ev.bad.json', count => 1, start => 1, payload => 'not json %d');
 $nats->publish('ev.bad.type', count => 1, start => 1, payload => '{"seq":"x%d"}');
 $nats->publish('ev.bad.check', count => 1, start => 1051, payload => '{"seq":%d,"amount":-1}');
 $nats->publish('ev.bad.notnull', count => 1, start => 1, payload => '{"kind":"k%d"}');
+$nats->publish('ev.bad.array', count => 1, start => 1, payload => '[%d]');
 $nats->publish('ev.mixed', count => 50, start => 1052, payload => '{"seq":%d,"amount":1}');
-ok(wait_for($node, q{SELECT count(*) = 4 FROM reliq.dead_letter WHERE subscription = 'events'}),
-	'the four misfits are dead letters');
+ok(wait_for($node, q{SELECT count(*) = 5 FROM reliq.dead_letter WHERE subscription = 'events'}),
+	'the five misfits are dead letters');
 ok(wait_idle($node, 'events'), 'drained after the misfits');
 is($node->safe_psql('postgres', q{
 	SELECT count(*), count(DISTINCT seq) FROM app.events WHERE seq BETWEEN 1001 AND 1200}),
@@ -94,7 +95,7 @@ is($node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(subject || ':' || sqlstate, ',' ORDER BY subject)
 	  FROM reliq.dead_letter WHERE subscription = 'events'}),
-	'ev.bad.check:23514,ev.bad.json:22P02,ev.bad.notnull:23502,ev.bad.type:22P02',
+	'ev.bad.array:22023,ev.bad.check:23514,ev.bad.json:22P02,ev.bad.notnull:23502,ev.bad.type:22P02',
 	'each misfit dead-lettered with the SQLSTATE of its error');
 
 # A dead letter replays into the sink once the table accepts it.
@@ -121,7 +122,7 @@ is($node->safe_psql('postgres', q{
 	"later|100\nnats|100", 'a column added while running is filled, or takes its default');
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM reliq.dead_letter WHERE subscription = 'events'}),
-	'3', 'the ALTER caused no failure');
+	'4', 'the ALTER caused no failure');
 
 # Redelivery: the consumer is made again from the first message; the
 # ledger (and the acknowledged floor) keep every message from being
@@ -132,8 +133,8 @@ $node->safe_psql('postgres', q{
 	SELECT reliq.subscription_stats_reset('events');
 	SELECT reliq.alter_subscription('events', enabled => true);
 });
-ok(wait_for($node, q{SELECT duplicates = 1504 FROM reliq.subscription_stats WHERE subscription_name = 'events'}),
-	'all 1504 messages delivered again and recognised');
+ok(wait_for($node, q{SELECT duplicates = 1505 FROM reliq.subscription_stats WHERE subscription_name = 'events'}),
+	'all 1505 messages delivered again and recognised');
 ok(wait_idle($node, 'events'), 'drained after the rewind');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM app.events'), $before,
 	'no row inserted twice');
