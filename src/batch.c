@@ -62,6 +62,17 @@
 /* SQLSTATE of a message dead-lettered without a handler error. */
 #define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R','Q','0','0','1')
 
+/*
+ * Record a batch's sequences; those at or below the acknowledged floor
+ * are duplicates and not recorded.  Followed by ON CONFLICT DO NOTHING
+ * (duplicates are the rows not returned) or not (see ensure_plans).
+ */
+#define LEDGER_INSERT \
+	"INSERT INTO reliq._ledger (subscription_id, stream_created, stream_seq)" \
+	" SELECT $1, $2, s FROM unnest($3) AS s" \
+	"  WHERE s > COALESCE((SELECT f.ack_floor FROM reliq._stream_floor f" \
+	"                      WHERE f.subscription_id = $1 AND f.stream_created = $2), 0)"
+
 /* The plain ledger INSERT of a fast path is running (see run_fast_path). */
 static bool ledger_insert_running = false;
 
@@ -133,19 +144,6 @@ breaker_failure(ReliqBreaker *breaker, const ReliqMessage *msg)
 /*
  * Plans
  */
-
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep plan for \"%s\"", sql);
-	return plan;
-}
 
 /*
  * How messages are applied: a handler function, called directly through
@@ -286,14 +284,9 @@ ensure_plans(ReliqBatchState *state)
 		 * concurrent transaction recording the same sequence, so two
 		 * workers given the same message cannot both apply it.
 		 */
-		state->ledger_plan = prepare_kept(
-										  "INSERT INTO reliq._ledger (subscription_id, stream_created, stream_seq)"
-										  " SELECT $1, $2, s FROM unnest($3) AS s"
-										  "  WHERE s > COALESCE((SELECT f.ack_floor FROM reliq._stream_floor f"
-										  "                      WHERE f.subscription_id = $1 AND f.stream_created = $2), 0)"
-										  " ON CONFLICT DO NOTHING"
-										  " RETURNING stream_seq",
-										  3, ledger_args);
+		state->ledger_plan = reliq_prepare_kept(LEDGER_INSERT
+												" ON CONFLICT DO NOTHING RETURNING stream_seq",
+												3, ledger_args);
 
 		/*
 		 * The first try of a batch: a plain INSERT costs about half as much
@@ -302,27 +295,22 @@ ensure_plans(ReliqBatchState *state)
 		 * when a message is a redelivery.  It waits for a concurrent
 		 * transaction recording the same sequence just the same.
 		 */
-		state->ledger_plain_plan = prepare_kept(
-												"INSERT INTO reliq._ledger (subscription_id, stream_created, stream_seq)"
-												" SELECT $1, $2, s FROM unnest($3) AS s"
-												"  WHERE s > COALESCE((SELECT f.ack_floor FROM reliq._stream_floor f"
-												"                      WHERE f.subscription_id = $1 AND f.stream_created = $2), 0)"
-												" RETURNING stream_seq",
-												3, ledger_args);
-		state->floor_plan = prepare_kept(
+		state->ledger_plain_plan = reliq_prepare_kept(LEDGER_INSERT " RETURNING stream_seq",
+													  3, ledger_args);
+		state->floor_plan = reliq_prepare_kept(
 										 "SELECT ack_floor FROM reliq._stream_floor"
 										 " WHERE subscription_id = $1 AND stream_created = $2",
 										 2, ledger_args);
-		state->unrecord_plan = prepare_kept(
+		state->unrecord_plan = reliq_prepare_kept(
 											"DELETE FROM reliq._ledger"
 											" WHERE subscription_id = $1 AND stream_created = $2"
 											"   AND stream_seq = ANY($3)",
 											3, ledger_args);
-		state->identity_plan = prepare_kept(
+		state->identity_plan = reliq_prepare_kept(
 											"SELECT (SELECT stream_created FROM reliq._stream_identity WHERE subscription_id = $1),"
 											"       EXISTS (SELECT FROM reliq.subscription WHERE id = $1)",
 											1, identity_args);
-		state->dead_letter_plan = prepare_kept(
+		state->dead_letter_plan = reliq_prepare_kept(
 											   "INSERT INTO reliq.dead_letter (subscription_id, subscription, stream, subject,"
 											   "  data, headers, stream_seq, delivered, published_at, error_message,"
 											   "  error_detail, error_context, sqlstate, traceparent)"

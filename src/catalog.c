@@ -91,6 +91,20 @@ reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values, const char *nulls,
 	return rc;
 }
 
+/* SPI_prepare and SPI_keepplan, or an error naming the statement. */
+SPIPlanPtr
+reliq_prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep plan for \"%s\"", sql);
+	return plan;
+}
+
 static char *
 text_column(HeapTuple tuple, TupleDesc desc, int column)
 {

@@ -76,6 +76,8 @@ extern void reliq_leave_safe_search_path(int nest_level);
 extern int	reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values,
 									  const char *nulls, bool read_only,
 									  long count);
+extern SPIPlanPtr reliq_prepare_kept(const char *sql, int nargs,
+									 Oid *argtypes);
 
 extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 										int64 stream_created,

@@ -99,12 +99,9 @@ reliq_outbox_write(int64 subscription_id)
 		int			nest = reliq_enter_safe_search_path();
 		SPIPlanPtr	plan;
 
-		plan = SPI_prepare("INSERT INTO reliq._outbox (subscription_id, subject, data, headers, msg_id)"
-						   " VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
+		plan = reliq_prepare_kept("INSERT INTO reliq._outbox (subscription_id, subject, data, headers, msg_id)"
+								  " VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
 		reliq_leave_safe_search_path(nest);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "could not prepare the outbox insert: %s",
-				 SPI_result_code_string(SPI_result));
 		insert_plan = plan;
 	}
 

@@ -211,12 +211,7 @@ statement_for(ReliqSink *sink, uint64 present)
 					   " LATERAL pg_catalog.jsonb_populate_record(NULL::%s, m.j) AS r",
 					   sink->table, columns.data, values.data, sink->table);
 
-	plan = SPI_prepare(sql, 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep plan for \"%s\"", sql);
+	plan = reliq_prepare_kept(sql, 1, argtypes);
 
 	sink->statements = sink->nstatements == 0
 		? MemoryContextAlloc(sink->cxt, sizeof(SinkStatement))

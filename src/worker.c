@@ -1047,7 +1047,7 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 		w->outbox_pending = true;
 	drain_outbox(w);
 	acknowledge(w, msgs, n,
-				GetCurrentTimestamp() - started < RELIQ_QUICK_BATCH_US);
+				committed - started < RELIQ_QUICK_BATCH_US);
 	count_batch(w, probe ? 0 : n, &result);
 	time_batch(w, msgs, n, started, committed, &result);
 	report_failures(w, &result);
