@@ -4,7 +4,8 @@
 # and installs the extension, and runs test programs as an unprivileged user
 # (initdb refuses to run as root; CI runs as root).
 
-RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl openssl"
+# patroni, etcd-server and python3-etcd: the high-availability tests (019).
+RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl openssl patroni etcd-server python3-etcd"
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 export PG_CONFIG=${PG_CONFIG:-$PG_BINDIR/pg_config}
 
@@ -35,6 +36,9 @@ reliq_missing_packages() {
 	command -v gcc >/dev/null || missing="$missing gcc"
 	command -v curl >/dev/null || missing="$missing curl"
 	command -v openssl >/dev/null || missing="$missing openssl"
+	command -v patroni >/dev/null || missing="$missing patroni"
+	command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing="$missing etcd-server"
+	python3 -c 'import etcd' 2>/dev/null || missing="$missing python3-etcd"
 	echo $missing
 }
 
