@@ -38,7 +38,7 @@ reliq_missing_packages() {
 	command -v openssl >/dev/null || missing="$missing openssl"
 	command -v patroni >/dev/null || missing="$missing patroni"
 	command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing="$missing etcd-server"
-	python3 -c 'import etcd' 2>/dev/null || missing="$missing python3-etcd"
+	dpkg-query -W -f='${Status}' python3-etcd 2>/dev/null | grep -q 'ok installed' || missing="$missing python3-etcd"
 	echo $missing
 }
 
