@@ -45,6 +45,8 @@ PG_FUNCTION_INFO_V1(reliq_replay_dead_letter);
 PG_FUNCTION_INFO_V1(reliq_subscription_stats_reset);
 PG_FUNCTION_INFO_V1(reliq_subscription_stats);
 PG_FUNCTION_INFO_V1(reliq_worker_status);
+PG_FUNCTION_INFO_V1(reliq_lease_status);
+PG_FUNCTION_INFO_V1(reliq_request_take_over);
 
 /* How often wait_idle asks the server. */
 #define RELIQ_WAIT_IDLE_POLL_MS 100
@@ -122,7 +124,10 @@ reliq_publish(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(seq);
 }
 
-/* reliq.create_stream(stream, subjects): 'created' or 'updated'. */
+/*
+ * reliq.create_stream(stream, subjects [, replicas]): 'created' or
+ * 'updated'.  (0.1's SQL declares two arguments; 0.2 adds replicas.)
+ */
 Datum
 reliq_create_stream(PG_FUNCTION_ARGS)
 {
@@ -133,8 +138,16 @@ reliq_create_stream(PG_FUNCTION_ARGS)
 	int			nelems;
 	const char **subjects;
 	bool		created = false;
+	int			replicas = 1;
 	int			i;
 
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+		replicas = PG_GETARG_INT32(2);
+	if (replicas < 1 || replicas > 5)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("replicas must be between 1 and 5, not %d", replicas),
+				 errhint("A JetStream stream keeps 1 to 5 copies; 3 is usual for a cluster of three servers.")));
 	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT,
 					  &elems, &nulls, &nelems);
 	if (nelems == 0)
@@ -152,7 +165,7 @@ reliq_create_stream(PG_FUNCTION_ARGS)
 		subjects[i] = TextDatumGetCString(elems[i]);
 	}
 	if (!reliq_nats_create_stream(reliq_nats_session_connection(), stream,
-								  subjects, nelems, &created))
+								  subjects, nelems, replicas, &created))
 		report_nats_failure(psprintf("could not create or update stream \"%s\"", stream),
 							ERRCODE_CONNECTION_FAILURE, NULL);
 	PG_RETURN_TEXT_P(cstring_to_text(created ? "created" : "updated"));
@@ -558,4 +571,59 @@ reliq_worker_status(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* reliq._lease_status(): who holds each subscription's lease. */
+Datum
+reliq_lease_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ReliqStatsSnapshot *snapshots;
+	int			n;
+	int			i;
+
+	reliq_shmem_require();
+	InitMaterializedSRF(fcinfo, 0);
+	n = reliq_stats_snapshot(&snapshots);
+	for (i = 0; i < n; i++)
+	{
+		ReliqStatsSnapshot *s = &snapshots[i];
+		Datum		values[5];
+		bool		nulls[5] = {false};
+
+		values[0] = Int64GetDatum(s->subscription_id);
+		values[1] = CStringGetTextDatum(reliq_lease_state_name(s->lease.state));
+		values[2] = CStringGetTextDatum(s->lease.holder);
+		nulls[2] = (s->lease.holder[0] == '\0');
+		values[3] = timestamp_or_null(s->lease.valid_until, &nulls[3]);
+		values[4] = CStringGetTextDatum(s->retention);
+		nulls[4] = (s->retention[0] == '\0');
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * reliq._request_take_over(id): ask the monitor to write this cluster into
+ * the subscription's lease at its next round (reliq.take_over() checks
+ * privileges and says what happens next).
+ */
+Datum
+reliq_request_take_over(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	ReliqSubscriptionStats *entry;
+	char		name[NAMEDATALEN];
+
+	reliq_shmem_require();
+	reliq_require_worker_database("reliq.take_over");
+	snprintf(name, sizeof(name), "subscription " INT64_FORMAT, id);
+	entry = reliq_stats_find(id, true, name);
+	if (entry == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no room in shared memory for subscription " INT64_FORMAT, id),
+				 errhint("Raise reliq.max_subscriptions and restart the server.")));
+	pg_atomic_write_u32(&entry->take_over_requested, 1);
+	PG_RETURN_VOID();
 }

@@ -41,6 +41,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "reliq.h"
@@ -163,7 +164,7 @@ reliq_catalog_load_subscription(int64 id)
 							   "               FROM unnest(backoff) WITH ORDINALITY AS u(b, n) ORDER BY n),"
 							   "       (extract(epoch FROM ack_wait) * 1000)::int8,"
 							   "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
-							   "       start = 'new', enabled, owner::oid, version"
+							   "       start = 'new', enabled, owner::oid, version, created_at"
 							   "  FROM reliq.subscription WHERE id = $1",
 							   1, argtypes, args, NULL, true, 1);
 	reliq_leave_safe_search_path(nest);
@@ -211,6 +212,7 @@ reliq_catalog_load_subscription(int64 id)
 		sub->enabled = bool_column(t, d, 15);
 		sub->owner = DatumGetObjectId(SPI_getbinval(t, d, 16, &isnull));
 		sub->version = int64_column(t, d, 17);
+		sub->created_at = DatumGetTimestampTz(SPI_getbinval(t, d, 18, &isnull));
 	}
 	SPI_finish();
 	return sub;
@@ -404,6 +406,32 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 	reliq_leave_safe_search_path(nest);
 	SPI_finish();
 	return current;
+}
+
+/*
+ * The floor recorded for this stream incarnation: every matching message
+ * at or below it was applied in this database (0: none is known).
+ */
+int64
+reliq_catalog_floor(int64 subscription_id, int64 stream_created)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	Int64GetDatum(stream_created)};
+	int64		floor = 0;
+	int			nest;
+
+	SPI_connect();
+	nest = reliq_enter_safe_search_path();
+	if (SPI_execute_with_args("SELECT ack_floor FROM reliq._stream_floor"
+							  " WHERE subscription_id = $1 AND stream_created = $2",
+							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read reliq._stream_floor");
+	if (SPI_processed == 1)
+		floor = int64_column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	reliq_leave_safe_search_path(nest);
+	SPI_finish();
+	return floor;
 }
 
 /*

@@ -14,6 +14,7 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
 #include "executor/spi.h"
 
 typedef struct ReliqSubscription
@@ -36,6 +37,7 @@ typedef struct ReliqSubscription
 	bool		enabled;
 	Oid			owner;
 	int64		version;
+	TimestampTz created_at;
 } ReliqSubscription;
 
 /* What the launcher needs of each subscription. */
@@ -82,6 +84,7 @@ extern SPIPlanPtr reliq_prepare_kept(const char *sql, int nargs,
 extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 										int64 stream_created,
 										int64 *floor, bool *has_history);
+extern int64 reliq_catalog_floor(int64 subscription_id, int64 stream_created);
 extern void reliq_catalog_advance_floor(int64 subscription_id,
 										int64 stream_created, int64 ack_floor);
 

@@ -113,6 +113,13 @@ reliq_unix_ns_to_timestamptz(int64 ns)
 		 USECS_PER_SEC);
 }
 
+int64
+reliq_timestamptz_to_unix_ns(TimestampTz t)
+{
+	return (t + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY *
+			USECS_PER_SEC) * 1000;
+}
+
 /*
  * Make wire bytes (expected UTF-8) into a string of the database encoding,
  * replacing invalid UTF-8 by U+FFFD.  A character the database encoding

@@ -53,6 +53,7 @@ typedef struct ReliqMessage
 
 extern bool reliq_parse_ack_subject(const char *reply, ReliqMessage *msg);
 extern TimestampTz reliq_unix_ns_to_timestamptz(int64 ns);
+extern int64 reliq_timestamptz_to_unix_ns(TimestampTz t);
 extern Datum reliq_message_headers_jsonb(const ReliqMessage *msg);
 extern int	reliq_headers_from_jsonb(Jsonb *headers, const char ***keys,
 									 const char ***values, const char **msg_id);

@@ -7,6 +7,10 @@
  *	  the figures to shared memory, and prunes each ledger below the floor
  *	  the server has acknowledged.
  *
+ * It also keeps the consumers' leases (lease.c), every reliq.lease_ttl / 4,
+ * and records a floor only for a subscription whose lease this cluster
+ * holds: the server's ack floor speaks for this database only then.
+ *
  * It is not a worker on purpose: when every worker of a subscription is
  * stuck in a handler -- the usual reason a subscription stalls -- the
  * figures that show the stall (ack_pending at max_ack_pending, a backlog
@@ -32,8 +36,10 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "lease.h"
 #include "monitor.h"
 #include "nats_client.h"
 #include "reliq.h"
@@ -113,8 +119,10 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		ReliqSubscriptionStats *entry;
 		ReliqConsumerInfo info;
 		ReliqStreamInfo stream;
+		ReliqLeaseView lease;
 
 		CHECK_FOR_INTERRUPTS();
+		memset(&stream, 0, sizeof(stream));
 		entry = reliq_stats_find(w->id, false, NULL);
 		if (!reliq_nats_consumer_info(conn, w->stream, w->consumer, &info))
 		{
@@ -131,9 +139,14 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 									  info.max_ack_pending);
 		if (entry != NULL && w->enabled)
 			reliq_stats_record_lag(entry, info.num_pending);
+		if (entry != NULL && reliq_nats_stream_info(conn, w->stream, &stream) &&
+			stream.found)
+			reliq_stats_set_retention(entry, stream.retention);
 
-		if (w->attached && info.ack_floor_stream_seq > w->ack_floor &&
-			reliq_nats_stream_info(conn, w->stream, &stream) &&
+		if (entry != NULL)
+			reliq_lease_read(entry, &lease);
+		if (entry != NULL && reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
+			w->attached && info.ack_floor_stream_seq > w->ack_floor &&
 			stream.found && stream.created_ns == w->stream_created)
 			record_floor(w, info.ack_floor_stream_seq);
 	}
@@ -145,6 +158,8 @@ reliq_monitor_main(Datum main_arg)
 {
 	ReliqNatsConnection *conn = NULL;
 	MemoryContext cxt;
+	TimestampTz next_watch = 0;
+	TimestampTz next_lease = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -156,6 +171,10 @@ reliq_monitor_main(Datum main_arg)
 								ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
+		TimestampTz now;
+		long		secs;
+		int			usecs;
+
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -177,11 +196,28 @@ reliq_monitor_main(Datum main_arg)
 				note(psprintf("could not connect to NATS at %s: %s",
 							  reliq_nats_redacted_url(), reliq_nats_last_error()));
 		}
-		if (conn != NULL && reliq_nats_is_connected(conn))
-			watch(conn, cxt);
+		now = GetCurrentTimestamp();
+		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_lease)
+		{
+			ReliqWatched *watched;
+			int			count = read_watched(&watched, cxt);
 
+			next_lease = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+			reliq_lease_round(conn, watched, count);
+		}
+		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_watch)
+		{
+			next_watch = TimestampTzPlusMilliseconds(now, reliq_refresh_interval);
+			watch(conn, cxt);
+		}
+
+		if (conn == NULL || !reliq_nats_is_connected(conn))
+			next_watch = next_lease =
+				TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+		TimestampDifference(GetCurrentTimestamp(), Min(next_watch, next_lease),
+							&secs, &usecs);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 reliq_refresh_interval, PG_WAIT_EXTENSION);
+						 Max(secs * 1000 + usecs / 1000, 1), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

@@ -59,6 +59,7 @@ struct ReliqNatsConnection
 {
 	natsConnection *nc;
 	jsCtx	   *js;
+	kvStore    *kv;				/* the lease bucket, once opened */
 	ConnectionEvents *events;
 	uint32		settings_hash;	/* of the settings it was made with */
 };
@@ -487,6 +488,8 @@ reliq_nats_close(ReliqNatsConnection *conn)
 	if (conn == session_conn)
 		session_conn = NULL;
 	BLOCK_SIGNALS(saved);
+	if (conn->kv)
+		kvStore_Destroy(conn->kv);
 	if (conn->js)
 		jsCtx_Destroy(conn->js);
 	if (conn->nc)
@@ -611,14 +614,32 @@ reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
 	info->first_seq = (int64) si->State.FirstSeq;
 	info->last_seq = (int64) si->State.LastSeq;
 	info->messages = (int64) si->State.Msgs;
+	info->replicas = si->Config ? (int) si->Config->Replicas : 1;
+	switch (si->Config ? si->Config->Retention : js_LimitsPolicy)
+	{
+		case js_InterestPolicy:
+			info->retention = "interest";
+			break;
+		case js_WorkQueuePolicy:
+			info->retention = "workqueue";
+			break;
+		default:
+			info->retention = "limits";
+			break;
+	}
+	info->redelivers = (strcmp(info->retention, "limits") == 0);
 	jsStreamInfo_Destroy(si);
 	return true;
 }
 
-/* Create the stream, or set its subjects if it exists. */
+/*
+ * Create the stream with `replicas` copies (file storage), or set its
+ * subjects if it exists (an existing stream keeps its replicas).
+ */
 bool
 reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
-						 const char **subjects, int nsubjects, bool *created)
+						 const char **subjects, int nsubjects, int replicas,
+						 bool *created)
 {
 	jsStreamInfo *si = NULL;
 	jsStreamInfo *result = NULL;
@@ -639,6 +660,7 @@ reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
 		cfg.Subjects = subjects;
 		cfg.SubjectsLen = nsubjects;
 		cfg.Storage = js_FileStorage;
+		cfg.Replicas = replicas;
 		js_error = 0;
 		s = js_AddStream(&result, conn->js, &cfg, &opts, &js_error);
 		*created = true;
@@ -786,6 +808,10 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 					cfg.DeliverPolicy = js_DeliverByStartSequence;
 					cfg.OptStartSeq = (uint64) spec->start_seq;
 					break;
+				case RELIQ_DELIVER_FROM_TIME:
+					cfg.DeliverPolicy = js_DeliverByStartTime;
+					cfg.OptStartTime = spec->start_time_ns;
+					break;
 			}
 			js_error = 0;
 			s = js_AddConsumer(&result, conn->js, spec->stream, &cfg, &opts,
@@ -884,6 +910,131 @@ reliq_nats_delete_consumer(ReliqNatsConnection *conn, const char *stream,
 		return true;
 	remember_error("deleting the consumer", s, js_error);
 	return false;
+}
+
+/*
+ * The lease bucket
+ */
+
+/*
+ * Bind to the bucket, creating it when missing: history 1, file storage,
+ * three replicas where the server is part of a cluster (one otherwise).
+ */
+bool
+reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket)
+{
+	kvConfig	cfg;
+	natsStatus	s;
+	sigset_t	saved;
+
+	if (conn->kv != NULL)
+		return true;
+	BLOCK_SIGNALS(saved);
+	s = js_KeyValue(&conn->kv, conn->js, bucket);
+	if (s == NATS_NOT_FOUND)
+	{
+		kvConfig_Init(&cfg);
+		cfg.Bucket = bucket;
+		cfg.Description = "reliq: which PostgreSQL cluster owns each consumer";
+		cfg.History = 1;
+		cfg.StorageType = js_FileStorage;
+		cfg.Replicas = 3;
+		s = js_CreateKeyValue(&conn->kv, conn->js, &cfg);
+		if (s != NATS_OK)
+		{
+			/* a single server refuses replicas: one copy then */
+			cfg.Replicas = 1;
+			s = js_CreateKeyValue(&conn->kv, conn->js, &cfg);
+		}
+		if (s != NATS_OK)
+			remember_error("creating the lease bucket", s, 0);
+	}
+	else if (s != NATS_OK)
+		remember_error("opening the lease bucket", s, 0);
+	RESTORE_SIGNALS(saved);
+	if (s != NATS_OK)
+		conn->kv = NULL;
+	return s == NATS_OK;
+}
+
+/*
+ * The value and revision of a key; *revision = 0 (and *value NULL) when the
+ * key does not exist or was deleted.  false when the server could not tell.
+ */
+bool
+reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key, char **value,
+				  uint64 *revision)
+{
+	kvEntry    *entry = NULL;
+	natsStatus	s;
+	sigset_t	saved;
+
+	*value = NULL;
+	*revision = 0;
+	Assert(conn->kv != NULL);
+	BLOCK_SIGNALS(saved);
+	s = kvStore_Get(&entry, conn->kv, key);
+	if (s == NATS_OK)
+	{
+		*value = pstrdup(kvEntry_ValueString(entry) ? kvEntry_ValueString(entry) : "");
+		*revision = kvEntry_Revision(entry);
+		kvEntry_Destroy(entry);
+	}
+	RESTORE_SIGNALS(saved);
+	if (s == NATS_NOT_FOUND)
+		return true;
+	if (s != NATS_OK)
+		remember_error("reading a lease", s, 0);
+	return s == NATS_OK;
+}
+
+/*
+ * Write a key if its current revision is `expected` (0: if it does not
+ * exist).  A refusal is a conflict only if the key turns out not to be at
+ * `expected`; otherwise the write failed for another reason.
+ */
+ReliqKvResult
+reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
+				  const char *value, uint64 expected, uint64 *revision)
+{
+	uint64_t	rev = 0;
+	natsStatus	s;
+	sigset_t	saved;
+	char	   *current;
+	uint64		current_rev;
+
+	Assert(conn->kv != NULL);
+	BLOCK_SIGNALS(saved);
+	if (expected == 0)
+		s = kvStore_CreateString(&rev, conn->kv, key, value);
+	else
+		s = kvStore_UpdateString(&rev, conn->kv, key, value, expected);
+	RESTORE_SIGNALS(saved);
+	if (s == NATS_OK)
+	{
+		*revision = rev;
+		return RELIQ_KV_OK;
+	}
+	remember_error("writing a lease", s, 0);
+	if (reliq_nats_kv_get(conn, key, &current, &current_rev) &&
+		current_rev != expected)
+		return RELIQ_KV_CONFLICT;
+	return RELIQ_KV_ERROR;
+}
+
+bool
+reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key)
+{
+	natsStatus	s;
+	sigset_t	saved;
+
+	Assert(conn->kv != NULL);
+	BLOCK_SIGNALS(saved);
+	s = kvStore_Delete(conn->kv, key);
+	RESTORE_SIGNALS(saved);
+	if (s != NATS_OK)
+		remember_error("deleting a lease", s, 0);
+	return s == NATS_OK;
 }
 
 /*

@@ -47,13 +47,17 @@ typedef struct ReliqStreamInfo
 	int64		first_seq;
 	int64		last_seq;
 	int64		messages;
+	bool		redelivers;		/* limits retention: acked messages stay */
+	const char *retention;		/* "limits", "interest" or "workqueue" */
+	int			replicas;
 } ReliqStreamInfo;
 
 typedef enum ReliqDeliverFrom
 {
 	RELIQ_DELIVER_ALL,			/* from the first message of the stream */
 	RELIQ_DELIVER_NEW,			/* from the next message published */
-	RELIQ_DELIVER_FROM_SEQ		/* from start_seq */
+	RELIQ_DELIVER_FROM_SEQ,		/* from start_seq */
+	RELIQ_DELIVER_FROM_TIME		/* from the first message at or after start_time_ns */
 } ReliqDeliverFrom;
 
 typedef struct ReliqConsumerSpec
@@ -66,6 +70,7 @@ typedef struct ReliqConsumerSpec
 	int64		max_ack_pending;
 	ReliqDeliverFrom deliver_from;	/* used only when creating */
 	int64		start_seq;
+	int64		start_time_ns;	/* Unix nanoseconds */
 } ReliqConsumerSpec;
 
 typedef struct ReliqConsumerInfo
@@ -86,7 +91,7 @@ extern bool reliq_nats_stream_info(ReliqNatsConnection *conn,
 extern bool reliq_nats_create_stream(ReliqNatsConnection *conn,
 									 const char *stream,
 									 const char **subjects, int nsubjects,
-									 bool *created);
+									 int replicas, bool *created);
 extern bool reliq_nats_consumer_info(ReliqNatsConnection *conn,
 									 const char *stream, const char *consumer,
 									 ReliqConsumerInfo *info);
@@ -97,6 +102,25 @@ extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   const char *stream, const char *consumer,
 									   bool *existed);
+
+/*
+ * A key-value bucket, for the leases (lease.c).  Revisions are the
+ * bucket's stream sequences; 0 means "no such key".
+ */
+typedef enum ReliqKvResult
+{
+	RELIQ_KV_OK,
+	RELIQ_KV_CONFLICT,			/* the key is not at the expected revision */
+	RELIQ_KV_ERROR				/* reason in reliq_nats_last_error() */
+} ReliqKvResult;
+
+extern bool reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket);
+extern bool reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key,
+							  char **value, uint64 *revision);
+extern ReliqKvResult reliq_nats_kv_put(ReliqNatsConnection *conn,
+									   const char *key, const char *value,
+									   uint64 expected, uint64 *revision);
+extern bool reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key);
 
 /* Publishing (JetStream: waits for the stream's acknowledgement). */
 extern bool reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,

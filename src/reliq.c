@@ -47,6 +47,9 @@ char	   *reliq_traceparent = NULL;
 int			reliq_health_disconnect_timeout = 10000;
 int			reliq_metrics_port = 0;
 char	   *reliq_metrics_listen_address = NULL;
+int			reliq_lease_ttl = 10000;
+char	   *reliq_lease_bucket = NULL;
+uint64		reliq_instance_id = 0;
 
 /*
  * The NATS C client (3.4.1) puts user, password and token into its
@@ -139,6 +142,16 @@ define_settings(void)
 							   NULL, &reliq_metrics_listen_address, "127.0.0.1",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("reliq.lease_ttl",
+							"How long a consumer's lease lasts unrenewed; 0 turns leases off.",
+							"A failover resumes consumption within about this time after the former owner stopped; the owner renews every quarter of it.",
+							&reliq_lease_ttl, 10000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("reliq.lease_bucket",
+							   "JetStream key-value bucket holding the consumers' leases.",
+							   NULL, &reliq_lease_bucket, "reliq_leases",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
 	define_secret("reliq.nats_credentials_file",
 				  "NATS credentials file (JWT and NKey seed).",
 				  &reliq_nats_credentials_file, false);
@@ -173,6 +186,16 @@ _PG_init(void)
 				 errhint("Add reliq to shared_preload_libraries in postgresql.conf and restart the server.")));
 
 	define_settings();
+
+	/*
+	 * Drawn once per postmaster and inherited by every process it starts
+	 * (a crash restart of the backends keeps it; a server restart, or a
+	 * copy of the data directory started elsewhere, draws another).
+	 */
+	if (!pg_strong_random(&reliq_instance_id, sizeof(reliq_instance_id)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random instance id for reliq")));
 	reliq_shmem_install_hooks();
 	reliq_launcher_register();
 	reliq_monitor_register();

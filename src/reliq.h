@@ -41,6 +41,11 @@ extern char *reliq_traceparent;
 extern int	reliq_health_disconnect_timeout;
 extern int	reliq_metrics_port;
 extern char *reliq_metrics_listen_address;
+extern int	reliq_lease_ttl;
+extern char *reliq_lease_bucket;
+
+/* This postmaster's random id, drawn in _PG_init: names it in leases. */
+extern uint64 reliq_instance_id;
 
 /*
  * True when the current database is the one reliq's workers serve.  SQL

@@ -20,8 +20,10 @@
  *   guards the rest: times, last_error, the consumer information from the
  *   server, the recent samples (p50/p99), the per-second rate, the lag
  *   points, and the copy of the subscription's settings the launcher
- *   writes.  reliq_stats_snapshot() copies all of it out under the lock
- *   and computes percentiles afterwards.
+ *   writes, and the lease the monitor keeps (lease.c).
+ *   reliq_stats_snapshot() copies all of it out under the lock and computes
+ *   percentiles afterwards.  take_over_requested is an atomic flag that
+ *   reliq.take_over() sets and the monitor clears.
  * - ReliqShared->mutex guards the launcher's pid and latch.
  * - Order: the LWLock before any spinlock; never two spinlocks at once;
  *   a spinlock is held only to copy a few fields, never across a call that
@@ -58,6 +60,7 @@ static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_DISCONNECTED] = "disconnected",
 	[RELIQ_WORKER_STOPPING] = "stopping",
 	[RELIQ_WORKER_BACKING_OFF] = "backing_off",
+	[RELIQ_WORKER_FENCED] = "fenced",
 };
 
 /* Upper bounds of the latency histogram buckets, in seconds. */
@@ -120,6 +123,7 @@ init_stats_entry(ReliqSubscriptionStats *entry)
 	pg_atomic_init_u64(&entry->duplicates, 0);
 	pg_atomic_init_u64(&entry->batches, 0);
 	pg_atomic_init_u64(&entry->slow_path_batches, 0);
+	pg_atomic_init_u32(&entry->take_over_requested, 0);
 	SpinLockInit(&entry->mutex);
 }
 
@@ -499,8 +503,10 @@ percentiles(const ReliqSamples *samples, int64 *p50, int64 *p99)
 
 /*
  * The state of a subscription in one word, from its settings and its
- * workers: paused, stopped (wanted but no worker runs), failing,
- * backing_off, disconnected, connecting, running.
+ * workers and its lease: paused, fenced (another cluster holds the lease),
+ * acquiring (this cluster is taking it over), stopped (wanted but no worker
+ * runs), failing, backing_off, disconnected, connecting, running.
+ * ("standby" is the view's: a hot standby has no monitor or workers.)
  */
 static const char *
 summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworkers)
@@ -538,6 +544,10 @@ summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworker
 
 	if (s->catalog_known && !s->enabled)
 		return "paused";
+	if (s->lease.state == RELIQ_LEASE_FENCED)
+		return "fenced";
+	if (s->lease.state == RELIQ_LEASE_ACQUIRING)
+		return "acquiring";
 	if (s->workers == 0)
 		return NULL;
 	if (failing > 0)
@@ -711,6 +721,8 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->ack_floor = entry->ack_floor;
 		s->max_ack_pending = entry->max_ack_pending;
 		s->consumer_info_at = entry->consumer_info_at;
+		s->lease = entry->lease;
+		memcpy(s->retention, entry->retention, sizeof(s->retention));
 		for (j = 0; j < RELIQ_RATE_SECONDS; j++)
 			if (entry->rate_second[j] > second - RELIQ_RATE_SECONDS &&
 				entry->rate_second[j] <= second)
@@ -744,4 +756,57 @@ reliq_slot_set_progress(ReliqWorkerSlot *slot, int batch_size, int in_flight)
 	slot->batch_size = batch_size;
 	slot->in_flight = in_flight;
 	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * Leases
+ */
+
+static const char *const lease_state_names[] = {
+	[RELIQ_LEASE_UNKNOWN] = "unknown",
+	[RELIQ_LEASE_OWNED] = "owned",
+	[RELIQ_LEASE_ACQUIRING] = "acquiring",
+	[RELIQ_LEASE_FENCED] = "fenced",
+	[RELIQ_LEASE_OFF] = "off",
+};
+
+const char *
+reliq_lease_state_name(ReliqLeaseState state)
+{
+	if (state < 0 || state >= lengthof(lease_state_names))
+		return "unknown";
+	return lease_state_names[state];
+}
+
+void
+reliq_stats_set_retention(ReliqSubscriptionStats *entry, const char *retention)
+{
+	SpinLockAcquire(&entry->mutex);
+	strlcpy(entry->retention, retention, sizeof(entry->retention));
+	SpinLockRelease(&entry->mutex);
+}
+
+/* The monitor publishes what it holds. */
+void
+reliq_lease_publish(ReliqSubscriptionStats *entry, const ReliqLeaseView *lease)
+{
+	SpinLockAcquire(&entry->mutex);
+	entry->lease = *lease;
+	SpinLockRelease(&entry->mutex);
+}
+
+void
+reliq_lease_read(ReliqSubscriptionStats *entry, ReliqLeaseView *lease)
+{
+	SpinLockAcquire(&entry->mutex);
+	*lease = entry->lease;
+	SpinLockRelease(&entry->mutex);
+}
+
+/* May this cluster consume, and acknowledge, now? */
+bool
+reliq_lease_usable(const ReliqLeaseView *lease, TimestampTz now)
+{
+	return lease->state == RELIQ_LEASE_OFF ||
+		(lease->state == RELIQ_LEASE_OWNED && now < lease->valid_until);
 }

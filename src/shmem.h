@@ -28,10 +28,37 @@ typedef enum ReliqWorkerState
 	RELIQ_WORKER_FAILING,		/* systemic failure: holding a batch, probing */
 	RELIQ_WORKER_DISCONNECTED,	/* connection lost; the client reconnects */
 	RELIQ_WORKER_STOPPING,		/* asked to stop: finishing its batch */
-	RELIQ_WORKER_BACKING_OFF	/* waiting to retry connecting or attaching */
+	RELIQ_WORKER_BACKING_OFF,	/* waiting to retry connecting or attaching */
+	RELIQ_WORKER_FENCED			/* this cluster does not hold the lease */
 } ReliqWorkerState;
 
 extern const char *reliq_worker_state_name(ReliqWorkerState state);
+
+/*
+ * Who may consume a subscription's consumer: this cluster, while it holds
+ * the consumer's lease (lease.c keeps it; workers read it here).
+ */
+typedef enum ReliqLeaseState
+{
+	RELIQ_LEASE_UNKNOWN = 0,	/* not looked at yet (the monitor starting) */
+	RELIQ_LEASE_OWNED,			/* held: workers may consume until valid_until */
+	RELIQ_LEASE_ACQUIRING,		/* written; waiting for the former owner's
+								 * time to run out, or rewinding */
+	RELIQ_LEASE_FENCED,			/* another cluster holds it */
+	RELIQ_LEASE_OFF				/* reliq.lease_ttl = 0: no leases */
+} ReliqLeaseState;
+
+#define RELIQ_OWNER_LEN 192
+
+/* A copy of a subscription's lease, as the workers and views see it. */
+typedef struct ReliqLeaseView
+{
+	ReliqLeaseState state;
+	TimestampTz valid_until;	/* OWNED: consume and ack only before this */
+	uint64		epoch;			/* bumped at each acquisition (the consumer
+								 * was made again: attach anew) */
+	char		holder[RELIQ_OWNER_LEN];	/* who holds it, for people */
+} ReliqLeaseView;
 
 typedef struct ReliqWorkerSlot
 {
@@ -134,6 +161,11 @@ typedef struct ReliqSubscriptionStats
 	int64		lag_processed[RELIQ_LAG_POINTS];
 	int			lag_next;
 
+	/* The lease, written by the monitor (lease.c), and the stream's retention. */
+	ReliqLeaseView lease;
+	char		retention[16];	/* "limits", "interest", "workqueue"; "" unknown */
+	pg_atomic_uint32 take_over_requested;	/* set by reliq.take_over() */
+
 	/* From the catalog, copied by the launcher at each reconciliation. */
 	bool		catalog_known;
 	bool		enabled;
@@ -170,6 +202,8 @@ typedef struct ReliqStatsSnapshot
 	int			concurrency;
 	int			batch_size;
 	const char *state;			/* NULL: no worker and not paused */
+	ReliqLeaseView lease;
+	char		retention[16];
 	int			workers;
 	int64		in_flight;
 	TimestampTz disconnected_since; /* all workers disconnected since; or 0 */
@@ -256,6 +290,14 @@ extern void reliq_stats_set_consumer_info(ReliqSubscriptionStats *entry,
 										  int64 redelivered, int64 ack_floor,
 										  int64 max_ack_pending);
 extern int	reliq_stats_snapshot(ReliqStatsSnapshot **snapshots);
+extern void reliq_stats_set_retention(ReliqSubscriptionStats *entry,
+									  const char *retention);
+extern void reliq_lease_publish(ReliqSubscriptionStats *entry,
+								const ReliqLeaseView *lease);
+extern void reliq_lease_read(ReliqSubscriptionStats *entry,
+							 ReliqLeaseView *lease);
+extern bool reliq_lease_usable(const ReliqLeaseView *lease, TimestampTz now);
+extern const char *reliq_lease_state_name(ReliqLeaseState state);
 extern int	reliq_workers_snapshot(ReliqWorkerSnapshot **workers);
 
 /* Worker slots */

@@ -19,10 +19,20 @@
  *	 stopping      asked to stop (scale down, pause, drop): no new pulls;
  *				   the batch in hand and the outstanding pull are finished
  *
+ *	 fenced        this cluster does not hold the consumer's lease (lease.c):
+ *				   no pull, no ack; attached anew once it does
+ *
  * Waits: a pull waits at most reliq.fetch_timeout; the inbox is polled in
- * slices of RELIQ_POLL_MS so that interrupts (shutdown, reload) are seen
- * quickly; retries wait on the latch.  SIGTERM ends the worker at once
- * (die): an unfinished batch is rolled back, unacked, and redelivered.
+ * slices of RELIQ_POLL_MS so that interrupts (shutdown, reload) and the
+ * postmaster's death are seen quickly; retries wait on the latch.  SIGTERM
+ * ends the worker at once (die): an unfinished batch is rolled back,
+ * unacked, and redelivered.
+ *
+ * Nothing is acked that may not last (may_acknowledge): not after the
+ * postmaster died (the commit went to a data directory no standby will
+ * see), not while the worker is asked to die, not before the synchronous
+ * standbys that synchronous_commit asks for confirmed the commit (a cancel
+ * cuts COMMIT's own wait short), and not once the lease has lapsed.
  *
  * The consumer's figures on the server, and the pruning of the ledger, are
  * the monitor's (monitor.c); a worker only publishes what it sees when it
@@ -35,13 +45,18 @@
 #include <malloc.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
+#include "replication/walsender_private.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -106,6 +121,9 @@ typedef struct Worker
 
 	TimestampTz last_warning_at;
 	int			unreported_failures;
+
+	uint64		lease_epoch;	/* of the lease when last attached */
+	bool		awaiting_standby;	/* logged that acks wait for a standby */
 } Worker;
 
 static ReliqWorkerSlot *MySlot = NULL;
@@ -334,10 +352,23 @@ begin_stopping(Worker *w, const char *why)
 					w->sub->name, w->worker_index, why)));
 }
 
+/*
+ * The postmaster is gone: exit at once, acking nothing.  What this worker
+ * committed since went to a data directory that no standby receives any
+ * more; unacked, it is redelivered to whoever consumes next.
+ */
+static void
+exit_if_postmaster_died(void)
+{
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
+
 /* Interrupts, reloads, stop requests and catalog changes. */
 static void
 check_for_news(Worker *w)
 {
+	exit_if_postmaster_died();
 	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
 	{
@@ -804,6 +835,130 @@ collect_batch(Worker *w, ReliqMessage *msgs, int max)
 }
 
 /*
+ * The lease (lease.c): this cluster consumes only while it holds it
+ */
+
+/* Usable right now, and still the lease this worker attached under? */
+static bool
+lease_current(Worker *w)
+{
+	ReliqLeaseView lease;
+
+	if (w->stats == NULL)
+		return false;
+	reliq_lease_read(w->stats, &lease);
+	return reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
+		(lease.state == RELIQ_LEASE_OFF || lease.epoch == w->lease_epoch);
+}
+
+/*
+ * May this worker pull?  While the lease is another cluster's (or not
+ * known yet), it holds no pull inbox and waits.  When the lease was
+ * acquired anew, the consumer was made again at this database's position:
+ * attach to it afresh.
+ */
+static bool
+lease_allows(Worker *w)
+{
+	ReliqLeaseView lease;
+
+	memset(&lease, 0, sizeof(lease));
+	if (w->stats != NULL)
+		reliq_lease_read(w->stats, &lease);
+	if (reliq_lease_usable(&lease, GetCurrentTimestamp()))
+	{
+		if (lease.state == RELIQ_LEASE_OWNED && lease.epoch != w->lease_epoch)
+		{
+			detach(w);
+			w->lease_epoch = lease.epoch;
+		}
+		return true;
+	}
+	detach(w);
+	set_state(w, RELIQ_WORKER_FENCED);
+	if (w->stats == NULL)
+		note_problem(w, WARNING, "no statistics entry: raise reliq.max_subscriptions");
+	else if (lease.state == RELIQ_LEASE_FENCED)
+		note_problem(w, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
+					 w->sub->consumer, lease.holder, w->sub->name);
+	return false;
+}
+
+/* The wait synchronous_commit asks for: a SYNC_REP_WAIT_* mode. */
+static int
+sync_wait_mode(void)
+{
+	if (max_wal_senders == 0 || SyncRepStandbyNames == NULL ||
+		SyncRepStandbyNames[0] == '\0')
+		return SYNC_REP_NO_WAIT;
+	switch (synchronous_commit)
+	{
+		case SYNCHRONOUS_COMMIT_REMOTE_WRITE:
+			return SYNC_REP_WAIT_WRITE;
+		case SYNCHRONOUS_COMMIT_REMOTE_FLUSH:
+			return SYNC_REP_WAIT_FLUSH;
+		case SYNCHRONOUS_COMMIT_REMOTE_APPLY:
+			return SYNC_REP_WAIT_APPLY;
+		default:
+			return SYNC_REP_NO_WAIT;
+	}
+}
+
+/*
+ * Wait until the synchronous standbys confirmed WAL up to lsn.  COMMIT
+ * waits for that itself, but a cancel (a statement timeout, a
+ * pg_cancel_backend) cuts its wait short with a mere WARNING, and the
+ * commit stands locally; an ack must not get ahead of the standby.
+ * Waits on the latch: death of the postmaster and termination end it.
+ */
+static void
+await_standbys(Worker *w, XLogRecPtr lsn)
+{
+	int			mode = sync_wait_mode();
+
+	while (mode != SYNC_REP_NO_WAIT)
+	{
+		bool		confirmed;
+
+		LWLockAcquire(SyncRepLock, LW_SHARED);
+		confirmed = WalSndCtl->lsn[mode] >= lsn;
+		LWLockRelease(SyncRepLock);
+		if (confirmed)
+			break;
+		if (!w->awaiting_standby)
+			ereport(LOG,
+					(errmsg("reliq subscription \"%s\": acknowledgements wait until the synchronous standby confirms %X/%X",
+							w->sub->name, LSN_FORMAT_ARGS(lsn)),
+					 errdetail("The commit's own wait for synchronous replication was cancelled.")));
+		w->awaiting_standby = true;
+		wait_latch(RELIQ_POLL_MS);
+		mode = sync_wait_mode();
+	}
+	w->awaiting_standby = false;
+}
+
+/*
+ * After COMMIT, before publishing the outbox and acking: nothing goes out
+ * that may not last.  Exits (acking nothing) when the postmaster has died
+ * or the worker is asked to die; waits for synchronous standbys; false
+ * when the lease has lapsed meanwhile (another cluster may own the
+ * consumer now: its messages are left to it, unacked).
+ */
+static bool
+may_acknowledge(Worker *w, XLogRecPtr flushed)
+{
+	exit_if_postmaster_died();
+	CHECK_FOR_INTERRUPTS();
+	await_standbys(w, flushed);
+	exit_if_postmaster_died();
+	if (lease_current(w))
+		return true;
+	note_problem(w, LOG, "the lease lapsed during a batch; its messages are left unacknowledged");
+	detach(w);
+	return false;
+}
+
+/*
  * Publishing what handlers published, after their commit
  */
 
@@ -1045,6 +1200,12 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 	committed = GetCurrentTimestamp();
 	if (result.outboxed > 0)
 		w->outbox_pending = true;
+	if (!may_acknowledge(w, GetFlushRecPtr(NULL)))
+	{
+		w->nheld = 0;
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return;
+	}
 	drain_outbox(w);
 	acknowledge(w, msgs, n,
 				committed - started < RELIQ_QUICK_BATCH_US);
@@ -1117,7 +1278,8 @@ apply_collected(Worker *w, ReliqMessage *msgs, int n)
 			process_batch(w, &msgs[i], 1, false);
 	/* what a failing state or a detach left unapplied comes again later */
 	for (; i < n; i++)
-		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn)
+		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn &&
+			lease_current(w))
 			(void) reliq_nats_ack(w->conn, msgs[i].reply, RELIQ_NAK, 0);
 	pfree(first);
 }
@@ -1133,10 +1295,17 @@ hold_step(Worker *w)
 	{
 		int			i;
 
-		for (i = 0; i < w->nheld; i++)
+		for (i = 0; i < w->nheld && lease_current(w); i++)
 			(void) reliq_nats_ack(w->conn, w->held[i].reply, RELIQ_NAK, 0);
 		(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
 		w->nheld = 0;
+		return;
+	}
+	if (!lease_current(w))
+	{
+		/* no longer ours: leave the held batch to the owner */
+		w->nheld = 0;
+		detach(w);
 		return;
 	}
 	if (now >= w->next_progress && reliq_nats_is_connected(w->conn))
@@ -1242,6 +1411,13 @@ reliq_worker_main(Datum main_arg)
 		if (w.stopping && w.nheld > 0)
 			break;
 
+		if (!lease_allows(&w))
+		{
+			if (w.stopping)
+				break;
+			wait_latch(RELIQ_POLL_MS * 5);
+			continue;
+		}
 		if (!ensure_connected(&w) || !ensure_attached(&w))
 		{
 			if (w.stopping)

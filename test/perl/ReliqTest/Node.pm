@@ -29,6 +29,7 @@ reliq.database_name = 'postgres'
 reliq.max_workers = 8
 reliq.naptime = 200
 reliq.refresh_interval = 1000
+reliq.lease_ttl = '3s'
 max_worker_processes = 16
 log_statement = none
 restart_after_crash = on

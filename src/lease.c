@@ -1,0 +1,509 @@
+/*-------------------------------------------------------------------------
+ *
+ * lease.c
+ *	  One owner at a time.  A promoted standby and its old primary, a
+ *	  restored copy and its original, a PITR clone: any two PostgreSQL
+ *	  clusters pointed at one NATS could consume one subscription together
+ *	  and split its stream between two databases.  So each consumer has a
+ *	  lease, kept on the NATS side in a JetStream key-value bucket
+ *	  (reliq.lease_bucket), key "<stream>.<consumer>", whose value names
+ *	  the owning cluster instance: system identifier, timeline, and a
+ *	  random id drawn by the postmaster at start (so a copy of the data
+ *	  directory, or the same server after a restart, is another instance).
+ *
+ * The monitor runs reliq_lease_round() every reliq.lease_ttl / 4; workers
+ * only read the outcome in shared memory (reliq_lease_usable), before they
+ * pull and again before they acknowledge.  The rules:
+ *
+ *	 - The holder renews by compare-and-set on the revision it wrote last.
+ *	   Its workers may consume until 3/4 of lease_ttl after the renewal was
+ *	   sent; a renewal refused because the revision moved means someone
+ *	   took over: the cluster is fenced.
+ *	 - A key held by another instance is taken, by compare-and-set, only
+ *	   once this monitor has seen the same revision for a whole lease_ttl
+ *	   on its own clock.  The holder sent that revision before it was first
+ *	   seen, so its workers stopped (3/4 lease_ttl after sending) before.
+ *	   No clocks are compared across machines.
+ *	 - reliq.take_over() writes the key at once; this cluster then waits a
+ *	   lease_ttl before consuming, for the same reason.
+ *	 - Whenever this instance acquires a lease it did not hold, the
+ *	   consumer may be ahead of what this database has applied (the old
+ *	   primary acked batches that never reached this standby; the original
+ *	   went on after the dump).  The database owns the position: the
+ *	   consumer is deleted and made again after the floor this database's
+ *	   own bookkeeping proves applied (reliq._stream_floor, recorded by this
+ *	   lineage only while it held the lease, and replicated in WAL order
+ *	   after the commits it covers), and the ledger absorbs what this
+ *	   database already has.  Streams whose retention deletes acked messages
+ *	   (interest, work queue) cannot redeliver: they are not rewound, and
+ *	   health() says so.
+ *	 - The epoch in shared memory moves at each acquisition, so workers
+ *	   attached before attach anew to the consumer made again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/postmaster.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "lease.h"
+#include "nats_client.h"
+#include "reliq.h"
+#include "shmem.h"
+
+/* What the monitor alone knows of each lease. */
+typedef struct LeaseTrack
+{
+	int64		id;
+	char		key[160];
+	uint64		held;			/* revision this instance wrote last; 0: none */
+	uint64		seen;			/* another holder's revision, as last seen */
+	TimestampTz seen_at;		/* when that revision was first seen */
+	TimestampTz consume_after;	/* ACQUIRING: the former holder is done */
+	bool		present;		/* still a subscription (this round) */
+	bool		no_rewind_noted;
+	ReliqLeaseView view;
+} LeaseTrack;
+
+static LeaseTrack *tracks = NULL;
+static int	ntracks = 0;
+static int	maxtracks = 0;
+static char *my_identity = NULL;
+static char my_instance[32];
+
+long
+reliq_lease_renew_interval_ms(void)
+{
+	return Max(reliq_lease_ttl / 4, 10);
+}
+
+/* The lease value naming this instance (JSON), made once. */
+char *
+reliq_lease_my_identity(void)
+{
+	char		host[128];
+
+	if (my_identity != NULL)
+		return my_identity;
+	if (gethostname(host, sizeof(host)) != 0)
+		strlcpy(host, "unknown", sizeof(host));
+	host[sizeof(host) - 1] = '\0';
+	snprintf(my_instance, sizeof(my_instance), "%016llx",
+			 (unsigned long long) reliq_instance_id);
+	my_identity = MemoryContextStrdup(TopMemoryContext,
+									  psprintf("{\"instance\":\"%s\",\"system\":\"" UINT64_FORMAT "\","
+											   "\"timeline\":%u,\"host\":\"%s\",\"port\":%d,\"database\":\"%s\"}",
+											   my_instance, GetSystemIdentifier(),
+											   GetWALInsertionTimeLine(), host,
+											   PostPortNumber, reliq_database_name));
+	return my_identity;
+}
+
+/* A string field of a lease value; "" if absent.  Values are ours. */
+static char *
+field(const char *value, const char *name)
+{
+	char	   *pattern = psprintf("\"%s\":", name);
+	const char *p = value ? strstr(value, pattern) : NULL;
+	const char *end;
+
+	if (p == NULL)
+		return "";
+	p += strlen(pattern);
+	if (*p == '"')
+	{
+		p++;
+		end = strchr(p, '"');
+	}
+	else
+		end = p + strcspn(p, ",}");
+	return end ? pnstrdup(p, end - p) : "";
+}
+
+static bool
+holder_is_me(const char *value)
+{
+	(void) reliq_lease_my_identity();
+	return strcmp(field(value, "instance"), my_instance) == 0;
+}
+
+/* Another run of this very server (or a file-level copy of it)? */
+static bool
+holder_is_same_lineage(const char *value)
+{
+	return strcmp(field(value, "system"),
+				  psprintf(UINT64_FORMAT, GetSystemIdentifier())) == 0 &&
+		strcmp(field(value, "timeline"),
+			   psprintf("%u", GetWALInsertionTimeLine())) == 0;
+}
+
+static void
+describe_holder(LeaseTrack *t, const char *value)
+{
+	snprintf(t->view.holder, sizeof(t->view.holder),
+			 "system %s timeline %s at %s:%s (database %s, instance %s)",
+			 field(value, "system"), field(value, "timeline"),
+			 field(value, "host"), field(value, "port"),
+			 field(value, "database"), field(value, "instance"));
+}
+
+static void
+describe_me(LeaseTrack *t)
+{
+	describe_holder(t, reliq_lease_my_identity());
+}
+
+static LeaseTrack *
+track_for(const ReliqWatched *w)
+{
+	char		key[160];
+	int			i;
+
+	snprintf(key, sizeof(key), "%s.%s", w->stream, w->consumer);
+	for (i = 0; i < ntracks; i++)
+		if (tracks[i].id == w->id)
+		{
+			if (strcmp(tracks[i].key, key) != 0)
+				break;			/* consumer renamed: start afresh */
+			return &tracks[i];
+		}
+	if (i == ntracks)
+	{
+		if (ntracks == maxtracks)
+		{
+			maxtracks = Max(16, maxtracks * 2);
+			tracks = tracks == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(LeaseTrack) * maxtracks) :
+				repalloc(tracks, sizeof(LeaseTrack) * maxtracks);
+		}
+		ntracks++;
+	}
+	memset(&tracks[i], 0, sizeof(LeaseTrack));
+	tracks[i].id = w->id;
+	strlcpy(tracks[i].key, key, sizeof(tracks[i].key));
+	return &tracks[i];
+}
+
+/*
+ * The database owns the position: make the consumer start again right
+ * after what this database proves applied.  True when done (or when there
+ * is nothing this can do); false to try again next round.
+ */
+static bool
+rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
+{
+	ReliqStreamInfo stream;
+	ReliqConsumerSpec spec;
+	ReliqConsumerInfo info;
+	ReliqSubscription *sub;
+	int64		floor;
+	bool		existed;
+	bool		created;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!reliq_nats_stream_info(conn, w->stream, &stream))
+		return false;
+	if (!stream.found)
+		return true;			/* the workers say so; nothing to rewind */
+	if (!stream.redelivers)
+	{
+		if (!t->no_rewind_noted)
+			ereport(LOG,
+					(errmsg("reliq subscription \"%s\": stream \"%s\" has %s retention, so its consumer cannot be brought back to this database's position",
+							w->name, w->stream, stream.retention),
+					 errdetail("The stream deletes acknowledged messages; what a former owner acknowledged but this database lacks cannot be delivered again."),
+					 errhint("Use synchronous replication (synchronous_commit = on with synchronous_standby_names) so that nothing acknowledged is missing after a failover.")));
+		t->no_rewind_noted = true;
+		return true;
+	}
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading a subscription's position");
+	MemoryContextSwitchTo(cxt);
+	sub = reliq_catalog_load_subscription(w->id);
+	floor = sub ? reliq_catalog_floor(w->id, stream.created_ns) : 0;
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (sub == NULL)
+		return true;			/* dropped meanwhile */
+
+	memset(&spec, 0, sizeof(spec));
+	spec.stream = sub->stream;
+	spec.consumer = sub->consumer;
+	spec.filter_subject = sub->subject;
+	spec.description = psprintf("reliq subscription %s", sub->name);
+	spec.ack_wait_ms = sub->ack_wait_ms;
+	spec.max_ack_pending = reliq_subscription_max_ack_pending(sub);
+	if (floor > 0)
+	{
+		spec.deliver_from = RELIQ_DELIVER_FROM_SEQ;
+		spec.start_seq = floor + 1;
+	}
+	else if (sub->start_new)
+	{
+		/* the subscription's start is its creation, whatever came since */
+		spec.deliver_from = RELIQ_DELIVER_FROM_TIME;
+		spec.start_time_ns = reliq_timestamptz_to_unix_ns(sub->created_at);
+	}
+	else
+		spec.deliver_from = RELIQ_DELIVER_ALL;
+
+	if (!reliq_nats_delete_consumer(conn, sub->stream, sub->consumer, &existed) ||
+		!reliq_nats_ensure_consumer(conn, &spec, &info, &created))
+	{
+		ereport(LOG,
+				(errmsg("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position: %s",
+						w->name, sub->consumer, reliq_nats_last_error())));
+		return false;
+	}
+	ereport(LOG,
+			(errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
+					w->name, sub->consumer,
+					floor > 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
+					sub->start_new ? "the subscription's creation" : "the first message of the stream"),
+			 errdetail("This cluster has just acquired the consumer's lease; redeliveries of what this database already applied are absorbed by its ledger.")));
+	return true;
+}
+
+static void
+become_fenced(LeaseTrack *t, const char *value, uint64 revision,
+			  TimestampTz now)
+{
+	bool		moved = (revision != t->seen);
+
+	if (moved)
+	{
+		t->seen = revision;
+		t->seen_at = now;
+	}
+	describe_holder(t, value);
+	t->view.valid_until = 0;
+
+	/*
+	 * An earlier run of this server whose lease has not run out yet: say
+	 * "acquiring" until its revision moves (then something else is alive
+	 * there, a copy of this server, and this one is fenced).
+	 */
+	if (t->view.state == RELIQ_LEASE_UNKNOWN && holder_is_same_lineage(value))
+		t->view.state = RELIQ_LEASE_ACQUIRING;
+	else if (moved || t->view.state != RELIQ_LEASE_ACQUIRING)
+		t->view.state = RELIQ_LEASE_FENCED;
+}
+
+/* This instance has just written the key over someone else's (or none). */
+static void
+acquired(LeaseTrack *t, uint64 revision, TimestampTz sent, TimestampTz consume_after)
+{
+	t->held = revision;
+	t->seen = 0;
+	t->consume_after = consume_after;
+	t->view.state = RELIQ_LEASE_ACQUIRING;
+	t->view.valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
+	describe_me(t);
+}
+
+/* Renew a lease this instance holds. */
+static void
+renew(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
+	  TimestampTz now)
+{
+	uint64		revision;
+	char	   *value;
+
+	switch (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), t->held, &revision))
+	{
+		case RELIQ_KV_OK:
+			t->held = revision;
+			t->view.valid_until = TimestampTzPlusMilliseconds(now, reliq_lease_ttl * 3 / 4);
+			break;
+		case RELIQ_KV_CONFLICT:
+			if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+				break;
+			if (revision != 0 && holder_is_me(value))
+			{
+				/* a restarted server forgot our last write: carry on */
+				t->held = revision;
+				break;
+			}
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("reliq subscription \"%s\": another cluster took over consumer \"%s\"; this cluster stops consuming it",
+							w->name, w->consumer),
+					 errdetail("The lease is now held by %s.",
+							   revision ? psprintf("%s", value) : "nobody (it was deleted)"),
+					 errhint("To take it back: SELECT reliq.take_over('%s');", w->name)));
+			t->held = 0;
+			t->view.state = RELIQ_LEASE_FENCED;
+			t->view.valid_until = 0;
+			if (revision != 0)
+				become_fenced(t, value, revision, now);
+			break;
+		case RELIQ_KV_ERROR:
+			/* nothing to do: unrenewed, the lease lapses by itself */
+			break;
+	}
+}
+
+/* Look at a lease this instance does not hold, and take it if it may. */
+static void
+try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now)
+{
+	uint64		revision;
+	uint64		written;
+	char	   *value;
+
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+		return;
+	if (revision == 0)
+	{
+		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), 0, &written) == RELIQ_KV_OK)
+			acquired(t, written, now, now);
+		return;
+	}
+	if (holder_is_me(value))
+	{
+		/* the monitor restarted under the same postmaster: still ours */
+		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		{
+			t->held = written;
+			t->view.state = RELIQ_LEASE_OWNED;
+			t->view.valid_until = TimestampTzPlusMilliseconds(now, reliq_lease_ttl * 3 / 4);
+			describe_me(t);
+		}
+		return;
+	}
+	if (revision == t->seen && now - t->seen_at >= (int64) reliq_lease_ttl * 1000)
+	{
+		/* unrenewed for a whole lease_ttl: its holder has stopped */
+		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		{
+			ereport(LOG,
+					(errmsg("reliq: took over the lease of consumer \"%s\", which %s had not renewed for %d ms",
+							t->key, value, reliq_lease_ttl)));
+			acquired(t, written, now, now);
+		}
+		return;
+	}
+	become_fenced(t, value, revision, now);
+}
+
+/* reliq.take_over(): write ourselves over whoever holds it now. */
+static void
+take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
+		  ReliqSubscriptionStats *entry, TimestampTz now)
+{
+	uint64		revision;
+	uint64		written;
+	char	   *value;
+
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision) ||
+		reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) != RELIQ_KV_OK)
+	{
+		pg_atomic_write_u32(&entry->take_over_requested, 1);	/* next round */
+		return;
+	}
+	ereport(LOG,
+			(errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
+					w->name, w->consumer, revision ? value : "nobody", reliq_lease_ttl),
+			 errdetail("The former owner stops within that time, when its own lease runs out.")));
+	acquired(t, written, now, TimestampTzPlusMilliseconds(now, reliq_lease_ttl));
+}
+
+static void
+step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
+{
+	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, true, w->name);
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (entry != NULL && t->held == 0 &&
+		pg_atomic_exchange_u32(&entry->take_over_requested, 0) != 0)
+		take_over(conn, w, t, entry, now);
+	else if (entry != NULL && t->held != 0)
+		pg_atomic_write_u32(&entry->take_over_requested, 0);	/* ours already */
+
+	if (t->held != 0)
+		renew(conn, w, t, now);
+	else
+		try_acquire(conn, t, now);
+
+	if (t->held != 0 && t->view.state == RELIQ_LEASE_ACQUIRING &&
+		GetCurrentTimestamp() >= t->consume_after &&
+		rewind_consumer(conn, w, t))
+	{
+		t->view.state = RELIQ_LEASE_OWNED;
+		t->view.epoch++;
+	}
+	if (entry != NULL)
+		reliq_lease_publish(entry, &t->view);
+}
+
+/*
+ * One round over every subscription (enabled or paused: a paused one stays
+ * owned).  The leases of dropped subscriptions are released.
+ */
+void
+reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
+				  int count)
+{
+	int			i;
+
+	if (reliq_lease_ttl == 0)
+	{
+		ReliqLeaseView off;
+
+		memset(&off, 0, sizeof(off));
+		off.state = RELIQ_LEASE_OFF;
+		for (i = 0; i < count; i++)
+		{
+			ReliqSubscriptionStats *entry = reliq_stats_find(subscriptions[i].id, true,
+															 subscriptions[i].name);
+
+			if (entry != NULL)
+				reliq_lease_publish(entry, &off);
+		}
+		ntracks = 0;
+		return;
+	}
+	if (!reliq_nats_kv_open(conn, reliq_lease_bucket))
+	{
+		ereport(LOG,
+				(errmsg("reliq monitor: could not open the lease bucket \"%s\": %s",
+						reliq_lease_bucket, reliq_nats_last_error())));
+		return;
+	}
+	for (i = 0; i < ntracks; i++)
+		tracks[i].present = false;
+	for (i = 0; i < count; i++)
+	{
+		LeaseTrack *t = track_for(&subscriptions[i]);
+
+		CHECK_FOR_INTERRUPTS();
+		t->present = true;
+		step(conn, &subscriptions[i], t);
+	}
+	for (i = 0; i < ntracks;)
+	{
+		if (!tracks[i].present)
+		{
+			if (tracks[i].held != 0)
+				(void) reliq_nats_kv_delete(conn, tracks[i].key);
+			tracks[i] = tracks[--ntracks];
+		}
+		else
+			i++;
+	}
+}
