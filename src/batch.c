@@ -57,6 +57,7 @@
 #include "batch.h"
 #include "outbox.h"
 #include "reliq.h"
+#include "shmem.h"
 #include "sink.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
@@ -685,6 +686,28 @@ set_delivery_limit_error(ReliqBatchState *state, ReliqMessage *msg,
 }
 
 /*
+ * Dead-letter without running the handler?  A message delivered more than
+ * max_deliver times yet never failed in a handler: its earlier deliveries
+ * died with their worker.  If a worker was seen to die applying it alone
+ * (worker.c records that), it is the culprit.  A message that was merely
+ * received alongside a culprit, and lost with it, has its handler run.
+ * Without a record (a crash restart clears shared memory) the limit is
+ * doubled, so crash loops end all the same.
+ */
+static bool
+beyond_delivery_limit(ReliqBatchState *state, const ReliqMessage *msg)
+{
+	int			limit = state->sub->max_deliver;
+
+	if (msg->delivered <= limit)
+		return false;
+	if (msg->delivered > 2 * limit + 1)
+		return true;
+	return state->stats != NULL &&
+		reliq_stats_deaths(state->stats, msg->stream_seq) > 0;
+}
+
+/*
  * Apply one message whose ledger row the caller has just tried to write:
  * a duplicate if it was recorded already; dead-lettered unheard if it has
  * been delivered more than max_deliver times; otherwise handled.
@@ -695,7 +718,7 @@ apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 {
 	if (!fresh)
 		msg->outcome = RELIQ_OUTCOME_DUPLICATE;
-	else if (msg->delivered > state->sub->max_deliver)
+	else if (beyond_delivery_limit(state, msg))
 	{
 		set_delivery_limit_error(state, msg, batch_cxt);
 		insert_dead_letter(state, msg);
@@ -804,7 +827,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 
 				for (i = 0; i < nmsgs; i++)
 				{
-					if (fresh[i] && msgs[i].delivered <= state->sub->max_deliver)
+					if (fresh[i] && !beyond_delivery_limit(state, &msgs[i]))
 						bulk[nbulk++] = &msgs[i];
 					else
 						apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);

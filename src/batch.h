@@ -35,9 +35,12 @@ typedef struct ReliqBreaker
 } ReliqBreaker;
 
 /* Per-worker state kept across batches. */
+struct ReliqSubscriptionStats;
+
 typedef struct ReliqBatchState
 {
 	ReliqSubscription *sub;
+	struct ReliqSubscriptionStats *stats;	/* may be NULL */
 	int64		stream_created; /* incarnation of the stream attached to */
 	MemoryContext cxt;			/* lives as long as the worker */
 	MemoryContext message_cxt;	/* reset after each message */

@@ -316,6 +316,8 @@ acquired(LeaseTrack *t, uint64 revision, TimestampTz sent, TimestampTz consume_a
 	describe_me(t);
 }
 
+static void try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now);
+
 /* Renew a lease this instance holds. */
 static void
 renew(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
@@ -339,6 +341,17 @@ renew(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 				t->held = revision;
 				break;
 			}
+			if (revision == 0)
+			{
+				/*
+				 * Gone (deleted by hand, or the bucket was lost with a
+				 * server): nobody holds it.  Take it again; as with any
+				 * acquisition, the consumer goes back to our position.
+				 */
+				t->held = 0;
+				try_acquire(conn, t, now);
+				break;
+			}
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_IN_USE),
 					 errmsg("reliq subscription \"%s\": another cluster took over consumer \"%s\"; this cluster stops consuming it",
@@ -348,9 +361,7 @@ renew(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 					 errhint("To take it back: SELECT reliq.take_over('%s');", w->name)));
 			t->held = 0;
 			t->view.state = RELIQ_LEASE_FENCED;
-			t->view.valid_until = 0;
-			if (revision != 0)
-				become_fenced(t, value, revision, now);
+			become_fenced(t, value, revision, now);
 			break;
 		case RELIQ_KV_ERROR:
 			/* nothing to do: unrenewed, the lease lapses by itself */

@@ -27,7 +27,7 @@ PG_FUNCTION_INFO_V1(reliq_metrics);
 
 static const char *const subscription_states[] = {
 	"running", "paused", "stopped", "failing", "backing_off", "disconnected",
-	"connecting"
+	"connecting", "fenced", "acquiring"
 };
 
 /* A label value, escaped as the exposition format wants. */

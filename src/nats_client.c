@@ -971,7 +971,11 @@ reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key, char **value,
 
 	*value = NULL;
 	*revision = 0;
-	Assert(conn->kv != NULL);
+	if (conn->kv == NULL)
+	{
+		remember_message("the lease bucket is not open");
+		return false;
+	}
 	BLOCK_SIGNALS(saved);
 	s = kvStore_Get(&entry, conn->kv, key);
 	if (s == NATS_OK)
@@ -1003,7 +1007,11 @@ reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
 	char	   *current;
 	uint64		current_rev;
 
-	Assert(conn->kv != NULL);
+	if (conn->kv == NULL)
+	{
+		remember_message("the lease bucket is not open");
+		return RELIQ_KV_ERROR;
+	}
 	BLOCK_SIGNALS(saved);
 	if (expected == 0)
 		s = kvStore_CreateString(&rev, conn->kv, key, value);
@@ -1016,6 +1024,15 @@ reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
 		return RELIQ_KV_OK;
 	}
 	remember_error("writing a lease", s, 0);
+	if (s == NATS_NO_RESPONDERS)
+	{
+		/* no stream behind the bucket any more: open (make) it again */
+		BLOCK_SIGNALS(saved);
+		kvStore_Destroy(conn->kv);
+		RESTORE_SIGNALS(saved);
+		conn->kv = NULL;
+		return RELIQ_KV_ERROR;
+	}
 	if (reliq_nats_kv_get(conn, key, &current, &current_rev) &&
 		current_rev != expected)
 		return RELIQ_KV_CONFLICT;
@@ -1028,7 +1045,8 @@ reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key)
 	natsStatus	s;
 	sigset_t	saved;
 
-	Assert(conn->kv != NULL);
+	if (conn->kv == NULL)
+		return false;
 	BLOCK_SIGNALS(saved);
 	s = kvStore_Delete(conn->kv, key);
 	RESTORE_SIGNALS(saved);

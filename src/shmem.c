@@ -778,6 +778,45 @@ reliq_lease_state_name(ReliqLeaseState state)
 	return lease_state_names[state];
 }
 
+/*
+ * A worker died (FATAL: terminated, cancelled out) while applying the
+ * message `seq` in a transaction of its own.  Recorded for the
+ * delivery-limit rule of batch.c; a crash restart forgets it.
+ */
+void
+reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq)
+{
+	int			i;
+
+	SpinLockAcquire(&entry->mutex);
+	for (i = 0; i < RELIQ_DEATHS; i++)
+		if (entry->death_seq[i] == seq)
+			break;
+	if (i == RELIQ_DEATHS)
+	{
+		i = entry->death_next;
+		entry->death_next = (entry->death_next + 1) % RELIQ_DEATHS;
+		entry->death_seq[i] = seq;
+		entry->death_count[i] = 0;
+	}
+	entry->death_count[i]++;
+	SpinLockRelease(&entry->mutex);
+}
+
+int
+reliq_stats_deaths(ReliqSubscriptionStats *entry, int64 seq)
+{
+	int			count = 0;
+	int			i;
+
+	SpinLockAcquire(&entry->mutex);
+	for (i = 0; i < RELIQ_DEATHS; i++)
+		if (entry->death_seq[i] == seq)
+			count = entry->death_count[i];
+	SpinLockRelease(&entry->mutex);
+	return count;
+}
+
 void
 reliq_stats_set_retention(ReliqSubscriptionStats *entry, const char *retention)
 {

@@ -114,6 +114,8 @@ typedef struct ReliqSamples
 	int			count;
 } ReliqSamples;
 
+#define RELIQ_DEATHS 16
+
 typedef struct ReliqSubscriptionStats
 {
 	/* Identity; assigned under ReliqShared->lock.  0 means free. */
@@ -164,6 +166,11 @@ typedef struct ReliqSubscriptionStats
 	/* The lease, written by the monitor (lease.c), and the stream's retention. */
 	ReliqLeaseView lease;
 	char		retention[16];	/* "limits", "interest", "workqueue"; "" unknown */
+
+	/* Messages whose worker died applying them alone (ring). */
+	int64		death_seq[RELIQ_DEATHS];
+	int			death_count[RELIQ_DEATHS];
+	int			death_next;
 	pg_atomic_uint32 take_over_requested;	/* set by reliq.take_over() */
 
 	/* From the catalog, copied by the launcher at each reconciliation. */
@@ -290,6 +297,8 @@ extern void reliq_stats_set_consumer_info(ReliqSubscriptionStats *entry,
 										  int64 redelivered, int64 ack_floor,
 										  int64 max_ack_pending);
 extern int	reliq_stats_snapshot(ReliqStatsSnapshot **snapshots);
+extern void reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq);
+extern int	reliq_stats_deaths(ReliqSubscriptionStats *entry, int64 seq);
 extern void reliq_stats_set_retention(ReliqSubscriptionStats *entry,
 									  const char *retention);
 extern void reliq_lease_publish(ReliqSubscriptionStats *entry,

@@ -127,6 +127,8 @@ typedef struct Worker
 } Worker;
 
 static ReliqWorkerSlot *MySlot = NULL;
+static ReliqSubscriptionStats *MyStats = NULL;
+static int64 applying_alone = 0;	/* the redelivery being applied alone */
 
 static TimestampTz
 after_ms(int64 ms)
@@ -149,6 +151,9 @@ detach_slot(int code, Datum arg)
 {
 	if (MySlot == NULL)
 		return;
+	/* dying while applying one message alone: that message is the cause */
+	if (applying_alone != 0 && MyStats != NULL)
+		reliq_stats_note_death(MyStats, applying_alone);
 	SpinLockAcquire(&MySlot->mutex);
 	MySlot->pid = 0;
 	MySlot->latch = NULL;
@@ -852,10 +857,12 @@ lease_current(Worker *w)
 }
 
 /*
- * May this worker pull?  While the lease is another cluster's (or not
- * known yet), it holds no pull inbox and waits.  When the lease was
- * acquired anew, the consumer was made again at this database's position:
- * attach to it afresh.
+ * May this worker pull?  While another cluster holds the lease (or this
+ * one is taking it over), the worker holds no pull inbox and waits.  While
+ * this cluster's own lease has merely lapsed (the monitor could not renew
+ * it, usually because NATS is unreachable), it keeps its inbox and pulls
+ * nothing until the lease is renewed.  When the lease was acquired anew,
+ * the consumer was made again at this database's position: attach afresh.
  */
 static bool
 lease_allows(Worker *w)
@@ -874,13 +881,18 @@ lease_allows(Worker *w)
 		}
 		return true;
 	}
-	detach(w);
-	set_state(w, RELIQ_WORKER_FENCED);
-	if (w->stats == NULL)
-		note_problem(w, WARNING, "no statistics entry: raise reliq.max_subscriptions");
-	else if (lease.state == RELIQ_LEASE_FENCED)
-		note_problem(w, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
-					 w->sub->consumer, lease.holder, w->sub->name);
+	if (lease.state == RELIQ_LEASE_FENCED || lease.state == RELIQ_LEASE_ACQUIRING)
+	{
+		detach(w);
+		set_state(w, RELIQ_WORKER_FENCED);
+		if (lease.state == RELIQ_LEASE_FENCED)
+			note_problem(w, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
+						 w->sub->consumer, lease.holder, w->sub->name);
+	}
+	else if (w->stats == NULL)
+		note_problem(w, WARNING, "no statistics entry, so no lease: raise reliq.max_subscriptions");
+	else if (w->conn != NULL && w->puller != NULL)
+		(void) connection_usable(w);
 	return false;
 }
 
@@ -1275,7 +1287,11 @@ apply_collected(Worker *w, ReliqMessage *msgs, int n)
 		process_batch(w, first, nfirst, false);
 	for (i = 0; i < n && w->attached && w->nheld == 0; i++)
 		if (msgs[i].delivered > 1)
+		{
+			applying_alone = msgs[i].stream_seq;
 			process_batch(w, &msgs[i], 1, false);
+			applying_alone = 0;
+		}
 	/* what a failing state or a detach left unapplied comes again later */
 	for (; i < n; i++)
 		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn &&
@@ -1394,6 +1410,8 @@ reliq_worker_main(Datum main_arg)
 	if (!load_subscription(&w, subscription_id))
 		proc_exit(0);
 	w.stats = reliq_stats_find(w.sub->id, true, w.sub->name);
+	MyStats = w.stats;
+	w.batch.stats = w.stats;
 	w.outbox_pending = true;	/* a worker before us may have left rows */
 
 	for (;;)
