@@ -22,6 +22,162 @@ COMMENT ON FUNCTION reliq.create_stream(text, text[], integer) IS 'Creates the J
 REVOKE ALL ON FUNCTION reliq.create_stream(text, text[], integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq.create_stream(text, text[], integer) TO reliq_admin;
 
+
+/*
+ * A subscription's position starts at its creation.  The database owns the
+ * position (a cluster that acquires a consumer's lease rewinds it to the
+ * floor its own tables record), so the floor must exist from the first
+ * moment: a subscription made again over a kept consumer continues from
+ * that consumer's position, not from the start of the stream; one made
+ * with start => 'new' starts after the stream's last message.  Written in
+ * create_subscription's transaction, so it replicates with the
+ * subscription row.
+ */
+DROP FUNCTION reliq._ensure_consumer(text, text, text, interval, bigint, text, text);
+CREATE FUNCTION reliq._ensure_consumer(stream text, consumer text, subject text,
+                                       ack_wait interval, max_ack_pending bigint,
+                                       start text, description text)
+RETURNS TABLE (created boolean, num_pending bigint, num_ack_pending bigint,
+               ack_floor bigint, stream_created bigint)
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'reliq_ensure_consumer';
+REVOKE ALL ON FUNCTION reliq._ensure_consumer(text, text, text, interval, bigint, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._ensure_consumer(text, text, text, interval, bigint, text, text) TO reliq_admin;
+
+-- SECURITY DEFINER: reliq's bookkeeping tables are reliq's alone.
+CREATE FUNCTION reliq._record_start(p_subscription_id bigint, p_stream_created bigint, p_ack_floor bigint)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_stream_created IS NULL OR NOT EXISTS (
+           SELECT FROM reliq.subscription s
+            WHERE s.id = p_subscription_id AND pg_has_role(s.owner, 'USAGE')) THEN
+        RETURN;
+    END IF;
+    INSERT INTO reliq._stream_identity (subscription_id, stream_created)
+    VALUES (p_subscription_id, p_stream_created)
+    ON CONFLICT (subscription_id) DO NOTHING;
+    INSERT INTO reliq._stream_floor (subscription_id, stream_created, ack_floor)
+    VALUES (p_subscription_id, p_stream_created, GREATEST(p_ack_floor, 0))
+    ON CONFLICT (subscription_id, stream_created) DO NOTHING;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._record_start(bigint, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._record_start(bigint, bigint, bigint) TO reliq_admin;
+
+CREATE OR REPLACE FUNCTION reliq.create_subscription(
+    subscription_name text,
+    stream            text,
+    subject           text,
+    handler           regprocedure DEFAULT NULL,
+    batch_size        integer DEFAULT 100,
+    concurrency       integer DEFAULT 1,
+    max_deliver       integer DEFAULT 5,
+    backoff           interval[] DEFAULT '{1s,10s,1min}',
+    ack_wait          interval DEFAULT '30s',
+    target            regclass DEFAULT NULL,
+    consumer          text DEFAULT NULL,
+    start             text DEFAULT 'all',
+    enabled           boolean DEFAULT true,
+    handler_timeout   interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_owner    regrole := current_user::regrole;
+    v_consumer text := COALESCE(create_subscription.consumer, 'reliq_' || create_subscription.subscription_name);
+    v_handler  text;
+    v_id       bigint;
+    c          record;
+BEGIN
+    PERFORM reliq._require_admin('create');
+    IF create_subscription.subscription_name IS NULL
+       OR create_subscription.subscription_name !~ '^[A-Za-z0-9_-]{1,48}$' THEN
+        RAISE EXCEPTION 'invalid subscription name "%"', create_subscription.subscription_name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A subscription name has 1 to 48 letters, digits, "_" or "-"; it names the durable consumer reliq_<name>.';
+    END IF;
+    IF v_consumer !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+        RAISE EXCEPTION 'invalid consumer name "%"', v_consumer
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A durable consumer name has 1 to 64 letters, digits, "_" or "-".';
+    END IF;
+    IF create_subscription.stream IS NULL OR create_subscription.subject IS NULL THEN
+        RAISE EXCEPTION 'stream and subject are required'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'subject is the consumer''s filter subject; wildcards are allowed.';
+    END IF;
+    IF (create_subscription.handler IS NULL) = (create_subscription.target IS NULL) THEN
+        RAISE EXCEPTION 'a subscription needs either a handler or a target, not both'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'handler => ''app.on_event(reliq.message)''::regprocedure, or target => ''app.events''::regclass.';
+    END IF;
+    IF create_subscription.start IS NULL OR create_subscription.start NOT IN ('all', 'new') THEN
+        RAISE EXCEPTION 'start must be ''all'' or ''new'', not %', quote_nullable(create_subscription.start)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = '''all'' processes the stream from its first message, ''new'' from the next message published.';
+    END IF;
+    IF create_subscription.batch_size IS NULL OR create_subscription.concurrency IS NULL
+       OR create_subscription.max_deliver IS NULL OR create_subscription.backoff IS NULL
+       OR create_subscription.ack_wait IS NULL OR create_subscription.enabled IS NULL THEN
+        RAISE EXCEPTION 'batch_size, concurrency, max_deliver, backoff, ack_wait and enabled must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM reliq._check_settings(create_subscription.subscription_name,
+                                  create_subscription.batch_size, create_subscription.concurrency,
+                                  create_subscription.max_deliver, create_subscription.backoff,
+                                  create_subscription.ack_wait, create_subscription.handler_timeout);
+    IF create_subscription.handler IS NOT NULL THEN
+        v_handler := reliq._check_handler(create_subscription.handler, v_owner);
+    ELSE
+        PERFORM reliq._check_target(create_subscription.target, v_owner);
+    END IF;
+    IF EXISTS (SELECT FROM reliq.subscription s WHERE s.subscription_name = create_subscription.subscription_name) THEN
+        RAISE EXCEPTION 'subscription "%" already exists', create_subscription.subscription_name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Change it with reliq.alter_subscription, or drop it first with reliq.drop_subscription.';
+    END IF;
+    IF EXISTS (SELECT FROM reliq.subscription s
+                WHERE s.stream = create_subscription.stream AND s.consumer = v_consumer) THEN
+        RAISE EXCEPTION 'consumer "%" of stream "%" is already used by another subscription', v_consumer, create_subscription.stream
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Name another durable consumer with the consumer argument.';
+    END IF;
+
+    SELECT * INTO c FROM reliq._ensure_consumer(create_subscription.stream, v_consumer, create_subscription.subject,
+                                                create_subscription.ack_wait,
+                                                reliq._max_ack_pending(create_subscription.batch_size,
+                                                                       create_subscription.concurrency),
+                                                create_subscription.start,
+                                                'reliq subscription ' || create_subscription.subscription_name);
+    IF NOT c.created THEN
+        RAISE NOTICE 'durable consumer "%" already exists on stream "%": the subscription continues from its position',
+            v_consumer, create_subscription.stream
+            USING DETAIL = format('%s messages are pending and %s await acknowledgement.', c.num_pending, c.num_ack_pending);
+    END IF;
+
+    INSERT INTO reliq.subscription (subscription_name, stream, subject, consumer, handler, target,
+                                    batch_size, concurrency, max_deliver, backoff, ack_wait,
+                                    handler_timeout, start, enabled, owner)
+    VALUES (create_subscription.subscription_name, create_subscription.stream, create_subscription.subject,
+            v_consumer, v_handler, create_subscription.target,
+            create_subscription.batch_size, create_subscription.concurrency, create_subscription.max_deliver,
+            create_subscription.backoff, create_subscription.ack_wait, create_subscription.handler_timeout,
+            create_subscription.start, create_subscription.enabled, v_owner)
+    RETURNING id INTO v_id;
+    -- The subscription's position starts where its consumer stands now
+    -- (see reliq._record_start).
+    PERFORM reliq._record_start(v_id, c.stream_created, c.ack_floor);
+    PERFORM reliq._warn_worker_budget();
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval)
+    IS 'Creates a subscription and its durable consumer; its workers start within a second';
+
 /*
  * Leases: which PostgreSQL cluster owns each consumer
  */

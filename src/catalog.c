@@ -410,7 +410,8 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 
 /*
  * The floor recorded for this stream incarnation: every matching message
- * at or below it was applied in this database (0: none is known).
+ * at or below it was applied in this database, or lay before the
+ * subscription's start.  -1 when none is recorded.
  */
 int64
 reliq_catalog_floor(int64 subscription_id, int64 stream_created)
@@ -418,7 +419,7 @@ reliq_catalog_floor(int64 subscription_id, int64 stream_created)
 	Oid			argtypes[2] = {INT8OID, INT8OID};
 	Datum		args[2] = {Int64GetDatum(subscription_id),
 	Int64GetDatum(stream_created)};
-	int64		floor = 0;
+	int64		floor = -1;
 	int			nest;
 
 	SPI_connect();

@@ -31,7 +31,8 @@
  *	   primary acked batches that never reached this standby; the original
  *	   went on after the dump).  The database owns the position: the
  *	   consumer is deleted and made again after the floor this database's
- *	   own bookkeeping proves applied (reliq._stream_floor, recorded by this
+ *	   own bookkeeping proves applied (reliq._stream_floor: written where
+ *	   the consumer stood when the subscription was created, raised by this
  *	   lineage only while it held the lease, and replicated in WAL order
  *	   after the commits it covers), and the ledger absorbs what this
  *	   database already has.  Streams whose retention deletes acked messages
@@ -233,7 +234,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading a subscription's position");
 	MemoryContextSwitchTo(cxt);
 	sub = reliq_catalog_load_subscription(w->id);
-	floor = sub ? reliq_catalog_floor(w->id, stream.created_ns) : 0;
+	floor = sub ? reliq_catalog_floor(w->id, stream.created_ns) : -1;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
@@ -248,7 +249,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	spec.description = psprintf("reliq subscription %s", sub->name);
 	spec.ack_wait_ms = sub->ack_wait_ms;
 	spec.max_ack_pending = reliq_subscription_max_ack_pending(sub);
-	if (floor > 0)
+	if (floor >= 0)
 	{
 		spec.deliver_from = RELIQ_DELIVER_FROM_SEQ;
 		spec.start_seq = floor + 1;
@@ -273,7 +274,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	ereport(LOG,
 			(errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
 					w->name, sub->consumer,
-					floor > 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
+					floor >= 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
 					sub->start_new ? "the subscription's creation" : "the first message of the stream"),
 			 errdetail("This cluster has just acquired the consumer's lease; redeliveries of what this database already applied are absorbed by its ledger.")));
 	return true;

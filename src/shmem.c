@@ -544,6 +544,10 @@ summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworker
 
 	if (s->catalog_known && !s->enabled)
 		return "paused";
+	/* fenced workers hold no connection on purpose: not "disconnected" */
+	if (s->lease.state == RELIQ_LEASE_FENCED ||
+		s->lease.state == RELIQ_LEASE_ACQUIRING)
+		s->disconnected_since = 0;
 	if (s->lease.state == RELIQ_LEASE_FENCED)
 		return "fenced";
 	if (s->lease.state == RELIQ_LEASE_ACQUIRING)

@@ -1214,6 +1214,8 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 		w->outbox_pending = true;
 	if (!may_acknowledge(w, GetFlushRecPtr(NULL)))
 	{
+		/* committed, so counted; unacked, so redelivered (as duplicates) */
+		count_batch(w, probe ? 0 : n, &result);
 		w->nheld = 0;
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return;
