@@ -28,6 +28,7 @@ my $f = ReliqTest::Faults::run(
 print $out "$_\n" for ReliqTest::Faults::report($f);
 my $ok = $f->{lost} == 0 && $f->{duplicated} == 0 && $f->{dead_lettered} == 0
   && $f->{probes_lost} == 0 && $f->{probes_duplicated} == 0
-  && $f->{crash_restarts} == $f->{expected_restarts} && $f->{idle};
+  && $f->{crash_restarts} == $f->{expected_restarts} && $f->{idle}
+  && $f->{reliq_outlived_postmaster} == 0;
 print $out $ok ? "PASS\n" : "FAIL\n";
 exit($ok ? 0 : 1);

@@ -23,6 +23,8 @@ is("$f->{probes_lost}|$f->{probes_duplicated}", '0|0', 'every probe applied once
 is($f->{dead_lettered}, 0, 'nothing dead-lettered');
 is($f->{crash_restarts}, $f->{expected_restarts},
 	'the postmaster crash-restarted only after the test killed a worker');
+is($f->{reliq_outlived_postmaster}, 0,
+	'no reliq process outlived a killed postmaster (each exited by itself)');
 for my $kind (@ReliqTest::Faults::KINDS)
 {
 	is($f->{faults}{$kind}, $ENV{RELIQ_FAULT_PER_KIND} // 3, "$kind fired");

@@ -6,6 +6,9 @@
 #   pg_immediate       pg_ctl stop -m immediate, then start
 #   worker_kill9       kill -9 of one reliq worker (the postmaster then
 #                      restarts every backend: PostgreSQL's own rule)
+#   postmaster_kill9   kill -9 of the postmaster alone; every reliq process
+#                      must exit by itself (bounded wait, time printed);
+#                      the backends left are killed, then a start
 #   nats_kill9         kill -9 of nats-server, then start (same store)
 #   nats_sigstop       SIGSTOP nats-server for longer than ack_wait, SIGCONT
 #   proxy_cut          the TCP connection between reliq and nats-server cut
@@ -19,7 +22,8 @@
 # latency of a probe message published when the fault ended, until it is
 # applied (it waits behind whatever backlog the fault built up).  What
 # must hold: every message applied exactly once, nothing dead-lettered,
-# the postmaster restarted only by the test's own kills.
+# the postmaster restarted only by the test's own kills, no reliq process
+# outliving a killed postmaster.
 package ReliqTest::Faults;
 
 use strict;
@@ -31,11 +35,16 @@ use Time::HiRes qw(sleep time);
 use ReliqTest::Nats;
 use ReliqTest::Node;
 use ReliqTest::Proxy;
+use ReliqTest::Replication ();
 
-our @KINDS = qw(pg_immediate worker_kill9 nats_kill9 nats_sigstop proxy_cut
-  proxy_blackhole lock_timeout statement_timeout);
+our @KINDS = qw(pg_immediate worker_kill9 postmaster_kill9 nats_kill9 nats_sigstop
+  proxy_cut proxy_blackhole lock_timeout statement_timeout);
 
 my $ACK_WAIT = 3;    # seconds; SIGSTOP lasts longer than this
+
+# Longest wait for the reliq processes of a killed postmaster to exit:
+# only to turn one that never does into a failure.
+my $PM_DEATH_WAIT = 30;
 
 # run(messages => N, per_kind => K, seed => S, say => sub { print ... })
 # Returns a hash of figures.
@@ -85,6 +94,8 @@ SQL
 	my (%count, %recovery, %probe_latency);
 	my $probes = 0;
 	my $kills = 0;
+	my @pm_death_exit;    # seconds until the reliq processes exited
+	my $outlived = 0;     # postmaster kills some reliq process outlived
 	my $locker;
 	for my $i (0 .. $#faults)
 	{
@@ -109,6 +120,30 @@ SQL
 				sleep 0.5;
 				$node->poll_query_until('postgres', 'SELECT true');
 			}
+		}
+		elsif ($kind eq 'postmaster_kill9')
+		{
+			# The postmaster alone dies (an OOM kill, an operator's
+			# mistake).  Every reliq process must notice and exit by
+			# itself; the other backends are then killed by PID, as
+			# an operator would before starting the cluster again (the
+			# new postmaster refuses to start while they hold the old
+			# shared memory).
+			my @reliq = ReliqTest::Replication::reliq_pids($node);
+			my @left = ReliqTest::Replication::kill_postmaster($node);
+			my ($gone, $secs, $alive) =
+			  ReliqTest::Replication::wait_pids_gone(\@reliq, $PM_DEATH_WAIT);
+			push @pm_death_exit, $secs;
+			$outlived++ unless $gone;
+			$say->(sprintf('       postmaster killed: %d reliq processes %s after %.2f s%s',
+					scalar @reliq, $gone ? 'exited' : 'STILL ALIVE', $secs,
+					$gone ? '' : " (pids @$alive)"));
+			ReliqTest::Replication::kill_pids(@left);
+			my ($others_gone, undef, $others) =
+			  ReliqTest::Replication::wait_pids_gone(\@left, 30);
+			die "processes @$others of the killed postmaster survived SIGKILL\n"
+			  unless $others_gone;
+			ReliqTest::Replication::start_after_kill($node);
 		}
 		elsif ($kind eq 'nats_kill9')
 		{
@@ -205,6 +240,9 @@ SQL
 		duplicates_absorbed  => $stats->{duplicates},
 		crash_restarts       => $crash_restarts,
 		expected_restarts    => $kills,
+		postmaster_kills     => scalar @pm_death_exit,
+		reliq_outlived_postmaster => $outlived,
+		reliq_exit_after_postmaster_max => max(0, @pm_death_exit),
 		faults               => \%count,
 		recovery             => \%recovery,
 		longest_recovery     => max(values %recovery),
@@ -238,6 +276,10 @@ sub report
 			$f->{probes}, $f->{probes_lost}, $f->{probes_duplicated}, $f->{duplicates_absorbed}),
 		sprintf('postmaster crash-restarts: %d (the test killed %d workers); seed %d',
 			$f->{crash_restarts}, $f->{expected_restarts}, $f->{seed}),
+		sprintf('postmaster killed alone %d times: reliq processes exited within %.2f s at most, '
+			  . '%d times some outlived it (%d s)',
+			$f->{postmaster_kills}, $f->{reliq_exit_after_postmaster_max},
+			$f->{reliq_outlived_postmaster}, $PM_DEATH_WAIT),
 		sprintf('%-18s %6s %14s %18s', 'fault', 'count', 'recovery max', 'probe latency max'),
 	);
 	for my $kind (@KINDS)
