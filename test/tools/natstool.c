@@ -8,6 +8,9 @@
  * Usage:
  *	natstool [--url URL] [--timeout MS] COMMAND ARGS...
  *
+ *	URL may list several servers, comma-separated (a cluster, as in
+ *	reliq.nats_url); the client connects to any and reconnects to any.
+ *
  *	publish SUBJECT [--count N] [--start K] [--payload FMT] [--msg-id FMT]
  *			[--header KEY=VALUE]... [--rate R] [--retry-for SECONDS]
  *		JetStream-publishes N messages with indexes K..K+N-1 and waits until
@@ -266,7 +269,33 @@ connect_nats(int64_t retry_until, bool verbose_reconnect)
 
 	s = natsOptions_Create(&opts);
 	if (s == NATS_OK)
-		s = natsOptions_SetURL(opts, opt_url);
+	{
+		/*
+		 * URL may be a comma-separated list (a cluster), as reliq.nats_url:
+		 * the client connects to one of them and reconnects to any.
+		 */
+		char	   *urls = strdup(opt_url);
+		const char *servers[64];
+		int			nservers = 0;
+		char	   *saveptr = NULL;
+		char	   *tok;
+
+		if (urls == NULL)
+		{
+			fprintf(stderr, "natstool: out of memory\n");
+			exit(EXIT_FAIL);
+		}
+		for (tok = strtok_r(urls, ", ", &saveptr);
+			 tok != NULL && nservers < 64;
+			 tok = strtok_r(NULL, ", ", &saveptr))
+			servers[nservers++] = tok;
+		if (nservers <= 1)
+			s = natsOptions_SetURL(opts, opt_url);
+		else
+			s = natsOptions_SetServers(opts, servers, nservers);
+		/* the options keep their own copies */
+		free(urls);
+	}
 	if (s == NATS_OK)
 		s = natsOptions_SetTimeout(opts, opt_timeout);	/* connect timeout */
 	if (s == NATS_OK)

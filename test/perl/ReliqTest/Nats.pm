@@ -206,19 +206,21 @@ sub _append_log
 
 =pod
 
-=item $nats->start
+=item $nats->start(wait => 0)
 
 Writes the config file (listen 127.0.0.1:PORT, server_name, JetStream
 store_dir, log_file, no monitoring port), starts nats-server in the
 background and waits (at most $START_TIMEOUT s) until C<$JS.API.INFO>
 answers through natstool.  Dies with the tail of the server log if the
-server exits or does not answer.
+server exits or does not answer.  With wait => 0 it returns as soon as
+the process is started (a cluster member cannot answer before a quorum
+of its peers is up: ReliqTest::NatsCluster waits for the cluster itself).
 
 =cut
 
 sub start
 {
-	my $self = shift;
+	my ($self, %o) = @_;
 
 	croak "nats-server $self->{name} is already running (pid $self->{pid})"
 	  if $self->is_running;
@@ -254,6 +256,7 @@ sub start
 		POSIX::_exit(127);
 	}
 	$self->{pid} = $pid;
+	return $self if exists $o{wait} && !$o{wait};
 
 	my $deadline = time() + $START_TIMEOUT;
 	while (1)
@@ -328,9 +331,10 @@ SIGKILL to the server's PID and reap it.
 
 SIGSTOP / SIGCONT to the server's PID.
 
-=item $nats->restart
+=item $nats->restart(wait => 0)
 
-stop then start: same port, same config, same JetStream store.
+stop then start (with the same options): same port, same config, same
+JetStream store.
 
 =cut
 
@@ -368,9 +372,9 @@ sub sigcont
 
 sub restart
 {
-	my $self = shift;
+	my ($self, %o) = @_;
 	$self->stop;
-	return $self->start;
+	return $self->start(%o);
 }
 
 # Run natstool synchronously: returns (success, stdout, stderr, exit code).
