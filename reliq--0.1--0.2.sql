@@ -38,7 +38,7 @@ CREATE FUNCTION reliq._ensure_consumer(stream text, consumer text, subject text,
                                        ack_wait interval, max_ack_pending bigint,
                                        start text, description text)
 RETURNS TABLE (created boolean, num_pending bigint, num_ack_pending bigint,
-               ack_floor bigint, stream_created bigint)
+               ack_floor bigint, stream_created bigint, stream_retention text)
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'reliq_ensure_consumer';
 REVOKE ALL ON FUNCTION reliq._ensure_consumer(text, text, text, interval, bigint, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq._ensure_consumer(text, text, text, interval, bigint, text, text) TO reliq_admin;
@@ -171,6 +171,12 @@ BEGIN
     -- The subscription's position starts where its consumer stands now
     -- (see reliq._record_start).
     PERFORM reliq._record_start(v_id, c.stream_created, c.ack_floor);
+    IF c.stream_retention IN ('interest', 'workqueue') THEN
+        RAISE WARNING 'stream "%" has % retention: after a failover with asynchronous replication, messages acknowledged by the old primary but not yet on the standby cannot be delivered again',
+            create_subscription.stream, c.stream_retention
+            USING DETAIL = 'The stream deletes messages once acknowledged, so reliq cannot bring the consumer back to the new primary''s position.',
+                  HINT = 'Use synchronous replication (synchronous_standby_names, synchronous_commit = on), or a stream with limits retention.';
+    END IF;
     PERFORM reliq._warn_worker_budget();
     RETURN v_id;
 END

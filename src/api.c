@@ -175,9 +175,9 @@ reliq_create_stream(PG_FUNCTION_ARGS)
  * reliq._ensure_consumer(stream, consumer, subject, ack_wait,
  * max_ack_pending, start, description): create or update the durable
  * consumer of a subscription, from create/alter_subscription.  Returns
- * whether it was created, its pending counts, and (0.2) its ack floor and
- * the stream's creation time; the 0.1 SQL declares only the first three
- * columns, and the rest are left out of its rows.
+ * whether it was created, its pending counts, and (0.2) its ack floor, the
+ * stream's creation time and retention; the 0.1 SQL declares only the
+ * first three columns, and the rest are left out of its rows.
  */
 Datum
 reliq_ensure_consumer(PG_FUNCTION_ARGS)
@@ -188,8 +188,8 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	char	   *start = text_to_cstring(PG_GETARG_TEXT_PP(5));
 	bool		created = false;
 	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {false};
+	Datum		values[6];
+	bool		nulls[6] = {false};
 
 	memset(&spec, 0, sizeof(spec));
 	spec.stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -227,11 +227,19 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	values[0] = BoolGetDatum(created);
 	values[1] = Int64GetDatum(info.num_pending);
 	values[2] = Int64GetDatum(info.num_ack_pending);
-	/* 0.2: where the consumer stands, in which incarnation of the stream */
-	values[3] = Int64GetDatum(info.ack_floor_stream_seq);
-	nulls[4] = !(reliq_nats_stream_info(reliq_nats_session_connection(),
-										spec.stream, &stream) && stream.found);
+	/*
+	 * 0.2: where the consumer stands (its ack floor; for one just made,
+	 * where it starts: a new consumer reports an ack floor of 0 even when
+	 * it starts after the stream's last message), in which incarnation of
+	 * the stream, and that stream's retention.
+	 */
+	values[3] = Int64GetDatum(created ?
+							  Max(info.ack_floor_stream_seq, info.delivered_stream_seq) :
+							  info.ack_floor_stream_seq);
+	nulls[4] = nulls[5] = !(reliq_nats_stream_info(reliq_nats_session_connection(),
+												   spec.stream, &stream) && stream.found);
 	values[4] = Int64GetDatum(stream.created_ns);
+	values[5] = nulls[5] ? (Datum) 0 : CStringGetTextDatum(stream.retention);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

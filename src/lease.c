@@ -40,6 +40,10 @@
  *	   health() says so.
  *	 - The epoch in shared memory moves at each acquisition, so workers
  *	   attached before attach anew to the consumer made again.
+ *	 - A clean shutdown (postmaster.pid says "stopping") releases the
+ *	   leases once the launcher and every worker have exited: the value is
+ *	   marked released, by compare-and-set, and the next cluster takes it
+ *	   at once.  A switchover or a restart then waits for no lease_ttl.
  *
  *-------------------------------------------------------------------------
  */
@@ -52,6 +56,10 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/postmaster.h"
+#include "storage/ipc.h"
+#include "storage/fd.h"
+#include "storage/pmsignal.h"
+#include "utils/pidfile.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -398,6 +406,18 @@ try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now)
 		}
 		return;
 	}
+	if (strcmp(field(value, "released"), "true") == 0)
+	{
+		/* its holder shut down cleanly, after its workers had exited */
+		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		{
+			ereport(LOG,
+					(errmsg("reliq: took over the lease of consumer \"%s\", released by %s at its shutdown",
+							t->key, value)));
+			acquired(t, written, now, now);
+		}
+		return;
+	}
 	if (revision == t->seen && now - t->seen_at >= (int64) reliq_lease_ttl * 1000)
 	{
 		/* unrenewed for a whole lease_ttl: its holder has stopped */
@@ -463,6 +483,18 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 		reliq_lease_publish(entry, &t->view);
 }
 
+/* Does a live subscription use this key (one dropped and made again)? */
+static bool
+key_in_use(const char *key)
+{
+	int			i;
+
+	for (i = 0; i < ntracks; i++)
+		if (tracks[i].present && strcmp(tracks[i].key, key) == 0)
+			return true;
+	return false;
+}
+
 /*
  * One round over every subscription (enabled or paused: a paused one stays
  * owned).  The leases of dropped subscriptions are released.
@@ -503,6 +535,9 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 	{
 		LeaseTrack *t = track_for(&subscriptions[i]);
 
+		/* a dead postmaster's cluster must not look alive to a successor */
+		if (!PostmasterIsAlive())
+			proc_exit(1);
 		CHECK_FOR_INTERRUPTS();
 		t->present = true;
 		step(conn, &subscriptions[i], t);
@@ -511,11 +546,92 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 	{
 		if (!tracks[i].present)
 		{
-			if (tracks[i].held != 0)
+			if (tracks[i].held != 0 && !key_in_use(tracks[i].key))
 				(void) reliq_nats_kv_delete(conn, tracks[i].key);
 			tracks[i] = tracks[--ntracks];
 		}
 		else
 			i++;
+	}
+}
+
+/* Is the postmaster shutting down (not merely restarting a process)? */
+static bool
+server_stopping(void)
+{
+	FILE	   *file = AllocateFile("postmaster.pid", "r");
+	char		line[128];
+	int			lineno = 0;
+	bool		stopping = false;
+
+	if (file == NULL)
+		return false;
+	while (fgets(line, sizeof(line), file) != NULL)
+		if (++lineno == LOCK_FILE_LINE_PM_STATUS)
+		{
+			stopping = strncmp(line, PM_STATUS_STOPPING, strlen(PM_STATUS_STOPPING)) == 0;
+			break;
+		}
+	FreeFile(file);
+	return stopping;
+}
+
+/* Have the launcher and every worker exited (waiting up to wait_ms)? */
+static bool
+workers_gone(int wait_ms)
+{
+	int			waited;
+
+	for (waited = 0; waited <= wait_ms; waited += 10)
+	{
+		bool		gone;
+		int			i;
+
+		SpinLockAcquire(&reliq_shared->mutex);
+		gone = (reliq_shared->launcher_pid == 0);
+		SpinLockRelease(&reliq_shared->mutex);
+		for (i = 0; gone && i < reliq_shared->max_workers; i++)
+		{
+			ReliqWorkerSlot *slot = &reliq_shared->slots[i];
+
+			SpinLockAcquire(&slot->mutex);
+			gone = (slot->pid == 0);
+			SpinLockRelease(&slot->mutex);
+		}
+		if (gone)
+			return true;
+		pg_usleep(10000L);
+	}
+	return false;
+}
+
+/*
+ * At the monitor's exit: if the server is shutting down cleanly and no
+ * launcher or worker is left (so nothing of this cluster can pull or ack
+ * any more: workers close their NATS connection before they free their
+ * slot), mark every lease held as released, so that the next owner (the
+ * promoted standby of a switchover, this server restarted) need not wait
+ * for it to run out.  Otherwise the leases run out by themselves.
+ */
+void
+reliq_lease_release_all(ReliqNatsConnection *conn)
+{
+	char	   *released;
+	int			i;
+
+	if (conn == NULL || !reliq_nats_is_connected(conn) || reliq_lease_ttl == 0 ||
+		!server_stopping() || !workers_gone(Min(reliq_nats_timeout, 2000)))
+		return;
+	released = psprintf("%.*s,\"released\":true}",
+						(int) strlen(reliq_lease_my_identity()) - 1,
+						reliq_lease_my_identity());
+	for (i = 0; i < ntracks; i++)
+	{
+		uint64		revision;
+
+		if (tracks[i].held != 0 &&
+			reliq_nats_kv_put(conn, tracks[i].key, released, tracks[i].held,
+							  &revision) == RELIQ_KV_OK)
+			tracks[i].held = 0;
 	}
 }

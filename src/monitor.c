@@ -31,6 +31,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -153,10 +154,18 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	note("");
 }
 
+static ReliqNatsConnection *conn = NULL;
+
+/* Before shared memory goes: release the leases at a clean shutdown. */
+static void
+monitor_exit(int code, Datum arg)
+{
+	reliq_lease_release_all(conn);
+}
+
 void
 reliq_monitor_main(Datum main_arg)
 {
-	ReliqNatsConnection *conn = NULL;
 	MemoryContext cxt;
 	TimestampTz next_watch = 0;
 	TimestampTz next_lease = 0;
@@ -169,6 +178,7 @@ reliq_monitor_main(Datum main_arg)
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "reliq monitor",
 								ALLOCSET_DEFAULT_SIZES);
+	before_shmem_exit(monitor_exit, (Datum) 0);
 	for (;;)
 	{
 		TimestampTz now;

@@ -560,6 +560,13 @@ reliq_nats_session_connection(void)
 	return session_conn;
 }
 
+/* The session's connection, without making one. */
+ReliqNatsConnection *
+reliq_nats_session_connection_if_any(void)
+{
+	return session_conn;
+}
+
 void
 reliq_nats_adopt_session_connection(ReliqNatsConnection *conn)
 {

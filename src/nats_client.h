@@ -37,6 +37,7 @@ extern bool reliq_nats_is_connected(ReliqNatsConnection *conn);
 extern uint64 reliq_nats_reconnect_count(ReliqNatsConnection *conn);
 extern bool reliq_nats_settings_changed(ReliqNatsConnection *conn);
 extern ReliqNatsConnection *reliq_nats_session_connection(void);
+extern ReliqNatsConnection *reliq_nats_session_connection_if_any(void);
 extern void reliq_nats_adopt_session_connection(ReliqNatsConnection *conn);
 
 /* Streams and consumers */

@@ -146,6 +146,17 @@ ms_until(TimestampTz when)
 	return secs * 1000 + usecs / 1000;
 }
 
+/*
+ * Close the NATS connection (sending what it buffered) before the slot is
+ * freed: a free slot promises the monitor that this worker can send
+ * nothing more (lease.c releases leases at a clean shutdown on that).
+ */
+static void
+close_connection(int code, Datum arg)
+{
+	reliq_nats_close(reliq_nats_session_connection_if_any());
+}
+
 static void
 detach_slot(int code, Datum arg)
 {
@@ -197,6 +208,7 @@ attach_slot(Worker *w, int slot_index, uint64 generation)
 	w->slot = slot;
 	MySlot = slot;
 	on_shmem_exit(detach_slot, (Datum) 0);
+	before_shmem_exit(close_connection, (Datum) 0);
 	return true;
 }
 
