@@ -869,6 +869,25 @@ lease_current(Worker *w)
 }
 
 /*
+ * The consumer attached to is another cluster's now, or was made again:
+ * drop the inbox and any held batch (its reply subjects name deliveries of
+ * the consumer as it was; an ack sent there could ack a delivery of the new
+ * one).  Those messages come again from wherever they belong.
+ */
+static void
+forget_consumer(Worker *w)
+{
+	detach(w);
+	if (w->nheld > 0)
+	{
+		w->nheld = 0;
+		w->held = NULL;
+		MemoryContextDelete(w->held_cxt);
+		w->held_cxt = NULL;
+	}
+}
+
+/*
  * May this worker pull?  While another cluster holds the lease (or this
  * one is taking it over), the worker holds no pull inbox and waits.  While
  * this cluster's own lease has merely lapsed (the monitor could not renew
@@ -888,14 +907,14 @@ lease_allows(Worker *w)
 	{
 		if (lease.state == RELIQ_LEASE_OWNED && lease.epoch != w->lease_epoch)
 		{
-			detach(w);
+			forget_consumer(w);
 			w->lease_epoch = lease.epoch;
 		}
 		return true;
 	}
 	if (lease.state == RELIQ_LEASE_FENCED || lease.state == RELIQ_LEASE_ACQUIRING)
 	{
-		detach(w);
+		forget_consumer(w);
 		set_state(w, RELIQ_WORKER_FENCED);
 		if (lease.state == RELIQ_LEASE_FENCED)
 			note_problem(w, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
@@ -978,7 +997,6 @@ may_acknowledge(Worker *w, XLogRecPtr flushed)
 	if (lease_current(w))
 		return true;
 	note_problem(w, LOG, "the lease lapsed during a batch; its messages are left unacknowledged");
-	detach(w);
 	return false;
 }
 
@@ -1228,7 +1246,7 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 	{
 		/* committed, so counted; unacked, so redelivered (as duplicates) */
 		count_batch(w, probe ? 0 : n, &result);
-		w->nheld = 0;
+		forget_consumer(w);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return;
 	}
@@ -1334,8 +1352,7 @@ hold_step(Worker *w)
 	if (!lease_current(w))
 	{
 		/* no longer ours: leave the held batch to the owner */
-		w->nheld = 0;
-		detach(w);
+		forget_consumer(w);
 		return;
 	}
 	if (now >= w->next_progress && reliq_nats_is_connected(w->conn))
