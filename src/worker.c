@@ -922,8 +922,8 @@ lease_allows(Worker *w)
 	}
 	else if (w->stats == NULL)
 		note_problem(w, WARNING, "no statistics entry, so no lease: raise reliq.max_subscriptions");
-	else if (w->conn != NULL && w->puller != NULL)
-		(void) connection_usable(w);
+	else if (w->conn != NULL && w->puller != NULL && connection_usable(w))
+		set_state(w, RELIQ_WORKER_CONNECTING);	/* until the lease is renewed */
 	return false;
 }
 

@@ -138,8 +138,11 @@ is($node->safe_psql('postgres', q{SELECT status, reasons FROM reliq.health() WHE
 	'ok|{paused}', 'paused is ok, and says so');
 
 # Worker status and logs.
-is($node->safe_psql('postgres', q{SELECT state, connected, batch_size FROM reliq.worker_status WHERE subscription_name = 'obs'}),
-	'fetching|t|100', 'worker_status');
+# (each worker resumes once the monitor has renewed its lease, which lapsed
+# while nats-server was away)
+ok(wait_for($node, q{SELECT (state, connected, batch_size) = ('fetching', true, 100)
+                       FROM reliq.worker_status WHERE subscription_name = 'obs'}),
+	'worker_status');
 my $log = slurp_file($node->logfile);
 my $disconnects = () = $log =~ /reliq subscription "steady": disconnected from NATS/g;
 is($disconnects, 1, 'one LOG line for the disconnection, not one per retry');
