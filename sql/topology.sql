@@ -22,7 +22,7 @@ SELECT count(*) AS published FROM (
       FROM generate_series(1, 5) g) p;
 SELECT reliq.create_subscription('topo_new', stream => 'TOPO', subject => 'topo.>',
                                  handler => 'app.topo_handler(reliq.message)'::regprocedure,
-                                 start => 'new') > 0 AS created;
+                                 start => 'new', ack_wait => '5s') > 0 AS created;
 SELECT f.ack_floor AS floor_at_creation, i.stream_created = f.stream_created AS same_stream
   FROM reliq.subscription s
   JOIN reliq._stream_floor f ON f.subscription_id = s.id
@@ -52,7 +52,8 @@ SELECT count(*) AS published FROM (
       FROM generate_series(9, 10) g) p;
 SET client_min_messages = warning;  -- the notice's counts depend on timing
 SELECT reliq.create_subscription('topo_new', stream => 'TOPO', subject => 'topo.>',
-                                 handler => 'app.topo_handler(reliq.message)'::regprocedure) > 0 AS created;
+                                 handler => 'app.topo_handler(reliq.message)'::regprocedure,
+                                 ack_wait => '5s') > 0 AS created;
 RESET client_min_messages;
 SELECT wait_until($$(SELECT count(*) = 5 FROM app.topo)$$) AS caught_up;
 SELECT reliq.wait_idle('topo_new', '60s');

@@ -76,6 +76,7 @@ struct ReliqPuller
 	int			requested;
 	int			received;
 	TimestampTz deadline;		/* when an unanswered pull is given up */
+	TimestampTz expires_at;		/* when the server ends the outstanding pull */
 	int			end_status;		/* status code that ended the last pull */
 	char		end_description[128];
 };
@@ -1211,6 +1212,7 @@ reliq_puller_request(ReliqPuller *puller, int batch, int expires_ms)
 	puller->received = 0;
 	puller->end_status = 0;
 	puller->end_description[0] = '\0';
+	puller->expires_at = GetCurrentTimestamp() + (TimestampTz) expires_ms * 1000;
 	/* The server ends it at expires_ms; allow as much again for the reply. */
 	puller->deadline = GetCurrentTimestamp() +
 		(TimestampTz) expires_ms * 2000 + (TimestampTz) reliq_nats_timeout * 1000;
@@ -1251,6 +1253,45 @@ reliq_puller_queued(ReliqPuller *puller)
 	if (natsSubscription_GetPending(puller->sub, &msgs, &bytes) != NATS_OK)
 		return 0;
 	return msgs;
+}
+
+/*
+ * How long (ms) until the server ends our outstanding pull request; 0 if
+ * none is out.  A message NAKed before then could be delivered to that
+ * request again (nats-server 2.9 does so even once nobody listens).
+ */
+int64
+reliq_puller_request_left_ms(ReliqPuller *puller)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!puller->active || puller->expires_at <= now)
+		return 0;
+	return (puller->expires_at - now) / 1000 + 1;
+}
+
+/*
+ * Give back what arrived in the inbox and was never applied: a NAK for
+ * each message (after delay_ms), so the server delivers it again soon
+ * instead of after ack_wait.  Returns how many.  (Runs at a worker's
+ * exit: no PostgreSQL memory is allocated.)
+ */
+int
+reliq_puller_release_queued(ReliqPuller *puller, int64 delay_ms)
+{
+	natsMsg    *m = NULL;
+	int			released = 0;
+
+	while (natsSubscription_NextMsg(&m, puller->sub, 0) == NATS_OK)
+	{
+		const char *reply = natsMsg_GetReply(m);
+
+		if (reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0 &&
+			reliq_nats_ack(puller->conn, reply, RELIQ_NAK, delay_ms))
+			released++;
+		natsMsg_Destroy(m);
+	}
+	return released;
 }
 
 /* The status (and its description) that ended the last pull; 0: silence. */

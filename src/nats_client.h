@@ -152,6 +152,8 @@ extern bool reliq_puller_active(ReliqPuller *puller);
 extern int	reliq_puller_outstanding(ReliqPuller *puller);
 extern void reliq_puller_forget_request(ReliqPuller *puller);
 extern int	reliq_puller_queued(ReliqPuller *puller);
+extern int	reliq_puller_release_queued(ReliqPuller *puller, int64 delay_ms);
+extern int64 reliq_puller_request_left_ms(ReliqPuller *puller);
 extern int	reliq_puller_end_status(ReliqPuller *puller,
 									const char **description);
 

@@ -48,6 +48,7 @@ int			reliq_health_disconnect_timeout = 10000;
 int			reliq_metrics_port = 0;
 char	   *reliq_metrics_listen_address = NULL;
 int			reliq_lease_ttl = 10000;
+int			reliq_max_retry_interval = 5000;
 char	   *reliq_lease_bucket = NULL;
 uint64		reliq_instance_id = 0;
 
@@ -142,6 +143,11 @@ define_settings(void)
 							   NULL, &reliq_metrics_listen_address, "127.0.0.1",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("reliq.max_retry_interval",
+							"Longest wait between two attempts of a worker to connect to NATS or attach to its consumer.",
+							"Attempts start reliq.naptime apart and double; a server that returns is noticed within this time.",
+							&reliq_max_retry_interval, 5000, 10, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("reliq.lease_ttl",
 							"How long a consumer's lease lasts unrenewed; 0 turns leases off.",
 							"A failover resumes consumption within about this time after the former owner stopped; the owner renews every quarter of it.",

@@ -42,6 +42,7 @@ extern int	reliq_health_disconnect_timeout;
 extern int	reliq_metrics_port;
 extern char *reliq_metrics_listen_address;
 extern int	reliq_lease_ttl;
+extern int	reliq_max_retry_interval;
 extern char *reliq_lease_bucket;
 
 /* This postmaster's random id, drawn in _PG_init: names it in leases. */

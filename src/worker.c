@@ -81,8 +81,6 @@
 /* At most one WARNING about failing messages per this many ms. */
 #define RELIQ_WARNING_INTERVAL_MS 10000
 
-/* Longest wait between two attempts to connect or attach. */
-#define RELIQ_MAX_RETRY_MS 30000
 
 typedef struct Worker
 {
@@ -123,10 +121,13 @@ typedef struct Worker
 	int			unreported_failures;
 
 	uint64		lease_epoch;	/* of the lease when last attached */
+	ReliqMessage *applying;		/* the messages being applied (until acked) */
+	int			napplying;
 	bool		awaiting_standby;	/* logged that acks wait for a standby */
 } Worker;
 
 static ReliqWorkerSlot *MySlot = NULL;
+static struct Worker *MyWorker = NULL;	/* for the exit callback */
 static ReliqSubscriptionStats *MyStats = NULL;
 static int64 applying_alone = 0;	/* the redelivery being applied alone */
 
@@ -147,6 +148,60 @@ ms_until(TimestampTz when)
 }
 
 /*
+ * Give messages back: a NAK each, so that the server delivers them again
+ * soon rather than after ack_wait.  Unlike an ack, a NAK claims nothing: a
+ * redelivery of what was committed is absorbed by the ledger, and
+ * nats-server ignores a NAK that does not match a pending delivery of the
+ * consumer as it is now (an ack could move its position).  So NAKs need
+ * no lease, only a connection.  delay_ms lets a pull request of ours that
+ * the server still holds run out first, or it would get them again.
+ */
+static int
+release_messages(Worker *w, ReliqMessage *msgs, int n, int64 delay_ms)
+{
+	int			released = 0;
+	int			i;
+
+	if (w->conn == NULL || !reliq_nats_is_connected(w->conn))
+		return 0;
+	for (i = 0; i < n; i++)
+		released += reliq_nats_ack(w->conn, msgs[i].reply, RELIQ_NAK, delay_ms);
+	return released;
+}
+
+/* Delay for NAKs: until our outstanding pull (if any) has run out. */
+static int64
+release_delay_ms(Worker *w)
+{
+	int64		left = w->puller ? reliq_puller_request_left_ms(w->puller) : 0;
+
+	return left > 0 ? left + 100 : 0;
+}
+
+/*
+ * At exit, give back what this worker holds and has not acked: the batch
+ * being applied when a fast shutdown interrupted it, the held batch of a
+ * failing subscription, and what arrived in the inbox meanwhile.
+ * Otherwise each would wait for ack_wait.
+ */
+static void
+release_unapplied(Worker *w)
+{
+	int64		delay;
+	int			released;
+
+	if (w->conn == NULL || !reliq_nats_is_connected(w->conn) || !PostmasterIsAlive())
+		return;
+	delay = release_delay_ms(w);
+	released = release_messages(w, w->applying, w->napplying, delay) +
+		release_messages(w, w->held, w->nheld, delay);
+	if (w->puller != NULL)
+		released += reliq_puller_release_queued(w->puller, delay);
+	if (released > 0)
+		(void) reliq_nats_flush(w->conn, Min(reliq_nats_timeout, 1000));
+}
+
+/*
  * Close the NATS connection (sending what it buffered) before the slot is
  * freed: a free slot promises the monitor that this worker can send
  * nothing more (lease.c releases leases at a clean shutdown on that).
@@ -154,6 +209,8 @@ ms_until(TimestampTz when)
 static void
 close_connection(int code, Datum arg)
 {
+	if (MyWorker != NULL)
+		release_unapplied(MyWorker);
 	reliq_nats_close(reliq_nats_session_connection_if_any());
 }
 
@@ -268,7 +325,7 @@ schedule_retry(Worker *w)
 	int64		delay = (int64) reliq_naptime << Min(w->retries, 5);
 
 	w->retries++;
-	w->retry_at = after_ms(Min(delay, RELIQ_MAX_RETRY_MS));
+	w->retry_at = after_ms(Min(delay, reliq_max_retry_interval));
 }
 
 /* Wait on the latch for at most ms, then look at interrupts. */
@@ -861,7 +918,11 @@ lease_current(Worker *w)
 {
 	ReliqLeaseView lease;
 
-	if (w->stats == NULL)
+	/*
+	 * The launcher frees the entry of a dropped subscription and may hand
+	 * it to another: a worker still finishing must not read that one's.
+	 */
+	if (w->stats == NULL || w->stats->subscription_id != w->sub->id)
 		return false;
 	reliq_lease_read(w->stats, &lease);
 	return reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
@@ -1244,8 +1305,13 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 		w->outbox_pending = true;
 	if (!may_acknowledge(w, GetFlushRecPtr(NULL)))
 	{
-		/* committed, so counted; unacked, so redelivered (as duplicates) */
+		/*
+		 * Committed, so counted; not acked but NAKed, so delivered again at
+		 * once to whoever owns the consumer now (this cluster's ledger, or
+		 * another's, absorbs or applies it).
+		 */
 		count_batch(w, probe ? 0 : n, &result);
+		release_messages(w, msgs, n, release_delay_ms(w));
 		forget_consumer(w);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return;
@@ -1312,6 +1378,8 @@ apply_collected(Worker *w, ReliqMessage *msgs, int n)
 	int			nfirst = 0;
 	int			i;
 
+	w->applying = msgs;
+	w->napplying = n;
 	for (i = 0; i < n; i++)
 		if (msgs[i].delivered <= 1)
 			first[nfirst++] = msgs[i];
@@ -1326,9 +1394,10 @@ apply_collected(Worker *w, ReliqMessage *msgs, int n)
 		}
 	/* what a failing state or a detach left unapplied comes again later */
 	for (; i < n; i++)
-		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn &&
-			lease_current(w))
+		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn)
 			(void) reliq_nats_ack(w->conn, msgs[i].reply, RELIQ_NAK, 0);
+	w->applying = NULL;
+	w->napplying = 0;
 	pfree(first);
 }
 
@@ -1343,7 +1412,7 @@ hold_step(Worker *w)
 	{
 		int			i;
 
-		for (i = 0; i < w->nheld && lease_current(w); i++)
+		for (i = 0; i < w->nheld; i++)
 			(void) reliq_nats_ack(w->conn, w->held[i].reply, RELIQ_NAK, 0);
 		(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
 		w->nheld = 0;
@@ -1351,7 +1420,8 @@ hold_step(Worker *w)
 	}
 	if (!lease_current(w))
 	{
-		/* no longer ours: leave the held batch to the owner */
+		/* no longer ours: give the held batch back to the owner */
+		(void) release_messages(w, w->held, w->nheld, release_delay_ms(w));
 		forget_consumer(w);
 		return;
 	}
@@ -1394,6 +1464,7 @@ reliq_worker_main(Datum main_arg)
 	ReliqMessage *msgs = NULL;
 
 	memset(&w, 0, sizeof(w));
+	MyWorker = &w;
 	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(generation));
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
