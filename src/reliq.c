@@ -116,7 +116,7 @@ define_settings(void)
 							NULL, &reliq_naptime, 1000, 10, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("reliq.refresh_interval",
-							"How often a worker refreshes consumer information from the server and prunes its ledger.",
+							"How often the monitor refreshes consumer information from the server and prunes the ledgers.",
 							NULL, &reliq_refresh_interval, 5000, 100, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("reliq.systemic_failure_threshold",

@@ -109,6 +109,18 @@ init_histogram(ReliqHistogram *histogram)
 	pg_atomic_init_u64(&histogram->sum_us, 0);
 }
 
+/* Zero a histogram that workers may be adding to (init is for before use). */
+static void
+reset_histogram(ReliqHistogram *histogram)
+{
+	int			i;
+
+	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
+		pg_atomic_write_u64(&histogram->buckets[i], 0);
+	pg_atomic_write_u64(&histogram->count, 0);
+	pg_atomic_write_u64(&histogram->sum_us, 0);
+}
+
 static void
 init_stats_entry(ReliqSubscriptionStats *entry)
 {
@@ -295,8 +307,8 @@ reliq_stats_reset(ReliqSubscriptionStats *entry)
 	pg_atomic_write_u64(&entry->duplicates, 0);
 	pg_atomic_write_u64(&entry->batches, 0);
 	pg_atomic_write_u64(&entry->slow_path_batches, 0);
-	init_histogram(&entry->batch_duration);
-	init_histogram(&entry->commit_latency);
+	reset_histogram(&entry->batch_duration);
+	reset_histogram(&entry->commit_latency);
 
 	SpinLockAcquire(&entry->mutex);
 	entry->last_batch_at = 0;

@@ -142,7 +142,7 @@ typedef struct ReliqSubscriptionStats
 	TimestampTz stats_reset_at;
 	char		last_error[RELIQ_ERROR_LEN];
 
-	/* Consumer information from the server, refreshed by the workers. */
+	/* Consumer information from the server, refreshed by the monitor. */
 	bool		have_consumer_info;
 	int64		num_pending;
 	int64		num_ack_pending;

@@ -2,8 +2,8 @@
  *
  * worker.c
  *	  The loop of a reliq worker: pull a batch, apply it in one transaction
- *	  (batch.c), then acknowledge.  The order is fetch, BEGIN, handlers,
- *	  ledger, COMMIT, ack; nothing is acked before its transaction commits.
+ *	  (batch.c), then acknowledge.  The order is fetch, BEGIN, ledger,
+ *	  handlers, COMMIT, ack; nothing is acked before its transaction commits.
  *
  * States (shown in reliq.worker_status, drawn in docs/architecture.md):
  *
@@ -34,9 +34,8 @@
  * standbys that synchronous_commit asks for confirmed the commit (a cancel
  * cuts COMMIT's own wait short), and not once the lease has lapsed.
  *
- * The consumer's figures on the server, and the pruning of the ledger, are
- * the monitor's (monitor.c); a worker only publishes what it sees when it
- * attaches.
+ * The consumer's figures on the server, and the floor and the pruning of
+ * the ledger, are the monitor's alone (monitor.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -99,7 +98,6 @@ typedef struct Worker
 	bool		connected;		/* as last reported */
 	uint64		reconnects_seen;
 	int64		stream_created;
-	int64		known_floor;
 	int			missed_pulls;
 	TimestampTz next_refresh;
 
@@ -523,28 +521,6 @@ ensure_connected(Worker *w)
 	return true;
 }
 
-static void
-publish_consumer_info(Worker *w, const ReliqConsumerInfo *info)
-{
-	reliq_stats_set_consumer_info(w->stats, info->num_pending,
-								  info->num_ack_pending, info->num_redelivered,
-								  info->ack_floor_stream_seq,
-								  info->max_ack_pending);
-}
-
-static void
-advance_floor(Worker *w, int64 ack_floor)
-{
-	MemoryContext caller;
-
-	if (ack_floor <= w->known_floor)
-		return;
-	caller = begin_transaction("reliq: pruning the ledger");
-	reliq_catalog_advance_floor(w->sub->id, w->stream_created, ack_floor);
-	end_transaction(caller);
-	w->known_floor = ack_floor;
-}
-
 /*
  * Attach to the durable consumer: learn which incarnation of the stream
  * exists, record it, make the consumer match the subscription (creating
@@ -641,9 +617,6 @@ ensure_attached(Worker *w)
 
 	w->stream_created = before.created_ns;
 	w->batch.stream_created = before.created_ns;
-	w->known_floor = 0;
-	advance_floor(w, info.ack_floor_stream_seq);
-	publish_consumer_info(w, &info);
 
 	if (w->puller)
 		reliq_puller_destroy(w->puller);
@@ -684,9 +657,7 @@ verify_consumer(Worker *w)
 		note_problem(w, WARNING, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
 					 w->sub->consumer, w->sub->stream);
 		detach(w);
-		return;
 	}
-	publish_consumer_info(w, &info);
 }
 
 /*
