@@ -5,7 +5,7 @@
  * of 0.2 runs reliq--0.1.sql, then this script).
  *
  * - Production topologies (issue 9): the lease of each consumer
- *   (reliq._lease_status(), reliq.take_over()), the subscription states
+ *   (reliq._subscription_status(), reliq.take_over()), the subscription states
  *   'fenced', 'acquiring' and 'standby', health() on standbys and for
  *   streams that cannot redeliver, and create_stream(..., replicas).
  */
@@ -187,11 +187,14 @@ COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, in
 /*
  * Leases: which PostgreSQL cluster owns each consumer
  */
-CREATE FUNCTION reliq._lease_status(
+-- Who holds each lease, the stream's retention, and the workers the
+-- launcher may start (within reliq.max_workers) or could not start.
+CREATE FUNCTION reliq._subscription_status(
     OUT subscription_id bigint, OUT lease_state text, OUT lease_holder text,
-    OUT lease_valid_until timestamptz, OUT stream_retention text)
+    OUT lease_valid_until timestamptz, OUT stream_retention text,
+    OUT workers_allowed integer, OUT start_refused boolean)
 RETURNS SETOF record
-LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_lease_status';
+LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_subscription_status';
 
 CREATE FUNCTION reliq._request_take_over(subscription_id bigint)
 RETURNS void
@@ -222,11 +225,11 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION reliq.take_over(text) IS 'Makes this cluster the owner of the subscription''s consumer; it consumes one reliq.lease_ttl later, once the former owner has stopped';
-REVOKE ALL ON FUNCTION reliq.take_over(text), reliq._lease_status(),
+REVOKE ALL ON FUNCTION reliq.take_over(text), reliq._subscription_status(),
     reliq._request_take_over(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq.take_over(text) TO PUBLIC;  -- checks membership itself
 GRANT EXECUTE ON FUNCTION reliq._request_take_over(bigint) TO reliq_admin;
-GRANT EXECUTE ON FUNCTION reliq._lease_status() TO reliq_admin, pg_monitor;
+GRANT EXECUTE ON FUNCTION reliq._subscription_status() TO reliq_admin, pg_monitor;
 
 /*
  * subscription_stats: the states standby, fenced and acquiring; who holds
@@ -273,10 +276,21 @@ SELECT s.subscription_name,
        s.consumer,
        l.lease_holder,
        l.lease_valid_until,
-       l.stream_retention
+       l.stream_retention,
+       CASE WHEN s.enabled AND NOT pg_catalog.pg_is_in_recovery()
+                 AND COALESCE(st.workers, 0) OPERATOR(pg_catalog.<) s.concurrency
+                 AND (l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency OR l.start_refused)
+            THEN pg_catalog.format('%s of %s workers running: %s',
+                     COALESCE(st.workers, 0), s.concurrency,
+                     CASE WHEN l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency
+                          THEN pg_catalog.format('reliq.max_workers (%s) is taken by subscriptions created earlier; raise it and restart',
+                                                 pg_catalog.current_setting('reliq.max_workers'))
+                          ELSE pg_catalog.format('PostgreSQL refused to start more background workers; raise max_worker_processes (%s) and restart',
+                                                 pg_catalog.current_setting('max_worker_processes')) END)
+       END AS worker_shortfall
   FROM reliq.subscription s
   LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
-  LEFT JOIN reliq._lease_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
+  LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
 
 /*
  * health(): a standby is ok (it consumes after promotion); a fenced
@@ -323,6 +337,8 @@ SELECT s.subscription_name,
       (12, s.state = 'acquiring', 'degraded',
           format('acquiring the lease of consumer %s, held by %s; consuming once it has run out (reliq.lease_ttl)',
                  s.consumer, COALESCE(s.lease_holder, 'unknown'))),
+      (14, s.worker_shortfall IS NOT NULL, CASE WHEN s.workers = 0 THEN 'down' ELSE 'degraded' END,
+          'short of workers: ' || s.worker_shortfall),
       (13, s.stream_retention IN ('interest', 'workqueue'), 'ok',
           format('stream %s has %s retention: acknowledged messages are deleted, so after a failover with asynchronous replication what the standby had not received cannot be delivered again; use synchronous replication',
                  s.stream, s.stream_retention))

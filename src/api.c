@@ -45,7 +45,7 @@ PG_FUNCTION_INFO_V1(reliq_replay_dead_letter);
 PG_FUNCTION_INFO_V1(reliq_subscription_stats_reset);
 PG_FUNCTION_INFO_V1(reliq_subscription_stats);
 PG_FUNCTION_INFO_V1(reliq_worker_status);
-PG_FUNCTION_INFO_V1(reliq_lease_status);
+PG_FUNCTION_INFO_V1(reliq_subscription_status);
 PG_FUNCTION_INFO_V1(reliq_request_take_over);
 
 /* How often wait_idle asks the server. */
@@ -590,9 +590,12 @@ reliq_worker_status(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* reliq._lease_status(): who holds each subscription's lease. */
+/*
+ * reliq._subscription_status(): who holds each subscription's lease, its
+ * stream's retention, and the workers the launcher may or could not start.
+ */
 Datum
-reliq_lease_status(PG_FUNCTION_ARGS)
+reliq_subscription_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ReliqStatsSnapshot *snapshots;
@@ -605,8 +608,8 @@ reliq_lease_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 	{
 		ReliqStatsSnapshot *s = &snapshots[i];
-		Datum		values[5];
-		bool		nulls[5] = {false};
+		Datum		values[7];
+		bool		nulls[7] = {false};
 
 		values[0] = Int64GetDatum(s->subscription_id);
 		values[1] = CStringGetTextDatum(reliq_lease_state_name(s->lease.state));
@@ -615,6 +618,9 @@ reliq_lease_status(PG_FUNCTION_ARGS)
 		values[3] = timestamp_or_null(s->lease.valid_until, &nulls[3]);
 		values[4] = CStringGetTextDatum(s->retention);
 		nulls[4] = (s->retention[0] == '\0');
+		values[5] = Int32GetDatum(s->workers_allowed);
+		values[6] = BoolGetDatum(s->start_refused);
+		nulls[5] = nulls[6] = !s->catalog_known;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

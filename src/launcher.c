@@ -65,6 +65,8 @@ typedef struct LauncherSlot
 } LauncherSlot;
 
 static LauncherSlot *launcher_slots = NULL;
+/* A worker could not be registered this round (max_worker_processes). */
+static bool start_refused = false;
 static int	last_shortfall = 0;
 static int	last_subscription_count = -1;
 static int64 last_subscription_ids_sum = 0;
@@ -304,10 +306,9 @@ find_subscription(const ReliqSubscriptionSummary *subs, int count, int64 id)
 	return NULL;
 }
 
-/* Is worker `worker_index` of subscription `id` wanted, within the budget? */
-static bool
-is_wanted(const ReliqSubscriptionSummary *subs, int count, int64 id,
-		  int worker_index)
+/* How many workers subscription `id` may have within reliq.max_workers. */
+static int
+allowed_workers(const ReliqSubscriptionSummary *subs, int count, int64 id)
 {
 	int			budget = reliq_shared->max_workers;
 	int			i;
@@ -320,10 +321,18 @@ is_wanted(const ReliqSubscriptionSummary *subs, int count, int64 id,
 			continue;
 		n = Min(subs[i].concurrency, budget);
 		if (subs[i].id == id)
-			return worker_index < n;
+			return n;
 		budget -= n;
 	}
-	return false;
+	return 0;
+}
+
+/* Is worker `worker_index` of subscription `id` wanted, within the budget? */
+static bool
+is_wanted(const ReliqSubscriptionSummary *subs, int count, int64 id,
+		  int worker_index)
+{
+	return worker_index < allowed_workers(subs, count, id);
 }
 
 static void
@@ -364,6 +373,10 @@ reconcile(MemoryContext cxt)
 	MemoryContextReset(cxt);
 	count = read_subscriptions(&subs, cxt);
 	now = GetCurrentTimestamp();
+	/*
+	 * What the last round could not start, shown below with the settings
+	 * (subscription_stats.worker_shortfall); then this round tries again.
+	 */
 
 	/* statistics entries */
 	ids = MemoryContextAlloc(cxt, sizeof(int64) * Max(count, 1));
@@ -375,7 +388,9 @@ reconcile(MemoryContext cxt)
 		ids[i] = subs[i].id;
 		if (entry != NULL)
 			reliq_stats_set_catalog(entry, subs[i].enabled, subs[i].concurrency,
-									subs[i].batch_size);
+									subs[i].batch_size,
+									allowed_workers(subs, count, subs[i].id),
+									start_refused);
 		else
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -384,6 +399,7 @@ reconcile(MemoryContext cxt)
 	}
 	reliq_stats_keep_only(ids, count);
 	warn_about_shortfall(subs, count);
+	start_refused = false;
 
 	/* the workers there are */
 	for (i = 0; i < reliq_shared->max_workers; i++)
@@ -434,7 +450,10 @@ reconcile(MemoryContext cxt)
 			if (start_worker(i, sub, slot->worker_index))
 				launcher_slots[i].quick_exits = quick_exits;
 			else
+			{
 				free_slot(i);
+				start_refused = true;
+			}
 		}
 	}
 
@@ -468,6 +487,7 @@ reconcile(MemoryContext cxt)
 				break;
 			if (!start_worker(free_index, &subs[i], w))
 			{
+				start_refused = true;
 				ereport(WARNING,
 						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 						 errmsg("could not start a worker for reliq subscription \"%s\"",

@@ -328,13 +328,16 @@ reliq_stats_reset(ReliqSubscriptionStats *entry)
 /* The subscription's settings, as the launcher read them. */
 void
 reliq_stats_set_catalog(ReliqSubscriptionStats *entry, bool enabled,
-						int concurrency, int batch_size)
+						int concurrency, int batch_size, int workers_allowed,
+						bool start_refused)
 {
 	SpinLockAcquire(&entry->mutex);
 	entry->catalog_known = true;
 	entry->enabled = enabled;
 	entry->concurrency = concurrency;
 	entry->batch_size = batch_size;
+	entry->workers_allowed = workers_allowed;
+	entry->start_refused = start_refused;
 	SpinLockRelease(&entry->mutex);
 }
 
@@ -725,6 +728,8 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->enabled = entry->enabled;
 		s->concurrency = entry->concurrency;
 		s->batch_size = entry->batch_size;
+		s->workers_allowed = entry->workers_allowed;
+		s->start_refused = entry->start_refused;
 		s->last_batch_at = entry->last_batch_at;
 		s->last_error_at = entry->last_error_at;
 		s->last_failure_at = entry->last_failure_at;

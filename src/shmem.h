@@ -178,6 +178,9 @@ typedef struct ReliqSubscriptionStats
 	bool		enabled;
 	int			concurrency;
 	int			batch_size;
+	int			workers_allowed;	/* within reliq.max_workers */
+	bool		start_refused;	/* a worker could not be registered
+								 * (max_worker_processes) */
 } ReliqSubscriptionStats;
 
 /* A copy of a running worker's slot. */
@@ -208,6 +211,8 @@ typedef struct ReliqStatsSnapshot
 	bool		enabled;
 	int			concurrency;
 	int			batch_size;
+	int			workers_allowed;
+	bool		start_refused;
 	const char *state;			/* NULL: no worker and not paused */
 	ReliqLeaseView lease;
 	char		retention[16];
@@ -285,7 +290,8 @@ extern void reliq_stats_set_failure(ReliqSubscriptionStats *entry,
 									const char *message);
 extern void reliq_stats_set_catalog(ReliqSubscriptionStats *entry,
 									bool enabled, int concurrency,
-									int batch_size);
+									int batch_size, int workers_allowed,
+									bool start_refused);
 extern void reliq_stats_record_batch(ReliqSubscriptionStats *entry,
 									 int64 duration_us,
 									 const int64 *latencies_us, int nlatencies,

@@ -52,6 +52,12 @@ is($node->safe_psql('postgres', q{SELECT workers, concurrency FROM reliq.subscri
 	'1|2', 'the later subscription runs with fewer workers than asked');
 ok($node->log_contains('reliq subscriptions want 4 workers, but reliq.max_workers is 3'),
 	'the shortfall is logged');
+is($node->safe_psql('postgres', q{SELECT worker_shortfall FROM reliq.subscription_stats WHERE subscription_name = 'b'}),
+	'1 of 2 workers running: reliq.max_workers (3) is taken by subscriptions created earlier; raise it and restart',
+	'subscription_stats says the shortfall and the setting to raise');
+is($node->safe_psql('postgres', q{SELECT status, array_to_string(reasons, ' ') LIKE '%short of workers: 1 of 2 workers running: reliq.max_workers (3)%'
+                                  FROM reliq.health() WHERE subscription_name = 'b'}),
+	'degraded|t', 'health() says it too');
 $nats->publish('l.b', count => 50, start => 1, payload => '{"id":%d}');
 ok(wait_idle($node, 'b'), 'still served');
 
@@ -71,5 +77,24 @@ ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_typ
 	'launcher still there, idle');
 
 $node->stop;
+
+# max_worker_processes exhausted: the launcher, the monitor and PostgreSQL's
+# logical replication launcher leave room for one reliq worker of three.
+my $tight = reliq_node('tight', $nats, conf => "max_worker_processes = 4\nreliq.max_workers = 8");
+$tight->safe_psql('postgres', q{
+	CREATE TABLE got (sub text, id int);
+	CREATE FUNCTION got(m reliq.message) RETURNS void LANGUAGE sql AS $$
+		INSERT INTO got VALUES (m.subscription, (reliq.message_json(m)->>'id')::int)
+	$$;
+	SELECT reliq.create_subscription('t', stream => 'L', subject => 'l.t',
+	       handler => 'got(reliq.message)'::regprocedure, concurrency => 3);
+});
+ok(wait_for($tight, q{SELECT worker_shortfall LIKE '1 of 3 workers running: PostgreSQL refused to start more background workers; raise max_worker_processes (4)%'
+                      FROM reliq.subscription_stats WHERE subscription_name = 't'}),
+	'a refused worker shows in subscription_stats, with max_worker_processes');
+ok(wait_for($tight, q{SELECT status = 'degraded' AND array_to_string(reasons, ' ') LIKE '%raise max_worker_processes%'
+                      FROM reliq.health() WHERE subscription_name = 't'}),
+	'and in health()');
+$tight->stop;
 $nats->stop;
 done_testing();
