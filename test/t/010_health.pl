@@ -67,9 +67,11 @@ $node->safe_psql('postgres', q{
 	SELECT reliq.create_subscription('starved', stream => 'H', subject => 'h.starved',
 	       handler => 'put(reliq.message)'::regprocedure);
 });
-ok(wait_for($node, q{SELECT status = 'down' AND reasons = '{"no worker running"}'
+ok(wait_for($node, q{SELECT status = 'down' AND reasons[1] = 'no worker running'
+                             AND reasons[2] LIKE 'short of workers: 0 of 1 workers running: reliq.max_workers (8) is taken%'
+                             AND cardinality(reasons) = 2
                       FROM reliq.health() WHERE subscription_name = 'starved'}),
-	'no worker running: down');
+	'no worker running: down, with the setting to raise');
 
 $node->stop;
 $nats->stop;
