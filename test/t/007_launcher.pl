@@ -29,12 +29,17 @@ $plain->stop;
 my $node = reliq_node('launcher', $nats, no_extension => 1, conf => 'reliq.max_workers = 3');
 ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'reliq launcher'}),
 	'launcher running before CREATE EXTENSION');
-$node->safe_psql('postgres', q{
-	CREATE EXTENSION reliq;
+# A table and a handler recording what each subscription got.
+my $got_setup = q{
 	CREATE TABLE got (sub text, id int);
 	CREATE FUNCTION got(m reliq.message) RETURNS void LANGUAGE sql AS $$
 		INSERT INTO got VALUES (m.subscription, (reliq.message_json(m)->>'id')::int)
 	$$;
+};
+
+$node->safe_psql('postgres', 'CREATE EXTENSION reliq');
+$node->safe_psql('postgres', $got_setup);
+$node->safe_psql('postgres', q{
 	SELECT reliq.create_subscription('a', stream => 'L', subject => 'l.a',
 	       handler => 'got(reliq.message)'::regprocedure, concurrency => 2);
 });
@@ -81,11 +86,8 @@ $node->stop;
 # max_worker_processes exhausted: the launcher, the monitor and PostgreSQL's
 # logical replication launcher leave room for one reliq worker of three.
 my $tight = reliq_node('tight', $nats, conf => "max_worker_processes = 4\nreliq.max_workers = 8");
+$tight->safe_psql('postgres', $got_setup);
 $tight->safe_psql('postgres', q{
-	CREATE TABLE got (sub text, id int);
-	CREATE FUNCTION got(m reliq.message) RETURNS void LANGUAGE sql AS $$
-		INSERT INTO got VALUES (m.subscription, (reliq.message_json(m)->>'id')::int)
-	$$;
 	SELECT reliq.create_subscription('t', stream => 'L', subject => 'l.t',
 	       handler => 'got(reliq.message)'::regprocedure, concurrency => 3);
 });
