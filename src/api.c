@@ -576,8 +576,11 @@ reliq_worker_status(PG_FUNCTION_ARGS)
 		bool		nulls[10] = {false};
 
 		values[0] = Int32GetDatum(w->pid);
+		/* an idle pool worker serves no subscription */
 		values[1] = Int64GetDatum(w->subscription_id);
+		nulls[1] = (w->subscription_id == 0);
 		values[2] = CStringGetTextDatum(w->subscription_name);
+		nulls[2] = (w->subscription_id == 0);
 		values[3] = Int32GetDatum(w->worker_index);
 		values[4] = CStringGetTextDatum(reliq_worker_state_name(w->state));
 		values[5] = BoolGetDatum(w->connected);

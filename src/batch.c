@@ -94,6 +94,31 @@ reliq_batch_init(ReliqBatchState *state)
 											   ALLOCSET_DEFAULT_SIZES);
 }
 
+/*
+ * Free what reliq_batch_init and the batches since made (a worker gives up
+ * a subscription).  Inside a transaction: kept plans are released.
+ */
+void
+reliq_batch_free(ReliqBatchState *state)
+{
+	SPIPlanPtr *plans[] = {&state->ledger_plan, &state->ledger_plain_plan,
+		&state->floor_plan, &state->unrecord_plan, &state->identity_plan,
+	&state->dead_letter_plan};
+	int			i;
+
+	for (i = 0; i < lengthof(plans); i++)
+	{
+		if (*plans[i] != NULL)
+			SPI_freeplan(*plans[i]);
+		*plans[i] = NULL;
+	}
+	if (state->handler)
+		reliq_free_handler(state->handler);
+	state->handler = NULL;
+	MemoryContextDelete(state->cxt);
+	state->cxt = NULL;
+}
+
 /* A new or reloaded subscription; the handler plan follows if it changed. */
 void
 reliq_batch_set_subscription(ReliqBatchState *state, ReliqSubscription *sub)

@@ -76,6 +76,7 @@ typedef struct ReliqBatchResult
 } ReliqBatchResult;
 
 extern void reliq_batch_init(ReliqBatchState *state);
+extern void reliq_batch_free(ReliqBatchState *state);
 extern void reliq_batch_set_subscription(ReliqBatchState *state,
 										 ReliqSubscription *sub);
 extern void reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs,

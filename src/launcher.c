@@ -7,14 +7,20 @@
  * Every reliq.naptime, and whenever a change to reliq.subscription commits
  * (a statement trigger wakes it) or a worker starts or exits, the launcher:
  *
- *	 - wants `concurrency` workers for each enabled subscription, in order
- *	   of subscription id, up to reliq.max_workers in all (and warns, once
- *	   per change, about the ones it cannot start);
- *	 - asks workers that are no longer wanted to stop (they finish their
- *	   batch and outstanding pull first) and terminates those that have not
- *	   stopped after 10 x reliq.fetch_timeout;
- *	 - tells running workers the subscription's catalog version, so they
- *	   reload changed settings without a restart;
+ *	 - runs a pool of min(reliq.max_workers, lanes wanted) workers, where
+ *	   each enabled subscription wants min(concurrency, reliq.max_workers)
+ *	   lanes, each on a different worker; so every subscription is served,
+ *	   whatever reliq.max_workers is (and it warns, once per change, about
+ *	   a concurrency above it);
+ *	 - assigns each lane not yet served to the worker with the fewest
+ *	   lanes (the first such), and moves no lane while its worker runs;
+ *	   takes lanes away from workers when their subscription is paused,
+ *	   dropped or wants fewer;
+ *	 - asks workers that are no longer wanted to stop (they give back what
+ *	   they hold first) and terminates those that have not stopped after
+ *	   10 x reliq.fetch_timeout;
+ *	 - tells workers each subscription's catalog version with its
+ *	   assignment, so they reload changed settings without a restart;
  *	 - restarts workers that exited unexpectedly, waiting longer after each
  *	   quick exit (reliq.naptime doubled, up to 32 x);
  *	 - keeps a statistics entry per subscription and drops the bookkeeping
@@ -117,46 +123,40 @@ reliq_subscription_changed(PG_FUNCTION_ARGS)
 }
 
 static void
-set_slot_config_version(ReliqWorkerSlot *slot, int64 version)
+wake_slot(ReliqWorkerSlot *slot)
 {
-	if (pg_atomic_read_u64(&slot->config_version) != (uint64) version)
-	{
-		Latch	   *latch;
+	Latch	   *latch;
 
-		pg_atomic_write_u64(&slot->config_version, (uint64) version);
-		SpinLockAcquire(&slot->mutex);
-		latch = slot->latch;
-		SpinLockRelease(&slot->mutex);
-		if (latch)
-			SetLatch(latch);
-	}
+	SpinLockAcquire(&slot->mutex);
+	latch = slot->latch;
+	SpinLockRelease(&slot->mutex);
+	if (latch)
+		SetLatch(latch);
 }
 
 static bool
-start_worker(int index, const ReliqSubscriptionSummary *sub, int worker_index)
+start_worker(int index)
 {
 	ReliqWorkerSlot *slot = &reliq_shared->slots[index];
 	LauncherSlot *ls = &launcher_slots[index];
 	BackgroundWorker bgw;
 	uint64		generation;
 
+	/* a restarted worker keeps its lanes; a new one gets them below */
 	LWLockAcquire(reliq_shared->lock, LW_EXCLUSIVE);
+	if (!slot->in_use)
+		slot->nassigned = 0;
 	slot->in_use = true;
 	slot->generation++;
 	generation = slot->generation;
-	slot->subscription_id = sub->id;
-	slot->worker_index = worker_index;
-	strlcpy(slot->subscription_name, sub->name, NAMEDATALEN);
 	pg_atomic_write_u32(&slot->stop_requested, 0);
-	pg_atomic_write_u64(&slot->config_version, (uint64) sub->version);
+	pg_atomic_fetch_add_u64(&slot->assignment_version, 1);
 	SpinLockAcquire(&slot->mutex);
 	slot->pid = 0;
 	slot->latch = NULL;
 	slot->state = RELIQ_WORKER_STARTING;
 	slot->since = GetCurrentTimestamp();
 	slot->connected = false;
-	slot->batch_size = 0;
-	slot->in_flight = 0;
 	SpinLockRelease(&slot->mutex);
 	LWLockRelease(reliq_shared->lock);
 
@@ -166,7 +166,7 @@ start_worker(int index, const ReliqSubscriptionSummary *sub, int worker_index)
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(bgw.bgw_library_name, RELIQ_LIBRARY_NAME, BGW_MAXLEN);
 	strlcpy(bgw.bgw_function_name, "reliq_worker_main", BGW_MAXLEN);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "reliq worker %s #%d", sub->name, worker_index);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "reliq worker #%d", index);
 	strlcpy(bgw.bgw_type, "reliq worker", BGW_MAXLEN);
 	bgw.bgw_main_arg = Int32GetDatum(index);
 	memcpy(bgw.bgw_extra, &generation, sizeof(generation));
@@ -177,6 +177,7 @@ start_worker(int index, const ReliqSubscriptionSummary *sub, int worker_index)
 	{
 		LWLockAcquire(reliq_shared->lock, LW_EXCLUSIVE);
 		slot->in_use = false;
+		slot->nassigned = 0;
 		slot->state = RELIQ_WORKER_STOPPED;
 		LWLockRelease(reliq_shared->lock);
 		ls->handle = NULL;
@@ -194,7 +195,7 @@ free_slot(int index)
 
 	LWLockAcquire(reliq_shared->lock, LW_EXCLUSIVE);
 	slot->in_use = false;
-	slot->subscription_id = 0;
+	slot->nassigned = 0;
 	SpinLockAcquire(&slot->mutex);
 	slot->state = RELIQ_WORKER_STOPPED;
 	SpinLockRelease(&slot->mutex);
@@ -306,57 +307,164 @@ find_subscription(const ReliqSubscriptionSummary *subs, int count, int64 id)
 	return NULL;
 }
 
-/* How many workers subscription `id` may have within reliq.max_workers. */
+/* How many lanes (workers at once) subscription sub may have. */
 static int
-allowed_workers(const ReliqSubscriptionSummary *subs, int count, int64 id)
+lanes_wanted(const ReliqSubscriptionSummary *sub)
 {
-	int			budget = reliq_shared->max_workers;
-	int			i;
-
-	for (i = 0; i < count; i++)
-	{
-		int			n;
-
-		if (!subs[i].enabled)
-			continue;
-		n = Min(subs[i].concurrency, budget);
-		if (subs[i].id == id)
-			return n;
-		budget -= n;
-	}
-	return 0;
-}
-
-/* Is worker `worker_index` of subscription `id` wanted, within the budget? */
-static bool
-is_wanted(const ReliqSubscriptionSummary *subs, int count, int64 id,
-		  int worker_index)
-{
-	return worker_index < allowed_workers(subs, count, id);
+	if (!sub->enabled)
+		return 0;
+	return Min(sub->concurrency, reliq_shared->max_workers);
 }
 
 static void
 warn_about_shortfall(const ReliqSubscriptionSummary *subs, int count)
 {
-	int			wanted = 0;
+	int			widest = 0;
+	const char *name = NULL;
 	int			i;
 
 	for (i = 0; i < count; i++)
-		if (subs[i].enabled)
-			wanted += subs[i].concurrency;
-	if (wanted > reliq_shared->max_workers)
+		if (subs[i].enabled && subs[i].concurrency > widest)
+		{
+			widest = subs[i].concurrency;
+			name = subs[i].name;
+		}
+	if (widest > reliq_shared->max_workers)
 	{
-		if (wanted != last_shortfall)
+		if (widest != last_shortfall)
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("reliq subscriptions want %d workers, but reliq.max_workers is %d",
-							wanted, reliq_shared->max_workers),
-					 errdetail("Subscriptions are served in order of creation; the last ones run with fewer workers than their concurrency, or none."),
-					 errhint("Increase reliq.max_workers (and max_worker_processes), then restart the server; or lower some subscription's concurrency.")));
-		last_shortfall = wanted;
+					 errmsg("reliq subscription \"%s\" wants %d workers at once, but reliq.max_workers is %d",
+							name, widest, reliq_shared->max_workers),
+					 errdetail("Every subscription is served; those whose concurrency is above reliq.max_workers run on reliq.max_workers workers."),
+					 errhint("Increase reliq.max_workers (and max_worker_processes), then restart the server; or lower the subscription's concurrency.")));
+		last_shortfall = widest;
 	}
 	else
 		last_shortfall = 0;
+}
+
+/* Is slot `index` running a worker the launcher has not asked to stop? */
+static bool
+slot_usable(int index)
+{
+	return reliq_shared->slots[index].in_use &&
+		launcher_slots[index].stop_requested_at == 0 &&
+		!launcher_slots[index].orphan;
+}
+
+static bool
+slot_serves(const ReliqWorkerSlot *slot, int64 subscription_id)
+{
+	int			i;
+
+	for (i = 0; i < slot->nassigned; i++)
+		if (slot->assigned[i].subscription_id == subscription_id)
+			return true;
+	return false;
+}
+
+/*
+ * The lanes: keep what still holds, take away what does not, and give
+ * each lane not served to the usable worker with the fewest lanes that
+ * does not serve its subscription yet.  A worker whose lanes changed is
+ * told (assignment_version, its latch).  Counts each subscription's
+ * lanes in lanes[] (parallel to subs).
+ */
+static void
+assign_lanes(const ReliqSubscriptionSummary *subs, int count, int *lanes)
+{
+	bool	   *changed = palloc0(sizeof(bool) * reliq_shared->max_workers);
+	int			i;
+	int			w;
+
+	memset(lanes, 0, sizeof(int) * Max(count, 1));
+	LWLockAcquire(reliq_shared->lock, LW_EXCLUSIVE);
+
+	/* what still holds */
+	for (w = 0; w < reliq_shared->max_workers; w++)
+	{
+		ReliqWorkerSlot *slot = &reliq_shared->slots[w];
+		int			kept = 0;
+		int			k;
+
+		for (k = 0; k < slot->nassigned; k++)
+		{
+			ReliqAssignment *a = &slot->assigned[k];
+			const ReliqSubscriptionSummary *sub = find_subscription(subs, count, a->subscription_id);
+			int			index = sub ? (int) (sub - subs) : -1;
+
+			if (!slot_usable(w) || sub == NULL || a->lane_index >= lanes_wanted(sub))
+			{
+				changed[w] = true;
+				continue;
+			}
+			if (a->config_version != sub->version)
+			{
+				a->config_version = sub->version;
+				changed[w] = true;
+			}
+			lanes[index]++;
+			slot->assigned[kept++] = *a;
+		}
+		slot->nassigned = kept;
+	}
+
+	/* what is missing */
+	for (i = 0; i < count; i++)
+	{
+		int			lane;
+
+		for (lane = 0; lane < lanes_wanted(&subs[i]); lane++)
+		{
+			bool		have = false;
+			int			best = -1;
+
+			for (w = 0; w < reliq_shared->max_workers && !have; w++)
+			{
+				ReliqWorkerSlot *slot = &reliq_shared->slots[w];
+				int			k;
+
+				for (k = 0; k < slot->nassigned; k++)
+					if (slot->assigned[k].subscription_id == subs[i].id &&
+						slot->assigned[k].lane_index == lane)
+						have = true;
+			}
+			if (have)
+				continue;
+			for (w = 0; w < reliq_shared->max_workers; w++)
+			{
+				ReliqWorkerSlot *slot = &reliq_shared->slots[w];
+
+				if (!slot_usable(w) || slot_serves(slot, subs[i].id) ||
+					slot->nassigned >= reliq_shared->max_subscriptions)
+					continue;
+				if (best < 0 || slot->nassigned < reliq_shared->slots[best].nassigned)
+					best = w;
+			}
+			if (best < 0)
+				break;			/* fewer workers than lanes: a shortfall */
+			{
+				ReliqWorkerSlot *slot = &reliq_shared->slots[best];
+				ReliqAssignment *a = &slot->assigned[slot->nassigned++];
+
+				a->subscription_id = subs[i].id;
+				a->lane_index = lane;
+				a->config_version = subs[i].version;
+				changed[best] = true;
+				lanes[i]++;
+			}
+		}
+	}
+	for (w = 0; w < reliq_shared->max_workers; w++)
+		if (changed[w])
+			pg_atomic_fetch_add_u64(&reliq_shared->slots[w].assignment_version, 1);
+	LWLockRelease(reliq_shared->lock);
+
+	for (w = 0; w < reliq_shared->max_workers; w++)
+		if (changed[w])
+			wake_slot(&reliq_shared->slots[w]);
+	pfree(changed);
 }
 
 static void
@@ -364,58 +472,52 @@ reconcile(MemoryContext cxt)
 {
 	ReliqSubscriptionSummary *subs;
 	int64	   *ids;
+	int		   *lanes;
 	int			count;
+	int			wanted_workers = 0;
 	int			i;
-	int			j;
 	TimestampTz now;
 	long		stop_grace_ms = 10L * reliq_fetch_timeout;
+	bool		refused = false;
 
 	MemoryContextReset(cxt);
 	count = read_subscriptions(&subs, cxt);
 	now = GetCurrentTimestamp();
-	/*
-	 * What the last round could not start, shown below with the settings
-	 * (subscription_stats.worker_shortfall); then this round tries again.
-	 */
 
-	/* statistics entries */
-	ids = MemoryContextAlloc(cxt, sizeof(int64) * Max(count, 1));
 	for (i = 0; i < count; i++)
-	{
-		ReliqSubscriptionStats *entry = reliq_stats_find(subs[i].id, true,
-														 subs[i].name);
-
-		ids[i] = subs[i].id;
-		if (entry != NULL)
-			reliq_stats_set_catalog(entry, subs[i].enabled, subs[i].concurrency,
-									subs[i].batch_size,
-									allowed_workers(subs, count, subs[i].id),
-									start_refused);
-		else
-			ereport(WARNING,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("no statistics entry left for reliq subscription \"%s\"", subs[i].name),
-					 errhint("Increase reliq.max_subscriptions and restart the server.")));
-	}
-	reliq_stats_keep_only(ids, count);
+		wanted_workers += lanes_wanted(&subs[i]);
+	wanted_workers = Min(wanted_workers, reliq_shared->max_workers);
 	warn_about_shortfall(subs, count);
-	start_refused = false;
 
-	/* the workers there are */
+	/*
+	 * The workers: slots 0 .. wanted_workers - 1 run one each; the others
+	 * stop.  A worker that exited although wanted is restarted, later if
+	 * it keeps dying; it keeps its lanes meanwhile.
+	 */
 	for (i = 0; i < reliq_shared->max_workers; i++)
 	{
 		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
 		LauncherSlot *ls = &launcher_slots[i];
-		const ReliqSubscriptionSummary *sub;
 		bool		running;
 
 		if (!slot->in_use)
+		{
+			if (i < wanted_workers && !refused)
+			{
+				if (!start_worker(i))
+				{
+					refused = true;
+					ereport(WARNING,
+							(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+							 errmsg("could not start reliq worker %d", i),
+							 errdetail("The subscriptions run on the %d workers that did start.", i),
+							 errhint("Raise max_worker_processes: it must leave room for reliq.max_workers plus the launcher and the monitor.")));
+				}
+			}
 			continue;
-		sub = find_subscription(subs, count, slot->subscription_id);
+		}
 		running = worker_running(i);
-
-		if (ls->orphan || sub == NULL ||
-			!is_wanted(subs, count, sub->id, slot->worker_index))
+		if (ls->orphan || i >= wanted_workers)
 		{
 			if (!running)
 				free_slot(i);
@@ -423,14 +525,9 @@ reconcile(MemoryContext cxt)
 				stop_worker(i, now, stop_grace_ms);
 			continue;
 		}
-
 		if (running)
-		{
-			set_slot_config_version(slot, sub->version);
 			continue;
-		}
 
-		/* It exited although wanted: restart it, later if it keeps dying. */
 		if (!ls->exited)
 		{
 			ls->exited = true;
@@ -447,56 +544,39 @@ reconcile(MemoryContext cxt)
 
 			if (ls->handle)
 				pfree(ls->handle);
-			if (start_worker(i, sub, slot->worker_index))
+			if (start_worker(i))
 				launcher_slots[i].quick_exits = quick_exits;
 			else
 			{
 				free_slot(i);
-				start_refused = true;
+				refused = true;
 			}
 		}
 	}
 
-	/* the workers that are missing */
+	/* the lanes, then the statistics entries with what they got */
+	lanes = MemoryContextAllocZero(cxt, sizeof(int) * Max(count, 1));
+	assign_lanes(subs, count, lanes);
+
+	ids = MemoryContextAlloc(cxt, sizeof(int64) * Max(count, 1));
 	for (i = 0; i < count; i++)
 	{
-		int			w;
+		ReliqSubscriptionStats *entry = reliq_stats_find(subs[i].id, true,
+														 subs[i].name);
 
-		if (!subs[i].enabled)
-			continue;
-		for (w = 0; w < subs[i].concurrency; w++)
-		{
-			bool		have = false;
-			int			free_index = -1;
-
-			if (!is_wanted(subs, count, subs[i].id, w))
-				break;
-			for (j = 0; j < reliq_shared->max_workers; j++)
-			{
-				ReliqWorkerSlot *slot = &reliq_shared->slots[j];
-
-				if (slot->in_use && slot->subscription_id == subs[i].id &&
-					slot->worker_index == w)
-					have = true;
-				else if (!slot->in_use && free_index < 0)
-					free_index = j;
-			}
-			if (have)
-				continue;
-			if (free_index < 0)
-				break;
-			if (!start_worker(free_index, &subs[i], w))
-			{
-				start_refused = true;
-				ereport(WARNING,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("could not start a worker for reliq subscription \"%s\"",
-								subs[i].name),
-						 errhint("Raise max_worker_processes: it must leave room for reliq.max_workers plus the launcher.")));
-				return;
-			}
-		}
+		ids[i] = subs[i].id;
+		if (entry != NULL)
+			reliq_stats_set_catalog(entry, subs[i].enabled, subs[i].concurrency,
+									subs[i].batch_size, lanes_wanted(&subs[i]),
+									(refused || start_refused) && lanes[i] < lanes_wanted(&subs[i]));
+		else
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("no statistics entry left for reliq subscription \"%s\"", subs[i].name),
+					 errhint("Increase reliq.max_subscriptions and restart the server.")));
 	}
+	reliq_stats_keep_only(ids, count);
+	start_refused = refused;
 }
 
 void

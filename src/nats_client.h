@@ -16,6 +16,7 @@
 #include "message.h"
 
 typedef struct ReliqNatsConnection ReliqNatsConnection;
+typedef struct ReliqInbox ReliqInbox;
 typedef struct ReliqPuller ReliqPuller;
 
 /* JetStream API error codes reliq reacts to. */
@@ -131,25 +132,31 @@ extern bool reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 							   const char *msg_id,
 							   int64 *stream_seq, bool *duplicate);
 
-/* Pulling by hand: one outstanding pull request at a time. */
+/*
+ * Pulling by hand: one inbox per connection, one puller per consumer on it,
+ * one outstanding pull request per puller.
+ */
 typedef enum ReliqPullEvent
 {
-	RELIQ_PULL_NOTHING,			/* nothing within the wait */
+	RELIQ_PULL_NOTHING,			/* nothing now */
 	RELIQ_PULL_MESSAGE,			/* a message was copied out */
 	RELIQ_PULL_ENDED,			/* the current pull request has ended */
 	RELIQ_PULL_ERROR			/* the subscription failed */
 } ReliqPullEvent;
 
-extern ReliqPuller *reliq_puller_create(ReliqNatsConnection *conn,
+extern ReliqInbox *reliq_inbox_create(ReliqNatsConnection *conn);
+extern void reliq_inbox_destroy(ReliqInbox *inbox);
+extern int	reliq_inbox_pump(ReliqInbox *inbox, int wait_ms);
+extern uint64 reliq_inbox_strays(ReliqInbox *inbox);
+
+extern ReliqPuller *reliq_puller_create(ReliqInbox *inbox,
 										const char *stream,
 										const char *consumer);
-extern void reliq_puller_destroy(ReliqPuller *puller);
+extern void reliq_puller_destroy(ReliqPuller *puller, int64 delay_ms);
 extern bool reliq_puller_request(ReliqPuller *puller, int batch,
-								 int expires_ms);
-extern ReliqPullEvent reliq_puller_next(ReliqPuller *puller, int wait_ms,
-										ReliqMessage *msg);
+								 int expires_ms, int heartbeat_ms);
+extern ReliqPullEvent reliq_puller_next(ReliqPuller *puller, ReliqMessage *msg);
 extern bool reliq_puller_active(ReliqPuller *puller);
-extern int	reliq_puller_outstanding(ReliqPuller *puller);
 extern void reliq_puller_forget_request(ReliqPuller *puller);
 extern int	reliq_puller_queued(ReliqPuller *puller);
 extern int	reliq_puller_release_queued(ReliqPuller *puller, int64 delay_ms);

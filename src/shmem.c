@@ -1,20 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.c
- *	  reliq's shared memory: worker slots and per-subscription statistics.
+ *	  reliq's shared memory: pool worker slots (with their assignments and
+ *	  lanes) and per-subscription statistics.
  *
  * Locking rules
  * -------------
  * - ReliqShared->lock (an LWLock of tranche "reliq") guards assignment:
- *   a worker slot's in_use, generation, subscription_id, worker_index and
- *   subscription_name, and a statistics entry's subscription_id and
- *   subscription_name.  Only the launcher assigns slots (exclusive mode);
- *   the launcher and the first worker of a subscription may assign a
- *   statistics entry (exclusive).  Readers that need those fields to be
- *   consistent take it in shared mode.
+ *   a worker slot's in_use, generation, nassigned and assigned[] (the
+ *   subscriptions it serves), and a statistics entry's subscription_id and
+ *   subscription_name.  Only the launcher assigns slots and subscriptions
+ *   to them (exclusive mode), and bumps the slot's assignment_version
+ *   after each change; the launcher and the first worker of a subscription
+ *   may assign a statistics entry (exclusive).  Readers that need those
+ *   fields to be consistent take it in shared mode.
  * - A slot's mutex (spinlock) guards what its worker reports: pid, latch,
- *   state, connected, since, started_at, batch_size, in_flight.  The worker
- *   writes them; anyone may copy them out.
+ *   state, connected, since, started_at, disconnected_at, and its lanes[]
+ *   (what it does on each subscription it serves).  The worker writes
+ *   them; anyone may copy them out, one lane per acquisition.
  * - A statistics entry's counters and latency histograms are atomics,
  *   added to by any worker of the subscription without a lock.  Its mutex
  *   guards the rest: times, last_error, the consumer information from the
@@ -61,6 +64,7 @@ static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_STOPPING] = "stopping",
 	[RELIQ_WORKER_BACKING_OFF] = "backing_off",
 	[RELIQ_WORKER_FENCED] = "fenced",
+	[RELIQ_WORKER_IDLE] = "idle",
 };
 
 /* Upper bounds of the latency histogram buckets, in seconds. */
@@ -83,6 +87,13 @@ shmem_size(void)
 
 	size = add_size(size, MAXALIGN(mul_size(reliq_max_workers,
 											sizeof(ReliqWorkerSlot))));
+	/* each worker's assignments and lanes: one per subscription at most */
+	size = add_size(size, MAXALIGN(mul_size(mul_size(reliq_max_workers,
+													 reliq_max_subscriptions),
+											sizeof(ReliqAssignment))));
+	size = add_size(size, MAXALIGN(mul_size(mul_size(reliq_max_workers,
+													 reliq_max_subscriptions),
+											sizeof(ReliqLaneStatus))));
 	size = add_size(size, mul_size(reliq_max_subscriptions,
 								   sizeof(ReliqSubscriptionStats)));
 	return size;
@@ -152,6 +163,10 @@ shmem_startup(void)
 	if (!found)
 	{
 		char	   *base = (char *) reliq_shared;
+		char	   *next;
+		Size		per_worker = mul_size(reliq_max_workers, reliq_max_subscriptions);
+		ReliqAssignment *assignments;
+		ReliqLaneStatus *lanes;
 		int			i;
 
 		memset(reliq_shared, 0, sizeof(ReliqShared));
@@ -159,19 +174,26 @@ shmem_startup(void)
 		SpinLockInit(&reliq_shared->mutex);
 		reliq_shared->max_workers = reliq_max_workers;
 		reliq_shared->max_subscriptions = reliq_max_subscriptions;
-		reliq_shared->slots = (ReliqWorkerSlot *)
-			(base + MAXALIGN(sizeof(ReliqShared)));
-		reliq_shared->stats = (ReliqSubscriptionStats *)
-			((char *) reliq_shared->slots +
-			 MAXALIGN(mul_size(reliq_max_workers, sizeof(ReliqWorkerSlot))));
+		next = base + MAXALIGN(sizeof(ReliqShared));
+		reliq_shared->slots = (ReliqWorkerSlot *) next;
+		next += MAXALIGN(mul_size(reliq_max_workers, sizeof(ReliqWorkerSlot)));
+		assignments = (ReliqAssignment *) next;
+		next += MAXALIGN(mul_size(per_worker, sizeof(ReliqAssignment)));
+		lanes = (ReliqLaneStatus *) next;
+		next += MAXALIGN(mul_size(per_worker, sizeof(ReliqLaneStatus)));
+		reliq_shared->stats = (ReliqSubscriptionStats *) next;
+		memset(assignments, 0, mul_size(per_worker, sizeof(ReliqAssignment)));
+		memset(lanes, 0, mul_size(per_worker, sizeof(ReliqLaneStatus)));
 
 		for (i = 0; i < reliq_max_workers; i++)
 		{
 			ReliqWorkerSlot *slot = &reliq_shared->slots[i];
 
 			memset(slot, 0, sizeof(*slot));
+			slot->assigned = assignments + (Size) i * reliq_max_subscriptions;
+			slot->lanes = lanes + (Size) i * reliq_max_subscriptions;
 			pg_atomic_init_u32(&slot->stop_requested, 0);
-			pg_atomic_init_u64(&slot->config_version, 0);
+			pg_atomic_init_u64(&slot->assignment_version, 0);
 			SpinLockInit(&slot->mutex);
 		}
 		for (i = 0; i < reliq_max_subscriptions; i++)
@@ -637,40 +659,79 @@ lag_trend(const LagPoints *entry, ReliqStatsSnapshot *s, TimestampTz now)
 }
 
 /*
- * Copy out the slots of running workers, palloc'd in the current memory
- * context; returns how many.
+ * Copy out what running workers do: one snapshot per lane, and one for a
+ * worker with no lane; palloc'd in the current memory context; returns
+ * how many.
  */
 int
 reliq_workers_snapshot(ReliqWorkerSnapshot **workers)
 {
+	int			capacity = 16;
 	int			n = 0;
 	int			i;
 
-	*workers = palloc0(sizeof(ReliqWorkerSnapshot) *
-					   Max(reliq_shared->max_workers, 1));
+	*workers = palloc0(sizeof(ReliqWorkerSnapshot) * capacity);
 	LWLockAcquire(reliq_shared->lock, LW_SHARED);
 	for (i = 0; i < reliq_shared->max_workers; i++)
 	{
 		ReliqWorkerSlot *slot = &reliq_shared->slots[i];
-		ReliqWorkerSnapshot *w = &(*workers)[n];
+		ReliqWorkerSnapshot worker;
+		int			lanes = 0;
+		int			j;
 
 		if (!slot->in_use)
 			continue;
-		w->subscription_id = slot->subscription_id;
-		strlcpy(w->subscription_name, slot->subscription_name, NAMEDATALEN);
-		w->worker_index = slot->worker_index;
+		memset(&worker, 0, sizeof(worker));
+		worker.worker_index = i;
 		SpinLockAcquire(&slot->mutex);
-		w->pid = slot->pid;
-		w->state = slot->state;
-		w->connected = slot->connected;
-		w->batch_size = slot->batch_size;
-		w->in_flight = slot->in_flight;
-		w->since = slot->since;
-		w->started_at = slot->started_at;
-		w->disconnected_at = slot->disconnected_at;
+		worker.pid = slot->pid;
+		worker.state = slot->state;
+		worker.connected = slot->connected;
+		worker.since = slot->since;
+		worker.started_at = slot->started_at;
+		worker.disconnected_at = slot->disconnected_at;
 		SpinLockRelease(&slot->mutex);
-		if (w->pid != 0)
-			n++;
+		if (worker.pid == 0)
+			continue;
+
+		for (j = 0; j <= reliq_shared->max_subscriptions; j++)
+		{
+			ReliqWorkerSnapshot *w;
+
+			if (n == capacity)
+			{
+				capacity *= 2;
+				*workers = repalloc(*workers, sizeof(ReliqWorkerSnapshot) * capacity);
+			}
+			w = &(*workers)[n];
+			*w = worker;
+			if (j < reliq_shared->max_subscriptions)
+			{
+				ReliqLaneStatus *lane = &slot->lanes[j];
+
+				SpinLockAcquire(&slot->mutex);
+				w->subscription_id = lane->subscription_id;
+				strlcpy(w->subscription_name, lane->subscription_name, NAMEDATALEN);
+				w->lane_index = lane->lane_index;
+				w->state = lane->state;
+				w->since = lane->since;
+				w->batch_size = lane->batch_size;
+				w->in_flight = lane->in_flight;
+				SpinLockRelease(&slot->mutex);
+				if (w->subscription_id == 0)
+					continue;
+				lanes++;
+				n++;
+			}
+			else if (lanes == 0)
+			{
+				/* a worker with nothing to do shows once, idle */
+				w->state = (worker.state == RELIQ_WORKER_STARTING ||
+							worker.state == RELIQ_WORKER_CONNECTING) ?
+					worker.state : RELIQ_WORKER_IDLE;
+				n++;
+			}
+		}
 	}
 	LWLockRelease(reliq_shared->lock);
 	return n;
@@ -770,12 +831,72 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 	return n;
 }
 
+/*
+ * A worker takes up a lane: a free ReliqLaneStatus of its slot, where it
+ * shows what it does on that subscription.  NULL if none is free (cannot
+ * happen: a worker serves each subscription at most once).
+ */
+ReliqLaneStatus *
+reliq_lane_open(ReliqWorkerSlot *slot, int64 subscription_id,
+				const char *subscription_name, int lane_index)
+{
+	int			i;
+
+	for (i = 0; i < reliq_shared->max_subscriptions; i++)
+	{
+		ReliqLaneStatus *lane = &slot->lanes[i];
+		bool		taken;
+
+		SpinLockAcquire(&slot->mutex);
+		taken = (lane->subscription_id == 0);
+		if (taken)
+		{
+			lane->subscription_id = subscription_id;
+			strlcpy(lane->subscription_name, subscription_name, NAMEDATALEN);
+			lane->lane_index = lane_index;
+			lane->state = RELIQ_WORKER_CONNECTING;
+			lane->since = GetCurrentTimestamp();
+			lane->batch_size = 0;
+			lane->in_flight = 0;
+		}
+		SpinLockRelease(&slot->mutex);
+		if (taken)
+			return lane;
+	}
+	return NULL;
+}
+
 void
-reliq_slot_set_progress(ReliqWorkerSlot *slot, int batch_size, int in_flight)
+reliq_lane_close(ReliqWorkerSlot *slot, ReliqLaneStatus *lane)
 {
 	SpinLockAcquire(&slot->mutex);
-	slot->batch_size = batch_size;
-	slot->in_flight = in_flight;
+	lane->subscription_id = 0;
+	lane->in_flight = 0;
+	SpinLockRelease(&slot->mutex);
+}
+
+void
+reliq_lane_set_state(ReliqWorkerSlot *slot, ReliqLaneStatus *lane,
+					 ReliqWorkerState state)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&slot->mutex);
+	if (lane->state != state)
+	{
+		lane->state = state;
+		lane->since = now;
+	}
+	SpinLockRelease(&slot->mutex);
+}
+
+void
+reliq_lane_set_progress(ReliqWorkerSlot *slot, ReliqLaneStatus *lane,
+						int batch_size, int in_flight)
+{
+	SpinLockAcquire(&slot->mutex);
+	lane->batch_size = batch_size;
+	lane->in_flight = in_flight;
 	SpinLockRelease(&slot->mutex);
 }
 

@@ -1,8 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.h
- *	  reliq's shared memory: one slot per worker and one statistics entry
- *	  per subscription.  The locking rules are in the header of shmem.c.
+ *	  reliq's shared memory: one slot per pool worker (with the
+ *	  subscriptions the launcher assigned to it, and what the worker does on
+ *	  each), and one statistics entry per subscription.  The locking rules
+ *	  are in the header of shmem.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,7 +31,8 @@ typedef enum ReliqWorkerState
 	RELIQ_WORKER_DISCONNECTED,	/* connection lost; the client reconnects */
 	RELIQ_WORKER_STOPPING,		/* asked to stop: finishing its batch */
 	RELIQ_WORKER_BACKING_OFF,	/* waiting to retry connecting or attaching */
-	RELIQ_WORKER_FENCED			/* this cluster does not hold the lease */
+	RELIQ_WORKER_FENCED,		/* this cluster does not hold the lease */
+	RELIQ_WORKER_IDLE			/* a pool worker with no subscription */
 } ReliqWorkerState;
 
 extern const char *reliq_worker_state_name(ReliqWorkerState state);
@@ -60,30 +63,53 @@ typedef struct ReliqLeaseView
 	char		holder[RELIQ_OWNER_LEN];	/* who holds it, for people */
 } ReliqLeaseView;
 
+/*
+ * A subscription the launcher gave a pool worker: the worker serves it as
+ * one of its lanes.  lane_index tells the subscription's workers apart
+ * (0 .. concurrency - 1).
+ */
+typedef struct ReliqAssignment
+{
+	int64		subscription_id;
+	int			lane_index;
+	int64		config_version; /* the catalog row's version to load */
+} ReliqAssignment;
+
+/* What a worker does on one of its lanes; written by the worker. */
+typedef struct ReliqLaneStatus
+{
+	int64		subscription_id;	/* 0: unused */
+	char		subscription_name[NAMEDATALEN];
+	int			lane_index;
+	ReliqWorkerState state;
+	TimestampTz since;			/* when state last changed */
+	int			batch_size;
+	int			in_flight;		/* received, not yet acked or nacked */
+} ReliqLaneStatus;
+
 typedef struct ReliqWorkerSlot
 {
 	/* Assigned by the launcher; see the locking rules. */
 	bool		in_use;
 	uint64		generation;
-	int64		subscription_id;
-	int			worker_index;
-	char		subscription_name[NAMEDATALEN];
+	int			nassigned;
+	ReliqAssignment *assigned;	/* max_subscriptions of them */
 
 	/* Requests from the launcher; read by the worker without a lock. */
 	pg_atomic_uint32 stop_requested;
-	pg_atomic_uint64 config_version;
+	pg_atomic_uint64 assignment_version;	/* bumped at each change of
+											 * assigned[] */
 
 	/* Written by the worker, read by anyone, under mutex. */
 	slock_t		mutex;
 	pid_t		pid;
 	Latch	   *latch;
-	ReliqWorkerState state;
+	ReliqWorkerState state;		/* of the worker as a whole */
 	bool		connected;
-	TimestampTz since;			/* when state last changed */
+	TimestampTz since;
 	TimestampTz started_at;
 	TimestampTz disconnected_at;	/* 0 while connected */
-	int			batch_size;
-	int			in_flight;		/* received, not yet acked or nacked */
+	ReliqLaneStatus *lanes;		/* max_subscriptions of them */
 } ReliqWorkerSlot;
 
 /*
@@ -183,12 +209,16 @@ typedef struct ReliqSubscriptionStats
 								 * (max_worker_processes) */
 } ReliqSubscriptionStats;
 
-/* A copy of a running worker's slot. */
+/*
+ * A copy of what a running worker does on one of its lanes; a worker with
+ * no lane has one snapshot with subscription_id 0.
+ */
 typedef struct ReliqWorkerSnapshot
 {
 	int64		subscription_id;
 	char		subscription_name[NAMEDATALEN];
-	int			worker_index;
+	int			worker_index;	/* the pool worker: 0 .. max_workers - 1 */
+	int			lane_index;
 	pid_t		pid;
 	ReliqWorkerState state;
 	bool		connected;
@@ -315,10 +345,18 @@ extern bool reliq_lease_usable(const ReliqLeaseView *lease, TimestampTz now);
 extern const char *reliq_lease_state_name(ReliqLeaseState state);
 extern int	reliq_workers_snapshot(ReliqWorkerSnapshot **workers);
 
-/* Worker slots */
+/* Worker slots and their lanes */
 extern void reliq_slot_set_state(ReliqWorkerSlot *slot, ReliqWorkerState state);
 extern void reliq_slot_set_connected(ReliqWorkerSlot *slot, bool connected);
-extern void reliq_slot_set_progress(ReliqWorkerSlot *slot, int batch_size,
+extern ReliqLaneStatus *reliq_lane_open(ReliqWorkerSlot *slot,
+										int64 subscription_id,
+										const char *subscription_name,
+										int lane_index);
+extern void reliq_lane_close(ReliqWorkerSlot *slot, ReliqLaneStatus *lane);
+extern void reliq_lane_set_state(ReliqWorkerSlot *slot, ReliqLaneStatus *lane,
+								 ReliqWorkerState state);
+extern void reliq_lane_set_progress(ReliqWorkerSlot *slot,
+									ReliqLaneStatus *lane, int batch_size,
 									int in_flight);
 
 #endif							/* RELIQ_SHMEM_H */

@@ -1,32 +1,51 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *	  The loop of a reliq worker: pull a batch, apply it in one transaction
- *	  (batch.c), then acknowledge.  The order is fetch, BEGIN, ledger,
- *	  handlers, COMMIT, ack; nothing is acked before its transaction commits.
+ *	  A reliq pool worker: one NATS connection, serving each subscription
+ *	  the launcher assigned to it as a lane.  For each lane: pull a batch,
+ *	  apply it in one transaction (batch.c), then acknowledge.  The order
+ *	  is fetch, BEGIN, ledger, handlers, COMMIT, ack (batch.c records the
+ *	  stream sequences in the ledger before it runs the handlers); nothing
+ *	  is acked before its transaction commits.
  *
- * States (shown in reliq.worker_status, drawn in docs/architecture.md):
+ * The pool (drawn in docs/architecture.md)
+ * ----------------------------------------
+ * reliq.max_workers workers at most are shared by every enabled
+ * subscription.  The launcher gives each subscription min(concurrency,
+ * max_workers) lanes on distinct workers, the least loaded first, and
+ * moves none while its worker runs.  A worker turns round its lanes:
+ * each lane in turn applies at most one batch of what has arrived for it,
+ * then the next lane gets its turn, so a busy subscription cannot starve
+ * its neighbours and an idle one costs a few checks.  When no lane had
+ * anything, the worker waits on its inbox (RELIQ_POLL_MS at most) for
+ * whatever arrives for any lane.  Every lane keeps its own pull request
+ * out on the server (long ones with heartbeats once it is idle), its own
+ * ledger plans, handler, breaker and held batch, and runs its handlers
+ * as its subscription's owner.
  *
- *	 connecting    making the NATS connection; attaching to the consumer
+ * States of a lane (reliq.worker_status):
+ *
+ *	 connecting    attaching to the consumer (or the worker is connecting)
  *	 fetching      a pull request is out; waiting for messages
  *	 processing    applying a batch, then acking it
- *	 failing       the subscription fails as a whole: the worker keeps the
+ *	 failing       the subscription fails as a whole: the lane keeps the
  *				   failed batch (sending in-progress acks, so the server
  *				   neither redelivers it nor counts deliveries), pulls
- *				   nothing, and retries the batch after the backoff delays
+ *				   nothing, and retries the batch after the backoff delays;
+ *				   the worker's other lanes go on
  *	 disconnected  the connection dropped; the client reconnects by itself
  *	 backing_off   connecting or attaching failed; waiting to try again
- *	 stopping      asked to stop (scale down, pause, drop): no new pulls;
- *				   the batch in hand and the outstanding pull are finished
- *
+ *	 stopping      the lane is leaving (pause, drop, fewer workers): what it
+ *				   holds unapplied is given back (NAK)
  *	 fenced        this cluster does not hold the consumer's lease (lease.c):
  *				   no pull, no ack; attached anew once it does
  *
- * Waits: a pull waits at most reliq.fetch_timeout; the inbox is polled in
- * slices of RELIQ_POLL_MS so that interrupts (shutdown, reload) and the
- * postmaster's death are seen quickly; retries wait on the latch.  SIGTERM
+ * A worker with no lane shows once, as idle.
+ *
+ * Waits: the inbox is read in slices of RELIQ_POLL_MS so that interrupts
+ * (shutdown, reload) and the postmaster's death are seen quickly.  SIGTERM
  * ends the worker at once (die): an unfinished batch is rolled back,
- * unacked, and redelivered.
+ * unacked, and given back.
  *
  * Nothing is acked that may not last (may_acknowledge): not after the
  * postmaster died (the commit went to a data directory no standby will
@@ -77,29 +96,41 @@
 #define RELIQ_LINGER_MS 1		/* longest wait for more messages */
 #define RELIQ_GAP_US 200		/* a longer silence ends the batch */
 
+/*
+ * An idle lane's pulls: after this many empty pulls in a row, a lane asks
+ * for pulls of RELIQ_IDLE_PULL_MS with a heartbeat every
+ * RELIQ_IDLE_HEARTBEAT_MS (a silent pull is noticed after three), so that
+ * a thousand idle subscriptions cost little.  A message ends idleness.
+ */
+#define RELIQ_IDLE_AFTER 2
+#define RELIQ_IDLE_PULL_MS 30000
+#define RELIQ_IDLE_HEARTBEAT_MS 5000
+
 /* At most one WARNING about failing messages per this many ms. */
 #define RELIQ_WARNING_INTERVAL_MS 10000
 
+typedef struct Pool Pool;
 
-typedef struct Worker
+/* One subscription served by this worker. */
+typedef struct Lane
 {
-	ReliqWorkerSlot *slot;
+	Pool	   *pool;
+	ReliqLaneStatus *status;	/* in the slot; NULL once closed */
 	ReliqSubscriptionStats *stats;
-	int			worker_index;
+	int64		subscription_id;
+	int			lane_index;
 	ReliqSubscription *sub;
 	MemoryContext sub_cxt;		/* holds sub */
-	MemoryContext batch_cxt;	/* reset after each batch */
 	MemoryContext held_cxt;		/* holds the held batch, if any */
 	ReliqBatchState batch;
 
-	ReliqNatsConnection *conn;
 	ReliqPuller *puller;
 	bool		attached;
-	bool		connected;		/* as last reported */
-	uint64		reconnects_seen;
 	int64		stream_created;
 	int			missed_pulls;
+	int			empty_pulls;	/* in a row; RELIQ_IDLE_AFTER makes it idle */
 	TimestampTz next_refresh;
+	TimestampTz pull_after;		/* no pull before (after a refused one) */
 
 	int			retries;
 	TimestampTz retry_at;
@@ -111,7 +142,7 @@ typedef struct Worker
 	TimestampTz next_probe;
 	TimestampTz next_progress;
 
-	bool		stopping;
+	bool		leaving;		/* no longer assigned: going */
 	bool		outbox_pending; /* rows may wait in reliq._outbox */
 	TimestampTz next_outbox_try;
 
@@ -119,15 +150,37 @@ typedef struct Worker
 	int			unreported_failures;
 
 	uint64		lease_epoch;	/* of the lease when last attached */
-	ReliqMessage *applying;		/* the messages being applied (until acked) */
-	int			napplying;
 	bool		awaiting_standby;	/* logged that acks wait for a standby */
-} Worker;
+} Lane;
 
-static ReliqWorkerSlot *MySlot = NULL;
-static struct Worker *MyWorker = NULL;	/* for the exit callback */
-static ReliqSubscriptionStats *MyStats = NULL;
-static int64 applying_alone = 0;	/* the redelivery being applied alone */
+struct Pool
+{
+	ReliqWorkerSlot *slot;
+	int			index;			/* of the slot: the worker's number */
+	ReliqNatsConnection *conn;
+	ReliqInbox *inbox;
+	bool		connected;		/* as last reported */
+	uint64		reconnects_seen;
+	int			retries;
+	TimestampTz retry_at;
+	char		problem[RELIQ_ERROR_LEN];
+
+	uint64		assignment_seen;
+	Lane	  **lanes;
+	int			nlanes;
+	int			lanes_capacity;
+	int			next_lane;		/* whose turn comes first next round */
+	bool		stopping;
+	MemoryContext turn_cxt;		/* reset before each lane's turn */
+
+	/* the messages being applied (until acked), and whose */
+	Lane	   *applying_lane;
+	ReliqMessage *applying;
+	int			napplying;
+	int64		applying_alone; /* the redelivery being applied alone */
+};
+
+static Pool *MyPool = NULL;		/* for the exit callbacks */
 
 static TimestampTz
 after_ms(int64 ms)
@@ -155,48 +208,57 @@ ms_until(TimestampTz when)
  * the server still holds run out first, or it would get them again.
  */
 static int
-release_messages(Worker *w, ReliqMessage *msgs, int n, int64 delay_ms)
+release_messages(Pool *p, ReliqMessage *msgs, int n, int64 delay_ms)
 {
 	int			released = 0;
 	int			i;
 
-	if (w->conn == NULL || !reliq_nats_is_connected(w->conn))
+	if (p->conn == NULL || !reliq_nats_is_connected(p->conn))
 		return 0;
 	for (i = 0; i < n; i++)
-		released += reliq_nats_ack(w->conn, msgs[i].reply, RELIQ_NAK, delay_ms);
+		released += reliq_nats_ack(p->conn, msgs[i].reply, RELIQ_NAK, delay_ms);
 	return released;
 }
 
-/* Delay for NAKs: until our outstanding pull (if any) has run out. */
+/* Delay for NAKs: until the lane's outstanding pull (if any) has run out. */
 static int64
-release_delay_ms(Worker *w)
+release_delay_ms(Lane *l)
 {
-	int64		left = w->puller ? reliq_puller_request_left_ms(w->puller) : 0;
+	int64		left = l->puller ? reliq_puller_request_left_ms(l->puller) : 0;
 
 	return left > 0 ? left + 100 : 0;
 }
 
 /*
  * At exit, give back what this worker holds and has not acked: the batch
- * being applied when a fast shutdown interrupted it, the held batch of a
- * failing subscription, and what arrived in the inbox meanwhile.
- * Otherwise each would wait for ack_wait.
+ * being applied when a fast shutdown interrupted it, the held batches of
+ * failing subscriptions, and what arrived meanwhile.  Otherwise each would
+ * wait for ack_wait.  The connection closes right after, which ends our
+ * pulls on the server, so a second is delay enough.
  */
 static void
-release_unapplied(Worker *w)
+release_unapplied(Pool *p)
 {
-	int64		delay;
-	int			released;
+	int			released = 0;
+	int			i;
 
-	if (w->conn == NULL || !reliq_nats_is_connected(w->conn) || !PostmasterIsAlive())
+	if (p->conn == NULL || !reliq_nats_is_connected(p->conn) || !PostmasterIsAlive())
 		return;
-	delay = release_delay_ms(w);
-	released = release_messages(w, w->applying, w->napplying, delay) +
-		release_messages(w, w->held, w->nheld, delay);
-	if (w->puller != NULL)
-		released += reliq_puller_release_queued(w->puller, delay);
+	if (p->inbox)
+		(void) reliq_inbox_pump(p->inbox, 0);
+	for (i = 0; i < p->nlanes; i++)
+	{
+		Lane	   *l = p->lanes[i];
+		int64		delay = Min(release_delay_ms(l), 1000);
+
+		if (l == p->applying_lane)
+			released += release_messages(p, p->applying, p->napplying, delay);
+		released += release_messages(p, l->held, l->nheld, delay);
+		if (l->puller != NULL)
+			released += reliq_puller_release_queued(l->puller, delay);
+	}
 	if (released > 0)
-		(void) reliq_nats_flush(w->conn, Min(reliq_nats_timeout, 1000));
+		(void) reliq_nats_flush(p->conn, Min(reliq_nats_timeout, 1000));
 }
 
 /*
@@ -207,32 +269,38 @@ release_unapplied(Worker *w)
 static void
 close_connection(int code, Datum arg)
 {
-	if (MyWorker != NULL)
-		release_unapplied(MyWorker);
+	if (MyPool != NULL)
+		release_unapplied(MyPool);
 	reliq_nats_close(reliq_nats_session_connection_if_any());
 }
 
 static void
 detach_slot(int code, Datum arg)
 {
-	if (MySlot == NULL)
+	Pool	   *p = MyPool;
+	int			i;
+
+	if (p == NULL || p->slot == NULL)
 		return;
 	/* dying while applying one message alone: that message is the cause */
-	if (applying_alone != 0 && MyStats != NULL)
-		reliq_stats_note_death(MyStats, applying_alone);
-	SpinLockAcquire(&MySlot->mutex);
-	MySlot->pid = 0;
-	MySlot->latch = NULL;
-	MySlot->state = RELIQ_WORKER_STOPPED;
-	MySlot->connected = false;
-	MySlot->in_flight = 0;
-	SpinLockRelease(&MySlot->mutex);
-	MySlot = NULL;
+	if (p->applying_alone != 0 && p->applying_lane != NULL &&
+		p->applying_lane->stats != NULL)
+		reliq_stats_note_death(p->applying_lane->stats, p->applying_alone);
+	for (i = 0; i < p->nlanes; i++)
+		if (p->lanes[i]->status != NULL)
+			reliq_lane_close(p->slot, p->lanes[i]->status);
+	SpinLockAcquire(&p->slot->mutex);
+	p->slot->pid = 0;
+	p->slot->latch = NULL;
+	p->slot->state = RELIQ_WORKER_STOPPED;
+	p->slot->connected = false;
+	SpinLockRelease(&p->slot->mutex);
+	p->slot = NULL;
 }
 
 /* Take over the slot the launcher prepared, unless it has moved on. */
 static bool
-attach_slot(Worker *w, int slot_index, uint64 generation)
+attach_slot(Pool *p, int slot_index, uint64 generation)
 {
 	ReliqWorkerSlot *slot;
 	bool		ours;
@@ -245,7 +313,6 @@ attach_slot(Worker *w, int slot_index, uint64 generation)
 	ours = slot->in_use && slot->generation == generation;
 	if (ours)
 	{
-		w->worker_index = slot->worker_index;
 		SpinLockAcquire(&slot->mutex);
 		slot->pid = MyProcPid;
 		slot->latch = MyLatch;
@@ -260,34 +327,34 @@ attach_slot(Worker *w, int slot_index, uint64 generation)
 	if (!ours)
 		return false;
 
-	w->slot = slot;
-	MySlot = slot;
+	p->slot = slot;
+	p->index = slot_index;
 	on_shmem_exit(detach_slot, (Datum) 0);
 	before_shmem_exit(close_connection, (Datum) 0);
 	return true;
 }
 
 static void
-set_state(Worker *w, ReliqWorkerState state)
+set_state(Lane *l, ReliqWorkerState state)
 {
-	reliq_slot_set_state(w->slot, state);
+	if (l->status != NULL)
+		reliq_lane_set_state(l->pool->slot, l->status, state);
 }
 
 static void
-report_connected(Worker *w, bool connected)
+report_progress(Lane *l, int in_flight)
 {
-	if (connected == w->connected)
-		return;
-	w->connected = connected;
-	reliq_slot_set_connected(w->slot, connected);
+	if (l->status != NULL)
+		reliq_lane_set_progress(l->pool->slot, l->status,
+								l->sub ? l->sub->batch_size : 0, in_flight);
 }
 
 /*
- * Log a problem once, when it starts or changes, and show it in
+ * Log a problem of a lane once, when it starts or changes, and show it in
  * last_error; the same problem again stays quiet.
  */
 static void
-note_problem(Worker *w, int elevel, const char *fmt,...)
+note_problem(Lane *l, int elevel, const char *fmt,...)
 {
 	char		message[RELIQ_ERROR_LEN];
 	va_list		args;
@@ -296,34 +363,82 @@ note_problem(Worker *w, int elevel, const char *fmt,...)
 	vsnprintf(message, sizeof(message), fmt, args);
 	va_end(args);
 
-	if (strcmp(message, w->problem) != 0)
+	if (strcmp(message, l->problem) != 0)
 	{
 		ereport(elevel,
-				(errmsg("reliq subscription \"%s\": %s", w->sub->name, message)));
-		strlcpy(w->problem, message, sizeof(w->problem));
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("reliq subscription \"%s\": %s", l->sub->name, message)));
+		strlcpy(l->problem, message, sizeof(l->problem));
 	}
-	reliq_stats_set_error(w->stats, message);
+	if (l->stats != NULL)
+		reliq_stats_set_error(l->stats, message);
 }
 
 static void
-clear_problem(Worker *w, const char *resolution)
+clear_problem(Lane *l, const char *resolution)
 {
-	if (w->problem[0] != '\0')
+	if (l->problem[0] != '\0')
 	{
 		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": %s", w->sub->name, resolution)));
-		w->problem[0] = '\0';
+				(errmsg("reliq subscription \"%s\": %s", l->sub->name, resolution)));
+		l->problem[0] = '\0';
 	}
-	w->retries = 0;
+	l->retries = 0;
+}
+
+/*
+ * A problem of the worker's connection: logged once per worker, and shown
+ * in the last_error of every subscription it serves.
+ */
+static void
+note_pool_problem(Pool *p, int elevel, const char *fmt,...)
+{
+	char		message[RELIQ_ERROR_LEN];
+	va_list		args;
+	int			i;
+
+	va_start(args, fmt);
+	vsnprintf(message, sizeof(message), fmt, args);
+	va_end(args);
+
+	if (strcmp(message, p->problem) != 0)
+	{
+		ereport(elevel,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("reliq worker %d: %s", p->index, message)));
+		strlcpy(p->problem, message, sizeof(p->problem));
+	}
+	for (i = 0; i < p->nlanes; i++)
+		if (p->lanes[i]->stats != NULL && !p->lanes[i]->leaving)
+			reliq_stats_set_error(p->lanes[i]->stats, message);
 }
 
 static void
-schedule_retry(Worker *w)
+clear_pool_problem(Pool *p, const char *resolution)
 {
-	int64		delay = (int64) reliq_naptime << Min(w->retries, 5);
+	if (p->problem[0] != '\0')
+	{
+		ereport(LOG,
+				(errmsg("reliq worker %d: %s", p->index, resolution)));
+		p->problem[0] = '\0';
+	}
+	p->retries = 0;
+}
 
-	w->retries++;
-	w->retry_at = after_ms(Min(delay, reliq_max_retry_interval));
+/* The next try after a failure: reliq.naptime, doubling, capped. */
+static TimestampTz
+next_retry(int *retries)
+{
+	int64		delay = (int64) reliq_naptime << Min(*retries, 5);
+
+	(*retries)++;
+	return after_ms(Min(delay, reliq_max_retry_interval));
+}
+
+static void
+schedule_retry(Lane *l)
+{
+	l->retry_at = next_retry(&l->retries);
 }
 
 /* Wait on the latch for at most ms, then look at interrupts. */
@@ -364,6 +479,18 @@ end_transaction(MemoryContext caller)
 }
 
 /*
+ * The postmaster is gone: exit at once, acking nothing.  What this worker
+ * committed since went to a data directory that no standby receives any
+ * more; unacked, it is redelivered to whoever consumes next.
+ */
+static void
+exit_if_postmaster_died(void)
+{
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
+
+/*
  * Subscription settings
  */
 
@@ -377,21 +504,23 @@ consumer_settings_differ(const ReliqSubscription *a, const ReliqSubscription *b)
 		reliq_subscription_max_ack_pending(a) != reliq_subscription_max_ack_pending(b);
 }
 
-/* (Re)load the subscription; false if it is gone. */
+static void detach(Lane *l);
+static void begin_leaving(Lane *l, bool closing);
+
+/* (Re)load the lane's subscription; false if it is gone. */
 static bool
-load_subscription(Worker *w, int64 subscription_id)
+load_subscription(Lane *l)
 {
 	MemoryContext cxt;
-	ReliqSubscription *sub;
-
 	MemoryContext caller;
+	ReliqSubscription *sub;
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "reliq subscription",
 								ALLOCSET_SMALL_SIZES);
 	caller = begin_transaction("reliq: reading subscription");
 	MemoryContextSwitchTo(cxt);
 	sub = reliq_catalog_extension_present() ?
-		reliq_catalog_load_subscription(subscription_id) : NULL;
+		reliq_catalog_load_subscription(l->subscription_id) : NULL;
 	end_transaction(caller);
 
 	if (sub == NULL)
@@ -399,137 +528,179 @@ load_subscription(Worker *w, int64 subscription_id)
 		MemoryContextDelete(cxt);
 		return false;
 	}
-	if (w->sub != NULL && consumer_settings_differ(w->sub, sub))
-		w->attached = false;	/* attach again: updates the consumer */
-	if (w->sub != NULL && w->nheld > 0)
-		w->next_probe = GetCurrentTimestamp();	/* a fix may have come */
-	if (w->sub_cxt)
-		MemoryContextDelete(w->sub_cxt);
-	w->sub_cxt = cxt;
-	w->sub = sub;
-	reliq_batch_set_subscription(&w->batch, sub);
-	reliq_slot_set_progress(w->slot, sub->batch_size, w->nheld);
+	if (l->sub != NULL && consumer_settings_differ(l->sub, sub))
+		detach(l);				/* attach again: updates the consumer */
+	if (l->sub != NULL && l->nheld > 0)
+		l->next_probe = GetCurrentTimestamp();	/* a fix may have come */
+	if (l->sub_cxt)
+		MemoryContextDelete(l->sub_cxt);
+	l->sub_cxt = cxt;
+	l->sub = sub;
+	reliq_batch_set_subscription(&l->batch, sub);
+	report_progress(l, l->nheld);
 	return true;
-}
-
-static void
-begin_stopping(Worker *w, const char *why)
-{
-	if (w->stopping)
-		return;
-	w->stopping = true;
-	set_state(w, RELIQ_WORKER_STOPPING);
-	ereport(DEBUG1,
-			(errmsg("reliq subscription \"%s\": worker %d stopping: %s",
-					w->sub->name, w->worker_index, why)));
-}
-
-/*
- * The postmaster is gone: exit at once, acking nothing.  What this worker
- * committed since went to a data directory that no standby receives any
- * more; unacked, it is redelivered to whoever consumes next.
- */
-static void
-exit_if_postmaster_died(void)
-{
-	if (!PostmasterIsAlive())
-		proc_exit(1);
-}
-
-/* Interrupts, reloads, stop requests and catalog changes. */
-static void
-check_for_news(Worker *w)
-{
-	exit_if_postmaster_died();
-	CHECK_FOR_INTERRUPTS();
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
-	if (pg_atomic_read_u32(&w->slot->stop_requested) != 0)
-		begin_stopping(w, "requested by the launcher");
-	if (!w->stopping &&
-		pg_atomic_read_u64(&w->slot->config_version) > (uint64) w->sub->version)
-	{
-		if (!load_subscription(w, w->sub->id))
-			begin_stopping(w, "subscription dropped");
-	}
 }
 
 /*
  * Connection and consumer
  */
 
+/*
+ * Stop pulling for the lane's consumer.  A pull still out keeps being
+ * answered to our inbox until it runs out; what it brings for a consumer
+ * nobody pulls for is given back after a delay (nats_client.c).
+ */
 static void
-detach(Worker *w)
+detach(Lane *l)
 {
-	if (w->puller)
+	if (l->puller)
 	{
-		reliq_puller_destroy(w->puller);
-		w->puller = NULL;
+		reliq_puller_destroy(l->puller, release_delay_ms(l));
+		l->puller = NULL;
 	}
-	w->attached = false;
-	w->missed_pulls = 0;
+	l->attached = false;
+	l->missed_pulls = 0;
+	l->empty_pulls = 0;
 }
 
 static void
-disconnect(Worker *w)
+pool_disconnect(Pool *p)
 {
-	detach(w);
-	if (w->conn)
+	int			i;
+
+	for (i = 0; i < p->nlanes; i++)
+		detach(p->lanes[i]);
+	if (p->inbox)
 	{
-		reliq_nats_close(w->conn);
-		w->conn = NULL;
+		reliq_inbox_destroy(p->inbox);
+		p->inbox = NULL;
 	}
-	report_connected(w, false);
+	if (p->conn)
+	{
+		reliq_nats_close(p->conn);
+		p->conn = NULL;
+	}
+	if (p->connected)
+	{
+		p->connected = false;
+		reliq_slot_set_connected(p->slot, false);
+	}
 }
 
+static void
+set_all_lanes(Pool *p, ReliqWorkerState state)
+{
+	int			i;
+
+	for (i = 0; i < p->nlanes; i++)
+		if (!p->lanes[i]->leaving)
+			set_state(p->lanes[i], state);
+}
+
+/*
+ * Make sure the worker has a usable connection and inbox.  Connects when
+ * it has none (backing off after failures), notices a changed setting, a
+ * lost connection (the client reconnects by itself) and a reconnection
+ * (which loses the pull requests).
+ */
 static bool
-ensure_connected(Worker *w)
+pool_connected(Pool *p)
 {
-	char		name[128];
+	uint64		reconnects;
+	int			i;
 
-	if (w->conn && reliq_nats_settings_changed(w->conn))
+	if (p->conn && reliq_nats_settings_changed(p->conn))
 	{
 		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": NATS settings changed, reconnecting",
-						w->sub->name)));
-		disconnect(w);
+				(errmsg("reliq worker %d: NATS settings changed, reconnecting", p->index)));
+		pool_disconnect(p);
 	}
-	if (w->conn)
-		return true;
-	if (GetCurrentTimestamp() < w->retry_at)
-		return false;
-
-	set_state(w, RELIQ_WORKER_CONNECTING);
-	snprintf(name, sizeof(name), "reliq %s #%d", w->sub->name, w->worker_index);
-	w->conn = reliq_nats_connect(name);
-	if (w->conn == NULL)
+	if (p->conn == NULL)
 	{
-		note_problem(w, WARNING, "could not connect to NATS at %s: %s",
-					 reliq_nats_redacted_url(), reliq_nats_last_error());
-		schedule_retry(w);
+		char		name[64];
+
+		if (GetCurrentTimestamp() < p->retry_at)
+		{
+			set_all_lanes(p, RELIQ_WORKER_BACKING_OFF);
+			return false;
+		}
+		reliq_slot_set_state(p->slot, RELIQ_WORKER_CONNECTING);
+		set_all_lanes(p, RELIQ_WORKER_CONNECTING);
+		snprintf(name, sizeof(name), "reliq worker #%d", p->index);
+		p->conn = reliq_nats_connect(name);
+		if (p->conn != NULL)
+		{
+			reliq_nats_adopt_session_connection(p->conn);
+			p->inbox = reliq_inbox_create(p->conn);
+		}
+		if (p->conn == NULL || p->inbox == NULL)
+		{
+			note_pool_problem(p, WARNING, "could not connect to NATS at %s: %s",
+							  reliq_nats_redacted_url(), reliq_nats_last_error());
+			pool_disconnect(p);
+			p->retry_at = next_retry(&p->retries);
+			return false;
+		}
+		p->reconnects_seen = reliq_nats_reconnect_count(p->conn);
+		p->connected = true;
+		reliq_slot_set_connected(p->slot, true);
+		reliq_slot_set_state(p->slot, RELIQ_WORKER_FETCHING);
+		clear_pool_problem(p, "connected to NATS");
+		ereport(LOG,
+				(errmsg("reliq worker %d connected to NATS at %s",
+						p->index, reliq_nats_redacted_url())));
+		return true;
+	}
+
+	if (!reliq_nats_is_connected(p->conn))
+	{
+		if (p->connected)
+		{
+			p->connected = false;
+			reliq_slot_set_connected(p->slot, false);
+			reliq_slot_set_state(p->slot, RELIQ_WORKER_DISCONNECTED);
+			note_pool_problem(p, LOG, "disconnected from NATS; reconnecting");
+		}
+		for (i = 0; i < p->nlanes; i++)
+			if (p->lanes[i]->puller)
+				reliq_puller_forget_request(p->lanes[i]->puller);
+		set_all_lanes(p, RELIQ_WORKER_DISCONNECTED);
 		return false;
 	}
-	reliq_nats_adopt_session_connection(w->conn);
-	w->reconnects_seen = reliq_nats_reconnect_count(w->conn);
-	report_connected(w, true);
-	ereport(LOG,
-			(errmsg("reliq subscription \"%s\": worker %d connected to NATS at %s",
-					w->sub->name, w->worker_index, reliq_nats_redacted_url())));
+	reconnects = reliq_nats_reconnect_count(p->conn);
+	if (reconnects != p->reconnects_seen)
+	{
+		p->reconnects_seen = reconnects;
+		for (i = 0; i < p->nlanes; i++)
+		{
+			if (p->lanes[i]->puller)
+				reliq_puller_forget_request(p->lanes[i]->puller);
+			p->lanes[i]->missed_pulls = 0;
+		}
+	}
+	if (!p->connected)
+	{
+		p->connected = true;
+		reliq_slot_set_connected(p->slot, true);
+		reliq_slot_set_state(p->slot, RELIQ_WORKER_FETCHING);
+		clear_pool_problem(p, "reconnected to NATS");
+		for (i = 0; i < p->nlanes; i++)
+			if (!p->lanes[i]->leaving && p->lanes[i]->stats)
+				reliq_stats_set_error(p->lanes[i]->stats, "reconnected to NATS");
+	}
 	return true;
 }
 
 /*
  * Attach to the durable consumer: learn which incarnation of the stream
  * exists, record it, make the consumer match the subscription (creating
- * it after the last acknowledged message if it was lost), and open a new
- * pull inbox.
+ * it after the last acknowledged message if it was lost), and make a
+ * puller for it on the worker's inbox.
  */
 static bool
-ensure_attached(Worker *w)
+ensure_attached(Lane *l)
 {
+	Pool	   *p = l->pool;
 	ReliqStreamInfo before;
 	ReliqStreamInfo after;
 	ReliqConsumerInfo info;
@@ -541,322 +712,264 @@ ensure_attached(Worker *w)
 	char	   *description;
 	MemoryContext caller;
 
-	if (w->attached)
+	if (l->attached)
 		return true;
-	if (GetCurrentTimestamp() < w->retry_at)
+	if (GetCurrentTimestamp() < l->retry_at)
 		return false;
-	set_state(w, RELIQ_WORKER_CONNECTING);
-	if (!reliq_nats_is_connected(w->conn))
-	{
-		note_problem(w, LOG, "disconnected from NATS");
-		schedule_retry(w);
-		return false;
-	}
+	set_state(l, RELIQ_WORKER_CONNECTING);
 
-	if (!reliq_nats_stream_info(w->conn, w->sub->stream, &before))
+	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &before))
 	{
-		note_problem(w, WARNING, "could not look up stream \"%s\": %s",
-					 w->sub->stream, reliq_nats_last_error());
-		schedule_retry(w);
+		note_problem(l, WARNING, "could not look up stream \"%s\": %s",
+					 l->sub->stream, reliq_nats_last_error());
+		schedule_retry(l);
 		return false;
 	}
 	if (!before.found)
 	{
-		note_problem(w, WARNING, "stream \"%s\" does not exist", w->sub->stream);
-		schedule_retry(w);
+		note_problem(l, WARNING, "stream \"%s\" does not exist", l->sub->stream);
+		schedule_retry(l);
 		return false;
 	}
 
 	caller = begin_transaction("reliq: attaching to the stream");
-	claimed = reliq_catalog_claim_stream(w->sub->id, before.created_ns,
+	claimed = reliq_catalog_claim_stream(l->sub->id, before.created_ns,
 										 &floor, &has_history);
 	end_transaction(caller);
 	if (claimed == 0)
 	{
-		begin_stopping(w, "subscription dropped or paused");
+		/* dropped or paused: the launcher takes the lane away */
+		schedule_retry(l);
 		return false;
 	}
 	Assert(claimed == before.created_ns);
 
-	description = psprintf("reliq subscription %s", w->sub->name);
+	description = psprintf("reliq subscription %s", l->sub->name);
 	memset(&spec, 0, sizeof(spec));
-	spec.stream = w->sub->stream;
-	spec.consumer = w->sub->consumer;
-	spec.filter_subject = w->sub->subject;
+	spec.stream = l->sub->stream;
+	spec.consumer = l->sub->consumer;
+	spec.filter_subject = l->sub->subject;
 	spec.description = description;
-	spec.ack_wait_ms = w->sub->ack_wait_ms;
-	spec.max_ack_pending = reliq_subscription_max_ack_pending(w->sub);
+	spec.ack_wait_ms = l->sub->ack_wait_ms;
+	spec.max_ack_pending = reliq_subscription_max_ack_pending(l->sub);
 	if (has_history)
 	{
 		spec.deliver_from = RELIQ_DELIVER_FROM_SEQ;
 		spec.start_seq = floor + 1;
 	}
 	else
-		spec.deliver_from = w->sub->start_new ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
+		spec.deliver_from = l->sub->start_new ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
 
-	if (!reliq_nats_ensure_consumer(w->conn, &spec, &info, &created))
+	if (!reliq_nats_ensure_consumer(p->conn, &spec, &info, &created))
 	{
-		note_problem(w, WARNING, "could not set up consumer \"%s\" of stream \"%s\": %s",
-					 w->sub->consumer, w->sub->stream, reliq_nats_last_error());
-		schedule_retry(w);
+		note_problem(l, WARNING, "could not set up consumer \"%s\" of stream \"%s\": %s",
+					 l->sub->consumer, l->sub->stream, reliq_nats_last_error());
+		schedule_retry(l);
 		return false;
 	}
-	if (!reliq_nats_stream_info(w->conn, w->sub->stream, &after) ||
+	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &after) ||
 		!after.found || after.created_ns != before.created_ns)
 	{
-		note_problem(w, LOG, "stream \"%s\" changed while attaching; trying again",
-					 w->sub->stream);
-		schedule_retry(w);
+		note_problem(l, LOG, "stream \"%s\" changed while attaching; trying again",
+					 l->sub->stream);
+		schedule_retry(l);
 		return false;
 	}
 	if (created)
 		ereport(LOG,
 				(errmsg("reliq subscription \"%s\": created consumer \"%s\" on stream \"%s\"%s",
-						w->sub->name, w->sub->consumer, w->sub->stream,
+						l->sub->name, l->sub->consumer, l->sub->stream,
 						has_history ? psprintf(" from sequence " INT64_FORMAT, floor + 1) : "")));
 
-	w->stream_created = before.created_ns;
-	w->batch.stream_created = before.created_ns;
+	l->stream_created = before.created_ns;
+	l->batch.stream_created = before.created_ns;
 
-	if (w->puller)
-		reliq_puller_destroy(w->puller);
-	w->puller = reliq_puller_create(w->conn, w->sub->stream, w->sub->consumer);
-	if (w->puller == NULL)
+	if (l->puller == NULL)
+		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->sub->consumer);
+	if (l->puller == NULL)
 	{
-		note_problem(w, WARNING, "could not subscribe to a pull inbox: %s",
-					 reliq_nats_last_error());
-		schedule_retry(w);
+		note_problem(l, WARNING, "could not pull from consumer \"%s\": %s",
+					 l->sub->consumer, reliq_nats_last_error());
+		schedule_retry(l);
 		return false;
 	}
-	w->attached = true;
-	w->missed_pulls = 0;
-	w->reconnects_seen = reliq_nats_reconnect_count(w->conn);
-	w->next_refresh = after_ms(reliq_refresh_interval);
-	clear_problem(w, "attached to its consumer again");
+	l->attached = true;
+	l->missed_pulls = 0;
+	l->empty_pulls = 0;
+	l->next_refresh = after_ms(reliq_refresh_interval);
+	clear_problem(l, "attached to its consumer again");
 	ereport(DEBUG1,
 			(errmsg("reliq subscription \"%s\": worker %d attached to consumer \"%s\" (" INT64_FORMAT " pending)",
-					w->sub->name, w->worker_index, w->sub->consumer, info.num_pending)));
+					l->sub->name, p->index, l->sub->consumer, info.num_pending)));
 	return true;
 }
 
 /*
  * Is the consumer we attached to still there?  Called when pulls go
- * unanswered, and periodically by worker 0.  (A consumer made again under
- * the same name needs nothing: the ledger is keyed by the stream, and a
- * server restart changes a consumer's creation time anyway.)
+ * unanswered, and periodically.  (A consumer made again under the same
+ * name needs nothing: the ledger is keyed by the stream, and a server
+ * restart changes a consumer's creation time anyway.)
  */
 static void
-verify_consumer(Worker *w)
+verify_consumer(Lane *l)
 {
 	ReliqConsumerInfo info;
 
-	if (!reliq_nats_consumer_info(w->conn, w->sub->stream, w->sub->consumer, &info))
+	if (!reliq_nats_consumer_info(l->pool->conn, l->sub->stream, l->sub->consumer, &info))
 		return;					/* cannot tell now; the connection reports */
 	if (!info.found)
 	{
-		note_problem(w, WARNING, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
-					 w->sub->consumer, w->sub->stream);
-		detach(w);
+		note_problem(l, WARNING, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
+					 l->sub->consumer, l->sub->stream);
+		detach(l);
 	}
 }
 
 /*
  * Every reliq.refresh_interval: look for outbox rows left behind, and
- * (worker 0) make sure the stream is still the incarnation attached to.
+ * (lane 0) make sure the stream is still the incarnation attached to.
  * The consumer's figures and the ledger's pruning are the monitor's
  * (monitor.c), which works even while every worker is busy.
  */
 static void
-maybe_refresh(Worker *w)
+maybe_refresh(Lane *l)
 {
 	ReliqStreamInfo stream;
 
-	if (GetCurrentTimestamp() < w->next_refresh)
+	if (GetCurrentTimestamp() < l->next_refresh)
 		return;
-	w->next_refresh = after_ms(reliq_refresh_interval);
-	w->outbox_pending = true;	/* rows a dead worker or a dropped subscription left */
-	if (w->worker_index != 0 || !reliq_nats_is_connected(w->conn))
+	l->next_refresh = after_ms(reliq_refresh_interval);
+	l->outbox_pending = true;	/* rows a dead worker or a dropped subscription left */
+	if (l->lane_index != 0 || !reliq_nats_is_connected(l->pool->conn))
 		return;
-	if (reliq_nats_stream_info(w->conn, w->sub->stream, &stream) &&
-		(!stream.found || stream.created_ns != w->stream_created))
+	if (reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) &&
+		(!stream.found || stream.created_ns != l->stream_created))
 	{
-		note_problem(w, LOG, "stream \"%s\" was deleted or made again; attaching anew",
-					 w->sub->stream);
-		detach(w);
+		note_problem(l, LOG, "stream \"%s\" was deleted or made again; attaching anew",
+					 l->sub->stream);
+		detach(l);
 	}
 }
 
 /* The outstanding pull ended without filling the batch. */
 static void
-handle_pull_end(Worker *w)
+handle_pull_end(Lane *l)
 {
 	const char *description;
-	int			status = reliq_puller_end_status(w->puller, &description);
+	int			status = reliq_puller_end_status(l->puller, &description);
 
 	switch (status)
 	{
 		case 404:				/* no messages */
 		case 408:				/* expired */
-			w->missed_pulls = 0;
+			l->missed_pulls = 0;
+			l->empty_pulls++;
 			break;
 		case 409:
 			if (strstr(description, "Deleted") != NULL ||
 				strstr(description, "deleted") != NULL)
 			{
-				note_problem(w, WARNING, "consumer \"%s\" was deleted on the server",
-							 w->sub->consumer);
-				detach(w);
+				note_problem(l, WARNING, "consumer \"%s\" was deleted on the server",
+							 l->sub->consumer);
+				detach(l);
 			}
 			else
 			{
-				note_problem(w, WARNING, "pull refused: %d %s", status, description);
-				wait_latch(reliq_naptime);
+				note_problem(l, WARNING, "pull refused: %d %s", status, description);
+				l->pull_after = after_ms(reliq_naptime);
 			}
 			break;
 		case 0:					/* no answer at all */
 		case 503:				/* no responders */
-			if (reliq_nats_is_connected(w->conn) && ++w->missed_pulls >= 2)
+			l->empty_pulls = 0;
+			if (reliq_nats_is_connected(l->pool->conn) && ++l->missed_pulls >= 2)
 			{
-				w->missed_pulls = 0;
-				verify_consumer(w);
+				l->missed_pulls = 0;
+				verify_consumer(l);
 			}
 			break;
 		default:
-			note_problem(w, WARNING, "pull refused: %d %s", status, description);
-			wait_latch(reliq_naptime);
+			note_problem(l, WARNING, "pull refused: %d %s", status, description);
+			l->pull_after = after_ms(reliq_naptime);
 			break;
 	}
 }
 
-/* Keep track of the connection; a reconnection loses the pull request. */
-static bool
-connection_usable(Worker *w)
-{
-	uint64		reconnects = reliq_nats_reconnect_count(w->conn);
-
-	if (!reliq_nats_is_connected(w->conn))
-	{
-		if (w->connected)
-		{
-			report_connected(w, false);
-			note_problem(w, LOG, "disconnected from NATS; reconnecting");
-		}
-		set_state(w, RELIQ_WORKER_DISCONNECTED);
-		reliq_puller_forget_request(w->puller);
-		return false;
-	}
-	if (reconnects != w->reconnects_seen)
-	{
-		w->reconnects_seen = reconnects;
-		reliq_puller_forget_request(w->puller);
-		w->missed_pulls = 0;
-	}
-	if (!w->connected)
-	{
-		report_connected(w, true);
-		clear_problem(w, "reconnected to NATS");
-	}
-	return true;
-}
-
 /*
- * Wait up to wait_ms for the next inbox event and deal with it; a message
- * lands in msgs[*n].  Returns false when nothing came (or the inbox
- * failed, and the worker detached).
+ * Take what has arrived for the lane, up to max, without waiting; deal
+ * with the end of its pull.  A message lands in msgs[*n].
  */
-static bool
-next_event(Worker *w, ReliqMessage *msgs, int *n, int wait_ms)
+static void
+take_arrived(Lane *l, ReliqMessage *msgs, int max, int *n)
 {
-	switch (reliq_puller_next(w->puller, wait_ms, &msgs[*n]))
+	while (*n < max && l->attached)
 	{
-		case RELIQ_PULL_MESSAGE:
+		ReliqPullEvent event = reliq_puller_next(l->puller, &msgs[*n]);
+
+		if (event == RELIQ_PULL_MESSAGE)
+		{
 			(*n)++;
-			return true;
-		case RELIQ_PULL_ENDED:
-			handle_pull_end(w);
-			return true;
-		case RELIQ_PULL_ERROR:
-			note_problem(w, WARNING, "%s", reliq_nats_last_error());
-			detach(w);
-			return false;
-		case RELIQ_PULL_NOTHING:
-			return false;
+			l->empty_pulls = 0;
+		}
+		else if (event == RELIQ_PULL_ENDED)
+			handle_pull_end(l);
+		else
+			break;
 	}
-	return false;
 }
 
-/* Take the messages that have arrived, without waiting. */
+/* Keep a pull request out for the lane, unless it has enough in hand. */
 static void
-take_arrived(Worker *w, ReliqMessage *msgs, int max, int *n)
+keep_pulling(Lane *l, int max)
 {
-	while (*n < max && w->attached && next_event(w, msgs, n, 0))
-		;
+	bool		idle = l->empty_pulls >= RELIQ_IDLE_AFTER;
+	int			queued;
+
+	if (!l->attached || l->leaving || reliq_puller_active(l->puller) ||
+		!reliq_nats_is_connected(l->pool->conn) ||
+		GetCurrentTimestamp() < l->pull_after)
+		return;
+	queued = reliq_puller_queued(l->puller);
+	if (queued >= max)
+		return;
+	if (!reliq_puller_request(l->puller, max - queued,
+							  idle ? Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) : reliq_fetch_timeout,
+							  idle ? RELIQ_IDLE_HEARTBEAT_MS : 0))
+		l->pull_after = after_ms(RELIQ_POLL_MS);
 }
 
 /*
- * Collect up to max messages.  Returns as soon as at least one has come
- * (what arrived meanwhile comes along), or after reliq.fetch_timeout with
- * none.  Before returning a non-empty batch it asks for the next one, so
- * messages flow in while this batch is applied.
+ * Collect up to max messages of the lane from what has arrived, without
+ * waiting for the first.  Under a backlog (the server said more are
+ * pending: each message carries the consumer's pending count in its reply
+ * subject), the rest of a batch streams in microseconds apart, and fewer,
+ * fuller transactions go faster: keep taking messages while they come
+ * less than RELIQ_GAP_US apart, for at most RELIQ_LINGER_MS.  Under light
+ * load nothing is pending and nothing is added to the latency.  Before
+ * returning, asks for the next batch, so messages flow in while this one
+ * is applied.
  */
 static int
-collect_batch(Worker *w, ReliqMessage *msgs, int max)
+collect_batch(Lane *l, ReliqMessage *msgs, int max)
 {
-	TimestampTz give_up = after_ms(reliq_fetch_timeout);
 	int			n = 0;
 
-	set_state(w, w->stopping ? RELIQ_WORKER_STOPPING : RELIQ_WORKER_FETCHING);
-	for (;;)
-	{
-		take_arrived(w, msgs, max, &n);
-		if (n > 0 || !w->attached)
-			break;
-		if (w->stopping && !reliq_puller_active(w->puller))
-			break;
-		if (GetCurrentTimestamp() >= give_up)
-			break;
-
-		check_for_news(w);
-		if (!w->attached)
-			break;
-		if (!connection_usable(w))
-		{
-			wait_latch(RELIQ_POLL_MS);
-			continue;
-		}
-		if (!w->stopping)
-			set_state(w, RELIQ_WORKER_FETCHING);
-		if (!reliq_puller_active(w->puller) && !w->stopping &&
-			!reliq_puller_request(w->puller, max, reliq_fetch_timeout))
-		{
-			wait_latch(RELIQ_POLL_MS);
-			continue;
-		}
-		(void) next_event(w, msgs, &n, RELIQ_POLL_MS);
-	}
-
-	/*
-	 * Not full, while the pull is still delivering and the server said it
-	 * had more (each message carries the consumer's pending count in its
-	 * reply subject): under a backlog the rest streams in microseconds
-	 * apart, and fewer, fuller transactions go faster.  Keep taking
-	 * messages while they come less than RELIQ_GAP_US apart, for at most
-	 * RELIQ_LINGER_MS.  Under light load nothing is pending and nothing is
-	 * added to the latency.
-	 */
+	take_arrived(l, msgs, max, &n);
 	if (n > 0 && n < max && msgs[n - 1].pending > 0 &&
-		w->attached && reliq_puller_active(w->puller))
+		l->attached && reliq_puller_active(l->puller))
 	{
 		TimestampTz until = after_ms(RELIQ_LINGER_MS);
 		TimestampTz last_arrival = GetCurrentTimestamp();
 
 		while (n < max && msgs[n - 1].pending > 0 &&
-			   w->attached && reliq_puller_active(w->puller))
+			   l->attached && reliq_puller_active(l->puller))
 		{
 			int			before = n;
 			TimestampTz now;
 
-			take_arrived(w, msgs, max, &n);
+			if (reliq_inbox_pump(l->pool->inbox, 0) < 0)
+				break;
+			take_arrived(l, msgs, max, &n);
 			now = GetCurrentTimestamp();
 			if (n > before)
 				last_arrival = now;
@@ -866,16 +979,9 @@ collect_batch(Worker *w, ReliqMessage *msgs, int max)
 				pg_usleep(RELIQ_GAP_US / 4);
 		}
 	}
-
-	if (n > 0 && w->attached && !w->stopping &&
-		!reliq_puller_active(w->puller) && reliq_nats_is_connected(w->conn))
-	{
-		int			queued = reliq_puller_queued(w->puller);
-
-		if (queued < max)
-			(void) reliq_puller_request(w->puller, max - queued,
-										reliq_fetch_timeout);
-	}
+	keep_pulling(l, max);
+	if (n == 0 && l->attached)
+		set_state(l, RELIQ_WORKER_FETCHING);
 	return n;
 }
 
@@ -883,79 +989,85 @@ collect_batch(Worker *w, ReliqMessage *msgs, int max)
  * The lease (lease.c): this cluster consumes only while it holds it
  */
 
-/* Usable right now, and still the lease this worker attached under? */
+/* Usable right now, and still the lease this lane attached under? */
 static bool
-lease_current(Worker *w)
+lease_current(Lane *l)
 {
 	ReliqLeaseView lease;
 
 	/*
 	 * The launcher frees the entry of a dropped subscription and may hand
-	 * it to another: a worker still finishing must not read that one's.
+	 * it to another: a lane still finishing must not read that one's.
 	 */
-	if (w->stats == NULL || w->stats->subscription_id != w->sub->id)
+	if (l->stats == NULL || l->stats->subscription_id != l->sub->id)
 		return false;
-	reliq_lease_read(w->stats, &lease);
+	reliq_lease_read(l->stats, &lease);
 	return reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
-		(lease.state == RELIQ_LEASE_OFF || lease.epoch == w->lease_epoch);
+		(lease.state == RELIQ_LEASE_OFF || lease.epoch == l->lease_epoch);
 }
 
-/*
- * The consumer attached to is another cluster's now, or was made again:
- * drop the inbox and any held batch (its reply subjects name deliveries of
- * the consumer as it was; an ack sent there could ack a delivery of the new
- * one).  Those messages come again from wherever they belong.
- */
 static void
-forget_consumer(Worker *w)
+drop_held(Lane *l)
 {
-	detach(w);
-	if (w->nheld > 0)
+	if (l->nheld > 0)
 	{
-		w->nheld = 0;
-		w->held = NULL;
-		MemoryContextDelete(w->held_cxt);
-		w->held_cxt = NULL;
+		l->nheld = 0;
+		l->held = NULL;
+		MemoryContextDelete(l->held_cxt);
+		l->held_cxt = NULL;
 	}
 }
 
 /*
- * May this worker pull?  While another cluster holds the lease (or this
- * one is taking it over), the worker holds no pull inbox and waits.  While
- * this cluster's own lease has merely lapsed (the monitor could not renew
- * it, usually because NATS is unreachable), it keeps its inbox and pulls
+ * The consumer attached to is another cluster's now, or was made again:
+ * drop the puller and any held batch (its reply subjects name deliveries
+ * of the consumer as it was; an ack sent there could ack a delivery of the
+ * new one).  Those messages come again from wherever they belong.
+ */
+static void
+forget_consumer(Lane *l)
+{
+	detach(l);
+	drop_held(l);
+}
+
+/*
+ * May this lane pull?  While another cluster holds the lease (or this one
+ * is taking it over), the lane holds no puller and waits.  While this
+ * cluster's own lease has merely lapsed (the monitor could not renew it,
+ * usually because NATS is unreachable), it keeps its puller and pulls
  * nothing until the lease is renewed.  When the lease was acquired anew,
  * the consumer was made again at this database's position: attach afresh.
  */
 static bool
-lease_allows(Worker *w)
+lease_allows(Lane *l)
 {
 	ReliqLeaseView lease;
 
 	memset(&lease, 0, sizeof(lease));
-	if (w->stats != NULL)
-		reliq_lease_read(w->stats, &lease);
+	if (l->stats != NULL)
+		reliq_lease_read(l->stats, &lease);
 	if (reliq_lease_usable(&lease, GetCurrentTimestamp()))
 	{
-		if (lease.state == RELIQ_LEASE_OWNED && lease.epoch != w->lease_epoch)
+		if (lease.state == RELIQ_LEASE_OWNED && lease.epoch != l->lease_epoch)
 		{
-			forget_consumer(w);
-			w->lease_epoch = lease.epoch;
+			forget_consumer(l);
+			l->lease_epoch = lease.epoch;
 		}
 		return true;
 	}
 	if (lease.state == RELIQ_LEASE_FENCED || lease.state == RELIQ_LEASE_ACQUIRING)
 	{
-		forget_consumer(w);
-		set_state(w, RELIQ_WORKER_FENCED);
+		forget_consumer(l);
+		set_state(l, RELIQ_WORKER_FENCED);
 		if (lease.state == RELIQ_LEASE_FENCED)
-			note_problem(w, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
-						 w->sub->consumer, lease.holder, w->sub->name);
+			note_problem(l, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
+						 l->sub->consumer, lease.holder, l->sub->name);
 	}
-	else if (w->stats == NULL)
-		note_problem(w, WARNING, "no statistics entry, so no lease: raise reliq.max_subscriptions");
-	else if (w->conn != NULL && w->puller != NULL && connection_usable(w))
-		set_state(w, RELIQ_WORKER_CONNECTING);	/* until the lease is renewed */
+	else if (l->stats == NULL)
+		note_problem(l, WARNING, "no statistics entry, so no lease: raise reliq.max_subscriptions");
+	else
+		set_state(l, RELIQ_WORKER_CONNECTING);	/* until the lease is renewed */
 	return false;
 }
 
@@ -987,7 +1099,7 @@ sync_wait_mode(void)
  * Waits on the latch: death of the postmaster and termination end it.
  */
 static void
-await_standbys(Worker *w, XLogRecPtr lsn)
+await_standbys(Lane *l, XLogRecPtr lsn)
 {
 	int			mode = sync_wait_mode();
 
@@ -1000,16 +1112,16 @@ await_standbys(Worker *w, XLogRecPtr lsn)
 		LWLockRelease(SyncRepLock);
 		if (confirmed)
 			break;
-		if (!w->awaiting_standby)
+		if (!l->awaiting_standby)
 			ereport(LOG,
 					(errmsg("reliq subscription \"%s\": acknowledgements wait until the synchronous standby confirms %X/%X",
-							w->sub->name, LSN_FORMAT_ARGS(lsn)),
+							l->sub->name, LSN_FORMAT_ARGS(lsn)),
 					 errdetail("The commit's own wait for synchronous replication was cancelled.")));
-		w->awaiting_standby = true;
+		l->awaiting_standby = true;
 		wait_latch(RELIQ_POLL_MS);
 		mode = sync_wait_mode();
 	}
-	w->awaiting_standby = false;
+	l->awaiting_standby = false;
 }
 
 /*
@@ -1020,15 +1132,15 @@ await_standbys(Worker *w, XLogRecPtr lsn)
  * consumer now: its messages are left to it, unacked).
  */
 static bool
-may_acknowledge(Worker *w, XLogRecPtr flushed)
+may_acknowledge(Lane *l, XLogRecPtr flushed)
 {
 	exit_if_postmaster_died();
 	CHECK_FOR_INTERRUPTS();
-	await_standbys(w, flushed);
+	await_standbys(l, flushed);
 	exit_if_postmaster_died();
-	if (lease_current(w))
+	if (lease_current(l))
 		return true;
-	note_problem(w, LOG, "the lease lapsed during a batch; its messages are left unacknowledged");
+	note_problem(l, LOG, "the lease lapsed during a batch; its messages are left unacknowledged");
 	return false;
 }
 
@@ -1040,26 +1152,27 @@ may_acknowledge(Worker *w, XLogRecPtr flushed)
 #define RELIQ_OUTBOX_ROUND 500
 
 static void
-drain_outbox(Worker *w)
+drain_outbox(Lane *l)
 {
+	Pool	   *p = l->pool;
 	bool		stuck = false;
 	int			rows;
 
-	if (!w->outbox_pending || w->conn == NULL || !reliq_nats_is_connected(w->conn))
+	if (!l->outbox_pending || p->conn == NULL || !reliq_nats_is_connected(p->conn))
 		return;
 	pgstat_report_activity(STATE_RUNNING, "reliq: publishing the outbox");
 	do
 	{
-		rows = reliq_outbox_publish(w->conn, w->sub->id, RELIQ_OUTBOX_ROUND, &stuck);
+		rows = reliq_outbox_publish(p->conn, l->sub->id, RELIQ_OUTBOX_ROUND, &stuck);
 	} while (rows == RELIQ_OUTBOX_ROUND && !stuck);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	w->outbox_pending = stuck;
+	l->outbox_pending = stuck;
 	if (stuck)
 	{
-		note_problem(w, WARNING, "messages wait in reliq._outbox: %s",
+		note_problem(l, WARNING, "messages wait in reliq._outbox: %s",
 					 reliq_nats_last_error());
-		w->next_outbox_try = after_ms(reliq_refresh_interval);
+		l->next_outbox_try = after_ms(reliq_refresh_interval);
 	}
 }
 
@@ -1074,8 +1187,9 @@ drain_outbox(Worker *w)
 #define RELIQ_QUICK_BATCH_US 2000
 
 static void
-acknowledge(Worker *w, ReliqMessage *msgs, int n, bool quick)
+acknowledge(Lane *l, ReliqMessage *msgs, int n, bool quick)
 {
+	ReliqNatsConnection *conn = l->pool->conn;
 	bool		ok = true;
 	int			i;
 
@@ -1087,23 +1201,24 @@ acknowledge(Worker *w, ReliqMessage *msgs, int n, bool quick)
 		{
 			case RELIQ_OUTCOME_PROCESSED:
 			case RELIQ_OUTCOME_DUPLICATE:
-				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_ACK, 0);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_ACK, 0);
 				break;
 			case RELIQ_OUTCOME_FAILED:
-				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_NAK,
-									 reliq_subscription_backoff_ms(w->sub, msg->delivered));
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK,
+									 reliq_subscription_backoff_ms(l->sub, msg->delivered));
 				break;
 			case RELIQ_OUTCOME_DEAD_LETTERED:
-				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_TERM, 0);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_TERM, 0);
 				break;
 			case RELIQ_OUTCOME_NONE:
 				/* not applied (the stream changed): deliver again now */
-				ok &= reliq_nats_ack(w->conn, msg->reply, RELIQ_NAK, 0);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK, 0);
 				break;
 			case RELIQ_OUTCOME_HELD:
 				break;
 		}
 	}
+
 	/*
 	 * Whether to flush with a round trip.  Left alone, cnats's flusher
 	 * thread writes what is buffered (these acks, and the pull for the next
@@ -1114,31 +1229,31 @@ acknowledge(Worker *w, ReliqMessage *msgs, int n, bool quick)
 	 * from 57k to 72k msg/s on two cores).  A quick batch would wait for
 	 * the pause instead: flush it (batch 10 ran at a third of the speed
 	 * without).  An ack that never arrives only means a redelivery, which
-	 * the ledger absorbs; the worker flushes before it stops (finish).
+	 * the ledger absorbs; the worker flushes before it stops.
 	 */
 	if (ok && quick)
-		ok = reliq_nats_flush(w->conn, reliq_nats_timeout);
+		ok = reliq_nats_flush(conn, reliq_nats_timeout);
 	if (!ok)
 		ereport(DEBUG1,
 				(errmsg("reliq subscription \"%s\": acknowledgements not sent: %s",
-						w->sub->name, reliq_nats_last_error())));
+						l->sub->name, reliq_nats_last_error())));
 }
 
 static void
-send_in_progress(Worker *w)
+send_in_progress(Lane *l)
 {
 	int			i;
 
-	for (i = 0; i < w->nheld; i++)
-		(void) reliq_nats_ack(w->conn, w->held[i].reply, RELIQ_IN_PROGRESS, 0);
-	(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
-	w->next_progress = after_ms(Max(w->sub->ack_wait_ms / 2, 1));
+	for (i = 0; i < l->nheld; i++)
+		(void) reliq_nats_ack(l->pool->conn, l->held[i].reply, RELIQ_IN_PROGRESS, 0);
+	(void) reliq_nats_flush(l->pool->conn, reliq_nats_timeout);
+	l->next_progress = after_ms(Max(l->sub->ack_wait_ms / 2, 1));
 }
 
 static void
-count_batch(Worker *w, int received, const ReliqBatchResult *result)
+count_batch(Lane *l, int received, const ReliqBatchResult *result)
 {
-	ReliqSubscriptionStats *stats = w->stats;
+	ReliqSubscriptionStats *stats = l->stats;
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (stats == NULL)
@@ -1159,7 +1274,7 @@ count_batch(Worker *w, int received, const ReliqBatchResult *result)
 
 /* Failures: last_error always, a WARNING at most every so often. */
 static void
-report_failures(Worker *w, const ReliqBatchResult *result)
+report_failures(Lane *l, const ReliqBatchResult *result)
 {
 	ErrorData  *error = result->batch_error ? result->batch_error : result->last_failure;
 	char		text[RELIQ_ERROR_LEN];
@@ -1171,25 +1286,26 @@ report_failures(Worker *w, const ReliqBatchResult *result)
 	else
 		snprintf(text, sizeof(text), "handler failed on stream sequence " INT64_FORMAT ": %s",
 				 result->last_failure_seq, error->message);
-	reliq_stats_set_failure(w->stats, text);
+	if (l->stats != NULL)
+		reliq_stats_set_failure(l->stats, text);
 
-	w->unreported_failures += Max(result->failed, 1);
-	if (w->last_warning_at == 0 ||
-		TimestampDifferenceExceeds(w->last_warning_at, GetCurrentTimestamp(),
+	l->unreported_failures += Max(result->failed, 1);
+	if (l->last_warning_at == 0 ||
+		TimestampDifferenceExceeds(l->last_warning_at, GetCurrentTimestamp(),
 								   RELIQ_WARNING_INTERVAL_MS))
 	{
 		ereport(WARNING,
 				(errcode(error->sqlerrcode),
 				 errmsg("reliq subscription \"%s\": %d message failures; last: %s",
-						w->sub->name, w->unreported_failures, text),
+						l->sub->name, l->unreported_failures, text),
 				 error->detail ? errdetail("%s", error->detail) : 0));
-		w->last_warning_at = GetCurrentTimestamp();
-		w->unreported_failures = 0;
+		l->last_warning_at = GetCurrentTimestamp();
+		l->unreported_failures = 0;
 	}
 }
 
 static void
-copy_held(Worker *w, ReliqMessage *msgs, int n)
+copy_held(Lane *l, ReliqMessage *msgs, int n)
 {
 	MemoryContext cxt;
 	MemoryContext old;
@@ -1200,8 +1316,8 @@ copy_held(Worker *w, ReliqMessage *msgs, int n)
 	cxt = AllocSetContextCreate(TopMemoryContext, "reliq held batch",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
-	w->held = palloc(sizeof(ReliqMessage) * Max(n, 1));
-	w->nheld = 0;
+	l->held = palloc(sizeof(ReliqMessage) * Max(n, 1));
+	l->nheld = 0;
 	for (i = 0; i < n; i++)
 	{
 		ReliqMessage *src = &msgs[i];
@@ -1209,7 +1325,7 @@ copy_held(Worker *w, ReliqMessage *msgs, int n)
 
 		if (src->outcome != RELIQ_OUTCOME_HELD)
 			continue;
-		dst = &w->held[w->nheld++];
+		dst = &l->held[l->nheld++];
 		*dst = *src;
 		dst->subject = pstrdup(src->subject);
 		dst->reply = pstrdup(src->reply);
@@ -1227,9 +1343,9 @@ copy_held(Worker *w, ReliqMessage *msgs, int n)
 		dst->error = NULL;
 	}
 	MemoryContextSwitchTo(old);
-	if (w->held_cxt)
-		MemoryContextDelete(w->held_cxt);
-	w->held_cxt = cxt;
+	if (l->held_cxt)
+		MemoryContextDelete(l->held_cxt);
+	l->held_cxt = cxt;
 }
 
 /*
@@ -1237,13 +1353,15 @@ copy_held(Worker *w, ReliqMessage *msgs, int n)
  * message it applied, and the batch from BEGIN to its acks.
  */
 static void
-time_batch(Worker *w, ReliqMessage *msgs, int n, TimestampTz started,
+time_batch(Lane *l, ReliqMessage *msgs, int n, TimestampTz started,
 		   TimestampTz committed, const ReliqBatchResult *result)
 {
 	int64	   *latencies = palloc(sizeof(int64) * Max(n, 1));
 	int			nlatencies = 0;
 	int			i;
 
+	if (l->stats == NULL)
+		return;
 	for (i = 0; i < n; i++)
 	{
 		if (msgs[i].outcome != RELIQ_OUTCOME_PROCESSED)
@@ -1251,56 +1369,55 @@ time_batch(Worker *w, ReliqMessage *msgs, int n, TimestampTz started,
 		latencies[nlatencies++] =
 			Max(committed - reliq_unix_ns_to_timestamptz(msgs[i].published_ns), 0);
 	}
-	reliq_stats_record_batch(w->stats, GetCurrentTimestamp() - started,
+	reliq_stats_record_batch(l->stats, GetCurrentTimestamp() - started,
 							 latencies, nlatencies, result->processed);
 	pfree(latencies);
 }
 
 /* Apply a batch, acknowledge it, count it. */
 static void
-process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
+process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 {
 	ReliqBatchResult result;
-	bool		was_failing = (w->nheld > 0);
+	bool		was_failing = (l->nheld > 0);
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz committed;
 
-	set_state(w, RELIQ_WORKER_PROCESSING);
-	reliq_slot_set_progress(w->slot, w->sub->batch_size, n);
+	set_state(l, RELIQ_WORKER_PROCESSING);
+	report_progress(l, n);
 	pgstat_report_activity(STATE_RUNNING,
-						   psprintf("reliq: applying %d messages of subscription %s", n, w->sub->name));
+						   psprintf("reliq: applying %d messages of subscription %s", n, l->sub->name));
 
-	reliq_batch_run(&w->batch, msgs, n, &result);
+	reliq_batch_run(&l->batch, msgs, n, &result);
 	committed = GetCurrentTimestamp();
 	if (result.outboxed > 0)
-		w->outbox_pending = true;
-	if (!may_acknowledge(w, GetFlushRecPtr(NULL)))
+		l->outbox_pending = true;
+	if (!may_acknowledge(l, GetFlushRecPtr(NULL)))
 	{
 		/*
 		 * Committed, so counted; not acked but NAKed, so delivered again at
 		 * once to whoever owns the consumer now (this cluster's ledger, or
 		 * another's, absorbs or applies it).
 		 */
-		count_batch(w, probe ? 0 : n, &result);
-		release_messages(w, msgs, n, release_delay_ms(w));
-		forget_consumer(w);
+		count_batch(l, probe ? 0 : n, &result);
+		release_messages(l->pool, msgs, n, release_delay_ms(l));
+		forget_consumer(l);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return;
 	}
-	drain_outbox(w);
-	acknowledge(w, msgs, n,
-				committed - started < RELIQ_QUICK_BATCH_US);
-	count_batch(w, probe ? 0 : n, &result);
-	time_batch(w, msgs, n, started, committed, &result);
-	report_failures(w, &result);
+	drain_outbox(l);
+	acknowledge(l, msgs, n, committed - started < RELIQ_QUICK_BATCH_US);
+	count_batch(l, probe ? 0 : n, &result);
+	time_batch(l, msgs, n, started, committed, &result);
+	report_failures(l, &result);
 
 	if (result.subscription_gone)
-		begin_stopping(w, "subscription dropped");
+		begin_leaving(l, false);
 	if (result.stream_changed)
 	{
-		note_problem(w, LOG, "stream \"%s\" was made again; attaching to the new one",
-					 w->sub->stream);
-		detach(w);
+		note_problem(l, LOG, "stream \"%s\" was made again; attaching to the new one",
+					 l->sub->stream);
+		detach(l);
 	}
 
 	if (result.tripped && result.held > 0)
@@ -1309,28 +1426,25 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
 		{
 			ereport(LOG,
 					(errmsg("reliq subscription \"%s\": systemic failure detected; holding %d messages and pausing pulls",
-							w->sub->name, result.held),
+							l->sub->name, result.held),
 					 errdetail("%d distinct messages in a row failed with errors not specific to them; nothing is dead-lettered meanwhile.",
-							   w->batch.breaker.consecutive),
+							   l->batch.breaker.consecutive),
 					 errhint("Fix the cause shown in reliq.subscription_stats.last_error; reliq retries after the subscription's backoff delays.")));
-			w->probes = 0;
+			l->probes = 0;
 		}
-		copy_held(w, msgs, n);
-		w->next_probe = after_ms(reliq_subscription_backoff_ms(w->sub, ++w->probes));
-		w->next_progress = GetCurrentTimestamp();
-		set_state(w, RELIQ_WORKER_FAILING);
+		copy_held(l, msgs, n);
+		l->next_probe = after_ms(reliq_subscription_backoff_ms(l->sub, ++l->probes));
+		l->next_progress = GetCurrentTimestamp();
+		set_state(l, RELIQ_WORKER_FAILING);
 	}
 	else if (was_failing)
 	{
 		ereport(LOG,
 				(errmsg("reliq subscription \"%s\": resumed after a systemic failure",
-						w->sub->name)));
-		w->nheld = 0;
-		w->held = NULL;
-		MemoryContextDelete(w->held_cxt);
-		w->held_cxt = NULL;
+						l->sub->name)));
+		drop_held(l);
 	}
-	reliq_slot_set_progress(w->slot, w->sub->batch_size, w->nheld);
+	report_progress(l, l->nheld);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -1343,113 +1457,406 @@ process_batch(Worker *w, ReliqMessage *msgs, int n, bool probe)
  * expired ack_wait.
  */
 static void
-apply_collected(Worker *w, ReliqMessage *msgs, int n)
+apply_collected(Lane *l, ReliqMessage *msgs, int n)
 {
+	Pool	   *p = l->pool;
 	ReliqMessage *first = palloc(sizeof(ReliqMessage) * n);
 	int			nfirst = 0;
 	int			i;
 
-	w->applying = msgs;
-	w->napplying = n;
+	p->applying_lane = l;
+	p->applying = msgs;
+	p->napplying = n;
 	for (i = 0; i < n; i++)
 		if (msgs[i].delivered <= 1)
 			first[nfirst++] = msgs[i];
 	if (nfirst > 0)
-		process_batch(w, first, nfirst, false);
-	for (i = 0; i < n && w->attached && w->nheld == 0; i++)
+		process_batch(l, first, nfirst, false);
+	for (i = 0; i < n && l->attached && l->nheld == 0; i++)
 		if (msgs[i].delivered > 1)
 		{
-			applying_alone = msgs[i].stream_seq;
-			process_batch(w, &msgs[i], 1, false);
-			applying_alone = 0;
+			p->applying_alone = msgs[i].stream_seq;
+			process_batch(l, &msgs[i], 1, false);
+			p->applying_alone = 0;
 		}
 	/* what a failing state or a detach left unapplied comes again later */
 	for (; i < n; i++)
-		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && w->conn)
-			(void) reliq_nats_ack(w->conn, msgs[i].reply, RELIQ_NAK, 0);
-	w->applying = NULL;
-	w->napplying = 0;
+		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && p->conn)
+			(void) reliq_nats_ack(p->conn, msgs[i].reply, RELIQ_NAK, 0);
+	p->applying_lane = NULL;
+	p->applying = NULL;
+	p->napplying = 0;
 	pfree(first);
 }
 
-/* Failing: keep the held batch alive on the server and retry it. */
-static void
-hold_step(Worker *w)
+/*
+ * Failing: keep the held batch alive on the server and retry it when its
+ * time comes.  Never waits: the worker's other lanes go on meanwhile.
+ * True when a probe ran.
+ */
+static bool
+hold_step(Lane *l)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	set_state(w, RELIQ_WORKER_FAILING);
-	if (w->stopping)
-	{
-		int			i;
-
-		for (i = 0; i < w->nheld; i++)
-			(void) reliq_nats_ack(w->conn, w->held[i].reply, RELIQ_NAK, 0);
-		(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
-		w->nheld = 0;
-		return;
-	}
-	if (!lease_current(w))
+	set_state(l, RELIQ_WORKER_FAILING);
+	if (!lease_current(l))
 	{
 		/* no longer ours: give the held batch back to the owner */
-		(void) release_messages(w, w->held, w->nheld, release_delay_ms(w));
-		forget_consumer(w);
-		return;
+		(void) release_messages(l->pool, l->held, l->nheld, release_delay_ms(l));
+		forget_consumer(l);
+		return false;
 	}
-	if (now >= w->next_progress && reliq_nats_is_connected(w->conn))
-		send_in_progress(w);
-	if (now >= w->next_probe)
+	if (now >= l->next_progress && reliq_nats_is_connected(l->pool->conn))
+		send_in_progress(l);
+	if (now >= l->next_probe)
 	{
-		ReliqMessage *msgs = palloc(sizeof(ReliqMessage) * w->nheld);
-		int			n = w->nheld;
+		ReliqMessage *msgs = palloc(sizeof(ReliqMessage) * l->nheld);
+		int			n = l->nheld;
 
-		memcpy(msgs, w->held, sizeof(ReliqMessage) * n);
-		process_batch(w, msgs, n, true);
-		return;
+		memcpy(msgs, l->held, sizeof(ReliqMessage) * n);
+		process_batch(l, msgs, n, true);
+		return true;
 	}
-	wait_latch(Min(RELIQ_POLL_MS * 10,
-				   Max(Min(ms_until(w->next_probe), ms_until(w->next_progress)), 1)));
+	return false;
+}
+
+/*
+ * Lanes: taken up when the launcher assigns a subscription, given up when
+ * it takes it away
+ */
+
+static Lane *
+find_lane(Pool *p, int64 subscription_id)
+{
+	int			i;
+
+	for (i = 0; i < p->nlanes; i++)
+		if (p->lanes[i]->subscription_id == subscription_id)
+			return p->lanes[i];
+	return NULL;
 }
 
 static void
-finish(Worker *w)
+open_status(Lane *l)
 {
-	if (w->nheld > 0 && w->conn)
-		hold_step(w);
-	if (w->conn && reliq_nats_is_connected(w->conn))
-		(void) reliq_nats_flush(w->conn, reliq_nats_timeout);
-	disconnect(w);
+	if (l->status == NULL)
+		l->status = reliq_lane_open(l->pool->slot, l->subscription_id,
+									l->sub->name, l->lane_index);
+	report_progress(l, l->nheld);
+}
+
+static void
+add_lane(Pool *p, const ReliqAssignment *assignment)
+{
+	Lane	   *l = MemoryContextAllocZero(TopMemoryContext, sizeof(Lane));
+
+	l->pool = p;
+	l->subscription_id = assignment->subscription_id;
+	l->lane_index = assignment->lane_index;
+	reliq_batch_init(&l->batch);
+	if (!load_subscription(l))
+	{
+		reliq_batch_free(&l->batch);
+		pfree(l);
+		return;
+	}
+	l->stats = reliq_stats_find(l->sub->id, true, l->sub->name);
+	l->batch.stats = l->stats;
+	l->outbox_pending = true;	/* a worker before us may have left rows */
+	open_status(l);
+
+	if (p->nlanes == p->lanes_capacity)
+	{
+		p->lanes_capacity = Max(p->lanes_capacity * 2, 8);
+		p->lanes = p->lanes ?
+			repalloc(p->lanes, sizeof(Lane *) * p->lanes_capacity) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(Lane *) * p->lanes_capacity);
+	}
+	p->lanes[p->nlanes++] = l;
 	ereport(DEBUG1,
-			(errmsg("reliq subscription \"%s\": worker %d stopped",
-					w->sub->name, w->worker_index)));
-	proc_exit(0);
+			(errmsg("reliq worker %d serves subscription \"%s\" (lane %d)",
+					p->index, l->sub->name, l->lane_index)));
+}
+
+/*
+ * A lane is no longer assigned (pause, drop, a worker fewer): give back
+ * what it holds and has not applied, at once (NAK, delayed only until its
+ * own pull runs out, or for a second when the connection closes next),
+ * and show it no more.  Its puller stays until that pull has run out,
+ * giving back what still arrives.
+ */
+static void
+begin_leaving(Lane *l, bool closing)
+{
+	int64		delay = release_delay_ms(l);
+
+	/* a connection about to close ends our pulls with it */
+	if (closing)
+		delay = Min(delay, 1000);
+
+	if (!l->leaving)
+		ereport(DEBUG1,
+				(errmsg("reliq worker %d gives up subscription \"%s\"",
+						l->pool->index, l->sub->name)));
+	l->leaving = true;
+	(void) release_messages(l->pool, l->held, l->nheld, delay);
+	drop_held(l);
+	if (l->puller)
+		(void) reliq_puller_release_queued(l->puller, delay);
+	if (l->pool->conn && reliq_nats_is_connected(l->pool->conn))
+		(void) reliq_nats_flush(l->pool->conn, reliq_nats_timeout);
+	if (l->status != NULL)
+	{
+		reliq_lane_close(l->pool->slot, l->status);
+		l->status = NULL;
+	}
+}
+
+/* A leaving lane: done once its last pull has run out. */
+static bool
+leaving_done(Lane *l)
+{
+	if (l->puller != NULL)
+	{
+		if (reliq_puller_queued(l->puller) > 0)
+			(void) reliq_puller_release_queued(l->puller, release_delay_ms(l));
+		if (reliq_puller_active(l->puller) && release_delay_ms(l) > 0 &&
+			l->pool->conn != NULL && reliq_nats_is_connected(l->pool->conn))
+			return false;
+	}
+	return true;
+}
+
+static void
+free_lane(Lane *l)
+{
+	MemoryContext caller;
+
+	if (l->status != NULL)
+		reliq_lane_close(l->pool->slot, l->status);
+	detach(l);
+	drop_held(l);
+	caller = begin_transaction("reliq: giving up a subscription");
+	reliq_batch_free(&l->batch);
+	end_transaction(caller);
+	if (l->sub_cxt)
+		MemoryContextDelete(l->sub_cxt);
+	pfree(l);
+}
+
+/* Free the lanes that are gone; keep the others in their order. */
+static void
+remove_finished_lanes(Pool *p)
+{
+	int			kept = 0;
+	int			i;
+
+	for (i = 0; i < p->nlanes; i++)
+	{
+		Lane	   *l = p->lanes[i];
+
+		if (l->leaving && leaving_done(l))
+			free_lane(l);
+		else
+			p->lanes[kept++] = l;
+	}
+	if (kept != p->nlanes)
+	{
+		p->nlanes = kept;
+		p->next_lane = kept > 0 ? p->next_lane % kept : 0;
+	}
+}
+
+/*
+ * The launcher changed what this worker serves (or a subscription's
+ * settings): take up new lanes, give up those taken away, reload changed
+ * ones.
+ */
+static void
+apply_assignment(Pool *p)
+{
+	ReliqAssignment *assigned;
+	int			nassigned;
+	int			i;
+
+	assigned = palloc(sizeof(ReliqAssignment) * Max(reliq_shared->max_subscriptions, 1));
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	nassigned = p->slot->nassigned;
+	memcpy(assigned, p->slot->assigned, sizeof(ReliqAssignment) * nassigned);
+	LWLockRelease(reliq_shared->lock);
+
+	for (i = 0; i < p->nlanes; i++)
+	{
+		Lane	   *l = p->lanes[i];
+		int			j;
+
+		for (j = 0; j < nassigned; j++)
+			if (assigned[j].subscription_id == l->subscription_id)
+				break;
+		if (j == nassigned)
+		{
+			if (!l->leaving)
+				begin_leaving(l, false);
+			continue;
+		}
+		if (l->leaving)
+		{
+			/* given back before its pull ran out: take it up again */
+			l->leaving = false;
+			open_status(l);
+		}
+		l->lane_index = assigned[j].lane_index;
+		if (assigned[j].config_version > l->sub->version && !load_subscription(l))
+			begin_leaving(l, false);
+	}
+	for (i = 0; i < nassigned; i++)
+		if (find_lane(p, assigned[i].subscription_id) == NULL)
+			add_lane(p, &assigned[i]);
+	pfree(assigned);
+}
+
+/* Interrupts, reloads, stop requests and assignment changes. */
+static void
+check_for_news(Pool *p)
+{
+	uint64		version;
+
+	exit_if_postmaster_died();
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (!p->stopping && pg_atomic_read_u32(&p->slot->stop_requested) != 0)
+	{
+		int			i;
+
+		p->stopping = true;
+		ereport(DEBUG1,
+				(errmsg("reliq worker %d stopping: requested by the launcher", p->index)));
+		for (i = 0; i < p->nlanes; i++)
+			begin_leaving(p->lanes[i], true);
+	}
+	if (p->stopping)
+		return;
+	version = pg_atomic_read_u64(&p->slot->assignment_version);
+	if (version != p->assignment_seen)
+	{
+		p->assignment_seen = version;
+		apply_assignment(p);
+	}
+}
+
+/*
+ * One lane's turn: at most one batch.  Never waits for messages.  True
+ * when it applied something.
+ */
+static bool
+lane_turn(Lane *l)
+{
+	ReliqMessage *msgs;
+	int			n;
+
+	if (l->leaving)
+		return false;
+	if (!lease_allows(l))
+		return false;
+	if (!ensure_attached(l))
+	{
+		if (GetCurrentTimestamp() < l->retry_at)
+			set_state(l, RELIQ_WORKER_BACKING_OFF);
+		return false;
+	}
+	if (l->nheld > 0)
+		return hold_step(l);
+	if (l->outbox_pending && GetCurrentTimestamp() >= l->next_outbox_try)
+		drain_outbox(l);
+	maybe_refresh(l);
+	if (!l->attached)
+		return false;
+
+	msgs = palloc(sizeof(ReliqMessage) * l->sub->batch_size);
+	n = collect_batch(l, msgs, l->sub->batch_size);
+	if (n == 0)
+		return false;
+	apply_collected(l, msgs, n);
+	return true;
+}
+
+/* How long the worker may wait for its inbox before a lane needs it. */
+static int
+idle_wait_ms(Pool *p)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = TimestampTzPlusMilliseconds(now, RELIQ_POLL_MS);
+	int			i;
+
+	for (i = 0; i < p->nlanes; i++)
+	{
+		Lane	   *l = p->lanes[i];
+
+		if (l->nheld > 0)
+		{
+			next = Min(next, l->next_probe);
+			next = Min(next, l->next_progress);
+		}
+		if (!l->attached && l->retry_at > now)
+			next = Min(next, l->retry_at);
+		if (l->pull_after > now)
+			next = Min(next, l->pull_after);
+	}
+	return (int) Max(ms_until(next), 0);
+}
+
+/* Give every lane its turn, starting with a different one each round. */
+static bool
+serve_lanes(Pool *p)
+{
+	bool		busy = false;
+	int			count = p->nlanes;
+	int			start = count > 0 ? p->next_lane % count : 0;
+	int			k;
+
+	for (k = 0; k < count; k++)
+	{
+		Lane	   *l = p->lanes[(start + k) % count];
+
+		MemoryContextReset(p->turn_cxt);
+		check_for_news(p);
+		if (p->nlanes != count)
+			break;				/* lanes came or went: start a new round */
+		if (reliq_inbox_pump(p->inbox, 0) < 0)
+			return busy;
+		busy |= lane_turn(l);
+	}
+	p->next_lane = count > 0 ? (start + 1) % count : 0;
+	return busy;
 }
 
 void
 reliq_worker_main(Datum main_arg)
 {
-	Worker		w;
+	Pool		pool;
+	Pool	   *p = &pool;
 	uint64		generation;
-	int64		subscription_id;
 	char		appname[NAMEDATALEN];
-	ReliqMessage *msgs = NULL;
 
-	memset(&w, 0, sizeof(w));
-	MyWorker = &w;
+	memset(p, 0, sizeof(*p));
+	MyPool = p;
 	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(generation));
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	if (!attach_slot(&w, DatumGetInt32(main_arg), generation))
+	if (!attach_slot(p, DatumGetInt32(main_arg), generation))
 		proc_exit(0);
-	subscription_id = w.slot->subscription_id;
 
 	BackgroundWorkerInitializeConnection(reliq_database_name, NULL, 0);
 
-	snprintf(appname, sizeof(appname), "reliq %s #%d",
-			 w.slot->subscription_name, w.worker_index);
+	snprintf(appname, sizeof(appname), "reliq worker #%d", p->index);
 	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
 
 	/*
@@ -1461,8 +1868,8 @@ reliq_worker_main(Datum main_arg)
 	{
 		SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 		ereport(LOG,
-				(errmsg("reliq worker for subscription \"%s\" commits with synchronous_commit = local",
-						w.slot->subscription_name),
+				(errmsg("reliq worker %d commits with synchronous_commit = local",
+						p->index),
 				 errdetail("synchronous_commit is off here; an acknowledgement must follow a durable commit.")));
 	}
 
@@ -1477,62 +1884,46 @@ reliq_worker_main(Datum main_arg)
 	mallopt(M_MMAP_THRESHOLD, 8 * 1024 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 
-	reliq_batch_init(&w.batch);
-	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "reliq batch",
+	p->turn_cxt = AllocSetContextCreate(TopMemoryContext, "reliq lane turn",
 										ALLOCSET_DEFAULT_SIZES);
-	if (!load_subscription(&w, subscription_id))
-		proc_exit(0);
-	w.stats = reliq_stats_find(w.sub->id, true, w.sub->name);
-	MyStats = w.stats;
-	w.batch.stats = w.stats;
-	w.outbox_pending = true;	/* a worker before us may have left rows */
+	MemoryContextSwitchTo(p->turn_cxt);
+	check_for_news(p);
 
 	for (;;)
 	{
-		int			n;
-
-		/* everything an iteration allocates goes when it ends */
-		MemoryContextSwitchTo(w.batch_cxt);
-		MemoryContextReset(w.batch_cxt);
-		check_for_news(&w);
-		if (w.stopping && w.nheld == 0 &&
-			(w.puller == NULL || !reliq_puller_active(w.puller)) &&
-			(w.puller == NULL || reliq_puller_queued(w.puller) == 0))
+		MemoryContextSwitchTo(p->turn_cxt);
+		MemoryContextReset(p->turn_cxt);
+		check_for_news(p);
+		remove_finished_lanes(p);
+		if (p->stopping)
 			break;
-		if (w.stopping && w.nheld > 0)
-			break;
-
-		if (!lease_allows(&w))
+		if (p->nlanes == 0 && p->conn == NULL)
 		{
-			if (w.stopping)
-				break;
-			wait_latch(RELIQ_POLL_MS * 5);
+			/* nothing to serve: connect only when there is */
+			reliq_slot_set_state(p->slot, RELIQ_WORKER_IDLE);
+			wait_latch(RELIQ_POLL_MS * 10);
 			continue;
 		}
-		if (!ensure_connected(&w) || !ensure_attached(&w))
+		if (!pool_connected(p))
 		{
-			if (w.stopping)
-				break;
-			if (GetCurrentTimestamp() < w.retry_at)
-				set_state(&w, RELIQ_WORKER_BACKING_OFF);
-			wait_latch(Max(Min(ms_until(w.retry_at), RELIQ_POLL_MS * 10), 1));
+			wait_latch(Max(Min(ms_until(p->retry_at), RELIQ_POLL_MS), 1));
 			continue;
 		}
-		if (w.nheld > 0)
+		if (!serve_lanes(p))
 		{
-			hold_step(&w);
-			continue;
+			if (reliq_inbox_pump(p->inbox, idle_wait_ms(p)) < 0)
+			{
+				note_pool_problem(p, WARNING, "%s", reliq_nats_last_error());
+				pool_disconnect(p);
+				p->retry_at = next_retry(&p->retries);
+			}
 		}
-		if (w.outbox_pending && GetCurrentTimestamp() >= w.next_outbox_try)
-			drain_outbox(&w);
-		maybe_refresh(&w);
-		if (!w.attached)
-			continue;
-
-		msgs = palloc(sizeof(ReliqMessage) * w.sub->batch_size);
-		n = collect_batch(&w, msgs, w.sub->batch_size);
-		if (n > 0)
-			apply_collected(&w, msgs, n);
 	}
-	finish(&w);
+
+	/* asked to stop: every lane has given back what it held */
+	if (p->conn && reliq_nats_is_connected(p->conn))
+		(void) reliq_nats_flush(p->conn, reliq_nats_timeout);
+	ereport(DEBUG1,
+			(errmsg("reliq worker %d stopped", p->index)));
+	proc_exit(0);
 }

@@ -78,8 +78,12 @@ ok(wait_for($node, q{SELECT pending = 0 AND ack_pending = 0 FROM reliq.subscript
 is($node->safe_psql('postgres',
 		q{SELECT string_agg(backend_type || ':' || application_name, ',' ORDER BY application_name)
 		    FROM pg_stat_activity WHERE backend_type LIKE 'reliq%'}),
-	'reliq worker:reliq invoices #0,reliq launcher:reliq launcher,reliq monitor:reliq monitor,reliq worker:reliq orders #0,reliq worker:reliq orders #1',
-	'launcher, monitor and workers are visible in pg_stat_activity');
+	'reliq launcher:reliq launcher,reliq monitor:reliq monitor,reliq worker:reliq worker #0,reliq worker:reliq worker #1,reliq worker:reliq worker #2',
+	'launcher, monitor and a pool of three workers (two lanes of orders, one of invoices) are visible in pg_stat_activity');
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(subscription_name || ':' || worker_index, ',' ORDER BY subscription_name, worker_index)
+		    FROM reliq.worker_status}),
+	'invoices:2,orders:0,orders:1', 'each lane on its own worker, the least loaded first');
 
 # The consumer on the server matches the subscription.
 my $ci = $nats->consumer_info('ORDERS', 'reliq_orders');
