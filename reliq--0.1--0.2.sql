@@ -283,7 +283,7 @@ SELECT s.subscription_name,
             THEN pg_catalog.format('%s of %s workers running: %s',
                      COALESCE(st.workers, 0), s.concurrency,
                      CASE WHEN l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency
-                          THEN pg_catalog.format('reliq.max_workers (%s) is taken by subscriptions created earlier; raise it and restart',
+                          THEN pg_catalog.format('concurrency is above reliq.max_workers (%s), the size of the worker pool; raise it and restart',
                                                  pg_catalog.current_setting('reliq.max_workers'))
                           ELSE pg_catalog.format('PostgreSQL refused to start more background workers; raise max_worker_processes (%s) and restart',
                                                  pg_catalog.current_setting('max_worker_processes')) END)
@@ -345,4 +345,61 @@ SELECT s.subscription_name,
   ) AS r(ord, active, level, reason) ON r.active
  GROUP BY s.subscription_name
  ORDER BY s.subscription_name
+$$;
+
+/*
+ * The worker pool (issue 10): statistics live in shared memory sized by
+ * reliq.max_subscriptions; a subscription past it would have none (no
+ * figures, no lease, so no consumption).  Refuse it when it is made.
+ */
+CREATE FUNCTION reliq._subscription_limit()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    limit_setting text := current_setting('reliq.max_subscriptions', true);
+    existing bigint;
+BEGIN
+    IF limit_setting IS NULL THEN
+        RETURN NEW;             -- library not loaded here: the workers say so
+    END IF;
+    SELECT count(*) INTO existing FROM reliq.subscription;
+    IF existing >= limit_setting::integer THEN
+        RAISE EXCEPTION 'cannot create subscription "%": reliq.max_subscriptions (%) reached',
+                        NEW.name, limit_setting
+              USING ERRCODE = 'configuration_limit_exceeded',
+                    DETAIL = 'Each subscription needs an entry in reliq''s shared memory, sized at server start by reliq.max_subscriptions.',
+                    HINT = 'Raise reliq.max_subscriptions in postgresql.conf and restart the server (each subscription costs about 20 kB of shared memory), or drop subscriptions no longer used.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER subscription_limit
+    BEFORE INSERT ON reliq.subscription
+    FOR EACH ROW EXECUTE FUNCTION reliq._subscription_limit();
+
+COMMENT ON VIEW reliq.worker_status IS 'One row per subscription a running pool worker serves (worker_index is the worker), and one for a worker that serves none (subscription_name NULL, state idle)';
+
+-- With the pool every subscription is served; only a concurrency above
+-- the pool's size cannot be had.
+CREATE OR REPLACE FUNCTION reliq._warn_worker_budget()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    widest reliq.subscription;
+    budget integer := current_setting('reliq.max_workers')::integer;
+BEGIN
+    SELECT * INTO widest FROM reliq.subscription WHERE enabled
+     ORDER BY concurrency DESC, id LIMIT 1;
+    IF widest.concurrency > budget THEN
+        RAISE WARNING 'subscription "%" wants % workers at once, but reliq.max_workers is %',
+                      widest.name, widest.concurrency, budget
+            USING DETAIL = 'reliq.max_workers workers are shared by every subscription; none runs on more than all of them.',
+                  HINT = 'Increase reliq.max_workers (and max_worker_processes) and restart the server, or lower the concurrency.';
+    END IF;
+END
 $$;

@@ -47,20 +47,28 @@ $nats->publish('l.a', count => 100, start => 1, payload => '{"id":%d}');
 ok(wait_idle($node, 'a'), 'subscription served without a restart');
 is($node->safe_psql('postgres', q{SELECT count(DISTINCT id) FROM got WHERE sub = 'a'}), '100', 'all applied');
 
-# Asking for more workers than reliq.max_workers allows.
+# More lanes than reliq.max_workers: every subscription is served, on
+# the shared pool of three workers.
 $node->safe_psql('postgres', q{
 	SELECT reliq.create_subscription('b', stream => 'L', subject => 'l.b',
 	       handler => 'got(reliq.message)'::regprocedure, concurrency => 2);
 });
-ok(wait_for($node, q{SELECT count(*) = 3 FROM reliq.worker_status}), 'three workers, the maximum');
-is($node->safe_psql('postgres', q{SELECT workers, concurrency FROM reliq.subscription_stats WHERE subscription_name = 'b'}),
-	'1|2', 'the later subscription runs with fewer workers than asked');
-ok($node->log_contains('reliq subscriptions want 4 workers, but reliq.max_workers is 3'),
+ok(wait_for($node, q{SELECT count(*) = 4 FROM reliq.worker_status}), 'four lanes');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'reliq worker'}),
+	'3', 'on three workers, the maximum');
+is($node->safe_psql('postgres', q{SELECT workers, concurrency, worker_shortfall IS NULL FROM reliq.subscription_stats WHERE subscription_name = 'b'}),
+	'2|2|t', 'the later subscription has all its workers too');
+
+# A concurrency above the pool's size: a shortfall, with the setting.
+$node->safe_psql('postgres', q{SELECT reliq.alter_subscription('b', concurrency => 4)});
+ok(wait_for($node, q{SELECT workers = 3 FROM reliq.subscription_stats WHERE subscription_name = 'b'}),
+	'concurrency 4 runs on all three workers');
+ok($node->log_contains('reliq subscription "b" wants 4 workers at once, but reliq.max_workers is 3'),
 	'the shortfall is logged');
 is($node->safe_psql('postgres', q{SELECT worker_shortfall FROM reliq.subscription_stats WHERE subscription_name = 'b'}),
-	'1 of 2 workers running: reliq.max_workers (3) is taken by subscriptions created earlier; raise it and restart',
+	'3 of 4 workers running: concurrency is above reliq.max_workers (3), the size of the worker pool; raise it and restart',
 	'subscription_stats says the shortfall and the setting to raise');
-is($node->safe_psql('postgres', q{SELECT status, array_to_string(reasons, ' ') LIKE '%short of workers: 1 of 2 workers running: reliq.max_workers (3)%'
+is($node->safe_psql('postgres', q{SELECT status, array_to_string(reasons, ' ') LIKE '%short of workers: 3 of 4 workers running: concurrency is above reliq.max_workers (3)%'
                                   FROM reliq.health() WHERE subscription_name = 'b'}),
 	'degraded|t', 'health() says it too');
 $nats->publish('l.b', count => 50, start => 1, payload => '{"id":%d}');
@@ -84,7 +92,8 @@ ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_typ
 $node->stop;
 
 # max_worker_processes exhausted: the launcher, the monitor and PostgreSQL's
-# logical replication launcher leave room for one reliq worker of three.
+# logical replication launcher leave room for one reliq worker of three;
+# every subscription is served on it, short of workers.
 my $tight = reliq_node('tight', $nats, conf => "max_worker_processes = 4\nreliq.max_workers = 8");
 $tight->safe_psql('postgres', $got_setup);
 $tight->safe_psql('postgres', q{
@@ -97,6 +106,14 @@ ok(wait_for($tight, q{SELECT worker_shortfall LIKE '1 of 3 workers running: Post
 ok(wait_for($tight, q{SELECT status = 'degraded' AND array_to_string(reasons, ' ') LIKE '%raise max_worker_processes%'
                       FROM reliq.health() WHERE subscription_name = 't'}),
 	'and in health()');
+$tight->safe_psql('postgres', q{
+	SELECT reliq.create_subscription('u', stream => 'L', subject => 'l.u',
+	       handler => 'got(reliq.message)'::regprocedure);
+});
+$tight->safe_psql('postgres', q{SELECT pg_sleep(0)});
+$nats->publish('l.t', count => 30, start => 1, payload => '{"id":%d}');
+$nats->publish('l.u', count => 30, start => 1, payload => '{"id":%d}');
+ok(wait_for($tight, q{SELECT count(*) = 60 FROM got}), 'both subscriptions served by the one worker that started');
 $tight->stop;
 $nats->stop;
 done_testing();

@@ -39,8 +39,8 @@ sub time_until
 ok(wait_for($node, 'SELECT count(*) > 500 FROM tuned'), 'consuming');
 
 $node->safe_psql('postgres', q{SELECT reliq.set_concurrency('tune', 3)});
-my $t = time_until(q{SELECT count(*) = 3 FROM pg_stat_activity
-                      WHERE backend_type = 'reliq worker' AND application_name LIKE 'reliq tune #%'});
+my $t = time_until(q{SELECT count(DISTINCT pid) = 3 FROM reliq.worker_status
+                      WHERE subscription_name = 'tune'});
 ok(defined $t, 'three workers after set_concurrency');
 diag(sprintf('set_concurrency 1 -> 3 visible in pg_stat_activity after %.2f s', $t // -1));
 ok(wait_for($node, q{SELECT count(DISTINCT pid) = 3 FROM tuned WHERE id > (SELECT max(id) - 300 FROM tuned)}),
@@ -69,7 +69,7 @@ my ($ret, $out, $err) = $node->psql('postgres', q{SELECT reliq.set_concurrency('
 unlike($err, qr/WARNING/, 'no warning while paused');
 ($ret, $out, $err) = $node->psql('postgres',
 	q{SELECT reliq.alter_subscription('tune', enabled => true, batch_size => 20)});
-like($err, qr/WARNING:  subscriptions now want 6 workers, but reliq.max_workers is 4/,
+like($err, qr/WARNING:  subscription "tune" wants 6 workers at once, but reliq.max_workers is 4/,
 	'resuming with more workers than reliq.max_workers allows warns');
 ok(wait_for($node, q{SELECT workers = 4 AND concurrency = 6 FROM reliq.subscription_stats WHERE subscription_name = 'tune'}),
 	'resumed, running 4 of the 6 workers asked for');

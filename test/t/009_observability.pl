@@ -144,9 +144,11 @@ ok(wait_for($node, q{SELECT (state, connected, batch_size) = ('fetching', true, 
                        FROM reliq.worker_status WHERE subscription_name = 'obs'}),
 	'worker_status');
 my $log = slurp_file($node->logfile);
-my $disconnects = () = $log =~ /reliq subscription "steady": disconnected from NATS/g;
-is($disconnects, 1, 'one LOG line for the disconnection, not one per retry');
-like($log, qr/reliq subscription "steady": reconnected to NATS/, 'reconnection logged');
+my %disconnects;
+$disconnects{$1}++ while $log =~ /reliq worker (\d+): disconnected from NATS/g;
+ok(%disconnects && !grep({ $_ != 1 } values %disconnects),
+	'one LOG line per worker for the disconnection, not one per retry or per subscription');
+like($log, qr/reliq worker \d+: reconnected to NATS/, 'reconnection logged');
 unlike($log, qr/handler failed on stream sequence.*\n.*handler failed on stream sequence/,
 	'failures are not logged one per message');
 

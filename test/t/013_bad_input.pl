@@ -150,11 +150,12 @@ $node->safe_psql('postgres', q{
 });
 $nats->publish('bad.dropme', count => 10, start => 1, payload => '{"id":%d}');
 ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity
-                      WHERE application_name = 'reliq dropme #0' AND wait_event = 'PgSleep'}),
+                      WHERE backend_type = 'reliq worker' AND query LIKE '%subscription dropme'
+                        AND wait_event = 'PgSleep'}),
 	'worker busy in a handler');
 $node->safe_psql('postgres', q{SELECT reliq.drop_subscription('dropme')});
-ok(wait_for($node, q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'reliq dropme #0'}),
-	'its worker stops');
+ok(wait_for($node, q{SELECT count(*) = 0 FROM reliq.worker_status WHERE subscription_name = 'dropme'}),
+	'its worker gives it up');
 
 # JetStream disabled on the server.
 my $plain = ReliqTest::Nats->new(name => 'nojs', jetstream => 0);

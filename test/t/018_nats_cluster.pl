@@ -80,7 +80,7 @@ my $publisher = $cluster->publish_bg('ord.in', count => $total, start => 1,
 	payload => '{"id":%d}', msg_id => 'ord-%d', rate => $rate,
 	retry_for => 150);
 
-ok(poll(60, sub { $cluster->connected_server_of('reliq ord #0') }),
+ok(poll(60, sub { $cluster->connected_server_of('reliq worker #0') }),
 	'worker #0 is connected to a node of the cluster');
 
 # The lease bucket's stream (reliq.lease_bucket = reliq_leases), once the
@@ -166,16 +166,16 @@ all_current();
 my $conns = $cluster->reliq_connections;
 my $lead  = leaders();
 my %leading = map { $_->name => 1 } grep { defined } values %$lead;
-my @on = grep { $conns->{"reliq ord #$_"} } 0, 1;
-my ($w) = grep { !$leading{ $conns->{"reliq ord #$_"} } } @on;
+my @on = grep { $conns->{"reliq worker #$_"} } 0, 1;
+my ($w) = grep { !$leading{ $conns->{"reliq worker #$_"} } } @on;
 $w //= $on[0] // 0;
-my $victim = $cluster->node($conns->{"reliq ord #$w"} // 0);
+my $victim = $cluster->node($conns->{"reliq worker #$w"} // 0);
 note("killing the node of worker #$w, " . $victim->name
 	  . ($leading{ $victim->name } ? ' (a leader too)' : ' (leading nothing)'));
 kill_and_watch('worker server kill', $victim);
-my $moved_to = $cluster->connected_server_of("reliq ord #$w");
+my $moved_to = $cluster->connected_server_of("reliq worker #$w");
 ok($moved_to && $moved_to != $victim || poll(60, sub {
-			my $s = $cluster->connected_server_of("reliq ord #$w");
+			my $s = $cluster->connected_server_of("reliq worker #$w");
 			return $s && $s != $victim;
 		}),
 	"worker #$w reconnected to another node");

@@ -24,7 +24,7 @@ nodes) on loopback for reliq's TAP tests
       rate => 200, retry_for => 120);          # reconnects to any node
 
   my $leader = $cluster->stream_leader('ORD'); # a ReliqTest::Nats, or undef
-  my $srv = $cluster->connected_server_of('reliq ord #0');
+  my $srv = $cluster->connected_server_of('reliq worker #0');
   $cluster->kill9($srv);                       # SIGKILL by PID
   $cluster->start($srv);                       # waits until it rejoined
   $cluster->wait_stream_current('ORD');        # every replica caught up
