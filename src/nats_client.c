@@ -1138,6 +1138,7 @@ struct ReliqInbox
 	HTAB	   *by_consumer;
 	HTAB	   *by_id;
 	uint32		next_id;
+	int64		stray_delay_ms; /* NAK delay of deliveries no puller wants */
 	uint64		strays;			/* deliveries no puller wanted (NAKed) */
 };
 
@@ -1220,7 +1221,7 @@ ack_subject_key(const char *reply, char *key)
 }
 
 ReliqInbox *
-reliq_inbox_create(ReliqNatsConnection *conn)
+reliq_inbox_create(ReliqNatsConnection *conn, int64 stray_delay_ms)
 {
 	ReliqInbox *inbox;
 	natsInbox  *name = NULL;
@@ -1232,6 +1233,7 @@ reliq_inbox_create(ReliqNatsConnection *conn)
 	inbox = MemoryContextAllocZero(TopMemoryContext, sizeof(*inbox));
 	inbox->conn = conn;
 	inbox->next_id = 1;
+	inbox->stray_delay_ms = stray_delay_ms;
 
 	BLOCK_SIGNALS(saved);
 	s = natsInbox_Create(&name);
@@ -1270,11 +1272,17 @@ reliq_inbox_create(ReliqNatsConnection *conn)
 	return inbox;
 }
 
-/* Deliveries nobody will take: give them back at once. */
+/*
+ * A delivery nobody here takes (its consumer's puller is gone): give it
+ * back, after stray_delay_ms, by when any pull of ours that could be
+ * handed it again has run out (a pull of a puller destroyed while it was
+ * out; nats-server 2.9 hands a NAKed message to a waiting pull at once).
+ * A delivery handed back and forth would count a delivery each time.
+ */
 static void
-give_back(ReliqInbox *inbox, natsMsg *m)
+give_back(ReliqInbox *inbox, natsMsg *m, int64 delay_ms)
 {
-	(void) reliq_nats_ack(inbox->conn, natsMsg_GetReply(m), RELIQ_NAK, 0);
+	(void) reliq_nats_ack(inbox->conn, natsMsg_GetReply(m), RELIQ_NAK, delay_ms);
 	inbox->strays++;
 }
 
@@ -1297,7 +1305,7 @@ reliq_inbox_destroy(ReliqInbox *inbox)
 		{
 			if (natsMsg_GetReply(m) != NULL &&
 				strncmp(natsMsg_GetReply(m), "$JS.ACK.", 8) == 0)
-				give_back(inbox, m);
+				give_back(inbox, m, 0);	/* the connection closes next */
 			natsMsg_Destroy(m);
 		}
 		BLOCK_SIGNALS(saved);
@@ -1384,7 +1392,7 @@ dispatch(ReliqInbox *inbox, natsMsg *m, TimestampTz now)
 
 		if (entry == NULL)
 		{
-			give_back(inbox, m);
+			give_back(inbox, m, inbox->stray_delay_ms);
 			natsMsg_Destroy(m);
 			return;
 		}

@@ -144,7 +144,8 @@ typedef enum ReliqPullEvent
 	RELIQ_PULL_ERROR			/* the subscription failed */
 } ReliqPullEvent;
 
-extern ReliqInbox *reliq_inbox_create(ReliqNatsConnection *conn);
+extern ReliqInbox *reliq_inbox_create(ReliqNatsConnection *conn,
+									  int64 stray_delay_ms);
 extern void reliq_inbox_destroy(ReliqInbox *inbox);
 extern int	reliq_inbox_pump(ReliqInbox *inbox, int wait_ms);
 extern uint64 reliq_inbox_strays(ReliqInbox *inbox);

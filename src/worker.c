@@ -631,7 +631,8 @@ pool_connected(Pool *p)
 		if (p->conn != NULL)
 		{
 			reliq_nats_adopt_session_connection(p->conn);
-			p->inbox = reliq_inbox_create(p->conn);
+			p->inbox = reliq_inbox_create(p->conn,
+										  Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) + 1000);
 		}
 		if (p->conn == NULL || p->inbox == NULL)
 		{
