@@ -367,7 +367,7 @@ BEGIN
     SELECT count(*) INTO existing FROM reliq.subscription;
     IF existing >= limit_setting::integer THEN
         RAISE EXCEPTION 'cannot create subscription "%": reliq.max_subscriptions (%) reached',
-                        NEW.name, limit_setting
+                        NEW.subscription_name, limit_setting
               USING ERRCODE = 'configuration_limit_exceeded',
                     DETAIL = 'Each subscription needs an entry in reliq''s shared memory, sized at server start by reliq.max_subscriptions.',
                     HINT = 'Raise reliq.max_subscriptions in postgresql.conf and restart the server (each subscription costs about 20 kB of shared memory), or drop subscriptions no longer used.';
@@ -397,7 +397,7 @@ BEGIN
      ORDER BY concurrency DESC, id LIMIT 1;
     IF widest.concurrency > budget THEN
         RAISE WARNING 'subscription "%" wants % workers at once, but reliq.max_workers is %',
-                      widest.name, widest.concurrency, budget
+                      widest.subscription_name, widest.concurrency, budget
             USING DETAIL = 'reliq.max_workers workers are shared by every subscription; none runs on more than all of them.',
                   HINT = 'Increase reliq.max_workers (and max_worker_processes) and restart the server, or lower the concurrency.';
     END IF;

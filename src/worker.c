@@ -1581,20 +1581,20 @@ add_lane(Pool *p, const ReliqAssignment *assignment)
 }
 
 /*
- * A lane is no longer assigned (pause, drop, a worker fewer): give back
- * what it holds and has not applied, at once (NAK, delayed only until its
- * own pull runs out, or for a second when the connection closes next),
- * and show it no more.  Its puller stays until that pull has run out,
- * giving back what still arrives.
+ * A lane is no longer assigned (pause, drop, a worker fewer): it applies
+ * nothing more and shows no more.  A held batch is given back at once
+ * (NAK).  The lane stays, unseen, until its last pull has run out: what
+ * that pull brings waits in its queue, to be applied if the lane is given
+ * back to this worker before then, or given back (NAK, without delay)
+ * once the pull has ended.  (Given back while the pull still waits,
+ * nats-server 2.9 would hand a message straight back to it.)  When the
+ * worker is about to close its connection, which ends its pulls, all is
+ * given back at once with a delay of a second at most.
  */
 static void
 begin_leaving(Lane *l, bool closing)
 {
-	int64		delay = release_delay_ms(l);
-
-	/* a connection about to close ends our pulls with it */
-	if (closing)
-		delay = Min(delay, 1000);
+	int64		delay = closing ? Min(release_delay_ms(l), 1000) : 0;
 
 	if (!l->leaving)
 		ereport(DEBUG1,
@@ -1603,7 +1603,7 @@ begin_leaving(Lane *l, bool closing)
 	l->leaving = true;
 	(void) release_messages(l->pool, l->held, l->nheld, delay);
 	drop_held(l);
-	if (l->puller)
+	if (closing && l->puller)
 		(void) reliq_puller_release_queued(l->puller, delay);
 	if (l->pool->conn && reliq_nats_is_connected(l->pool->conn))
 		(void) reliq_nats_flush(l->pool->conn, reliq_nats_timeout);
@@ -1614,18 +1614,16 @@ begin_leaving(Lane *l, bool closing)
 	}
 }
 
-/* A leaving lane: done once its last pull has run out. */
+/* A leaving lane: done once its last pull has ended; then give back. */
 static bool
 leaving_done(Lane *l)
 {
-	if (l->puller != NULL)
-	{
-		if (reliq_puller_queued(l->puller) > 0)
-			(void) reliq_puller_release_queued(l->puller, release_delay_ms(l));
-		if (reliq_puller_active(l->puller) && release_delay_ms(l) > 0 &&
-			l->pool->conn != NULL && reliq_nats_is_connected(l->pool->conn))
-			return false;
-	}
+	if (l->puller != NULL && reliq_puller_active(l->puller) &&
+		reliq_puller_request_left_ms(l->puller) > 0 &&
+		l->pool->conn != NULL && reliq_nats_is_connected(l->pool->conn))
+		return false;
+	if (l->puller != NULL && reliq_puller_queued(l->puller) > 0)
+		(void) reliq_puller_release_queued(l->puller, 0);
 	return true;
 }
 
