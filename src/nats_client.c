@@ -1671,6 +1671,26 @@ reliq_puller_release_queued(ReliqPuller *puller, int64 delay_ms)
 	return released;
 }
 
+/*
+ * Has the puller something for its owner to look at: a message, the end of
+ * its pull, no pull out, or a pull silent for too long?  (Cheap: no
+ * system call.)
+ */
+bool
+reliq_puller_wants_turn(ReliqPuller *puller, TimestampTz now)
+{
+	TimestampTz heard;
+
+	if (puller->qlen > 0 || puller->end_pending || !puller->active)
+		return true;
+	if (now > puller->deadline)
+		return true;
+	heard = Max(puller->last_heard, puller->sent_at);
+	return puller->heartbeat_ms > 0 &&
+		now - heard > (TimestampTz) puller->heartbeat_ms * 3000 +
+		(TimestampTz) reliq_nats_timeout * 1000;
+}
+
 /* The status (and its description) that ended the last pull; 0: silence. */
 int
 reliq_puller_end_status(ReliqPuller *puller, const char **description)

@@ -13,6 +13,8 @@
 #ifndef RELIQ_NATS_CLIENT_H
 #define RELIQ_NATS_CLIENT_H
 
+#include "datatype/timestamp.h"
+
 #include "message.h"
 
 typedef struct ReliqNatsConnection ReliqNatsConnection;
@@ -158,6 +160,7 @@ extern bool reliq_puller_request(ReliqPuller *puller, int batch,
 								 int expires_ms, int heartbeat_ms);
 extern ReliqPullEvent reliq_puller_next(ReliqPuller *puller, ReliqMessage *msg);
 extern bool reliq_puller_active(ReliqPuller *puller);
+extern bool reliq_puller_wants_turn(ReliqPuller *puller, TimestampTz now);
 extern void reliq_puller_forget_request(ReliqPuller *puller);
 extern int	reliq_puller_queued(ReliqPuller *puller);
 extern int	reliq_puller_release_queued(ReliqPuller *puller, int64 delay_ms);

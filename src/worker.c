@@ -106,6 +106,9 @@
 #define RELIQ_IDLE_PULL_MS 30000
 #define RELIQ_IDLE_HEARTBEAT_MS 5000
 
+/* Every lane gets a turn at least this often, needed or not. */
+#define RELIQ_SWEEP_MS 1000
+
 /* At most one WARNING about failing messages per this many ms. */
 #define RELIQ_WARNING_INTERVAL_MS 10000
 
@@ -170,6 +173,7 @@ struct Pool
 	int			nlanes;
 	int			lanes_capacity;
 	int			next_lane;		/* whose turn comes first next round */
+	TimestampTz next_sweep;		/* every lane gets a turn then */
 	bool		stopping;
 	MemoryContext turn_cxt;		/* reset before each lane's turn */
 
@@ -1792,6 +1796,7 @@ idle_wait_ms(Pool *p)
 	TimestampTz next = TimestampTzPlusMilliseconds(now, RELIQ_POLL_MS);
 	int			i;
 
+	next = Min(next, p->next_sweep);
 	for (i = 0; i < p->nlanes; i++)
 	{
 		Lane	   *l = p->lanes[i];
@@ -1809,26 +1814,63 @@ idle_wait_ms(Pool *p)
 	return (int) Max(ms_until(next), 0);
 }
 
-/* Give every lane its turn, starting with a different one each round. */
+/*
+ * Does the lane need a turn now: something arrived for it, its pull ended
+ * or needs sending, or one of its timers is due?  An idle lane with a pull
+ * out needs none; it is still looked at in every sweep (RELIQ_SWEEP_MS),
+ * for what only a turn notices (a lease lost, a problem resolved).
+ */
+static bool
+lane_wants_turn(Lane *l, TimestampTz now)
+{
+	if (l->leaving)
+		return false;
+	if (!l->attached || l->puller == NULL)
+		return now >= l->retry_at;
+	if (l->nheld > 0)
+		return now >= l->next_probe || now >= l->next_progress;
+	if (l->outbox_pending && now >= l->next_outbox_try)
+		return true;
+	if (now >= l->next_refresh)
+		return true;
+	if (!reliq_puller_active(l->puller))
+		return now >= l->pull_after;
+	return reliq_puller_wants_turn(l->puller, now);
+}
+
+/*
+ * Give every lane that needs one its turn, starting with a different lane
+ * each round; every lane in a sweep.
+ */
 static bool
 serve_lanes(Pool *p)
 {
 	bool		busy = false;
 	int			count = p->nlanes;
 	int			start = count > 0 ? p->next_lane % count : 0;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		sweep = now >= p->next_sweep;
 	int			k;
 
+	if (sweep)
+		p->next_sweep = TimestampTzPlusMilliseconds(now, RELIQ_SWEEP_MS);
 	for (k = 0; k < count; k++)
 	{
 		Lane	   *l = p->lanes[(start + k) % count];
 
+		if (!sweep && !lane_wants_turn(l, now))
+			continue;
 		MemoryContextReset(p->turn_cxt);
 		check_for_news(p);
 		if (p->nlanes != count)
 			break;				/* lanes came or went: start a new round */
 		if (reliq_inbox_pump(p->inbox, 0) < 0)
 			return busy;
-		busy |= lane_turn(l);
+		if (lane_turn(l))
+		{
+			busy = true;
+			now = GetCurrentTimestamp();
+		}
 	}
 	p->next_lane = count > 0 ? (start + 1) % count : 0;
 	return busy;
