@@ -11,22 +11,37 @@
  *	  random id drawn by the postmaster at start (so a copy of the data
  *	  directory, or the same server after a restart, is another instance).
  *
- * The monitor runs reliq_lease_round() every reliq.lease_ttl / 4; workers
- * only read the outcome in shared memory (reliq_lease_usable), before they
- * pull and again before they acknowledge.  The rules:
+ * Two kinds of keys, so that a thousand subscriptions cost one write per
+ * round, not a thousand:
  *
- *	 - The holder renews by compare-and-set on the revision it wrote last.
- *	   Its workers may consume until 3/4 of lease_ttl after the renewal was
- *	   sent; a renewal refused because the revision moved means someone
- *	   took over: the cluster is fenced.
- *	 - A key held by another instance is taken, by compare-and-set, only
- *	   once this monitor has seen the same revision for a whole lease_ttl
- *	   on its own clock.  The holder sent that revision before it was first
- *	   seen, so its workers stopped (3/4 lease_ttl after sending) before.
- *	   No clocks are compared across machines.
- *	 - reliq.take_over() writes the key at once; this cluster then waits a
- *	   lease_ttl before consuming, for the same reason.
- *	 - Whenever this instance acquires a lease it did not hold, the
+ *	 - "=alive.<instance>": the instance's heartbeat, renewed by
+ *	   compare-and-set on the revision it wrote last, every lease_ttl / 4
+ *	   (reliq_lease_round, run by the monitor).
+ *	 - "<stream>.<consumer>": the consumer's owner, written only when an
+ *	   instance acquires it.
+ *
+ * Workers only read the outcome in shared memory (reliq_lease_usable),
+ * before they pull and again before they acknowledge.  The rules:
+ *
+ *	 - An instance may consume the consumers whose owner key names it
+ *	   until 3/4 of lease_ttl after its last heartbeat renewal was sent.
+ *	 - An owner key naming another instance is taken, by compare-and-set,
+ *	   only once this monitor has seen that instance's heartbeat at the
+ *	   same revision for a whole lease_ttl on its own clock (the owner
+ *	   sent that revision before it was first seen, so it stopped consuming
+ *	   before), or marked released (a clean shutdown, below).  No clocks
+ *	   are compared across machines.
+ *	 - Before taking a consumer, the taker writes over the former owner's
+ *	   heartbeat ("revoked"), by compare-and-set on the revision it saw.
+ *	   If that fails, the owner is alive: nothing is taken.  If it
+ *	   succeeds, the owner's next renewal fails; it then stops consuming
+ *	   everything at once, reads its owner keys again, and goes on with
+ *	   those still its own.  An owner that was merely cut off cannot come
+ *	   back believing it still owns what was taken meanwhile.
+ *	 - reliq.take_over() does the same at once, and this cluster waits a
+ *	   lease_ttl before consuming: the former owner's validity, from its
+ *	   last renewal, has run out by then.
+ *	 - Whenever this instance acquires a consumer it did not hold, the
  *	   consumer may be ahead of what this database has applied (the old
  *	   primary acked batches that never reached this standby; the original
  *	   went on after the dump).  The database owns the position: the
@@ -40,10 +55,10 @@
  *	   health() says so.
  *	 - The epoch in shared memory moves at each acquisition, so workers
  *	   attached before attach anew to the consumer made again.
- *	 - A clean shutdown (postmaster.pid says "stopping") releases the
- *	   leases once the launcher and every worker have exited: the value is
- *	   marked released, by compare-and-set, and the next cluster takes it
- *	   at once.  A switchover or a restart then waits for no lease_ttl.
+ *	 - A clean shutdown (postmaster.pid says "stopping") marks the
+ *	   heartbeat released once the launcher and every worker have exited;
+ *	   the next cluster takes the consumers at once.  A switchover or a
+ *	   restart then waits for no lease_ttl.
  *
  *-------------------------------------------------------------------------
  */
@@ -75,9 +90,8 @@ typedef struct LeaseTrack
 {
 	int64		id;
 	char		key[160];
-	uint64		held;			/* revision this instance wrote last; 0: none */
-	uint64		seen;			/* another holder's revision, as last seen */
-	TimestampTz seen_at;		/* when that revision was first seen */
+	uint64		held;			/* revision of the owner key this instance
+								 * wrote; 0: not held */
 	TimestampTz consume_after;	/* ACQUIRING: the former holder is done */
 	bool		present;		/* still a subscription (this round) */
 	bool		no_rewind_noted;
@@ -89,6 +103,27 @@ static int	ntracks = 0;
 static int	maxtracks = 0;
 static char *my_identity = NULL;
 static char my_instance[32];
+
+/* This instance's heartbeat. */
+static uint64 alive_revision = 0;	/* as written last; 0: not yet */
+static TimestampTz alive_valid_until = 0;	/* consume until then */
+static bool rescan = true;		/* read the owner keys of held leases */
+
+/* Other instances' heartbeats, as this monitor has seen them. */
+typedef struct Heartbeat
+{
+	char		instance[32];
+	uint64		revision;		/* 0: no heartbeat key */
+	TimestampTz seen_at;		/* when that revision was first seen */
+	bool		released;
+	char	   *value;			/* in TopMemoryContext */
+	int64		round;			/* read in this round already */
+} Heartbeat;
+
+static Heartbeat *heartbeats = NULL;
+static int	nheartbeats = 0;
+static int	maxheartbeats = 0;
+static int64 round_number = 0;
 
 long
 reliq_lease_renew_interval_ms(void)
@@ -137,13 +172,6 @@ field(const char *value, const char *name)
 	else
 		end = p + strcspn(p, ",}");
 	return end ? pnstrdup(p, end - p) : "";
-}
-
-static bool
-holder_is_me(const char *value)
-{
-	(void) reliq_lease_my_identity();
-	return strcmp(field(value, "instance"), my_instance) == 0;
 }
 
 /* Another run of this very server (or a file-level copy of it)? */
@@ -288,171 +316,247 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	return true;
 }
 
-static void
-become_fenced(LeaseTrack *t, const char *value, uint64 revision,
-			  TimestampTz now)
+/* The key of an instance's heartbeat. */
+static char *
+heartbeat_key(const char *instance)
 {
-	bool		moved = (revision != t->seen);
+	return psprintf("=alive.%s", instance);
+}
 
-	if (moved)
+/*
+ * Another instance's heartbeat, read once per round (a fenced or taking
+ * cluster looks at each former owner once, however many consumers it had).
+ */
+static Heartbeat *
+heartbeat_of(ReliqNatsConnection *conn, const char *instance, TimestampTz now)
+{
+	Heartbeat  *h = NULL;
+	char	   *value;
+	uint64		revision;
+	int			i;
+
+	for (i = 0; i < nheartbeats; i++)
+		if (strcmp(heartbeats[i].instance, instance) == 0)
+			h = &heartbeats[i];
+	if (h != NULL && h->round == round_number)
+		return h;
+	if (!reliq_nats_kv_get(conn, heartbeat_key(instance), &value, &revision))
+		return NULL;
+	if (h == NULL)
 	{
-		t->seen = revision;
-		t->seen_at = now;
+		if (nheartbeats == maxheartbeats)
+		{
+			maxheartbeats = Max(8, maxheartbeats * 2);
+			heartbeats = heartbeats == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(Heartbeat) * maxheartbeats) :
+				repalloc(heartbeats, sizeof(Heartbeat) * maxheartbeats);
+		}
+		h = &heartbeats[nheartbeats++];
+		memset(h, 0, sizeof(*h));
+		strlcpy(h->instance, instance, sizeof(h->instance));
+		h->revision = revision;
+		h->seen_at = now;
 	}
+	else if (revision != h->revision)
+	{
+		h->revision = revision;
+		h->seen_at = now;
+	}
+	if (h->value)
+		pfree(h->value);
+	h->value = MemoryContextStrdup(TopMemoryContext, revision ? value : "");
+	h->released = revision != 0 && strcmp(field(value, "released"), "true") == 0;
+	h->round = round_number;
+	return h;
+}
+
+/*
+ * Write over another instance's heartbeat (compare-and-set on the revision
+ * seen), so that it cannot renew without reading its owner keys again.
+ * False if it moved: that instance is alive.
+ */
+static bool
+revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
+{
+	uint64		written;
+	char	   *value;
+
+	if (h->released)
+		return true;			/* it is gone and said so */
+	value = psprintf("{\"instance\":\"%s\",\"revoked_by\":\"%s\"}",
+					 h->instance, my_instance);
+	if (reliq_nats_kv_put(conn, heartbeat_key(h->instance), value, h->revision,
+						  &written) != RELIQ_KV_OK)
+		return false;
+	h->revision = written;
+	h->seen_at = GetCurrentTimestamp();
+	return true;
+}
+
+static void
+become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
+{
 	describe_holder(t, value);
 	t->view.valid_until = 0;
 
 	/*
-	 * An earlier run of this server whose lease has not run out yet: say
-	 * "acquiring" until its revision moves (then something else is alive
-	 * there, a copy of this server, and this one is fenced).
+	 * An earlier run of this server whose heartbeat has not run out yet:
+	 * say "acquiring" (then something else is alive there, a copy of this
+	 * server, and this one is fenced).
 	 */
 	if (t->view.state == RELIQ_LEASE_UNKNOWN && holder_is_same_lineage(value))
 		t->view.state = RELIQ_LEASE_ACQUIRING;
-	else if (moved || t->view.state != RELIQ_LEASE_ACQUIRING)
+	else if (t->view.state != RELIQ_LEASE_ACQUIRING || !holder_is_same_lineage(value))
 		t->view.state = RELIQ_LEASE_FENCED;
 }
 
-/* This instance has just written the key over someone else's (or none). */
+/* This instance has just written the owner key. */
 static void
-acquired(LeaseTrack *t, uint64 revision, TimestampTz sent, TimestampTz consume_after)
+acquired(LeaseTrack *t, uint64 revision, TimestampTz consume_after)
 {
 	t->held = revision;
-	t->seen = 0;
 	t->consume_after = consume_after;
 	t->view.state = RELIQ_LEASE_ACQUIRING;
-	t->view.valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
+	t->view.valid_until = alive_valid_until;
 	describe_me(t);
 }
 
-static void try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now);
-
-/* Renew a lease this instance holds. */
-static void
-renew(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
-	  TimestampTz now)
+/* Write the owner key over revision (0: it must not exist). */
+static bool
+write_owner(ReliqNatsConnection *conn, LeaseTrack *t, uint64 revision,
+			TimestampTz consume_after)
 {
-	uint64		revision;
-	char	   *value;
+	uint64		written;
 
-	switch (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), t->held, &revision))
-	{
-		case RELIQ_KV_OK:
-			t->held = revision;
-			t->view.valid_until = TimestampTzPlusMilliseconds(now, reliq_lease_ttl * 3 / 4);
-			break;
-		case RELIQ_KV_CONFLICT:
-			if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
-				break;
-			if (revision != 0 && holder_is_me(value))
-			{
-				/* a restarted server forgot our last write: carry on */
-				t->held = revision;
-				break;
-			}
-			if (revision == 0)
-			{
-				/*
-				 * Gone (deleted by hand, or the bucket was lost with a
-				 * server): nobody holds it.  Take it again; as with any
-				 * acquisition, the consumer goes back to our position.
-				 */
-				t->held = 0;
-				try_acquire(conn, t, now);
-				break;
-			}
-			ereport(WARNING,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("reliq subscription \"%s\": another cluster took over consumer \"%s\"; this cluster stops consuming it",
-							w->name, w->consumer),
-					 errdetail("The lease is now held by %s.",
-							   revision ? psprintf("%s", value) : "nobody (it was deleted)"),
-					 errhint("To take it back: SELECT reliq.take_over('%s');", w->name)));
-			t->held = 0;
-			t->view.state = RELIQ_LEASE_FENCED;
-			become_fenced(t, value, revision, now);
-			break;
-		case RELIQ_KV_ERROR:
-			/* nothing to do: unrenewed, the lease lapses by itself */
-			break;
-	}
+	if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision,
+						  &written) != RELIQ_KV_OK)
+		return false;
+	acquired(t, written, consume_after);
+	return true;
 }
 
-/* Look at a lease this instance does not hold, and take it if it may. */
+/*
+ * Look at a consumer this instance does not hold, and take it if it may:
+ * nobody owns it, or its owner's heartbeat is released, or unrenewed for
+ * a whole lease_ttl (then revoked first).
+ */
 static void
-try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now)
+try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
+			TimestampTz now)
 {
 	uint64		revision;
-	uint64		written;
 	char	   *value;
+	char	   *owner;
+	Heartbeat  *h;
 
 	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
 		return;
 	if (revision == 0)
 	{
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), 0, &written) == RELIQ_KV_OK)
-			acquired(t, written, now, now);
+		(void) write_owner(conn, t, 0, now);
 		return;
 	}
-	if (holder_is_me(value))
+	owner = field(value, "instance");
+	if (strcmp(owner, my_instance) == 0)
 	{
 		/* the monitor restarted under the same postmaster: still ours */
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
-		{
-			t->held = written;
-			t->view.state = RELIQ_LEASE_OWNED;
-			t->view.valid_until = TimestampTzPlusMilliseconds(now, reliq_lease_ttl * 3 / 4);
-			describe_me(t);
-		}
+		t->held = revision;
+		t->view.state = RELIQ_LEASE_OWNED;
+		t->view.valid_until = alive_valid_until;
+		describe_me(t);
 		return;
 	}
-	if (strcmp(field(value, "released"), "true") == 0)
+	h = heartbeat_of(conn, owner, now);
+	if (h == NULL)
+		return;					/* cannot tell now */
+	if (h->released)
 	{
-		/* its holder shut down cleanly, after its workers had exited */
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		/* its owner shut down cleanly, after its workers had exited */
+		if (write_owner(conn, t, revision, now))
+			ereport(LOG,
+					(errmsg("reliq subscription \"%s\": took over consumer \"%s\", released by %s at its shutdown",
+							w->name, w->consumer, value)));
+		return;
+	}
+	if (now - h->seen_at >= (int64) reliq_lease_ttl * 1000)
+	{
+		/* unrenewed for a whole lease_ttl: its owner has stopped */
+		if (revoke_heartbeat(conn, h) && write_owner(conn, t, revision, now))
 		{
 			ereport(LOG,
-					(errmsg("reliq: took over the lease of consumer \"%s\", released by %s at its shutdown",
-							t->key, value)));
-			acquired(t, written, now, now);
+					(errmsg("reliq subscription \"%s\": took over consumer \"%s\" from %s, whose heartbeat had not moved for %d ms",
+							w->name, w->consumer, value, reliq_lease_ttl)));
+			return;
 		}
-		return;
 	}
-	if (revision == t->seen && now - t->seen_at >= (int64) reliq_lease_ttl * 1000)
-	{
-		/* unrenewed for a whole lease_ttl: its holder has stopped */
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
-		{
-			ereport(LOG,
-					(errmsg("reliq: took over the lease of consumer \"%s\", which %s had not renewed for %d ms",
-							t->key, value, reliq_lease_ttl)));
-			acquired(t, written, now, now);
-		}
-		return;
-	}
-	become_fenced(t, value, revision, now);
+	become_fenced(t, value, now);
 }
 
-/* reliq.take_over(): write ourselves over whoever holds it now. */
+/* reliq.take_over(): take the consumer from whoever owns it now. */
 static void
 take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 		  ReliqSubscriptionStats *entry, TimestampTz now)
 {
 	uint64		revision;
-	uint64		written;
 	char	   *value;
+	Heartbeat  *h = NULL;
 
-	if (!reliq_nats_kv_get(conn, t->key, &value, &revision) ||
-		reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) != RELIQ_KV_OK)
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+		goto retry;
+	if (revision != 0 && strcmp(field(value, "instance"), my_instance) != 0)
 	{
-		pg_atomic_write_u32(&entry->take_over_requested, 1);	/* next round */
-		return;
+		h = heartbeat_of(conn, field(value, "instance"), now);
+		if (h == NULL || (h->revision != 0 && !revoke_heartbeat(conn, h)))
+			goto retry;
 	}
+	if (!write_owner(conn, t, revision,
+					 TimestampTzPlusMilliseconds(now, reliq_lease_ttl)))
+		goto retry;
 	ereport(LOG,
 			(errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
 					w->name, w->consumer, revision ? value : "nobody", reliq_lease_ttl),
-			 errdetail("The former owner stops within that time, when its own lease runs out.")));
-	acquired(t, written, now, TimestampTzPlusMilliseconds(now, reliq_lease_ttl));
+			 errdetail("The former owner stops within that time, when its own heartbeat runs out.")));
+	return;
+
+retry:
+	pg_atomic_write_u32(&entry->take_over_requested, 1);	/* next round */
+}
+
+/* A held lease, after this instance's heartbeat was written over. */
+static void
+check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
+				 LeaseTrack *t, TimestampTz now)
+{
+	uint64		revision;
+	char	   *value;
+
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+	{
+		t->view.valid_until = 0;	/* unknown: not usable this round */
+		return;
+	}
+	if (revision != 0 && strcmp(field(value, "instance"), my_instance) == 0)
+	{
+		t->held = revision;
+		t->view.valid_until = alive_valid_until;
+		return;
+	}
+	if (revision == 0)
+	{
+		/* gone (deleted by hand, or the bucket was lost): take it again */
+		t->held = 0;
+		(void) write_owner(conn, t, 0, now);
+		return;
+	}
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("reliq subscription \"%s\": another cluster took over consumer \"%s\"; this cluster stops consuming it",
+					w->name, w->consumer),
+			 errdetail("The lease is now held by %s.", value),
+			 errhint("To take it back: SELECT reliq.take_over('%s');", w->name)));
+	t->held = 0;
+	t->view.state = RELIQ_LEASE_FENCED;
+	become_fenced(t, value, now);
 }
 
 static void
@@ -467,10 +571,12 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	else if (entry != NULL && t->held != 0)
 		pg_atomic_write_u32(&entry->take_over_requested, 0);	/* ours already */
 
-	if (t->held != 0)
-		renew(conn, w, t, now);
+	if (t->held != 0 && rescan)
+		check_still_mine(conn, w, t, now);
+	else if (t->held != 0)
+		t->view.valid_until = alive_valid_until;
 	else
-		try_acquire(conn, t, now);
+		try_acquire(conn, w, t, now);
 
 	if (t->held != 0 && t->view.state == RELIQ_LEASE_ACQUIRING &&
 		GetCurrentTimestamp() >= t->consume_after &&
@@ -481,6 +587,59 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	}
 	if (entry != NULL)
 		reliq_lease_publish(entry, &t->view);
+}
+
+/*
+ * Renew this instance's heartbeat.  If someone wrote over it (took a
+ * consumer from us), or it is gone (the bucket was lost), stop consuming
+ * everything at once and read the owner keys again this round.
+ */
+static void
+renew_heartbeat(ReliqNatsConnection *conn)
+{
+	char	   *key = heartbeat_key(my_instance);
+	TimestampTz sent = GetCurrentTimestamp();
+	uint64		written;
+	uint64		revision;
+	char	   *value;
+	int			i;
+
+	switch (reliq_nats_kv_put(conn, key, reliq_lease_my_identity(),
+							  alive_revision, &written))
+	{
+		case RELIQ_KV_OK:
+			alive_revision = written;
+			alive_valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
+			return;
+		case RELIQ_KV_ERROR:
+			return;				/* unrenewed, the leases lapse by themselves */
+		case RELIQ_KV_CONFLICT:
+			break;
+	}
+
+	/* written over: nothing of ours is usable until read again */
+	alive_valid_until = 0;
+	for (i = 0; i < ntracks; i++)
+		if (tracks[i].held != 0)
+		{
+			ReliqSubscriptionStats *entry = reliq_stats_find(tracks[i].id, false, NULL);
+
+			tracks[i].view.valid_until = 0;
+			if (entry != NULL)
+				reliq_lease_publish(entry, &tracks[i].view);
+		}
+	if (alive_revision != 0)
+		ereport(LOG,
+				(errmsg("reliq monitor: this cluster's heartbeat was written over (a consumer was taken over, or the lease bucket was lost); checking which consumers are still its own")));
+	if (!reliq_nats_kv_get(conn, key, &value, &revision))
+		return;
+	sent = GetCurrentTimestamp();
+	if (reliq_nats_kv_put(conn, key, reliq_lease_my_identity(), revision,
+						  &written) != RELIQ_KV_OK)
+		return;
+	alive_revision = written;
+	alive_valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
+	rescan = true;
 }
 
 /* Does a live subscription use this key (one dropped and made again)? */
@@ -497,7 +656,7 @@ key_in_use(const char *key)
 
 /*
  * One round over every subscription (enabled or paused: a paused one stays
- * owned).  The leases of dropped subscriptions are released.
+ * owned).  The owner keys of dropped subscriptions are deleted.
  */
 void
 reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
@@ -529,6 +688,12 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 						reliq_lease_bucket, reliq_nats_last_error())));
 		return;
 	}
+	(void) reliq_lease_my_identity();
+	round_number++;
+	renew_heartbeat(conn);
+	if (alive_revision == 0)
+		return;					/* no heartbeat yet: own nothing */
+
 	for (i = 0; i < ntracks; i++)
 		tracks[i].present = false;
 	for (i = 0; i < count; i++)
@@ -542,6 +707,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 		t->present = true;
 		step(conn, &subscriptions[i], t);
 	}
+	rescan = false;
 	for (i = 0; i < ntracks;)
 	{
 		if (!tracks[i].present)
@@ -609,29 +775,24 @@ workers_gone(int wait_ms)
  * At the monitor's exit: if the server is shutting down cleanly and no
  * launcher or worker is left (so nothing of this cluster can pull or ack
  * any more: workers close their NATS connection before they free their
- * slot), mark every lease held as released, so that the next owner (the
- * promoted standby of a switchover, this server restarted) need not wait
- * for it to run out.  Otherwise the leases run out by themselves.
+ * slot), mark this instance's heartbeat released, so that the next owner
+ * (the promoted standby of a switchover, this server restarted) need not
+ * wait for it to run out.  Otherwise it runs out by itself.
  */
 void
 reliq_lease_release_all(ReliqNatsConnection *conn)
 {
 	char	   *released;
-	int			i;
+	uint64		revision;
 
 	if (conn == NULL || !reliq_nats_is_connected(conn) || reliq_lease_ttl == 0 ||
+		alive_revision == 0 ||
 		!server_stopping() || !workers_gone(Min(reliq_nats_timeout, 2000)))
 		return;
 	released = psprintf("%.*s,\"released\":true}",
 						(int) strlen(reliq_lease_my_identity()) - 1,
 						reliq_lease_my_identity());
-	for (i = 0; i < ntracks; i++)
-	{
-		uint64		revision;
-
-		if (tracks[i].held != 0 &&
-			reliq_nats_kv_put(conn, tracks[i].key, released, tracks[i].held,
-							  &revision) == RELIQ_KV_OK)
-			tracks[i].held = 0;
-	}
+	if (reliq_nats_kv_put(conn, heartbeat_key(my_instance), released,
+						  alive_revision, &revision) == RELIQ_KV_OK)
+		alive_revision = 0;
 }
