@@ -61,3 +61,9 @@ reliq-test-environment:
 .PHONY: bench
 bench:
 	scripts/bench
+
+# The Debian package postgresql-15-reliq, built with debian/ and
+# pg_buildext into dist/ (see scripts/package).
+.PHONY: deb
+deb:
+	scripts/package $(DEB_DIR)

@@ -403,3 +403,17 @@ BEGIN
     END IF;
 END
 $$;
+
+/*
+ * ---- Versions (issue 11, part 2) ----
+ *
+ * reliq.version(): the version of the loaded library.  The launcher and
+ * the workers refuse to run while it differs from the installed SQL
+ * (pg_extension.extversion); ALTER EXTENSION reliq UPDATE makes them agree.
+ */
+CREATE FUNCTION reliq.version()
+RETURNS text
+LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'reliq_version';
+COMMENT ON FUNCTION reliq.version() IS 'Version of the loaded reliq library; workers run only while it equals the installed extension''s version';
+GRANT EXECUTE ON FUNCTION reliq.version() TO PUBLIC;
+-- ---- end of Versions ----

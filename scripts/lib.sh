@@ -4,8 +4,11 @@
 # and installs the extension, and runs test programs as an unprivileged user
 # (initdb refuses to run as root; CI runs as root).
 
-# patroni, etcd-server and python3-etcd: the high-availability tests (019).
-RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl openssl patroni etcd-server python3-etcd"
+# patroni, etcd-server and python3-etcd: the high-availability tests (019);
+# prometheus: promtool and the Prometheus server of 022.
+RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl openssl patroni etcd-server python3-etcd prometheus"
+# What scripts/package needs to build the Debian package.
+RELIQ_PACKAGE_TOOLS="dpkg-dev debhelper postgresql-server-dev-all libnats-dev make gcc"
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 export PG_CONFIG=${PG_CONFIG:-$PG_BINDIR/pg_config}
 
@@ -39,6 +42,7 @@ reliq_missing_packages() {
 	command -v patroni >/dev/null || missing="$missing patroni"
 	command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing="$missing etcd-server"
 	dpkg-query -W -f='${Status}' python3-etcd 2>/dev/null | grep -q 'ok installed' || missing="$missing python3-etcd"
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$missing prometheus"
 	echo $missing
 }
 
@@ -63,6 +67,54 @@ reliq_build_install() {
 	make -C "$root" -s PG_CONFIG="$PG_CONFIG" >/dev/null
 	as_root make -C "$root" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 	echo "reliq: built and installed into $($PG_CONFIG --pkglibdir)"
+}
+
+# RELIQ_USE_INSTALLED=1: test the extension that is installed already (the
+# Debian package, in CI) instead of building and installing this tree;
+# only the test helper natstool is built.
+reliq_use_installed() {
+	local root pkglib extdir
+	root=$(reliq_root)
+	pkglib=$($PG_CONFIG --pkglibdir)
+	extdir=$($PG_CONFIG --sharedir)/extension
+	if [ ! -f "$pkglib/reliq.so" ] || [ ! -f "$extdir/reliq.control" ]; then
+		echo "reliq: RELIQ_USE_INSTALLED is set, but reliq is not installed in $pkglib" >&2
+		return 1
+	fi
+	make -C "$root" -s PG_CONFIG="$PG_CONFIG" test/tools/natstool >/dev/null
+	echo "reliq: testing the installed reliq ($(dpkg-query -S "$pkglib/reliq.so" 2>/dev/null || echo "$pkglib/reliq.so, not from a package"))"
+}
+
+# Build tools for scripts/package.
+reliq_ensure_package_tools() {
+	local missing=""
+	command -v dpkg-buildpackage >/dev/null || missing="$missing dpkg-dev"
+	command -v dh >/dev/null || missing="$missing debhelper"
+	[ -f /usr/share/perl5/Debian/Debhelper/Sequence/pgxs_loop.pm ] || missing="$missing postgresql-server-dev-all"
+	[ -f /usr/include/nats/nats.h ] || missing="$missing libnats-dev"
+	[ -z "$missing" ] && return 0
+	echo "reliq: installing Debian packages to build the package:$missing"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $RELIQ_PACKAGE_TOOLS >/dev/null
+}
+
+# One version in three places: reliq.control (default_version), the
+# library (src/version.h) and the package (debian/changelog).  Prints it.
+reliq_check_versions() {
+	local root control library package
+	root=$(reliq_root)
+	control=$(sed -n "s/^default_version = '\(.*\)'$/\1/p" "$root/reliq.control")
+	library=$(sed -n 's/^#define RELIQ_VERSION "\(.*\)"$/\1/p' "$root/src/version.h")
+	package=$(sed -n '1s/^reliq (\([^-)]*\)-[^)]*).*/\1/p' "$root/debian/changelog")
+	if [ -z "$control" ] || [ "$control" != "$library" ] || [ "$control" != "$package" ]; then
+		echo "reliq: versions disagree: reliq.control '$control', src/version.h '$library', debian/changelog '$package'" >&2
+		return 1
+	fi
+	[ -f "$root/reliq--$control.sql" ] || ls "$root"/reliq--*--"$control".sql >/dev/null 2>&1 || {
+		echo "reliq: no install or upgrade script reaches version $control" >&2
+		return 1
+	}
+	echo "$control"
 }
 
 # Run "$@" from a copy of the repository owned by an unprivileged user when

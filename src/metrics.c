@@ -7,14 +7,26 @@
  *	  a table.
  *
  * Every family has HELP and TYPE lines; counters end in _total; every
- * sample carries the label subscription.  Counters restart from zero after
- * reliq.subscription_stats_reset() or a server restart, which Prometheus
- * treats as a counter reset.
+ * sample of a subscription's family carries the label subscription.
+ * Counters restart from zero after reliq.subscription_stats_reset() or a
+ * server restart, which Prometheus treats as a counter reset.
+ *
+ * Instance-level series: reliq_build_info{version} (always 1),
+ * reliq_nats_connected{worker} per running worker (its slot number), and
+ * reliq_dead_letter_backlog{subscription}, the rows of reliq.dead_letter.
+ * The HTTP endpoint has no database connection, so the backlog is counted
+ * by the monitor, which has one and is in no hurry: at most once per
+ * reliq.refresh_interval, in the transaction in which it reads the
+ * subscriptions, into the subscription's statistics entry
+ * (reliq_metrics_count_dead_letters).  A count of the table itself,
+ * rather than a counter kept by whoever inserts or deletes, stays right
+ * through rollbacks, replays, discards, a DELETE by hand and restarts.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -22,6 +34,7 @@
 #include "metrics.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(reliq_metrics);
 
@@ -218,6 +231,13 @@ g_last_batch(const ReliqStatsSnapshot *s, double *v)
 	return s->last_batch_at != 0;
 }
 
+static bool
+g_dead_letter_backlog(const ReliqStatsSnapshot *s, double *v)
+{
+	*v = s->dead_letter_backlog;
+	return s->dead_letter_backlog >= 0;
+}
+
 typedef struct GaugeFamily
 {
 	const char *name;
@@ -245,7 +265,33 @@ static const GaugeFamily gauges[] = {
 		"Messages applied per second over the last minute.", g_rate},
 	{"reliq_last_batch_timestamp_seconds",
 		"When the last batch committed (Unix time).", g_last_batch},
+	{"reliq_dead_letter_backlog",
+		"Rows in reliq.dead_letter, as counted by the monitor at most reliq.refresh_interval ago.", g_dead_letter_backlog},
 };
+
+/*
+ * NATS connection of each running worker, by slot number.  A fenced
+ * worker holds no connection on purpose (another cluster owns the
+ * consumer) and is left out, so that 0 always means trouble.
+ */
+static void
+nats_connected_samples(StringInfo buf)
+{
+	ReliqWorkerSnapshot *workers;
+	int			n = reliq_workers_snapshot(&workers);
+	int			i;
+
+	family(buf, "reliq_nats_connected", "gauge",
+		   "1 while the worker is connected to NATS, 0 while it is not (fenced workers are left out).");
+	for (i = 0; i < n; i++)
+	{
+		if (workers[i].state == RELIQ_WORKER_FENCED)
+			continue;
+		appendStringInfo(buf, "reliq_nats_connected{worker=\"%d\"} %d\n",
+						 workers[i].slot, workers[i].connected ? 1 : 0);
+	}
+	pfree(workers);
+}
 
 /* The exposition text, palloc'd in the current memory context. */
 char *
@@ -261,6 +307,11 @@ reliq_metrics_text(void)
 	reliq_shmem_require();
 	n = reliq_stats_snapshot(&snaps);
 	initStringInfo(&buf);
+
+	family(&buf, "reliq_build_info", "gauge",
+		   "Always 1; the label version is the version of the loaded reliq library.");
+	appendStringInfo(&buf, "reliq_build_info{version=\"%s\"} 1\n", RELIQ_VERSION);
+	nats_connected_samples(&buf);
 
 	for (f = 0; f < lengthof(counters); f++)
 	{
@@ -306,6 +357,70 @@ reliq_metrics_text(void)
 					  "Time from the publication of a message to the commit that applied it.",
 					  snaps, n, true);
 	return buf.data;
+}
+
+/*
+ * Count the rows of reliq.dead_letter per subscription into the
+ * statistics entries (0 for a subscription without any), at most once per
+ * reliq.refresh_interval.  Called by the monitor inside a transaction
+ * with a snapshot; the monitor connects as the bootstrap superuser, so
+ * row-level security hides nothing.  Holds the LWLock in shared mode so
+ * that no entry changes hands while it writes, and each entry's spinlock
+ * for one store.
+ */
+void
+reliq_metrics_count_dead_letters(void)
+{
+	static TimestampTz last_count = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		nrows;
+	uint64		r;
+	int			i;
+
+	if (last_count != 0 &&
+		!TimestampDifferenceExceeds(last_count, now, reliq_refresh_interval))
+		return;
+	last_count = now;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not connect to SPI to count reliq's dead letters")));
+	if (SPI_execute("SELECT subscription_id, pg_catalog.count(*)"
+					"  FROM reliq.dead_letter GROUP BY subscription_id",
+					true, 0) != SPI_OK_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not count the rows of reliq.dead_letter")));
+	nrows = SPI_processed;
+
+	LWLockAcquire(reliq_shared->lock, LW_SHARED);
+	for (i = 0; i < reliq_shared->max_subscriptions; i++)
+	{
+		ReliqSubscriptionStats *entry = &reliq_shared->stats[i];
+		int64		count = 0;
+
+		if (entry->subscription_id == 0)
+			continue;
+		for (r = 0; r < nrows; r++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			Datum		id = SPI_getbinval(tuple, desc, 1, &isnull);
+
+			if (!isnull && DatumGetInt64(id) == entry->subscription_id)
+			{
+				count = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+				break;
+			}
+		}
+		SpinLockAcquire(&entry->mutex);
+		entry->dead_letter_backlog = count;
+		SpinLockRelease(&entry->mutex);
+	}
+	LWLockRelease(reliq_shared->lock);
+	SPI_finish();
 }
 
 /* reliq.metrics(): the same text the HTTP endpoint serves. */

@@ -10,8 +10,11 @@
 #define RELIQ_METRICS_H
 
 #include "fmgr.h"
+#include "utils/guc.h"
 
 extern char *reliq_metrics_text(void);
+extern void reliq_metrics_count_dead_letters(void);
+extern bool reliq_metrics_path_check(char **newval, void **extra, GucSource source);
 
 extern void reliq_metrics_server_register(void);
 extern PGDLLEXPORT void reliq_metrics_server_main(Datum main_arg);

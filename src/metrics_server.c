@@ -3,7 +3,8 @@
  * metrics_server.c
  *	  The optional Prometheus endpoint: a background worker of its own
  *	  ("reliq metrics"), started when reliq.metrics_port is not 0, that
- *	  answers GET /metrics on reliq.metrics_listen_address.
+ *	  answers GET reliq.metrics_path (/metrics by default) on
+ *	  reliq.metrics_listen_address.
  *
  * It has no database connection and reads only shared memory, so a slow
  * or stuck scraper can delay nothing but itself: message processing never
@@ -151,6 +152,41 @@ respond(int fd, const char *status, const char *content_type,
 	send_all(fd, body, strlen(body), deadline);
 }
 
+/*
+ * reliq.metrics_path: an absolute path of printable characters without
+ * spaces or a query, as the request line carries it.
+ */
+bool
+reliq_metrics_path_check(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+
+	if (p == NULL || p[0] != '/')
+	{
+		GUC_check_errdetail("The path of the Prometheus endpoint must start with \"/\".");
+		return false;
+	}
+	for (; *p; p++)
+	{
+		if (*p <= ' ' || *p >= 127 || *p == '?' || *p == '#')
+		{
+			GUC_check_errdetail("The path of the Prometheus endpoint may not contain spaces, control characters, \"?\" or \"#\".");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Does the request target (after "GET ") name reliq.metrics_path? */
+static bool
+path_matches(const char *target)
+{
+	size_t		len = strlen(reliq_metrics_path);
+
+	return strncmp(target, reliq_metrics_path, len) == 0 &&
+		(target[len] == ' ' || target[len] == '?');
+}
+
 /* Read one request, answer it, close the connection. */
 static void
 serve(int fd)
@@ -188,9 +224,9 @@ serve(int fd)
 		*line_end = '\0';
 	if (strncmp(request, "GET ", 4) != 0)
 		respond(fd, "405 Method Not Allowed", "text/plain", "only GET\n", deadline);
-	else if (strncmp(request + 4, "/metrics ", 9) != 0 &&
-			 strncmp(request + 4, "/metrics?", 9) != 0)
-		respond(fd, "404 Not Found", "text/plain", "try /metrics\n", deadline);
+	else if (!path_matches(request + 4))
+		respond(fd, "404 Not Found", "text/plain",
+				psprintf("try %s\n", reliq_metrics_path), deadline);
 	else
 		respond(fd, "200 OK", "text/plain; version=0.0.4; charset=utf-8",
 				reliq_metrics_text(), deadline);
@@ -208,8 +244,9 @@ reliq_metrics_server_main(Datum main_arg)
 
 	listener = open_listener();
 	ereport(LOG,
-			(errmsg("reliq metrics served at http://%s:%d/metrics",
-					reliq_metrics_listen_address, reliq_metrics_port)));
+			(errmsg("reliq metrics served at http://%s:%d%s",
+					reliq_metrics_listen_address, reliq_metrics_port,
+					reliq_metrics_path)));
 	request_cxt = AllocSetContextCreate(TopMemoryContext, "reliq metrics request",
 										ALLOCSET_DEFAULT_SIZES);
 

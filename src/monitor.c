@@ -41,6 +41,7 @@
 
 #include "catalog.h"
 #include "lease.h"
+#include "metrics.h"
 #include "monitor.h"
 #include "nats_client.h"
 #include "reliq.h"
@@ -83,6 +84,7 @@ read_watched(ReliqWatched **watched, MemoryContext cxt)
 	{
 		MemoryContextSwitchTo(cxt);
 		count = reliq_catalog_list_watched(watched);
+		reliq_metrics_count_dead_letters();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -47,6 +47,7 @@ char	   *reliq_traceparent = NULL;
 int			reliq_health_disconnect_timeout = 10000;
 int			reliq_metrics_port = 0;
 char	   *reliq_metrics_listen_address = NULL;
+char	   *reliq_metrics_path = NULL;
 int			reliq_lease_ttl = 10000;
 int			reliq_max_retry_interval = 5000;
 char	   *reliq_lease_bucket = NULL;
@@ -135,13 +136,17 @@ define_settings(void)
 							NULL, &reliq_health_disconnect_timeout, 10000, 0, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("reliq.metrics_port",
-							"TCP port of the Prometheus endpoint (path /metrics); 0 turns it off.",
+							"TCP port of the Prometheus endpoint (at reliq.metrics_path); 0 turns it off.",
 							NULL, &reliq_metrics_port, 0, 0, 65535,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("reliq.metrics_listen_address",
 							   "Address the Prometheus endpoint listens on.",
 							   NULL, &reliq_metrics_listen_address, "127.0.0.1",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("reliq.metrics_path",
+							   "HTTP path of the Prometheus endpoint.",
+							   NULL, &reliq_metrics_path, "/metrics",
+							   PGC_SIGHUP, 0, reliq_metrics_path_check, NULL, NULL);
 
 	DefineCustomIntVariable("reliq.max_retry_interval",
 							"Longest wait between two attempts of a worker to connect to NATS or attach to its consumer.",

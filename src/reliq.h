@@ -41,6 +41,7 @@ extern char *reliq_traceparent;
 extern int	reliq_health_disconnect_timeout;
 extern int	reliq_metrics_port;
 extern char *reliq_metrics_listen_address;
+extern char *reliq_metrics_path;
 extern int	reliq_lease_ttl;
 extern int	reliq_max_retry_interval;
 extern char *reliq_lease_bucket;

@@ -147,6 +147,7 @@ init_stats_entry(ReliqSubscriptionStats *entry)
 	pg_atomic_init_u64(&entry->batches, 0);
 	pg_atomic_init_u64(&entry->slow_path_batches, 0);
 	pg_atomic_init_u32(&entry->take_over_requested, 0);
+	entry->dead_letter_backlog = -1;
 	SpinLockInit(&entry->mutex);
 }
 
@@ -683,6 +684,7 @@ reliq_workers_snapshot(ReliqWorkerSnapshot **workers)
 			continue;
 		memset(&worker, 0, sizeof(worker));
 		worker.worker_index = i;
+		worker.slot = i;
 		SpinLockAcquire(&slot->mutex);
 		worker.pid = slot->pid;
 		worker.state = slot->state;
@@ -815,6 +817,7 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		memcpy(lag.pending, entry->lag_pending, sizeof(lag.pending));
 		memcpy(lag.processed, entry->lag_processed, sizeof(lag.processed));
 		lag.next = entry->lag_next;
+		s->dead_letter_backlog = entry->dead_letter_backlog;
 		SpinLockRelease(&entry->mutex);
 
 		percentiles(batch_samples, &s->batch_p50_us, &s->batch_p99_us);

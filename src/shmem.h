@@ -207,6 +207,9 @@ typedef struct ReliqSubscriptionStats
 	int			workers_allowed;	/* within reliq.max_workers */
 	bool		start_refused;	/* a worker could not be registered
 								 * (max_worker_processes) */
+
+	/* Rows in reliq.dead_letter, counted by the monitor (metrics.c); -1 not yet. */
+	int64		dead_letter_backlog;
 } ReliqSubscriptionStats;
 
 /*
@@ -215,6 +218,7 @@ typedef struct ReliqSubscriptionStats
  */
 typedef struct ReliqWorkerSnapshot
 {
+	int			slot;			/* index of its slot: stable while it runs */
 	int64		subscription_id;
 	char		subscription_name[NAMEDATALEN];
 	int			worker_index;	/* the pool worker: 0 .. max_workers - 1 */
@@ -283,6 +287,7 @@ typedef struct ReliqStatsSnapshot
 	uint64		latency_hist[RELIQ_HISTOGRAM_BOUNDS + 1];
 	uint64		latency_count;
 	uint64		latency_sum_us;
+	int64		dead_letter_backlog;	/* -1: not counted yet */
 } ReliqStatsSnapshot;
 
 typedef struct ReliqShared
