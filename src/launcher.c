@@ -52,6 +52,7 @@
 #include "launcher.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(reliq_subscription_changed);
 
@@ -74,6 +75,7 @@ static LauncherSlot *launcher_slots = NULL;
 /* A worker could not be registered this round (max_worker_processes). */
 static bool start_refused = false;
 static int	last_shortfall = 0;
+static bool version_warned = false;
 static int	last_subscription_count = -1;
 static int64 last_subscription_ids_sum = 0;
 
@@ -275,9 +277,19 @@ read_subscriptions(ReliqSubscriptionSummary **subs, MemoryContext cxt)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "reliq: reading subscriptions");
 	*subs = NULL;
-	if (reliq_catalog_extension_present())
+	/*
+	 * The installed SQL and the loaded library must be of one version:
+	 * until ALTER EXTENSION reliq UPDATE, the launcher serves nothing (its
+	 * workers stop) and says why, once per change.
+	 */
+	if (reliq_catalog_extension_present() &&
+		!reliq_catalog_version_ok(version_warned ? DEBUG1 : WARNING))
+		version_warned = true;
+	else if (reliq_catalog_extension_present())
 	{
 		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		version_warned = false;
 
 		count = reliq_catalog_list_subscriptions(subs);
 		MemoryContextSwitchTo(old);

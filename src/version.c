@@ -8,9 +8,10 @@
  * the previous release in the database until someone runs ALTER
  * EXTENSION reliq UPDATE.  Workers must not run on it: the C code
  * expects the tables, functions and views of its own version.  The
- * launcher and each worker call reliq_check_catalog_version() in the
- * transaction in which they read the catalog; it raises an error that
- * names the command to run.
+ * launcher and each worker call reliq_catalog_version_ok() in the
+ * transaction in which they read the catalog: the launcher says why
+ * (a WARNING that names the command to run, once) and serves nothing, so
+ * its workers stop; a worker just gives up the subscription.
  *
  *-------------------------------------------------------------------------
  */
@@ -74,16 +75,16 @@ reliq_catalog_version(void)
  * callers deal with that as before (they wait for CREATE EXTENSION).
  * Called by the launcher and the workers inside a transaction.
  */
-void
-reliq_check_catalog_version(void)
+bool
+reliq_catalog_version_ok(int elevel)
 {
 	char	   *installed = reliq_catalog_version();
 	char	   *database;
 
 	if (installed == NULL || strcmp(installed, RELIQ_VERSION) == 0)
-		return;
+		return true;
 	database = get_database_name(MyDatabaseId);
-	ereport(ERROR,
+	ereport(elevel,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("extension \"reliq\" is installed at version %s, but the loaded library is version %s",
 					installed, RELIQ_VERSION),
@@ -91,6 +92,7 @@ reliq_check_catalog_version(void)
 					   installed, database ? database : "?", RELIQ_VERSION),
 			 errhint("Run ALTER EXTENSION reliq UPDATE in database \"%s\".",
 					 database ? database : reliq_database_name)));
+	return false;
 }
 
 /* reliq.version(): the version of the loaded library. */

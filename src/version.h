@@ -17,6 +17,6 @@
 #define RELIQ_VERSION "0.2"
 
 extern char *reliq_catalog_version(void);
-extern void reliq_check_catalog_version(void);
+extern bool reliq_catalog_version_ok(int elevel);
 
 #endif							/* RELIQ_VERSION_H */

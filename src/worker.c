@@ -88,6 +88,7 @@
 #include "outbox.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "version.h"
 #include "worker.h"
 
 /* How often a waiting worker looks at its latch and interrupts. */
@@ -523,7 +524,8 @@ load_subscription(Lane *l)
 								ALLOCSET_SMALL_SIZES);
 	caller = begin_transaction("reliq: reading subscription");
 	MemoryContextSwitchTo(cxt);
-	sub = reliq_catalog_extension_present() ?
+	/* a catalog of another version: exit (the launcher says why) */
+	sub = reliq_catalog_extension_present() && reliq_catalog_version_ok(DEBUG1) ?
 		reliq_catalog_load_subscription(l->subscription_id) : NULL;
 	end_transaction(caller);
 
