@@ -594,7 +594,7 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
  * consumer from us), or it is gone (the bucket was lost), stop consuming
  * everything at once and read the owner keys again this round.
  */
-static void
+static bool
 renew_heartbeat(ReliqNatsConnection *conn)
 {
 	char	   *key = heartbeat_key(my_instance);
@@ -610,9 +610,9 @@ renew_heartbeat(ReliqNatsConnection *conn)
 		case RELIQ_KV_OK:
 			alive_revision = written;
 			alive_valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
-			return;
+			return true;
 		case RELIQ_KV_ERROR:
-			return;				/* unrenewed, the leases lapse by themselves */
+			return false;		/* unrenewed, the leases lapse by themselves */
 		case RELIQ_KV_CONFLICT:
 			break;
 	}
@@ -631,15 +631,44 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	if (alive_revision != 0)
 		ereport(LOG,
 				(errmsg("reliq monitor: this cluster's heartbeat was written over (a consumer was taken over, or the lease bucket was lost); checking which consumers are still its own")));
+	rescan = true;
 	if (!reliq_nats_kv_get(conn, key, &value, &revision))
-		return;
+		return false;
 	sent = GetCurrentTimestamp();
 	if (reliq_nats_kv_put(conn, key, reliq_lease_my_identity(), revision,
 						  &written) != RELIQ_KV_OK)
-		return;
+		return false;
 	alive_revision = written;
 	alive_valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
-	rescan = true;
+	return false;				/* held leases wait for the next round */
+}
+
+/*
+ * Between rounds, when a round of the monitor runs long: renew the
+ * heartbeat, and with it the validity of the leases held (unless it was
+ * written over: then they wait for the next round's reading).
+ */
+void
+reliq_lease_heartbeat(ReliqNatsConnection *conn)
+{
+	int			i;
+
+	if (reliq_lease_ttl == 0 || alive_revision == 0 ||
+		!reliq_nats_kv_open(conn, reliq_lease_bucket) ||
+		!renew_heartbeat(conn))
+		return;
+	for (i = 0; i < ntracks; i++)
+	{
+		LeaseTrack *t = &tracks[i];
+		ReliqSubscriptionStats *entry;
+
+		if (t->held == 0 || t->view.state != RELIQ_LEASE_OWNED)
+			continue;
+		t->view.valid_until = alive_valid_until;
+		entry = reliq_stats_find(t->id, false, NULL);
+		if (entry != NULL)
+			reliq_lease_publish(entry, &t->view);
+	}
 }
 
 /* Does a live subscription use this key (one dropped and made again)? */
@@ -690,7 +719,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 	}
 	(void) reliq_lease_my_identity();
 	round_number++;
-	renew_heartbeat(conn);
+	(void) renew_heartbeat(conn);
 	if (alive_revision == 0)
 		return;					/* no heartbeat yet: own nothing */
 

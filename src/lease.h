@@ -15,6 +15,7 @@
 extern void reliq_lease_round(ReliqNatsConnection *conn,
 							  const ReliqWatched *subscriptions, int count);
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
+extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);
 extern long reliq_lease_renew_interval_ms(void);
 extern char *reliq_lease_my_identity(void);
 

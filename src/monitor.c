@@ -108,50 +108,103 @@ record_floor(const ReliqWatched *w, int64 ack_floor)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* One round over every subscription. */
+static TimestampTz next_heartbeat = 0;
+
+/*
+ * Renew the lease heartbeat when it is due, even in the middle of a long
+ * round: a thousand subscriptions' figures take longer than lease_ttl / 4.
+ */
+static void
+heartbeat_if_due(ReliqNatsConnection *conn)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now < next_heartbeat)
+		return;
+	next_heartbeat = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+	reliq_lease_heartbeat(conn);
+}
+
+/*
+ * One round over every subscription: the consumers first, then each
+ * stream once.  A floor is recorded only if the stream is still the
+ * incarnation the workers attached to when asked after the consumer
+ * (incarnations never come back, so it was that one when the consumer
+ * answered too).
+ */
 static void
 watch(ReliqNatsConnection *conn, MemoryContext cxt)
 {
 	ReliqWatched *watched;
+	ReliqConsumerInfo *infos;
+	ReliqStreamInfo *streams;
+	bool	   *asked;
 	int			count = read_watched(&watched, cxt);
 	int			i;
+	int			j;
 
+	infos = palloc0(sizeof(ReliqConsumerInfo) * Max(count, 1));
+	streams = palloc0(sizeof(ReliqStreamInfo) * Max(count, 1));
+	asked = palloc0(sizeof(bool) * Max(count, 1));
 	for (i = 0; i < count; i++)
 	{
 		ReliqWatched *w = &watched[i];
 		ReliqSubscriptionStats *entry;
-		ReliqConsumerInfo info;
-		ReliqStreamInfo stream;
-		ReliqLeaseView lease;
 
 		CHECK_FOR_INTERRUPTS();
-		memset(&stream, 0, sizeof(stream));
-		entry = reliq_stats_find(w->id, false, NULL);
-		if (!reliq_nats_consumer_info(conn, w->stream, w->consumer, &info))
+		heartbeat_if_due(conn);
+		if (!reliq_nats_consumer_info(conn, w->stream, w->consumer, &infos[i]))
 		{
 			note(psprintf("could not ask NATS about consumer \"%s\": %s",
 						  w->consumer, reliq_nats_last_error()));
 			return;				/* the connection is likely gone: next round */
 		}
-		if (!info.found)
+		if (!infos[i].found)
 			continue;			/* the workers make it again when they attach */
-		reliq_stats_set_consumer_info(entry, info.num_pending,
-									  info.num_ack_pending,
-									  info.num_redelivered,
-									  info.ack_floor_stream_seq,
-									  info.max_ack_pending);
+		entry = reliq_stats_find(w->id, false, NULL);
+		reliq_stats_set_consumer_info(entry, infos[i].num_pending,
+									  infos[i].num_ack_pending,
+									  infos[i].num_redelivered,
+									  infos[i].ack_floor_stream_seq,
+									  infos[i].max_ack_pending);
 		if (entry != NULL && w->enabled)
-			reliq_stats_record_lag(entry, info.num_pending);
-		if (entry != NULL && reliq_nats_stream_info(conn, w->stream, &stream) &&
-			stream.found)
-			reliq_stats_set_retention(entry, stream.retention);
+			reliq_stats_record_lag(entry, infos[i].num_pending);
+	}
 
-		if (entry != NULL)
-			reliq_lease_read(entry, &lease);
-		if (entry != NULL && reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
-			w->attached && info.ack_floor_stream_seq > w->ack_floor &&
-			stream.found && stream.created_ns == w->stream_created)
-			record_floor(w, info.ack_floor_stream_seq);
+	/* each stream once, after its consumers */
+	for (i = 0; i < count; i++)
+	{
+		if (asked[i] || !infos[i].found)
+			continue;
+		heartbeat_if_due(conn);
+		if (!reliq_nats_stream_info(conn, watched[i].stream, &streams[i]))
+			memset(&streams[i], 0, sizeof(ReliqStreamInfo));
+		asked[i] = true;
+		for (j = i + 1; j < count; j++)
+			if (!asked[j] && strcmp(watched[j].stream, watched[i].stream) == 0)
+			{
+				streams[j] = streams[i];
+				asked[j] = true;
+			}
+	}
+
+	for (i = 0; i < count; i++)
+	{
+		ReliqWatched *w = &watched[i];
+		ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
+		ReliqLeaseView lease;
+
+		if (entry == NULL || !infos[i].found || !streams[i].found)
+			continue;
+		reliq_stats_set_retention(entry, streams[i].retention);
+		reliq_lease_read(entry, &lease);
+		if (reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
+			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
+			streams[i].created_ns == w->stream_created)
+		{
+			heartbeat_if_due(conn);
+			record_floor(w, infos[i].ack_floor_stream_seq);
+		}
 	}
 	note("");
 }
@@ -215,6 +268,7 @@ reliq_monitor_main(Datum main_arg)
 			int			count = read_watched(&watched, cxt);
 
 			next_lease = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+			next_heartbeat = next_lease;
 			reliq_lease_round(conn, watched, count);
 		}
 		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_watch)
