@@ -146,19 +146,41 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	infos = palloc0(sizeof(ReliqConsumerInfo) * Max(count, 1));
 	streams = palloc0(sizeof(ReliqStreamInfo) * Max(count, 1));
 	asked = palloc0(sizeof(bool) * Max(count, 1));
+
+	/* the consumers of each stream, listed at once (a few requests) */
+	for (i = 0; i < count; i++)
+	{
+		char	  **names;
+		ReliqConsumerInfo *listed;
+		int			n;
+		int			k;
+
+		if (asked[i])
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		heartbeat_if_due(conn);
+		n = reliq_nats_stream_consumers(conn, watched[i].stream, &names, &listed);
+		if (n < 0)
+		{
+			note(psprintf("could not list the consumers of stream \"%s\": %s",
+						  watched[i].stream, reliq_nats_last_error()));
+			return;				/* the connection is likely gone: next round */
+		}
+		for (j = i; j < count; j++)
+		{
+			if (asked[j] || strcmp(watched[j].stream, watched[i].stream) != 0)
+				continue;
+			asked[j] = true;
+			for (k = 0; k < n; k++)
+				if (strcmp(names[k], watched[j].consumer) == 0)
+					infos[j] = listed[k];
+		}
+	}
 	for (i = 0; i < count; i++)
 	{
 		ReliqWatched *w = &watched[i];
 		ReliqSubscriptionStats *entry;
 
-		CHECK_FOR_INTERRUPTS();
-		heartbeat_if_due(conn);
-		if (!reliq_nats_consumer_info(conn, w->stream, w->consumer, &infos[i]))
-		{
-			note(psprintf("could not ask NATS about consumer \"%s\": %s",
-						  w->consumer, reliq_nats_last_error()));
-			return;				/* the connection is likely gone: next round */
-		}
 		if (!infos[i].found)
 			continue;			/* the workers make it again when they attach */
 		entry = reliq_stats_find(w->id, false, NULL);
@@ -171,6 +193,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			reliq_stats_record_lag(entry, infos[i].num_pending);
 	}
 
+	memset(asked, 0, sizeof(bool) * Max(count, 1));
 	/* each stream once, after its consumers */
 	for (i = 0; i < count; i++)
 	{
