@@ -59,6 +59,7 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "sink.h"
+#include "xact.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
 #define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R','Q','0','0','1')
@@ -731,14 +732,17 @@ apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 	}
 }
 
+/*
+ * The batch's transaction: reliq's skeleton (xact.c), with one SPI
+ * connection for the whole of it.  No activity is reported: the worker
+ * shows its own for the batch and its acks.
+ */
 static void
 start_batch_transaction(ReliqBatchState *state)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	(void) reliq_xact_begin(NULL);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
 	ensure_plans(state);
 }
 
@@ -747,20 +751,18 @@ start_batch_transaction(ReliqBatchState *state)
  * apply nothing; attach anew, or stop.
  */
 static void
-abandon_for_new_stream(ReliqBatchResult *result)
+abandon_for_new_stream(ReliqBatchResult *result, MemoryContext batch_cxt)
 {
 	result->stream_changed = !result->subscription_gone;
 	SPI_finish();
-	PopActiveSnapshot();
-	AbortCurrentTransaction();
+	reliq_xact_abort(batch_cxt);
 }
 
 static void
-finish_batch_transaction(void)
+finish_batch_transaction(MemoryContext batch_cxt)
 {
 	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	reliq_xact_commit(batch_cxt);
 }
 
 /* Copy the error being handled into cxt and clear it. */
@@ -811,7 +813,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 	{
 		start_batch_transaction(state);
 		if (!stream_is_current(state, result))
-			abandon_for_new_stream(result);
+			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
 			record_in_ledger(state, msgs, all, nmsgs, fresh, plain_ledger);
@@ -835,7 +837,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				apply_in_bulk(state, bulk, nbulk);
 				pfree(bulk);
 			}
-			finish_batch_transaction();
+			finish_batch_transaction(batch_cxt);
 		}
 	}
 	PG_CATCH();
@@ -911,7 +913,7 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 
 		start_batch_transaction(state);
 		if (!stream_is_current(state, result))
-			abandon_for_new_stream(result);
+			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
 			if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
@@ -953,7 +955,7 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				}
 			}
 			result->tripped = tripped;
-			finish_batch_transaction();
+			finish_batch_transaction(batch_cxt);
 		}
 	}
 	PG_CATCH();

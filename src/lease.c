@@ -51,7 +51,6 @@
 
 #include <unistd.h>
 
-#include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -61,7 +60,6 @@
 #include "storage/pmsignal.h"
 #include "utils/pidfile.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -69,6 +67,7 @@
 #include "nats_client.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "xact.h"
 
 /* What the monitor alone knows of each lease. */
 typedef struct LeaseTrack
@@ -218,7 +217,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	int64		floor;
 	bool		existed;
 	bool		created;
-	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext cxt;
 
 	if (!reliq_nats_stream_info(conn, w->stream, &stream))
 		return false;
@@ -236,17 +235,11 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 		return true;
 	}
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading a subscription's position");
+	cxt = reliq_xact_begin("reliq monitor: reading a subscription's position");
 	MemoryContextSwitchTo(cxt);
 	sub = reliq_catalog_load_subscription(w->id);
 	floor = sub ? reliq_catalog_floor(w->id, stream.created_ns) : -1;
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(cxt);
 	if (sub == NULL)
 		return true;			/* dropped meanwhile */
 

@@ -26,7 +26,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -36,7 +35,6 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -45,6 +43,7 @@
 #include "nats_client.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "xact.h"
 
 static char last_problem[RELIQ_ERROR_LEN];
 
@@ -72,38 +71,26 @@ note(const char *problem)
 static int
 read_watched(ReliqWatched **watched, MemoryContext cxt)
 {
+	MemoryContext caller = reliq_xact_begin("reliq monitor: reading subscriptions");
 	int			count = 0;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading subscriptions");
 	*watched = NULL;
 	if (reliq_catalog_extension_present())
 	{
 		MemoryContextSwitchTo(cxt);
 		count = reliq_catalog_list_watched(watched);
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(caller);
 	return count;
 }
 
 static void
 record_floor(const ReliqWatched *w, int64 ack_floor)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq monitor: pruning the ledger");
+	MemoryContext caller = reliq_xact_begin("reliq monitor: pruning the ledger");
+
 	reliq_catalog_advance_floor(w->id, w->stream_created, ack_floor);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(caller);
 }
 
 /* One round over every subscription. */

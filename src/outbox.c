@@ -24,7 +24,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -32,12 +31,12 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 
 #include "catalog.h"
 #include "message.h"
 #include "outbox.h"
 #include "reliq.h"
+#include "xact.h"
 
 typedef struct DeferredPublish
 {
@@ -144,13 +143,12 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	int			rows;
 	int			nest;
 	int			i;
-	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext caller;
 
 	*stuck = false;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	/* the worker shows "publishing the outbox" meanwhile */
+	caller = reliq_xact_begin(NULL);
 	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	nest = reliq_enter_safe_search_path();
 
 	/* also the rows of dropped subscriptions: their commits happened */
@@ -211,8 +209,6 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	}
 	reliq_leave_safe_search_path(nest);
 	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller);
+	reliq_xact_commit(caller);
 	return *stuck ? 0 : rows;
 }
