@@ -35,6 +35,7 @@
 #include "outbox.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "spi_safe.h"
 
 PG_FUNCTION_INFO_V1(reliq_publish);
 PG_FUNCTION_INFO_V1(reliq_create_stream);
@@ -223,7 +224,9 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	}
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
 	values[0] = BoolGetDatum(created);
 	values[1] = Int64GetDatum(info.num_pending);
 	values[2] = Int64GetDatum(info.num_ack_pending);
@@ -266,15 +269,12 @@ lookup_subscription(const char *name, int64 *id, char **stream, char **consumer)
 	MemoryContext caller = CurrentMemoryContext;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(name)};
-	int			nest;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT id, stream, consumer FROM reliq.subscription"
-							  " WHERE subscription_name = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.subscription");
-	reliq_leave_safe_search_path(nest);
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.subscription",
+					  "SELECT id, stream, consumer FROM reliq.subscription"
+					  " WHERE subscription_name = $1",
+					  1, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -354,20 +354,16 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	bool		isnull;
 	volatile bool ok = true;
 	ErrorData  *error = NULL;
-	int			nest;
 
-	SPI_connect();
-
-	/* reliq's own statements run under the safe search_path (catalog.c) */
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT d.subscription_id, d.stream_seq,"
-							  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
-							  "           d.stream_seq, d.delivered, d.published_at)::reliq.message,"
-							  "       d.traceparent"
-							  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
-							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.dead_letter");
-	reliq_leave_safe_search_path(nest);
+	/* reliq's own statements run under the safe search_path (spi_safe.c) */
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.dead_letter",
+					  "SELECT d.subscription_id, d.stream_seq,"
+					  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
+					  "           d.stream_seq, d.delivered, d.published_at)::reliq.message,"
+					  "       d.traceparent"
+					  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
+					  1, argtypes, args, NULL, false, 1, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -397,15 +393,11 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(caller);
 	PG_TRY();
 	{
-		int			delete_nest;
-
 		reliq_call_handler(sub, handler, reliq_handler_argument(sub, message),
 						   traceparent, sub->id, 0, stream_seq);
-		delete_nest = reliq_enter_safe_search_path();
-		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
-								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete dead letter");
-		reliq_leave_safe_search_path(delete_nest);
+		reliq_spi_execute("delete a replayed dead letter",
+						  "DELETE FROM reliq.dead_letter WHERE id = $1",
+						  1, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(caller);
 		CurrentResourceOwner = owner;
@@ -436,18 +428,17 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 		uargs[3] = error->context ? CStringGetTextDatum(error->context) : (Datum) 0;
 		unulls[3] = error->context ? ' ' : 'n';
 		uargs[4] = CStringGetTextDatum(unpack_sql_state(error->sqlerrcode));
-		nest = reliq_enter_safe_search_path();
-		if (SPI_execute_with_args("UPDATE reliq.dead_letter"
-								  "   SET replay_attempts = replay_attempts + 1,"
-								  "       last_replay_at = now(),"
-								  "       error_message = $2, error_detail = $3,"
-								  "       error_context = $4, sqlstate = $5"
-								  " WHERE id = $1",
-								  5, uargtypes, uargs, unulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update dead letter");
-		reliq_leave_safe_search_path(nest);
+		reliq_spi_execute("record a failed replay",
+						  "UPDATE reliq.dead_letter"
+						  "   SET replay_attempts = replay_attempts + 1,"
+						  "       last_replay_at = now(),"
+						  "       error_message = $2, error_detail = $3,"
+						  "       error_context = $4, sqlstate = $5"
+						  " WHERE id = $1",
+						  5, uargtypes, uargs, unulls, false, 0, SPI_OK_UPDATE);
 		ereport(NOTICE,
-				(errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
+				(errcode(error->sqlerrcode),
+				 errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
 				 error->detail ? errdetail("%s", error->detail) : 0));
 	}
 	SPI_finish();

@@ -59,6 +59,7 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "sink.h"
+#include "spi_safe.h"
 #include "xact.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
@@ -481,9 +482,9 @@ stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
 	bool		exists;
 	Datum		recorded;
 
-	if (reliq_execute_plan_safely(state->identity_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read reliq._stream_identity");
+	reliq_spi_execute_plan("read reliq._stream_identity", state->identity_plan,
+						   &arg, NULL, true, 1, SPI_OK_SELECT);
+	Assert(SPI_processed == 1);	/* one row of two subqueries */
 	exists = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 										SPI_tuptable->tupdesc, 2, &isnull));
 	recorded = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -517,8 +518,8 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
-	if (reliq_execute_plan_safely(state->floor_plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq._stream_floor");
+	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
+						   args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
 	floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -539,8 +540,8 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 		args[2] = PointerGetDatum(construct_array(seqs, nstale, INT8OID, 8,
 												  FLOAT8PASSBYVAL,
 												  TYPALIGN_DOUBLE));
-		if (reliq_execute_plan_safely(state->unrecord_plan, args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not correct reliq._ledger");
+		reliq_spi_execute_plan("correct reliq._ledger", state->unrecord_plan,
+							   args, NULL, false, 0, SPI_OK_DELETE);
 	}
 	pfree(seqs);
 }
@@ -571,9 +572,9 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	args[1] = Int64GetDatum(state->stream_created);
 	args[2] = PointerGetDatum(array);
 	ledger_insert_running = plain;
-	if (reliq_execute_plan_safely(plain ? state->ledger_plain_plan : state->ledger_plan,
-								  args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not write reliq._ledger");
+	reliq_spi_execute_plan("write reliq._ledger",
+						   plain ? state->ledger_plain_plan : state->ledger_plan,
+						   args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
 	ledger_insert_running = false;
 
 	/*
@@ -658,8 +659,8 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 							   &nulls[12]);
 	values[13] = nullable_text(reliq_message_header(msg, "traceparent"), &nulls[13]);
 
-	if (reliq_execute_plan_safely(state->dead_letter_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write reliq.dead_letter");
+	reliq_spi_execute_plan("write reliq.dead_letter", state->dead_letter_plan,
+						   values, nulls, false, 0, SPI_OK_INSERT);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);
 }
@@ -741,8 +742,7 @@ static void
 start_batch_transaction(ReliqBatchState *state)
 {
 	(void) reliq_xact_begin(NULL);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	reliq_spi_connect();
 	ensure_plans(state);
 }
 
@@ -916,8 +916,8 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
-			if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "could not set constraints immediate");
+			reliq_spi_check(SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0),
+							SPI_OK_UTILITY, "set constraints immediate");
 
 			for (i = 0; i < nmsgs; i++)
 			{

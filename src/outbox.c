@@ -36,6 +36,7 @@
 #include "message.h"
 #include "outbox.h"
 #include "reliq.h"
+#include "spi_safe.h"
 #include "xact.h"
 
 typedef struct DeferredPublish
@@ -117,8 +118,8 @@ reliq_outbox_write(int64 subscription_id)
 		if (p->headers == NULL)
 			nulls[3] = 'n';
 		values[4] = CStringGetTextDatum(p->msg_id);
-		if (reliq_execute_plan_safely(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not write to reliq._outbox");
+		reliq_spi_execute_plan("write to reliq._outbox", insert_plan,
+							   values, nulls, false, 0, SPI_OK_INSERT);
 		count++;
 	}
 	deferred = NIL;
@@ -141,24 +142,22 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	Datum	   *published;
 	int			npublished = 0;
 	int			rows;
-	int			nest;
 	int			i;
 	MemoryContext caller;
 
 	*stuck = false;
 	/* the worker shows "publishing the outbox" meanwhile */
 	caller = reliq_xact_begin(NULL);
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
+	reliq_spi_connect();
 
 	/* also the rows of dropped subscriptions: their commits happened */
-	if (SPI_execute_with_args("SELECT id, subject, data, headers, msg_id FROM reliq._outbox o"
-							  " WHERE subscription_id = $1"
-							  "    OR NOT EXISTS (SELECT FROM reliq.subscription s"
-							  "                    WHERE s.id = o.subscription_id)"
-							  " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-							  2, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq._outbox");
+	reliq_spi_execute("read reliq._outbox",
+					  "SELECT id, subject, data, headers, msg_id FROM reliq._outbox o"
+					  " WHERE subscription_id = $1"
+					  "    OR NOT EXISTS (SELECT FROM reliq.subscription s"
+					  "                    WHERE s.id = o.subscription_id)"
+					  " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+					  2, argtypes, args, NULL, false, 0, SPI_OK_SELECT);
 	rows = (int) SPI_processed;
 	published = palloc(sizeof(Datum) * Max(rows, 1));
 
@@ -203,11 +202,11 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 														 INT8OID, 8,
 														 FLOAT8PASSBYVAL,
 														 TYPALIGN_DOUBLE));
-		if (SPI_execute_with_args("DELETE FROM reliq._outbox WHERE id = ANY($1)",
-								  1, delete_types, delete_args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete from reliq._outbox");
+		reliq_spi_execute("delete from reliq._outbox",
+						  "DELETE FROM reliq._outbox WHERE id = ANY($1)",
+						  1, delete_types, delete_args, NULL, false, 0,
+						  SPI_OK_DELETE);
 	}
-	reliq_leave_safe_search_path(nest);
 	SPI_finish();
 	reliq_xact_commit(caller);
 	return *stuck ? 0 : rows;
