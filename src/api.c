@@ -29,8 +29,8 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "batch.h"
 #include "catalog.h"
+#include "handler.h"
 #include "nats_client.h"
 #include "outbox.h"
 #include "reliq.h"
@@ -100,7 +100,7 @@ reliq_publish(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 		nheaders = reliq_headers_from_jsonb(PG_GETARG_JSONB_P(2), &keys, &values, &msg_id);
 	/* Inside a handler: published after the batch commits (outbox.c). */
-	if (reliq_batch_publish_msg_id(derived_id, sizeof(derived_id)))
+	if (reliq_handler_publish_msg_id(derived_id, sizeof(derived_id)))
 	{
 		reliq_outbox_defer(subject, data,
 						   PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
