@@ -512,8 +512,7 @@ reliq_subscription_stats(PG_FUNCTION_ARGS)
 		bool		nulls[30] = {false};
 
 		values[0] = Int64GetDatum(s->subscription_id);
-		values[1] = s->state ? CStringGetTextDatum(s->state) : (Datum) 0;
-		nulls[1] = (s->state == NULL);
+		values[1] = CStringGetTextDatum(reliq_subscription_state_name(s->state));
 		values[2] = Int32GetDatum(s->workers);
 		values[3] = Int64GetDatum((int64) s->received);
 		values[4] = Int64GetDatum((int64) s->processed);
