@@ -60,16 +60,6 @@ interval_to_ms(const Interval *interval)
 		 (int64) interval->month * DAYS_PER_MONTH * SECS_PER_DAY) * 1000;
 }
 
-static void
-report_nats_failure(const char *what, int sqlerrcode, const char *hint)
-{
-	ereport(ERROR,
-			(errcode(sqlerrcode),
-			 errmsg("%s", what),
-			 errdetail("%s", reliq_nats_last_error()),
-			 hint ? errhint("%s", hint) : 0));
-}
-
 /*
  * reliq.publish(subject, data, headers): a JetStream publish, waiting for
  * the stream's acknowledgement; returns the stream sequence.  Inside a
@@ -113,14 +103,14 @@ reliq_publish(PG_FUNCTION_ARGS)
 							keys, values, nheaders, msg_id, &seq, &duplicate))
 	{
 		if (reliq_nats_last_was_no_responders())
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("no JetStream stream captures subject \"%s\"", subject),
-					 errdetail("reliq.publish stores the message in a stream, and none listens on this subject."),
-					 errhint("Add the subject to a stream: SELECT reliq.create_stream('NAME', ARRAY['%s']);",
-							 subject)));
-		report_nats_failure(psprintf("could not publish to subject \"%s\"", subject),
-							ERRCODE_CONNECTION_FAILURE, NULL);
+			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
+							  psprintf("no JetStream stream captures subject \"%s\"", subject),
+							  "reliq.publish stores the message in a stream, and none listens on this subject.",
+							  psprintf("Add the subject to a stream: SELECT reliq.create_stream('NAME', ARRAY['%s']);",
+									   subject));
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not publish to subject \"%s\"", subject),
+						  NULL, NULL);
 	}
 	PG_RETURN_INT64(seq);
 }
@@ -167,8 +157,9 @@ reliq_create_stream(PG_FUNCTION_ARGS)
 	}
 	if (!reliq_nats_create_stream(reliq_nats_session_connection(), stream,
 								  subjects, nelems, replicas, &created))
-		report_nats_failure(psprintf("could not create or update stream \"%s\"", stream),
-							ERRCODE_CONNECTION_FAILURE, NULL);
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not create or update stream \"%s\"", stream),
+						  NULL, NULL);
 	PG_RETURN_TEXT_P(cstring_to_text(created ? "created" : "updated"));
 }
 
@@ -205,22 +196,20 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 									&info, &created))
 	{
 		if (reliq_nats_last_was_jetstream_missing())
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("JetStream is not available on the NATS server"),
-					 errdetail("%s", reliq_nats_last_error()),
-					 errhint("Start nats-server with JetStream enabled (-js, or a jetstream block in its configuration), for the account reliq connects as.")));
+			reliq_nats_report(ERROR, 0,
+							  "JetStream is not available on the NATS server",
+							  NULL, NULL);
 		if (reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("stream \"%s\" does not exist", spec.stream),
-					 errdetail("A subscription reads a JetStream stream that must exist first."),
-					 errhint("Create it with SELECT reliq.create_stream('%s', ARRAY['subject.>']); or with the nats CLI.",
-							 spec.stream)));
-		report_nats_failure(psprintf("could not set up consumer \"%s\" on stream \"%s\"",
-									 spec.consumer, spec.stream),
-							ERRCODE_INVALID_PARAMETER_VALUE,
-							"Check that the subject is within the stream's subjects, and that an existing consumer of that name is a pull consumer with explicit acks.");
+			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
+							  psprintf("stream \"%s\" does not exist", spec.stream),
+							  "A subscription reads a JetStream stream that must exist first.",
+							  psprintf("Create it with SELECT reliq.create_stream('%s', ARRAY['subject.>']); or with the nats CLI.",
+									   spec.stream));
+		reliq_nats_report(ERROR, ERRCODE_INVALID_PARAMETER_VALUE,
+						  psprintf("could not set up consumer \"%s\" on stream \"%s\"",
+								   spec.consumer, spec.stream),
+						  NULL,
+						  "Check that the subject is within the stream's subjects, and that an existing consumer of that name is a pull consumer with explicit acks.");
 	}
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -256,9 +245,10 @@ reliq_delete_consumer(PG_FUNCTION_ARGS)
 
 	if (!reliq_nats_delete_consumer(reliq_nats_session_connection(), stream,
 									consumer, &existed))
-		report_nats_failure(psprintf("could not delete consumer \"%s\" of stream \"%s\"",
-									 consumer, stream),
-							ERRCODE_CONNECTION_FAILURE, NULL);
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not delete consumer \"%s\" of stream \"%s\"",
+								   consumer, stream),
+						  NULL, NULL);
 	PG_RETURN_BOOL(existed);
 }
 

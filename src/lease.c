@@ -96,8 +96,8 @@ reliq_lease_renew_interval_ms(void)
 }
 
 /* The lease value naming this instance (JSON), made once. */
-char *
-reliq_lease_my_identity(void)
+static char *
+my_identity_value(void)
 {
 	char		host[128];
 
@@ -141,7 +141,7 @@ field(const char *value, const char *name)
 static bool
 holder_is_me(const char *value)
 {
-	(void) reliq_lease_my_identity();
+	(void) my_identity_value();
 	return strcmp(field(value, "instance"), my_instance) == 0;
 }
 
@@ -168,7 +168,7 @@ describe_holder(LeaseTrack *t, const char *value)
 static void
 describe_me(LeaseTrack *t)
 {
-	describe_holder(t, reliq_lease_my_identity());
+	describe_holder(t, my_identity_value());
 }
 
 static LeaseTrack *
@@ -227,7 +227,8 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	{
 		if (!t->no_rewind_noted)
 			ereport(LOG,
-					(errmsg("reliq subscription \"%s\": stream \"%s\" has %s retention, so its consumer cannot be brought back to this database's position",
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("reliq subscription \"%s\": stream \"%s\" has %s retention, so its consumer cannot be brought back to this database's position",
 							w->name, w->stream, stream.retention),
 					 errdetail("The stream deletes acknowledged messages; what a former owner acknowledged but this database lacks cannot be delivered again."),
 					 errhint("Use synchronous replication (synchronous_commit = on with synchronous_standby_names) so that nothing acknowledged is missing after a failover.")));
@@ -267,13 +268,15 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	if (!reliq_nats_delete_consumer(conn, sub->stream, sub->consumer, &existed) ||
 		!reliq_nats_ensure_consumer(conn, &spec, &info, &created))
 	{
-		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position: %s",
-						w->name, sub->consumer, reliq_nats_last_error())));
+		reliq_nats_report(LOG, 0,
+						  psprintf("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position",
+								   w->name, sub->consumer),
+						  NULL, NULL);
 		return false;
 	}
 	ereport(LOG,
-			(errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
 					w->name, sub->consumer,
 					floor >= 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
 					sub->start_new ? "the subscription's creation" : "the first message of the stream"),
@@ -328,7 +331,7 @@ renew(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	uint64		revision;
 	char	   *value;
 
-	switch (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), t->held, &revision))
+	switch (reliq_nats_kv_put(conn, t->key, my_identity_value(), t->held, &revision))
 	{
 		case RELIQ_KV_OK:
 			t->held = revision;
@@ -383,14 +386,14 @@ try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now)
 		return;
 	if (revision == 0)
 	{
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), 0, &written) == RELIQ_KV_OK)
+		if (reliq_nats_kv_put(conn, t->key, my_identity_value(), 0, &written) == RELIQ_KV_OK)
 			acquired(t, written, now, now);
 		return;
 	}
 	if (holder_is_me(value))
 	{
 		/* the monitor restarted under the same postmaster: still ours */
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		if (reliq_nats_kv_put(conn, t->key, my_identity_value(), revision, &written) == RELIQ_KV_OK)
 		{
 			t->held = written;
 			t->view.state = RELIQ_LEASE_OWNED;
@@ -402,10 +405,11 @@ try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now)
 	if (strcmp(field(value, "released"), "true") == 0)
 	{
 		/* its holder shut down cleanly, after its workers had exited */
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		if (reliq_nats_kv_put(conn, t->key, my_identity_value(), revision, &written) == RELIQ_KV_OK)
 		{
 			ereport(LOG,
-					(errmsg("reliq: took over the lease of consumer \"%s\", released by %s at its shutdown",
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq: took over the lease of consumer \"%s\", released by %s at its shutdown",
 							t->key, value)));
 			acquired(t, written, now, now);
 		}
@@ -414,10 +418,11 @@ try_acquire(ReliqNatsConnection *conn, LeaseTrack *t, TimestampTz now)
 	if (revision == t->seen && now - t->seen_at >= (int64) reliq_lease_ttl * 1000)
 	{
 		/* unrenewed for a whole lease_ttl: its holder has stopped */
-		if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) == RELIQ_KV_OK)
+		if (reliq_nats_kv_put(conn, t->key, my_identity_value(), revision, &written) == RELIQ_KV_OK)
 		{
 			ereport(LOG,
-					(errmsg("reliq: took over the lease of consumer \"%s\", which %s had not renewed for %d ms",
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq: took over the lease of consumer \"%s\", which %s had not renewed for %d ms",
 							t->key, value, reliq_lease_ttl)));
 			acquired(t, written, now, now);
 		}
@@ -436,13 +441,14 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	char	   *value;
 
 	if (!reliq_nats_kv_get(conn, t->key, &value, &revision) ||
-		reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision, &written) != RELIQ_KV_OK)
+		reliq_nats_kv_put(conn, t->key, my_identity_value(), revision, &written) != RELIQ_KV_OK)
 	{
 		pg_atomic_write_u32(&entry->take_over_requested, 1);	/* next round */
 		return;
 	}
 	ereport(LOG,
-			(errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
 					w->name, w->consumer, revision ? value : "nobody", reliq_lease_ttl),
 			 errdetail("The former owner stops within that time, when its own lease runs out.")));
 	acquired(t, written, now, TimestampTzPlusMilliseconds(now, reliq_lease_ttl));
@@ -517,9 +523,10 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 	}
 	if (!reliq_nats_kv_open(conn, reliq_lease_bucket))
 	{
-		ereport(LOG,
-				(errmsg("reliq monitor: could not open the lease bucket \"%s\": %s",
-						reliq_lease_bucket, reliq_nats_last_error())));
+		reliq_nats_report(LOG, 0,
+						  psprintf("reliq monitor: could not open the lease bucket \"%s\"",
+								   reliq_lease_bucket),
+						  NULL, NULL);
 		return;
 	}
 	for (i = 0; i < ntracks; i++)
@@ -616,8 +623,8 @@ reliq_lease_release_all(ReliqNatsConnection *conn)
 		!server_stopping() || !workers_gone(Min(reliq_nats_timeout, 2000)))
 		return;
 	released = psprintf("%.*s,\"released\":true}",
-						(int) strlen(reliq_lease_my_identity()) - 1,
-						reliq_lease_my_identity());
+						(int) strlen(my_identity_value()) - 1,
+						my_identity_value());
 	for (i = 0; i < ntracks; i++)
 	{
 		uint64		revision;

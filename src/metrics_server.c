@@ -208,7 +208,8 @@ reliq_metrics_server_main(Datum main_arg)
 
 	listener = open_listener();
 	ereport(LOG,
-			(errmsg("reliq metrics served at http://%s:%d/metrics",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq metrics served at http://%s:%d/metrics",
 					reliq_metrics_listen_address, reliq_metrics_port)));
 	request_cxt = AllocSetContextCreate(TopMemoryContext, "reliq metrics request",
 										ALLOCSET_DEFAULT_SIZES);

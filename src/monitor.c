@@ -53,18 +53,31 @@ reliq_monitor_register(void)
 	reliq_register_static_worker("reliq monitor", "reliq_monitor_main", true, 10);
 }
 
-/* Log a problem when it starts or changes; nothing while it persists. */
+/*
+ * A NATS failure (what: "could not ..."): logged when it starts or
+ * changes, nothing while it persists.
+ */
 static void
-note(const char *problem)
+note_failure(const char *what)
 {
+	char	   *problem = psprintf("%s: %s", what, reliq_nats_last_error());
+
 	if (strcmp(problem, last_problem) != 0)
 	{
-		if (problem[0] != '\0')
-			ereport(LOG, (errmsg("reliq monitor: %s", problem)));
-		else
-			ereport(LOG, (errmsg("reliq monitor: in contact with NATS again")));
+		reliq_nats_report(LOG, 0, psprintf("reliq monitor: %s", what), NULL, NULL);
 		strlcpy(last_problem, problem, sizeof(last_problem));
 	}
+}
+
+/* After a round in which NATS answered. */
+static void
+note_success(void)
+{
+	if (last_problem[0] != '\0')
+		ereport(LOG,
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq monitor: in contact with NATS again")));
+	last_problem[0] = '\0';
 }
 
 /* The subscriptions, read in a short transaction of our own. */
@@ -114,8 +127,8 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		entry = reliq_stats_find(w->id, false, NULL);
 		if (!reliq_nats_consumer_info(conn, w->stream, w->consumer, &info))
 		{
-			note(psprintf("could not ask NATS about consumer \"%s\": %s",
-						  w->consumer, reliq_nats_last_error()));
+			note_failure(psprintf("could not ask NATS about consumer \"%s\"",
+								  w->consumer));
 			return;				/* the connection is likely gone: next round */
 		}
 		if (!info.found)
@@ -138,7 +151,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			stream.found && stream.created_ns == w->stream_created)
 			record_floor(w, info.ack_floor_stream_seq);
 	}
-	note("");
+	note_success();
 }
 
 static ReliqNatsConnection *conn = NULL;
@@ -190,8 +203,8 @@ reliq_monitor_main(Datum main_arg)
 		{
 			conn = reliq_nats_connect("reliq monitor");
 			if (conn == NULL)
-				note(psprintf("could not connect to NATS at %s: %s",
-							  reliq_nats_redacted_url(), reliq_nats_last_error()));
+				note_failure(psprintf("could not connect to NATS at %s",
+									  reliq_nats_redacted_url()));
 		}
 		now = GetCurrentTimestamp();
 		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_lease)

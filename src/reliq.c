@@ -232,8 +232,8 @@ reliq_register_static_worker(const char *type, const char *function,
 	RegisterBackgroundWorker(&bgw);
 }
 
-bool
-reliq_in_worker_database(void)
+static bool
+in_worker_database(void)
 {
 	char	   *current = get_database_name(MyDatabaseId);
 
@@ -247,7 +247,7 @@ reliq_in_worker_database(void)
 void
 reliq_require_worker_database(const char *what)
 {
-	if (!reliq_in_worker_database())
+	if (!in_worker_database())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s needs the reliq workers, which run only in database \"%s\"",

@@ -48,13 +48,13 @@ extern char *reliq_lease_bucket;
 /* This postmaster's random id, drawn in _PG_init: names it in leases. */
 extern uint64 reliq_instance_id;
 
-/*
- * True when the current database is the one reliq's workers serve.  SQL
- * functions that only make sense where the workers run check it.
- */
 extern void reliq_register_static_worker(const char *type, const char *function,
 										 bool database, int restart_seconds);
-extern bool reliq_in_worker_database(void);
+
+/*
+ * An error unless the current database is the one reliq's workers serve:
+ * SQL functions that only make sense where the workers run check it.
+ */
 extern void reliq_require_worker_database(const char *what);
 
 #endif							/* RELIQ_H */

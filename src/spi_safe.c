@@ -12,7 +12,7 @@
  * schema order.)  Preparing under that path is not enough: up to
  * PostgreSQL 16, a cached plan run under a different search_path is
  * analysed again under the one in force -- so kept plans are also
- * executed under it (reliq_execute_plan_safely).  Handlers run with the
+ * executed under it (reliq_spi_execute_plan).  Handlers run with the
  * session's search_path.
  *
  * SPI reports errors in SQL by throwing them; a result code other than the
@@ -46,8 +46,8 @@ reliq_leave_safe_search_path(int nest_level)
 }
 
 /* SPI_execute_plan under the safe search_path; returns its result code. */
-int
-reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values, const char *nulls,
+static int
+execute_plan_safely(SPIPlanPtr plan, Datum *values, const char *nulls,
 						  bool read_only, long count)
 {
 	int			nest = reliq_enter_safe_search_path();
@@ -112,7 +112,7 @@ reliq_spi_execute_plan(const char *what, SPIPlanPtr plan, Datum *values,
 					   const char *nulls, bool read_only, long count,
 					   int expected)
 {
-	reliq_spi_check(reliq_execute_plan_safely(plan, values, nulls, read_only,
+	reliq_spi_check(execute_plan_safely(plan, values, nulls, read_only,
 											  count),
 					expected, what);
 }

@@ -13,9 +13,6 @@
 
 extern int	reliq_enter_safe_search_path(void);
 extern void reliq_leave_safe_search_path(int nest_level);
-extern int	reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values,
-									  const char *nulls, bool read_only,
-									  long count);
 extern SPIPlanPtr reliq_prepare_kept(const char *sql, int nargs,
 									 Oid *argtypes);
 
