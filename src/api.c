@@ -48,6 +48,8 @@ PG_FUNCTION_INFO_V1(reliq_subscription_stats);
 PG_FUNCTION_INFO_V1(reliq_worker_status);
 PG_FUNCTION_INFO_V1(reliq_subscription_status);
 PG_FUNCTION_INFO_V1(reliq_request_take_over);
+PG_FUNCTION_INFO_V1(reliq_state_names);
+PG_FUNCTION_INFO_V1(reliq_max_ack_pending_sql);
 
 /* How often wait_idle asks the server. */
 #define RELIQ_WAIT_IDLE_POLL_MS 100
@@ -629,4 +631,51 @@ reliq_request_take_over(PG_FUNCTION_ARGS)
 				 errhint("Raise reliq.max_subscriptions and restart the server.")));
 	pg_atomic_write_u32(&entry->take_over_requested, 1);
 	PG_RETURN_VOID();
+}
+
+/*
+ * reliq._state_names(): the name of every subscription state, one column
+ * each, so that SQL spells none.  The columns must be named as C names the
+ * states, in the same order.
+ */
+Datum
+reliq_state_names(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[RELIQ_SUBSCRIPTION_STATES];
+	bool		nulls[RELIQ_SUBSCRIPTION_STATES] = {false};
+	int			i;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
+	for (i = 0; i < RELIQ_SUBSCRIPTION_STATES; i++)
+	{
+		const char *name = reliq_subscription_state_name(i);
+
+		if (i >= tupdesc->natts ||
+			strcmp(NameStr(TupleDescAttr(tupdesc, i)->attname), name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("reliq._state_names() does not match the states of the library"),
+					 errdetail("Column %d should be named \"%s\".", i + 1, name),
+					 errhint("Update the extension: ALTER EXTENSION reliq UPDATE.")));
+		values[i] = CStringGetTextDatum(name);
+	}
+	if (tupdesc->natts != RELIQ_SUBSCRIPTION_STATES)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("reliq._state_names() does not match the states of the library"),
+				 errdetail("It has %d columns; the library knows %d states.",
+						   tupdesc->natts, RELIQ_SUBSCRIPTION_STATES),
+				 errhint("Update the extension: ALTER EXTENSION reliq UPDATE.")));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* reliq._max_ack_pending(batch_size, concurrency): see catalog.c. */
+Datum
+reliq_max_ack_pending_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(reliq_max_ack_pending(PG_GETARG_INT32(0), PG_GETARG_INT32(1)));
 }

@@ -218,11 +218,21 @@ reliq_catalog_forget_dropped(void)
 	SPI_finish();
 }
 
-/* The consumer's MaxAckPending: keep in step with reliq._max_ack_pending(). */
+/*
+ * The consumer's MaxAckPending: room for every worker's batch and the next
+ * one it pulls meanwhile.  The one place it is computed: SQL calls it as
+ * reliq._max_ack_pending() (api.c).
+ */
+int64
+reliq_max_ack_pending(int batch_size, int concurrency)
+{
+	return Max((int64) 1000, (int64) 2 * batch_size * concurrency);
+}
+
 int64
 reliq_subscription_max_ack_pending(const ReliqSubscription *sub)
 {
-	return Max((int64) 1000, (int64) 2 * sub->batch_size * sub->concurrency);
+	return reliq_max_ack_pending(sub->batch_size, sub->concurrency);
 }
 
 /* The NAK delay after a failed delivery number `delivered` (1-based). */

@@ -71,6 +71,7 @@ extern int	reliq_catalog_list_watched(ReliqWatched **list);
 extern ReliqSubscription *reliq_catalog_load_subscription(int64 id);
 extern int	reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list);
 extern void reliq_catalog_forget_dropped(void);
+extern int64 reliq_max_ack_pending(int batch_size, int concurrency);
 extern int64 reliq_subscription_max_ack_pending(const ReliqSubscription *sub);
 extern int64 reliq_subscription_backoff_ms(const ReliqSubscription *sub,
 										   int delivered);
