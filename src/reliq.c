@@ -2,7 +2,9 @@
  *
  * reliq.c
  *	  Module entry point: refuses to load unless preloaded, defines the
- *	  reliq.* settings, reserves shared memory and registers the launcher.
+ *	  reliq.* settings, reserves shared memory and registers reliq's static
+ *	  background workers: the launcher, the monitor and, with
+ *	  reliq.metrics_port, the metrics endpoint.
  *
  * Nothing here talks to NATS: the postmaster must never start the NATS
  * client's threads, so every cnats call happens in a worker or a backend.
