@@ -57,9 +57,10 @@ PG_FUNCTION_INFO_V1(reliq_max_ack_pending_sql);
 static int64
 interval_to_ms(const Interval *interval)
 {
-	return interval->time / 1000 +
-		((int64) interval->day * SECS_PER_DAY +
-		 (int64) interval->month * DAYS_PER_MONTH * SECS_PER_DAY) * 1000;
+	int64		days = (int64) interval->day +
+		(int64) interval->month * DAYS_PER_MONTH;
+
+	return interval->time / 1000 + days * SECS_PER_DAY * 1000;
 }
 
 /*
@@ -230,8 +231,10 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	values[3] = Int64GetDatum(created ?
 							  Max(info.ack_floor_stream_seq, info.delivered_stream_seq) :
 							  info.ack_floor_stream_seq);
-	nulls[4] = nulls[5] = !(reliq_nats_stream_info(reliq_nats_session_connection(),
-												   spec.stream, &stream) && stream.found);
+	if (!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
+								&stream))
+		stream.found = false;
+	nulls[4] = nulls[5] = !stream.found;
 	values[4] = Int64GetDatum(stream.created_ns);
 	values[5] = nulls[5] ? (Datum) 0 : CStringGetTextDatum(stream.retention);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));

@@ -61,7 +61,7 @@
 #include "xact.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
-#define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R','Q','0','0','1')
+#define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R', 'Q', '0', '0', '1')
 
 /*
  * Record a batch's sequences; those at or below the acknowledged floor
@@ -211,8 +211,8 @@ ensure_plans(ReliqBatchState *state)
 		reliq_leave_safe_search_path(nest);
 	}
 
-	key = sub->handler ? psprintf("handler %s", sub->handler)
-		: psprintf("target %u", sub->target);
+	key = sub->handler ? psprintf("handler %s", sub->handler) :
+		psprintf("target %u", sub->target);
 	if (state->handler == NULL ||
 		strcmp(key, state->handler_key) != 0 ||
 		(sub->handler == NULL && reliq_sink_is_stale()))

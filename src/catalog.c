@@ -204,7 +204,9 @@ void
 reliq_catalog_forget_dropped(void)
 {
 	static const char *const tables[] = {
-		"reliq._ledger", "reliq._stream_floor", "reliq._stream_identity"
+		"reliq._ledger",
+		"reliq._stream_floor",
+		"reliq._stream_identity",
 	};
 	int			i;
 

@@ -222,4 +222,3 @@ reliq_handler_publish_msg_id(char *buf, size_t len)
 			 current_stream_seq, ++current_publish_count);
 	return true;
 }
-

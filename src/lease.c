@@ -279,7 +279,8 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
 					w->name, sub->consumer,
 					floor >= 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
-					sub->start_new ? "the subscription's creation" : "the first message of the stream"),
+					sub->start_new ? "the subscription's creation" :
+					"the first message of the stream"),
 			 errdetail("This cluster has just acquired the consumer's lease; redeliveries of what this database already applied are absorbed by its ledger.")));
 	return true;
 }

@@ -116,8 +116,10 @@ reliq_unix_ns_to_timestamptz(int64 ns)
 int64
 reliq_timestamptz_to_unix_ns(TimestampTz t)
 {
-	return (t + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY *
-			USECS_PER_SEC) * 1000;
+	int64		epoch_us = (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) *
+		SECS_PER_DAY * USECS_PER_SEC;
+
+	return (t + epoch_us) * 1000;
 }
 
 /*

@@ -104,8 +104,8 @@ wait_socket(int fd, int event, TimestampTz deadline)
 	TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
 	if (secs == 0 && usecs == 0)
 		return false;
-	rc = WaitLatchOrSocket(MyLatch, event | WL_TIMEOUT | WL_LATCH_SET |
-						   WL_EXIT_ON_PM_DEATH, fd,
+	event |= WL_TIMEOUT | WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+	rc = WaitLatchOrSocket(MyLatch, event, fd,
 						   secs * 1000 + usecs / 1000 + 1, PG_WAIT_EXTENSION);
 	if (rc & WL_LATCH_SET)
 	{

@@ -100,7 +100,8 @@ reliq_outbox_write(int64 subscription_id)
 		SPIPlanPtr	plan;
 
 		plan = reliq_prepare_kept("INSERT INTO reliq._outbox (subscription_id, subject, data, headers, msg_id)"
-								  " VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
+								  " VALUES ($1, $2, $3, $4, $5)",
+								  5, argtypes);
 		reliq_leave_safe_search_path(nest);
 		insert_plan = plan;
 	}

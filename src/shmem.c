@@ -173,11 +173,9 @@ shmem_startup(void)
 		SpinLockInit(&reliq_shared->mutex);
 		reliq_shared->max_workers = reliq_max_workers;
 		reliq_shared->max_subscriptions = reliq_max_subscriptions;
-		reliq_shared->slots = (ReliqWorkerSlot *)
-			(base + MAXALIGN(sizeof(ReliqShared)));
-		reliq_shared->stats = (ReliqSubscriptionStats *)
-			((char *) reliq_shared->slots +
-			 MAXALIGN(mul_size(reliq_max_workers, sizeof(ReliqWorkerSlot))));
+		reliq_shared->slots = (ReliqWorkerSlot *) (base + MAXALIGN(sizeof(ReliqShared)));
+		reliq_shared->stats = (ReliqSubscriptionStats *) ((char *) reliq_shared->slots +
+														  MAXALIGN(mul_size(reliq_max_workers, sizeof(ReliqWorkerSlot))));
 
 		for (i = 0; i < reliq_max_workers; i++)
 		{

@@ -211,9 +211,9 @@ statement_for(ReliqSink *sink, uint64 present)
 
 	plan = reliq_prepare_kept(sql, 1, argtypes);
 
-	sink->statements = sink->nstatements == 0
-		? MemoryContextAlloc(sink->cxt, sizeof(SinkStatement))
-		: repalloc(sink->statements, sizeof(SinkStatement) * (sink->nstatements + 1));
+	sink->statements = sink->nstatements == 0 ?
+		MemoryContextAlloc(sink->cxt, sizeof(SinkStatement)) :
+		repalloc(sink->statements, sizeof(SinkStatement) * (sink->nstatements + 1));
 	sink->statements[sink->nstatements].present = present;
 	sink->statements[sink->nstatements].plan = plan;
 	sink->nstatements++;

@@ -18,9 +18,8 @@
 #include "stats_math.h"
 
 /* Upper bounds of the latency histogram buckets, in seconds. */
-const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS] = {
-	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
-};
+const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS] =
+{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
 /* Before any concurrent use (shared memory initialisation). */
 void
