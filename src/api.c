@@ -286,7 +286,7 @@ lookup_subscription(const char *name, int64 *id, char **stream, char **consumer)
 		if (consumer)
 			*consumer = MemoryContextStrdup(caller, SPI_getvalue(t, d, 3));
 	}
-	SPI_finish();
+	reliq_spi_finish();
 }
 
 /*
@@ -436,7 +436,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 				 errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
 				 error->detail ? errdetail("%s", error->detail) : 0));
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	PG_RETURN_BOOL(ok);
 }
 

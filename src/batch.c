@@ -562,14 +562,14 @@ static void
 abandon_for_new_stream(ReliqBatchResult *result, MemoryContext batch_cxt)
 {
 	result->stream_changed = !result->subscription_gone;
-	SPI_finish();
+	reliq_spi_finish();
 	reliq_xact_abort(batch_cxt);
 }
 
 static void
 finish_batch_transaction(MemoryContext batch_cxt)
 {
-	SPI_finish();
+	reliq_spi_finish();
 	reliq_xact_commit(batch_cxt);
 }
 

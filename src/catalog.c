@@ -115,7 +115,7 @@ reliq_catalog_load_subscription(int64 id)
 		sub->version = reliq_spi_int64(t, d, 17);
 		sub->created_at = DatumGetTimestampTz(SPI_getbinval(t, d, 18, &isnull));
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return sub;
 }
 
@@ -149,7 +149,7 @@ reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
 		(*list)[i].version = reliq_spi_int64(t, d, 5);
 		(*list)[i].batch_size = reliq_spi_int32(t, d, 6);
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return count;
 }
 
@@ -195,7 +195,7 @@ reliq_catalog_list_watched(ReliqWatched **list)
 		w->stream_created = reliq_spi_int64(t, d, 6);
 		w->ack_floor = reliq_spi_int64(t, d, 7);
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return count;
 }
 
@@ -217,7 +217,7 @@ reliq_catalog_forget_dropped(void)
 								   " (SELECT FROM reliq.subscription s WHERE s.id = b.subscription_id)",
 								   tables[i]),
 						  0, NULL, NULL, NULL, false, 0, SPI_OK_DELETE);
-	SPI_finish();
+	reliq_spi_finish();
 }
 
 /*
@@ -280,7 +280,7 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 					  1, argtypes, args, NULL, false, 0, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 	{
-		SPI_finish();
+		reliq_spi_finish();
 		return 0;
 	}
 	reliq_spi_execute("record the stream's identity",
@@ -307,7 +307,7 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 		*floor = isnull ? 0 : DatumGetInt64(f);
 		*has_history = !isnull || reliq_spi_bool(t, d, 2);
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return current;
 }
 
@@ -331,7 +331,7 @@ reliq_catalog_floor(int64 subscription_id, int64 stream_created)
 					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 		floor = reliq_spi_int64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	SPI_finish();
+	reliq_spi_finish();
 	return floor;
 }
 
@@ -362,5 +362,5 @@ reliq_catalog_advance_floor(int64 subscription_id, int64 stream_created,
 					  " WHERE subscription_id = $1 AND stream_created = $2"
 					  "   AND stream_seq <= $3",
 					  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
-	SPI_finish();
+	reliq_spi_finish();
 }

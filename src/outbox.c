@@ -154,13 +154,12 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	/* also the rows of dropped subscriptions: their commits happened */
 	reliq_spi_execute("read reliq._outbox",
 					  "SELECT id, subject, data, headers, msg_id FROM reliq._outbox o"
-					  " WHERE subscription_id = $1"
-					  "    OR NOT EXISTS (SELECT FROM reliq.subscription s"
-					  "                    WHERE s.id = o.subscription_id)"
+					  " WHERE subscription_id = $1 OR NOT EXISTS"
+					  " (SELECT FROM reliq.subscription s WHERE s.id = o.subscription_id)"
 					  " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
 					  2, argtypes, args, NULL, false, 0, SPI_OK_SELECT);
+	published = palloc(sizeof(Datum) * (SPI_processed + 1));	/* ids of rows published */
 	rows = (int) SPI_processed;
-	published = palloc(sizeof(Datum) * Max(rows, 1));
 
 	for (i = 0; i < rows; i++)
 	{
@@ -208,7 +207,7 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 						  1, delete_types, delete_args, NULL, false, 0,
 						  SPI_OK_DELETE);
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	reliq_xact_commit(caller);
 	return *stuck ? 0 : rows;
 }

@@ -63,6 +63,13 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static void clear_stats_entry(ReliqSubscriptionStats *entry);
 
+/* The name of an enum value from its table; "unknown" outside it. */
+static const char *
+name_of(const char *const *names, int count, int value)
+{
+	return (value >= 0 && value < count) ? names[value] : "unknown";
+}
+
 static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_STOPPED] = "stopped",
 	[RELIQ_WORKER_STARTING] = "starting",
@@ -97,17 +104,13 @@ static const char *const subscription_state_names[RELIQ_SUBSCRIPTION_STATES] = {
 const char *
 reliq_subscription_state_name(ReliqSubscriptionState state)
 {
-	if (state < 0 || state >= lengthof(subscription_state_names))
-		return "unknown";
-	return subscription_state_names[state];
+	return name_of(subscription_state_names, lengthof(subscription_state_names), state);
 }
 
 const char *
 reliq_worker_state_name(ReliqWorkerState state)
 {
-	if (state < 0 || state >= lengthof(worker_state_names))
-		return "unknown";
-	return worker_state_names[state];
+	return name_of(worker_state_names, lengthof(worker_state_names), state);
 }
 
 static Size
@@ -725,9 +728,7 @@ static const char *const lease_state_names[] = {
 const char *
 reliq_lease_state_name(ReliqLeaseState state)
 {
-	if (state < 0 || state >= lengthof(lease_state_names))
-		return "unknown";
-	return lease_state_names[state];
+	return name_of(lease_state_names, lengthof(lease_state_names), state);
 }
 
 /*

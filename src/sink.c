@@ -168,7 +168,8 @@ reliq_sink_free(ReliqSink *sink)
 	int			i;
 
 	for (i = 0; i < sink->nstatements; i++)
-		SPI_freeplan(sink->statements[i].plan);
+		reliq_spi_check(SPI_freeplan(sink->statements[i].plan), 0,
+						"free a table sink's plan");
 	/* the rest goes with the handler's memory context */
 }
 

@@ -79,6 +79,12 @@ reliq_spi_connect(void)
 	reliq_spi_check(SPI_connect(), SPI_OK_CONNECT, "connect to SPI");
 }
 
+void
+reliq_spi_finish(void)
+{
+	reliq_spi_check(SPI_finish(), SPI_OK_FINISH, "disconnect from SPI");
+}
+
 /* An error unless rc is what the statement must return; what: "read ...". */
 void
 reliq_spi_check(int rc, int expected, const char *what)

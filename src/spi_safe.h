@@ -17,6 +17,7 @@ extern SPIPlanPtr reliq_prepare_kept(const char *sql, int nargs,
 									 Oid *argtypes);
 
 extern void reliq_spi_connect(void);
+extern void reliq_spi_finish(void);
 extern void reliq_spi_check(int rc, int expected, const char *what);
 extern void reliq_spi_execute(const char *what, const char *sql, int nargs,
 							  Oid *argtypes, Datum *values, const char *nulls,

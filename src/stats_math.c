@@ -21,28 +21,38 @@
 const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS] =
 {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
-/* Before any concurrent use (shared memory initialisation). */
-void
-reliq_histogram_init(ReliqHistogram *histogram)
+static void
+zero_atomic(pg_atomic_uint64 *value, bool in_use)
+{
+	if (in_use)
+		pg_atomic_write_u64(value, 0);
+	else
+		pg_atomic_init_u64(value, 0);
+}
+
+static void
+zero_histogram(ReliqHistogram *histogram, bool in_use)
 {
 	int			i;
 
 	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
-		pg_atomic_init_u64(&histogram->buckets[i], 0);
-	pg_atomic_init_u64(&histogram->count, 0);
-	pg_atomic_init_u64(&histogram->sum_us, 0);
+		zero_atomic(&histogram->buckets[i], in_use);
+	zero_atomic(&histogram->count, in_use);
+	zero_atomic(&histogram->sum_us, in_use);
+}
+
+/* Before any concurrent use (shared memory initialisation). */
+void
+reliq_histogram_init(ReliqHistogram *histogram)
+{
+	zero_histogram(histogram, false);
 }
 
 /* Zero a histogram that workers may be adding to (init is for before use). */
 void
 reliq_histogram_reset(ReliqHistogram *histogram)
 {
-	int			i;
-
-	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
-		pg_atomic_write_u64(&histogram->buckets[i], 0);
-	pg_atomic_write_u64(&histogram->count, 0);
-	pg_atomic_write_u64(&histogram->sum_us, 0);
+	zero_histogram(histogram, true);
 }
 
 void
