@@ -3,8 +3,9 @@
  * api.c
  *	  SQL-callable functions written in C: publishing and stream
  *	  management, consumer set-up for create/alter_subscription, waiting
- *	  for idle, replaying dead letters, and the statistics behind
- *	  reliq.subscription_stats and reliq.worker_status.
+ *	  for idle, replaying dead letters, the statistics behind
+ *	  reliq.subscription_stats and reliq.worker_status, and the state
+ *	  names and MaxAckPending as C knows them, for the SQL.
  *
  * The SQL API that only touches tables (create_subscription and friends)
  * is PL/pgSQL in the install script.
