@@ -8,6 +8,9 @@
  *   (reliq._subscription_status(), reliq.take_over()), the subscription states
  *   'fenced', 'acquiring' and 'standby', health() on standbys and for
  *   streams that cannot redeliver, and create_stream(..., replicas).
+ * - One source per rule (issue 10): state names from C
+ *   (reliq._state_names()), the settings' ranges from the CHECK
+ *   constraints (reliq._setting_check()), MaxAckPending from C.
  */
 \echo Use "ALTER EXTENSION reliq UPDATE TO '0.2'" to load this file. \quit
 
