@@ -8,6 +8,9 @@
  *   (reliq._subscription_status(), reliq.take_over()), the subscription states
  *   'fenced', 'acquiring' and 'standby', health() on standbys and for
  *   streams that cannot redeliver, and create_stream(..., replicas).
+ * - One source per rule (issue 10): state names from C
+ *   (reliq._state_names()), the settings' ranges from the CHECK
+ *   constraints (reliq._setting_check()), MaxAckPending from C.
  */
 \echo Use "ALTER EXTENSION reliq UPDATE TO '0.2'" to load this file. \quit
 
@@ -232,15 +235,141 @@ GRANT EXECUTE ON FUNCTION reliq._request_take_over(bigint) TO reliq_admin;
 GRANT EXECUTE ON FUNCTION reliq._subscription_status() TO reliq_admin, pg_monitor;
 
 /*
+ * ------------------------------------------------------------------------
+ * One source per rule (issue 10, "the house in order").  This block runs
+ * to the end of the file: subscription_stats and health() below are part
+ * of it.
+ * ------------------------------------------------------------------------
+ *
+ * - The state names are written once, in C (shmem.c).  SQL reads them from
+ *   reliq._state_names(), one column per state, which checks its column
+ *   names against C's.  subscription_stats and health() spell none; what
+ *   they return is unchanged.
+ * - The ranges of a subscription's settings are stated once, by the CHECK
+ *   constraints of reliq.subscription.  _check_settings evaluates those
+ *   constraints (reliq._setting_check) before anything reaches NATS, and
+ *   takes the bounds its messages name from them.
+ * - The consumer's MaxAckPending is computed once, in C (catalog.c):
+ *   reliq._max_ack_pending() is that function, which the workers use too.
+ */
+CREATE FUNCTION reliq._state_names(
+    OUT running text, OUT paused text, OUT stopped text, OUT failing text,
+    OUT backing_off text, OUT disconnected text, OUT connecting text,
+    OUT fenced text, OUT acquiring text, OUT standby text)
+RETURNS record
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'reliq_state_names';
+COMMENT ON FUNCTION reliq._state_names() IS 'The name of each subscription state, as reliq''s C code writes it';
+REVOKE ALL ON FUNCTION reliq._state_names() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._state_names() TO reliq_admin, pg_monitor;
+
+-- Evaluates a CHECK constraint of reliq.subscription (one column's) on a
+-- value not stored yet, and gives the constants it compares the column
+-- with (>= low, <= high; NULL where it has none).
+CREATE FUNCTION reliq._setting_check(p_constraint name, p_value anyelement,
+                                     OUT ok boolean, OUT low anyelement, OUT high anyelement)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_expr   text;
+    v_column name;
+    v_bound  text;
+BEGIN
+    SELECT pg_get_expr(c.conbin, c.conrelid), a.attname INTO v_expr, v_column
+      FROM pg_constraint c
+      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+     WHERE c.conrelid = 'reliq.subscription'::regclass AND c.contype = 'c'
+       AND c.conname = p_constraint;
+    IF v_expr IS NULL THEN
+        RAISE EXCEPTION 'reliq.subscription has no check constraint %', p_constraint
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE format('SELECT %s FROM (SELECT $1 AS %I) AS s', v_expr, v_column) INTO ok USING p_value;
+    ok := ok IS NOT FALSE;      -- as a CHECK constraint judges NULL
+    v_bound := (regexp_match(v_expr, format('\(%I >= ([^()]+)\)', v_column)))[1];
+    IF v_bound IS NOT NULL THEN
+        EXECUTE 'SELECT ' || v_bound INTO low;
+    END IF;
+    v_bound := (regexp_match(v_expr, format('\(%I <= ([^()]+)\)', v_column)))[1];
+    IF v_bound IS NOT NULL THEN
+        EXECUTE 'SELECT ' || v_bound INTO high;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._setting_check(name, anyelement) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._setting_check(name, anyelement) TO reliq_admin;
+
+-- Checks shared by create_subscription and alter_subscription; the ranges
+-- are the table's CHECK constraints (a NULL setting is left unchanged).
+CREATE OR REPLACE FUNCTION reliq._check_settings(p_name text, p_batch_size integer,
+                                                 p_concurrency integer, p_max_deliver integer,
+                                                 p_backoff interval[], p_ack_wait interval,
+                                                 p_handler_timeout interval)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+BEGIN
+    c := reliq._setting_check('batch_size_range', p_batch_size);
+    IF NOT c.ok THEN
+        RAISE EXCEPTION 'batch_size must be between % and %, not %', c.low, c.high, p_batch_size
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'batch_size is the number of messages pulled and handled in one transaction.',
+                  HINT = 'Values of 100 to 1000 suit most handlers.';
+    END IF;
+    c := reliq._setting_check('concurrency_range', p_concurrency);
+    IF NOT c.ok THEN
+        RAISE EXCEPTION 'concurrency must be between % and %, not %', c.low, c.high, p_concurrency
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'concurrency is the number of workers pulling for the subscription.',
+                  HINT = format('To pause the subscription, use reliq.alter_subscription(%L, enabled => false).', p_name);
+    END IF;
+    c := reliq._setting_check('max_deliver_positive', p_max_deliver);
+    IF NOT c.ok THEN
+        RAISE EXCEPTION 'max_deliver must be at least %, not %', c.low, p_max_deliver
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'max_deliver is the number of failed deliveries after which a message is dead-lettered.';
+    END IF;
+    -- the table requires a delay; none negative or NULL is this function's own rule
+    IF NOT (reliq._setting_check('backoff_not_empty', p_backoff)).ok
+       OR EXISTS (SELECT FROM unnest(p_backoff) b WHERE b IS NULL OR b < '0'::interval) THEN
+        RAISE EXCEPTION 'backoff must list at least one delay, none negative or NULL'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'backoff[n] is the delay before delivery n+1 of a failed message; the last delay repeats.',
+                  HINT = 'For example backoff => ''{1s,10s,1min}''::interval[].';
+    END IF;
+    c := reliq._setting_check('ack_wait_range', p_ack_wait);
+    IF NOT c.ok THEN
+        RAISE EXCEPTION 'ack_wait must be at least % second%, not %',
+                        extract(epoch FROM c.low)::float8,
+                        CASE WHEN extract(epoch FROM c.low) = 1 THEN '' ELSE 's' END, p_ack_wait
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'ack_wait is how long the server waits for an acknowledgement before it redelivers; a batch must finish within it.';
+    END IF;
+    IF p_handler_timeout IS NOT NULL AND p_handler_timeout < '0'::interval THEN
+        RAISE EXCEPTION 'handler_timeout must not be negative'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Zero (or NULL) means no timeout.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reliq._max_ack_pending(p_batch_size integer, p_concurrency integer)
+RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'reliq_max_ack_pending_sql';
+
+/*
  * subscription_stats: the states standby, fenced and acquiring; who holds
  * the lease; the stream's retention
  */
 CREATE OR REPLACE VIEW reliq.subscription_stats AS
 SELECT s.subscription_name,
        s.enabled,
-       CASE WHEN NOT s.enabled THEN 'paused'
-            WHEN pg_catalog.pg_is_in_recovery() THEN 'standby'
-            ELSE COALESCE(st.state, 'stopped') END AS state,
+       CASE WHEN NOT s.enabled THEN n.paused
+            WHEN pg_catalog.pg_is_in_recovery() THEN n.standby
+            ELSE COALESCE(st.state, n.stopped) END AS state,
        COALESCE(st.workers, 0) AS workers,
        s.concurrency,
        s.batch_size,
@@ -289,6 +418,7 @@ SELECT s.subscription_name,
                                                  pg_catalog.current_setting('max_worker_processes')) END)
        END AS worker_shortfall
   FROM reliq.subscription s
+ CROSS JOIN reliq._state_names() n
   LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
   LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
 
@@ -308,33 +438,34 @@ SELECT s.subscription_name,
             ELSE 'ok' END,
        COALESCE(array_agg(r.reason ORDER BY r.ord) FILTER (WHERE r.reason IS NOT NULL), '{}')
   FROM reliq.subscription_stats s
+ CROSS JOIN reliq._state_names() n
   LEFT JOIN LATERAL (VALUES
-      (0, s.state = 'standby', 'ok',
+      (0, s.state = n.standby, 'ok',
           'standby: this server is a hot standby; the subscription is consumed after promotion'),
-      (1, NOT s.enabled, 'ok', 'paused'),
-      (2, s.enabled AND s.workers = 0 AND s.state NOT IN ('standby', 'fenced', 'acquiring'),
+      (1, NOT s.enabled, 'ok', n.paused),
+      (2, s.enabled AND s.workers = 0 AND s.state NOT IN (n.standby, n.fenced, n.acquiring),
           'down', 'no worker running'),
-      (3, s.state = 'failing', 'down',
+      (3, s.state = n.failing, 'down',
           'systemic failure: ' || COALESCE(s.last_error, 'unknown error')),
       (4, s.disconnected_since < now() - current_setting('reliq.health_disconnect_timeout')::interval,
           'down', format('disconnected from NATS for %s', date_trunc('second', now() - s.disconnected_since))),
       (5, s.disconnected_since >= now() - current_setting('reliq.health_disconnect_timeout')::interval,
           'degraded', 'disconnected from NATS, reconnecting'),
-      (6, s.state = 'backing_off', 'degraded',
+      (6, s.state = n.backing_off, 'degraded',
           'backing off: ' || COALESCE(s.last_error, 'retrying')),
       (7, s.max_ack_pending > 0 AND s.ack_pending >= s.max_ack_pending, 'degraded',
           format('stalled: %s messages await acknowledgement, the consumer''s max_ack_pending', s.ack_pending)),
-      (8, s.lag_growing AND s.state NOT IN ('standby', 'fenced', 'acquiring'), 'degraded',
+      (8, s.lag_growing AND s.state NOT IN (n.standby, n.fenced, n.acquiring), 'degraded',
           format('lag growing while nothing is processed (%s pending)', s.pending)),
       (9, s.enabled AND s.workers > 0 AND s.consumer_info_at
             < now() - 3 * current_setting('reliq.refresh_interval')::interval, 'degraded',
           format('no consumer information from the server since %s', s.consumer_info_at)),
-      (10, s.state <> 'failing' AND s.last_failure_at > now() - interval '1 minute', 'degraded',
+      (10, s.state <> n.failing AND s.last_failure_at > now() - interval '1 minute', 'degraded',
           'messages failed in the last minute: ' || s.last_error),
-      (11, s.state = 'fenced', 'down',
+      (11, s.state = n.fenced, 'down',
           format('fenced: another PostgreSQL cluster owns consumer %s (%s); to consume here instead: SELECT reliq.take_over(%L);',
                  s.consumer, COALESCE(s.lease_holder, 'unknown'), s.subscription_name)),
-      (12, s.state = 'acquiring', 'degraded',
+      (12, s.state = n.acquiring, 'degraded',
           format('acquiring the lease of consumer %s, held by %s; consuming once it has run out (reliq.lease_ttl)',
                  s.consumer, COALESCE(s.lease_holder, 'unknown'))),
       (14, s.worker_shortfall IS NOT NULL, CASE WHEN s.workers = 0 THEN 'down' ELSE 'degraded' END,

@@ -3,8 +3,9 @@
  * api.c
  *	  SQL-callable functions written in C: publishing and stream
  *	  management, consumer set-up for create/alter_subscription, waiting
- *	  for idle, replaying dead letters, and the statistics behind
- *	  reliq.subscription_stats and reliq.worker_status.
+ *	  for idle, replaying dead letters, the statistics behind
+ *	  reliq.subscription_stats and reliq.worker_status, and the state
+ *	  names and MaxAckPending as C knows them, for the SQL.
  *
  * The SQL API that only touches tables (create_subscription and friends)
  * is PL/pgSQL in the install script.
@@ -29,12 +30,13 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "batch.h"
 #include "catalog.h"
+#include "handler.h"
 #include "nats_client.h"
 #include "outbox.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "spi_safe.h"
 
 PG_FUNCTION_INFO_V1(reliq_publish);
 PG_FUNCTION_INFO_V1(reliq_create_stream);
@@ -47,6 +49,8 @@ PG_FUNCTION_INFO_V1(reliq_subscription_stats);
 PG_FUNCTION_INFO_V1(reliq_worker_status);
 PG_FUNCTION_INFO_V1(reliq_subscription_status);
 PG_FUNCTION_INFO_V1(reliq_request_take_over);
+PG_FUNCTION_INFO_V1(reliq_state_names);
+PG_FUNCTION_INFO_V1(reliq_max_ack_pending_sql);
 
 /* How often wait_idle asks the server. */
 #define RELIQ_WAIT_IDLE_POLL_MS 100
@@ -54,19 +58,10 @@ PG_FUNCTION_INFO_V1(reliq_request_take_over);
 static int64
 interval_to_ms(const Interval *interval)
 {
-	return interval->time / 1000 +
-		((int64) interval->day * SECS_PER_DAY +
-		 (int64) interval->month * DAYS_PER_MONTH * SECS_PER_DAY) * 1000;
-}
+	int64		days = (int64) interval->day +
+		(int64) interval->month * DAYS_PER_MONTH;
 
-static void
-report_nats_failure(const char *what, int sqlerrcode, const char *hint)
-{
-	ereport(ERROR,
-			(errcode(sqlerrcode),
-			 errmsg("%s", what),
-			 errdetail("%s", reliq_nats_last_error()),
-			 hint ? errhint("%s", hint) : 0));
+	return interval->time / 1000 + days * SECS_PER_DAY * 1000;
 }
 
 /*
@@ -99,7 +94,7 @@ reliq_publish(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 		nheaders = reliq_headers_from_jsonb(PG_GETARG_JSONB_P(2), &keys, &values, &msg_id);
 	/* Inside a handler: published after the batch commits (outbox.c). */
-	if (reliq_batch_publish_msg_id(derived_id, sizeof(derived_id)))
+	if (reliq_handler_publish_msg_id(derived_id, sizeof(derived_id)))
 	{
 		reliq_outbox_defer(subject, data,
 						   PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
@@ -112,14 +107,14 @@ reliq_publish(PG_FUNCTION_ARGS)
 							keys, values, nheaders, msg_id, &seq, &duplicate))
 	{
 		if (reliq_nats_last_was_no_responders())
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("no JetStream stream captures subject \"%s\"", subject),
-					 errdetail("reliq.publish stores the message in a stream, and none listens on this subject."),
-					 errhint("Add the subject to a stream: SELECT reliq.create_stream('NAME', ARRAY['%s']);",
-							 subject)));
-		report_nats_failure(psprintf("could not publish to subject \"%s\"", subject),
-							ERRCODE_CONNECTION_FAILURE, NULL);
+			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
+							  psprintf("no JetStream stream captures subject \"%s\"", subject),
+							  "reliq.publish stores the message in a stream, and none listens on this subject.",
+							  psprintf("Add the subject to a stream: SELECT reliq.create_stream('NAME', ARRAY['%s']);",
+									   subject));
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not publish to subject \"%s\"", subject),
+						  NULL, NULL);
 	}
 	PG_RETURN_INT64(seq);
 }
@@ -166,8 +161,9 @@ reliq_create_stream(PG_FUNCTION_ARGS)
 	}
 	if (!reliq_nats_create_stream(reliq_nats_session_connection(), stream,
 								  subjects, nelems, replicas, &created))
-		report_nats_failure(psprintf("could not create or update stream \"%s\"", stream),
-							ERRCODE_CONNECTION_FAILURE, NULL);
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not create or update stream \"%s\"", stream),
+						  NULL, NULL);
 	PG_RETURN_TEXT_P(cstring_to_text(created ? "created" : "updated"));
 }
 
@@ -204,26 +200,26 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 									&info, &created))
 	{
 		if (reliq_nats_last_was_jetstream_missing())
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("JetStream is not available on the NATS server"),
-					 errdetail("%s", reliq_nats_last_error()),
-					 errhint("Start nats-server with JetStream enabled (-js, or a jetstream block in its configuration), for the account reliq connects as.")));
+			reliq_nats_report(ERROR, 0,
+							  "JetStream is not available on the NATS server",
+							  NULL, NULL);
 		if (reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("stream \"%s\" does not exist", spec.stream),
-					 errdetail("A subscription reads a JetStream stream that must exist first."),
-					 errhint("Create it with SELECT reliq.create_stream('%s', ARRAY['subject.>']); or with the nats CLI.",
-							 spec.stream)));
-		report_nats_failure(psprintf("could not set up consumer \"%s\" on stream \"%s\"",
-									 spec.consumer, spec.stream),
-							ERRCODE_INVALID_PARAMETER_VALUE,
-							"Check that the subject is within the stream's subjects, and that an existing consumer of that name is a pull consumer with explicit acks.");
+			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
+							  psprintf("stream \"%s\" does not exist", spec.stream),
+							  "A subscription reads a JetStream stream that must exist first.",
+							  psprintf("Create it with SELECT reliq.create_stream('%s', ARRAY['subject.>']); or with the nats CLI.",
+									   spec.stream));
+		reliq_nats_report(ERROR, ERRCODE_INVALID_PARAMETER_VALUE,
+						  psprintf("could not set up consumer \"%s\" on stream \"%s\"",
+								   spec.consumer, spec.stream),
+						  NULL,
+						  "Check that the subject is within the stream's subjects, and that an existing consumer of that name is a pull consumer with explicit acks.");
 	}
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
 	values[0] = BoolGetDatum(created);
 	values[1] = Int64GetDatum(info.num_pending);
 	values[2] = Int64GetDatum(info.num_ack_pending);
@@ -236,8 +232,10 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	values[3] = Int64GetDatum(created ?
 							  Max(info.ack_floor_stream_seq, info.delivered_stream_seq) :
 							  info.ack_floor_stream_seq);
-	nulls[4] = nulls[5] = !(reliq_nats_stream_info(reliq_nats_session_connection(),
-												   spec.stream, &stream) && stream.found);
+	if (!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
+								&stream))
+		stream.found = false;
+	nulls[4] = nulls[5] = !stream.found;
 	values[4] = Int64GetDatum(stream.created_ns);
 	values[5] = nulls[5] ? (Datum) 0 : CStringGetTextDatum(stream.retention);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
@@ -253,9 +251,10 @@ reliq_delete_consumer(PG_FUNCTION_ARGS)
 
 	if (!reliq_nats_delete_consumer(reliq_nats_session_connection(), stream,
 									consumer, &existed))
-		report_nats_failure(psprintf("could not delete consumer \"%s\" of stream \"%s\"",
-									 consumer, stream),
-							ERRCODE_CONNECTION_FAILURE, NULL);
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not delete consumer \"%s\" of stream \"%s\"",
+								   consumer, stream),
+						  NULL, NULL);
 	PG_RETURN_BOOL(existed);
 }
 
@@ -266,15 +265,12 @@ lookup_subscription(const char *name, int64 *id, char **stream, char **consumer)
 	MemoryContext caller = CurrentMemoryContext;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(name)};
-	int			nest;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT id, stream, consumer FROM reliq.subscription"
-							  " WHERE subscription_name = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.subscription");
-	reliq_leave_safe_search_path(nest);
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.subscription",
+					  "SELECT id, stream, consumer FROM reliq.subscription"
+					  " WHERE subscription_name = $1",
+					  1, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -291,7 +287,7 @@ lookup_subscription(const char *name, int64 *id, char **stream, char **consumer)
 		if (consumer)
 			*consumer = MemoryContextStrdup(caller, SPI_getvalue(t, d, 3));
 	}
-	SPI_finish();
+	reliq_spi_finish();
 }
 
 /*
@@ -354,20 +350,16 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	bool		isnull;
 	volatile bool ok = true;
 	ErrorData  *error = NULL;
-	int			nest;
 
-	SPI_connect();
-
-	/* reliq's own statements run under the safe search_path (catalog.c) */
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT d.subscription_id, d.stream_seq,"
-							  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
-							  "           d.stream_seq, d.delivered, d.published_at)::reliq.message,"
-							  "       d.traceparent"
-							  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
-							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.dead_letter");
-	reliq_leave_safe_search_path(nest);
+	/* reliq's own statements run under the safe search_path (spi_safe.c) */
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.dead_letter",
+					  "SELECT d.subscription_id, d.stream_seq,"
+					  "       ROW(d.subscription, d.subject, d.data, d.headers, d.stream,"
+					  "           d.stream_seq, d.delivered, d.published_at)::reliq.message,"
+					  "       d.traceparent"
+					  "  FROM reliq.dead_letter d WHERE d.id = $1 FOR UPDATE",
+					  1, argtypes, args, NULL, false, 1, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -397,15 +389,11 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(caller);
 	PG_TRY();
 	{
-		int			delete_nest;
-
 		reliq_call_handler(sub, handler, reliq_handler_argument(sub, message),
 						   traceparent, sub->id, 0, stream_seq);
-		delete_nest = reliq_enter_safe_search_path();
-		if (SPI_execute_with_args("DELETE FROM reliq.dead_letter WHERE id = $1",
-								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete dead letter");
-		reliq_leave_safe_search_path(delete_nest);
+		reliq_spi_execute("delete a replayed dead letter",
+						  "DELETE FROM reliq.dead_letter WHERE id = $1",
+						  1, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(caller);
 		CurrentResourceOwner = owner;
@@ -436,21 +424,20 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 		uargs[3] = error->context ? CStringGetTextDatum(error->context) : (Datum) 0;
 		unulls[3] = error->context ? ' ' : 'n';
 		uargs[4] = CStringGetTextDatum(unpack_sql_state(error->sqlerrcode));
-		nest = reliq_enter_safe_search_path();
-		if (SPI_execute_with_args("UPDATE reliq.dead_letter"
-								  "   SET replay_attempts = replay_attempts + 1,"
-								  "       last_replay_at = now(),"
-								  "       error_message = $2, error_detail = $3,"
-								  "       error_context = $4, sqlstate = $5"
-								  " WHERE id = $1",
-								  5, uargtypes, uargs, unulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update dead letter");
-		reliq_leave_safe_search_path(nest);
+		reliq_spi_execute("record a failed replay",
+						  "UPDATE reliq.dead_letter"
+						  "   SET replay_attempts = replay_attempts + 1,"
+						  "       last_replay_at = now(),"
+						  "       error_message = $2, error_detail = $3,"
+						  "       error_context = $4, sqlstate = $5"
+						  " WHERE id = $1",
+						  5, uargtypes, uargs, unulls, false, 0, SPI_OK_UPDATE);
 		ereport(NOTICE,
-				(errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
+				(errcode(error->sqlerrcode),
+				 errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),
 				 error->detail ? errdetail("%s", error->detail) : 0));
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	PG_RETURN_BOOL(ok);
 }
 
@@ -521,8 +508,7 @@ reliq_subscription_stats(PG_FUNCTION_ARGS)
 		bool		nulls[30] = {false};
 
 		values[0] = Int64GetDatum(s->subscription_id);
-		values[1] = s->state ? CStringGetTextDatum(s->state) : (Datum) 0;
-		nulls[1] = (s->state == NULL);
+		values[1] = CStringGetTextDatum(reliq_subscription_state_name(s->state));
 		values[2] = Int32GetDatum(s->workers);
 		values[3] = Int64GetDatum((int64) s->received);
 		values[4] = Int64GetDatum((int64) s->processed);
@@ -652,4 +638,51 @@ reliq_request_take_over(PG_FUNCTION_ARGS)
 				 errhint("Raise reliq.max_subscriptions and restart the server.")));
 	pg_atomic_write_u32(&entry->take_over_requested, 1);
 	PG_RETURN_VOID();
+}
+
+/*
+ * reliq._state_names(): the name of every subscription state, one column
+ * each, so that SQL spells none.  The columns must be named as C names the
+ * states, in the same order.
+ */
+Datum
+reliq_state_names(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[RELIQ_SUBSCRIPTION_STATES];
+	bool		nulls[RELIQ_SUBSCRIPTION_STATES] = {false};
+	int			i;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
+	for (i = 0; i < RELIQ_SUBSCRIPTION_STATES; i++)
+	{
+		const char *name = reliq_subscription_state_name(i);
+
+		if (i >= tupdesc->natts ||
+			strcmp(NameStr(TupleDescAttr(tupdesc, i)->attname), name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("reliq._state_names() does not match the states of the library"),
+					 errdetail("Column %d should be named \"%s\".", i + 1, name),
+					 errhint("Update the extension: ALTER EXTENSION reliq UPDATE.")));
+		values[i] = CStringGetTextDatum(name);
+	}
+	if (tupdesc->natts != RELIQ_SUBSCRIPTION_STATES)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("reliq._state_names() does not match the states of the library"),
+				 errdetail("It has %d columns; the library knows %d states.",
+						   tupdesc->natts, RELIQ_SUBSCRIPTION_STATES),
+				 errhint("Update the extension: ALTER EXTENSION reliq UPDATE.")));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* reliq._max_ack_pending(batch_size, concurrency): see catalog.c. */
+Datum
+reliq_max_ack_pending_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(reliq_max_ack_pending(PG_GETARG_INT32(0), PG_GETARG_INT32(1)));
 }

@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * batch.c
- *	  Apply one batch of messages in one transaction.
+ *	  Apply one batch of messages in one transaction: the ledger, the
+ *	  dead letters, the fast and slow paths and the systemic-failure
+ *	  breaker.  Each message itself is applied by handler.c.
  *
  * The fast path runs the whole batch in a single transaction with no
  * subtransaction: ledger rows first (one INSERT ... RETURNING for the
@@ -16,12 +18,8 @@
  *
  * On the slow path constraints are checked immediately, so a deferred
  * constraint a handler violates fails that handler, not the COMMIT.
- *
- * Handlers run as the subscription's owner, as a security-restricted
- * operation (like the code an index build or REFRESH MATERIALIZED VIEW
- * runs), inside a GUC nest level that is undone after each message: a
- * handler that changes search_path or any setting does not affect the
- * next one, and cannot SET ROLE.
+ * Handlers (and table sinks) are applied through handler.c, as the
+ * subscription's owner; the bookkeeping statements here run as reliq.
  *
  * Which errors are systemic: a failure whose SQLSTATE is of class 22
  * (data exception), 23 (integrity constraint violation) or P0 (raised by
@@ -59,9 +57,11 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "sink.h"
+#include "spi_safe.h"
+#include "xact.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
-#define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R','Q','0','0','1')
+#define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R', 'Q', '0', '0', '1')
 
 /*
  * Record a batch's sequences; those at or below the acknowledged floor
@@ -76,13 +76,6 @@
 
 /* The plain ledger INSERT of a fast path is running (see run_fast_path). */
 static bool ledger_insert_running = false;
-
-/* The message whose handler is running, for reliq.publish's message ids. */
-static bool in_handler = false;
-static int64 current_subscription_id = 0;
-static int64 current_stream_created = 0;
-static int64 current_stream_seq = 0;
-static int	current_publish_count = 0;
 
 void
 reliq_batch_init(ReliqBatchState *state)
@@ -126,8 +119,9 @@ reliq_batch_set_subscription(ReliqBatchState *state, ReliqSubscription *sub)
 	state->sub = sub;
 }
 
-bool
-reliq_batch_breaker_tripped(const ReliqBatchState *state)
+/* The subscription fails as a whole: hold failed messages, do not nack them. */
+static bool
+breaker_tripped(const ReliqBatchState *state)
 {
 	return state->breaker.consecutive >= reliq_systemic_failure_threshold;
 }
@@ -170,109 +164,6 @@ breaker_failure(ReliqBreaker *breaker, const ReliqMessage *msg)
 /*
  * Plans
  */
-
-/*
- * How messages are applied: a handler function, called directly through
- * the function manager (no executor per message: the SPI statement
- * "SELECT handler($1)" spent a fifth of a worker's time starting up its
- * executor and building its projection), or a table sink's INSERT.
- */
-ReliqHandler *
-reliq_prepare_handler(const ReliqSubscription *sub, MemoryContext cxt)
-{
-	ReliqHandler *handler = MemoryContextAllocZero(cxt, sizeof(ReliqHandler));
-
-	handler->cxt = cxt;
-	if (sub->handler != NULL)
-	{
-		const char *suffix = "(reliq.message)";
-		size_t		len = strlen(sub->handler);
-
-		if (len <= strlen(suffix) ||
-			strcmp(sub->handler + len - strlen(suffix), suffix) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-					 errmsg("handler \"%s\" of subscription \"%s\" is not of the form schema.function(reliq.message)",
-							sub->handler, sub->name)));
-		/* the function is looked up at each batch, as the owner */
-	}
-	else
-		handler->sink = reliq_sink_prepare(sub, cxt);
-	return handler;
-}
-
-void
-reliq_free_handler(ReliqHandler *handler)
-{
-	if (handler->sink)
-		reliq_sink_free(handler->sink);
-	pfree(handler);
-}
-
-/*
- * Once per transaction, as the owner: find the handler function by its
- * name (a function dropped and made again is found anew) and check that
- * the owner may execute it, as a statement calling it would.
- */
-static void
-resolve_handler_function(const ReliqSubscription *sub, ReliqHandler *handler)
-{
-	Oid			function;
-	AclResult	aclresult;
-	int			nest;
-
-	if (handler->checked_lxid == MyProc->lxid && OidIsValid(handler->function))
-		return;
-	nest = reliq_enter_safe_search_path();
-	function = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
-													CStringGetDatum(sub->handler)));
-	reliq_leave_safe_search_path(nest);
-	aclresult = pg_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
-	if (aclresult != ACLCHECK_OK)
-		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(function));
-	if (function != handler->function)
-	{
-		fmgr_info_cxt(function, &handler->flinfo, handler->cxt);
-		handler->function = function;
-	}
-	handler->checked_lxid = MyProc->lxid;
-}
-
-/* Call the handler function on one message; its writes are seen by the next. */
-static void
-call_handler_function(ReliqHandler *handler, Datum message)
-{
-	LOCAL_FCINFO(fcinfo, 1);
-	PgStat_FunctionCallUsage fcusage;
-
-	InitFunctionCallInfoData(*fcinfo, &handler->flinfo, 1, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = message;
-	fcinfo->args[0].isnull = false;
-	pgstat_init_function_usage(fcinfo, &fcusage);
-	(void) FunctionCallInvoke(fcinfo);
-	pgstat_end_function_usage(&fcusage, true);
-	CommandCounterIncrement();
-}
-
-/*
- * What reliq_call_handler passes for one message given as a reliq.message
- * datum (a replayed dead letter).
- */
-Datum
-reliq_handler_argument(const ReliqSubscription *sub, Datum message)
-{
-	bool		isnull;
-	Datum		data;
-
-	if (sub->handler != NULL)
-		return message;
-	data = GetAttributeByName(DatumGetHeapTupleHeader(message), "data", &isnull);
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-				 errmsg("message has no payload to insert")));
-	return reliq_sink_row_from_bytea(DatumGetByteaPP(data));
-}
 
 static void
 ensure_plans(ReliqBatchState *state)
@@ -345,8 +236,8 @@ ensure_plans(ReliqBatchState *state)
 		reliq_leave_safe_search_path(nest);
 	}
 
-	key = sub->handler ? psprintf("handler %s", sub->handler)
-		: psprintf("target %u", sub->target);
+	key = sub->handler ? psprintf("handler %s", sub->handler) :
+		psprintf("target %u", sub->target);
 	if (state->handler == NULL ||
 		strcmp(key, state->handler_key) != 0 ||
 		(sub->handler == NULL && reliq_sink_is_stale()))
@@ -361,87 +252,6 @@ ensure_plans(ReliqBatchState *state)
 		state->handler_key = MemoryContextStrdup(state->cxt, key);
 	}
 	pfree(key);
-}
-
-/*
- * Handlers
- */
-
-/*
- * Run the handler on one message as the subscription's owner, then write
- * what it published to the outbox (as reliq); returns how many.  On error
- * the transaction or subtransaction abort restores the user and the GUC
- * nest level; handler_cleanup() undoes the rest.
- */
-int
-reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
-				   Datum message, const char *traceparent,
-				   int64 subscription_id, int64 stream_created,
-				   int64 stream_seq)
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
-
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(sub->owner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	if (handler->sink == NULL)
-		resolve_handler_function(sub, handler);
-	nest = NewGUCNestLevel();
-	if (traceparent != NULL)
-		(void) set_config_option("reliq.traceparent", traceparent,
-								 PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-
-	current_subscription_id = subscription_id;
-	current_stream_created = stream_created;
-	current_stream_seq = stream_seq;
-	current_publish_count = 0;
-	in_handler = true;
-	reliq_outbox_begin();
-
-	if (sub->handler_timeout_ms > 0)
-		enable_timeout_after(STATEMENT_TIMEOUT,
-							 (int) Min(sub->handler_timeout_ms, INT_MAX));
-	if (handler->sink == NULL)
-		call_handler_function(handler, message);
-	else
-		reliq_sink_insert(handler->sink, message);
-	if (sub->handler_timeout_ms > 0)
-		disable_timeout(STATEMENT_TIMEOUT, false);
-	in_handler = false;
-
-	AtEOXact_GUC(false, nest);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	return reliq_outbox_write(subscription_id);
-}
-
-/* After an error thrown out of reliq_call_handler. */
-static void
-handler_cleanup(void)
-{
-	in_handler = false;
-	reliq_outbox_discard();
-	if (get_timeout_active(STATEMENT_TIMEOUT))
-		disable_timeout(STATEMENT_TIMEOUT, false);
-}
-
-/*
- * reliq.publish inside a handler: a message id derived from the message
- * being handled, so that the publishes of a handler that runs again (the
- * slow path, a retry) are duplicates JetStream drops within its window.
- */
-bool
-reliq_batch_publish_msg_id(char *buf, size_t len)
-{
-	if (!in_handler)
-		return false;
-	snprintf(buf, len, "reliq:" INT64_FORMAT ":" INT64_FORMAT ":" INT64_FORMAT ":%d",
-			 current_subscription_id, current_stream_created,
-			 current_stream_seq, ++current_publish_count);
-	return true;
 }
 
 static void
@@ -505,9 +315,9 @@ stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
 	bool		exists;
 	Datum		recorded;
 
-	if (reliq_execute_plan_safely(state->identity_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read reliq._stream_identity");
+	reliq_spi_execute_plan("read reliq._stream_identity", state->identity_plan,
+						   &arg, NULL, true, 1, SPI_OK_SELECT);
+	Assert(SPI_processed == 1);	/* one row of two subqueries */
 	exists = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 										SPI_tuptable->tupdesc, 2, &isnull));
 	recorded = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -541,8 +351,8 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
-	if (reliq_execute_plan_safely(state->floor_plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq._stream_floor");
+	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
+						   args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
 	floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -563,8 +373,8 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 		args[2] = PointerGetDatum(construct_array(seqs, nstale, INT8OID, 8,
 												  FLOAT8PASSBYVAL,
 												  TYPALIGN_DOUBLE));
-		if (reliq_execute_plan_safely(state->unrecord_plan, args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not correct reliq._ledger");
+		reliq_spi_execute_plan("correct reliq._ledger", state->unrecord_plan,
+							   args, NULL, false, 0, SPI_OK_DELETE);
 	}
 	pfree(seqs);
 }
@@ -595,9 +405,9 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	args[1] = Int64GetDatum(state->stream_created);
 	args[2] = PointerGetDatum(array);
 	ledger_insert_running = plain;
-	if (reliq_execute_plan_safely(plain ? state->ledger_plain_plan : state->ledger_plan,
-								  args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not write reliq._ledger");
+	reliq_spi_execute_plan("write reliq._ledger",
+						   plain ? state->ledger_plain_plan : state->ledger_plan,
+						   args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
 	ledger_insert_running = false;
 
 	/*
@@ -682,8 +492,8 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 							   &nulls[12]);
 	values[13] = nullable_text(reliq_message_header(msg, "traceparent"), &nulls[13]);
 
-	if (reliq_execute_plan_safely(state->dead_letter_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write reliq.dead_letter");
+	reliq_spi_execute_plan("write reliq.dead_letter", state->dead_letter_plan,
+						   values, nulls, false, 0, SPI_OK_INSERT);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);
 }
@@ -756,14 +566,16 @@ apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 	}
 }
 
+/*
+ * The batch's transaction: reliq's skeleton (xact.c), with one SPI
+ * connection for the whole of it.  No activity is reported: the worker
+ * shows its own for the batch and its acks.
+ */
 static void
 start_batch_transaction(ReliqBatchState *state)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
+	(void) reliq_xact_begin(NULL);
+	reliq_spi_connect();
 	ensure_plans(state);
 }
 
@@ -772,20 +584,18 @@ start_batch_transaction(ReliqBatchState *state)
  * apply nothing; attach anew, or stop.
  */
 static void
-abandon_for_new_stream(ReliqBatchResult *result)
+abandon_for_new_stream(ReliqBatchResult *result, MemoryContext batch_cxt)
 {
 	result->stream_changed = !result->subscription_gone;
-	SPI_finish();
-	PopActiveSnapshot();
-	AbortCurrentTransaction();
+	reliq_spi_finish();
+	reliq_xact_abort(batch_cxt);
 }
 
 static void
-finish_batch_transaction(void)
+finish_batch_transaction(MemoryContext batch_cxt)
 {
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	reliq_spi_finish();
+	reliq_xact_commit(batch_cxt);
 }
 
 /* Copy the error being handled into cxt and clear it. */
@@ -836,7 +646,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 	{
 		start_batch_transaction(state);
 		if (!stream_is_current(state, result))
-			abandon_for_new_stream(result);
+			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
 			record_in_ledger(state, msgs, all, nmsgs, fresh, plain_ledger);
@@ -860,7 +670,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				apply_in_bulk(state, bulk, nbulk);
 				pfree(bulk);
 			}
-			finish_batch_transaction();
+			finish_batch_transaction(batch_cxt);
 		}
 	}
 	PG_CATCH();
@@ -869,7 +679,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 
 		HOLD_INTERRUPTS();
 		error = take_error(batch_cxt);
-		handler_cleanup();
+		reliq_handler_cleanup();
 		AbortCurrentTransaction();
 		RESUME_INTERRUPTS();
 		MemoryContextReset(state->message_cxt);
@@ -911,7 +721,7 @@ run_in_subtransaction(ReliqBatchState *state, ReliqMessage *msgs, int index,
 	{
 		ErrorData  *error = take_error(batch_cxt);
 
-		handler_cleanup();
+		reliq_handler_cleanup();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(old);
 		CurrentResourceOwner = owner;
@@ -936,11 +746,11 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 
 		start_batch_transaction(state);
 		if (!stream_is_current(state, result))
-			abandon_for_new_stream(result);
+			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
-			if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "could not set constraints immediate");
+			reliq_spi_check(SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0),
+							SPI_OK_UTILITY, "set constraints immediate");
 
 			for (i = 0; i < nmsgs; i++)
 			{
@@ -955,7 +765,7 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				else if (msgs[i].outcome == RELIQ_OUTCOME_FAILED)
 					breaker_failure(&state->breaker, &msgs[i]);
 			}
-			tripped = reliq_batch_breaker_tripped(state);
+			tripped = breaker_tripped(state);
 
 			for (i = 0; i < nmsgs; i++)
 			{
@@ -978,14 +788,14 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				}
 			}
 			result->tripped = tripped;
-			finish_batch_transaction();
+			finish_batch_transaction(batch_cxt);
 		}
 	}
 	PG_CATCH();
 	{
 		HOLD_INTERRUPTS();
 		result->batch_error = take_error(batch_cxt);
-		handler_cleanup();
+		reliq_handler_cleanup();
 		AbortCurrentTransaction();
 		RESUME_INTERRUPTS();
 		MemoryContextReset(state->message_cxt);

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * batch.h
- *	  One batch of messages, one transaction: ledger, handlers, dead
- *	  letters.  The worker acks according to each message's outcome only
+ *	  One batch of messages, one transaction: ledger, handlers (handler.h),
+ *	  dead letters.  The worker acks according to each message's outcome only
  *	  after reliq_batch_run() has committed.
  *
  *-------------------------------------------------------------------------
@@ -14,6 +14,7 @@
 #include "fmgr.h"
 
 #include "catalog.h"
+#include "handler.h"
 #include "message.h"
 
 /* Size of the memory of recently failed stream sequences. */
@@ -52,7 +53,7 @@ typedef struct ReliqBatchState
 	SPIPlanPtr	unrecord_plan;
 	SPIPlanPtr	identity_plan;
 	SPIPlanPtr	dead_letter_plan;
-	struct ReliqHandler *handler;
+	ReliqHandler *handler;
 	char	   *handler_key;	/* what handler was prepared for */
 	ReliqBreaker breaker;
 } ReliqBatchState;
@@ -81,33 +82,5 @@ extern void reliq_batch_set_subscription(ReliqBatchState *state,
 										 ReliqSubscription *sub);
 extern void reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs,
 							int nmsgs, ReliqBatchResult *result);
-extern bool reliq_batch_breaker_tripped(const ReliqBatchState *state);
-
-/*
- * How a subscription's messages are applied: its handler function (looked
- * up and checked once per transaction), or its table sink.
- */
-typedef struct ReliqHandler
-{
-	MemoryContext cxt;
-	struct ReliqSink *sink;		/* a table sink; NULL: a handler function */
-	Oid			function;		/* the handler as last looked up */
-	FmgrInfo	flinfo;
-	LocalTransactionId checked_lxid;	/* looked up in this transaction */
-} ReliqHandler;
-
-/* Used by reliq.replay_dead_letter too. */
-extern ReliqHandler *reliq_prepare_handler(const ReliqSubscription *sub,
-										   MemoryContext cxt);
-extern void reliq_free_handler(ReliqHandler *handler);
-extern Datum reliq_handler_argument(const ReliqSubscription *sub,
-									Datum message);
-extern int	reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
-							   Datum message, const char *traceparent,
-							   int64 subscription_id, int64 stream_created,
-							   int64 stream_seq);
-
-/* Used by reliq.publish inside a handler. */
-extern bool reliq_batch_publish_msg_id(char *buf, size_t len);
 
 #endif							/* RELIQ_BATCH_H */

@@ -33,112 +33,20 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
-#include "executor/spi.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
-#include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "reliq.h"
+#include "spi_safe.h"
 
 bool
 reliq_catalog_extension_present(void)
 {
 	return OidIsValid(get_extension_oid(RELIQ_EXTENSION_NAME, true));
-}
-
-/*
- * reliq's own statements are parsed and executed with search_path =
- * pg_catalog, pg_temp, so that no object planted in another schema can
- * stand in for a built-in.  (An exact-type function such as
- * public.unnest(bigint[]) beats pg_catalog.unnest(anyarray) whatever the
- * schema order.)  Preparing under that path is not enough: up to
- * PostgreSQL 16, a cached plan run under a different search_path is
- * analysed again under the one in force -- so kept plans are also
- * executed under it (reliq_execute_plan_safely).  Handlers run with the
- * session's search_path.
- */
-int
-reliq_enter_safe_search_path(void)
-{
-	int			nest_level = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return nest_level;
-}
-
-void
-reliq_leave_safe_search_path(int nest_level)
-{
-	AtEOXact_GUC(true, nest_level);
-}
-
-/* SPI_execute_plan under the safe search_path. */
-int
-reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values, const char *nulls,
-						  bool read_only, long count)
-{
-	int			nest = reliq_enter_safe_search_path();
-	int			rc = SPI_execute_plan(plan, values, nulls, read_only, count);
-
-	reliq_leave_safe_search_path(nest);
-	return rc;
-}
-
-/* SPI_prepare and SPI_keepplan, or an error naming the statement. */
-SPIPlanPtr
-reliq_prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep plan for \"%s\"", sql);
-	return plan;
-}
-
-static char *
-text_column(HeapTuple tuple, TupleDesc desc, int column)
-{
-	char	   *value = SPI_getvalue(tuple, desc, column);
-
-	return value ? pstrdup(value) : NULL;
-}
-
-static int64
-int64_column(HeapTuple tuple, TupleDesc desc, int column)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
-
-	return isnull ? 0 : DatumGetInt64(d);
-}
-
-static int32
-int32_column(HeapTuple tuple, TupleDesc desc, int column)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
-
-	return isnull ? 0 : DatumGetInt32(d);
-}
-
-static bool
-bool_column(HeapTuple tuple, TupleDesc desc, int column)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
-
-	return isnull ? false : DatumGetBool(d);
 }
 
 /*
@@ -152,25 +60,18 @@ reliq_catalog_load_subscription(int64 id)
 	ReliqSubscription *sub = NULL;
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(id)};
-	int			nest;
-	int			rc;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	rc = SPI_execute_with_args(
-							   "SELECT id, subscription_name, stream, subject, consumer, handler,"
-							   "       target::oid, batch_size, concurrency, max_deliver,"
-							   "       ARRAY(SELECT (extract(epoch FROM b) * 1000)::int8"
-							   "               FROM unnest(backoff) WITH ORDINALITY AS u(b, n) ORDER BY n),"
-							   "       (extract(epoch FROM ack_wait) * 1000)::int8,"
-							   "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
-							   "       start = 'new', enabled, owner::oid, version, created_at"
-							   "  FROM reliq.subscription WHERE id = $1",
-							   1, argtypes, args, NULL, true, 1);
-	reliq_leave_safe_search_path(nest);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.subscription: %s",
-			 SPI_result_code_string(rc));
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.subscription",
+					  "SELECT id, subscription_name, stream, subject, consumer, handler,"
+					  "       target::oid, batch_size, concurrency, max_deliver,"
+					  "       ARRAY(SELECT (extract(epoch FROM b) * 1000)::int8"
+					  "               FROM unnest(backoff) WITH ORDINALITY AS u(b, n) ORDER BY n),"
+					  "       (extract(epoch FROM ack_wait) * 1000)::int8,"
+					  "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
+					  "       start = 'new', enabled, owner::oid, version, created_at"
+					  "  FROM reliq.subscription WHERE id = $1",
+					  1, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 
 	if (SPI_processed == 1)
 	{
@@ -183,18 +84,18 @@ reliq_catalog_load_subscription(int64 id)
 
 		MemoryContextSwitchTo(caller);
 		sub = palloc0(sizeof(ReliqSubscription));
-		sub->id = int64_column(t, d, 1);
-		sub->name = text_column(t, d, 2);
-		sub->stream = text_column(t, d, 3);
-		sub->subject = text_column(t, d, 4);
-		sub->consumer = text_column(t, d, 5);
-		sub->handler = text_column(t, d, 6);
+		sub->id = reliq_spi_int64(t, d, 1);
+		sub->name = reliq_spi_text(t, d, 2);
+		sub->stream = reliq_spi_text(t, d, 3);
+		sub->subject = reliq_spi_text(t, d, 4);
+		sub->consumer = reliq_spi_text(t, d, 5);
+		sub->handler = reliq_spi_text(t, d, 6);
 		sub->target = DatumGetObjectId(SPI_getbinval(t, d, 7, &isnull));
 		if (isnull)
 			sub->target = InvalidOid;
-		sub->batch_size = int32_column(t, d, 8);
-		sub->concurrency = int32_column(t, d, 9);
-		sub->max_deliver = int32_column(t, d, 10);
+		sub->batch_size = reliq_spi_int32(t, d, 8);
+		sub->concurrency = reliq_spi_int32(t, d, 9);
+		sub->max_deliver = reliq_spi_int32(t, d, 10);
 		backoff = DatumGetArrayTypePCopy(SPI_getbinval(t, d, 11, &isnull));
 		deconstruct_array(backoff, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 						  &elems, NULL, &sub->nbackoff);
@@ -206,15 +107,15 @@ reliq_catalog_load_subscription(int64 id)
 			sub->backoff_ms[0] = 0;
 			sub->nbackoff = 1;
 		}
-		sub->ack_wait_ms = int64_column(t, d, 12);
-		sub->handler_timeout_ms = int64_column(t, d, 13);
-		sub->start_new = bool_column(t, d, 14);
-		sub->enabled = bool_column(t, d, 15);
+		sub->ack_wait_ms = reliq_spi_int64(t, d, 12);
+		sub->handler_timeout_ms = reliq_spi_int64(t, d, 13);
+		sub->start_new = reliq_spi_bool(t, d, 14);
+		sub->enabled = reliq_spi_bool(t, d, 15);
 		sub->owner = DatumGetObjectId(SPI_getbinval(t, d, 16, &isnull));
-		sub->version = int64_column(t, d, 17);
+		sub->version = reliq_spi_int64(t, d, 17);
 		sub->created_at = DatumGetTimestampTz(SPI_getbinval(t, d, 18, &isnull));
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return sub;
 }
 
@@ -223,19 +124,14 @@ int
 reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	int			nest;
-	int			rc;
 	uint64		i;
 	int			count;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	rc = SPI_execute("SELECT id, subscription_name, enabled, concurrency, version, batch_size"
-					 "  FROM reliq.subscription ORDER BY id", true, 0);
-	reliq_leave_safe_search_path(nest);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.subscription: %s",
-			 SPI_result_code_string(rc));
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.subscription",
+					  "SELECT id, subscription_name, enabled, concurrency, version, batch_size"
+					  "  FROM reliq.subscription ORDER BY id",
+					  0, NULL, NULL, NULL, true, 0, SPI_OK_SELECT);
 
 	count = (int) SPI_processed;
 	*list = MemoryContextAllocZero(caller,
@@ -246,14 +142,14 @@ reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
 		TupleDesc	d = SPI_tuptable->tupdesc;
 		char	   *name = SPI_getvalue(t, d, 2);
 
-		(*list)[i].id = int64_column(t, d, 1);
+		(*list)[i].id = reliq_spi_int64(t, d, 1);
 		strlcpy((*list)[i].name, name, NAMEDATALEN);
-		(*list)[i].enabled = bool_column(t, d, 3);
-		(*list)[i].concurrency = int32_column(t, d, 4);
-		(*list)[i].version = int64_column(t, d, 5);
-		(*list)[i].batch_size = int32_column(t, d, 6);
+		(*list)[i].enabled = reliq_spi_bool(t, d, 3);
+		(*list)[i].concurrency = reliq_spi_int32(t, d, 4);
+		(*list)[i].version = reliq_spi_int64(t, d, 5);
+		(*list)[i].batch_size = reliq_spi_int32(t, d, 6);
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return count;
 }
 
@@ -266,21 +162,19 @@ int
 reliq_catalog_list_watched(ReliqWatched **list)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	int			nest;
 	int			count;
 	uint64		i;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute("SELECT s.id, s.subscription_name, s.stream, s.consumer, s.enabled,"
-					"       i.stream_created, COALESCE(f.ack_floor, 0)"
-					"  FROM reliq.subscription s"
-					"  LEFT JOIN reliq._stream_identity i ON i.subscription_id = s.id"
-					"  LEFT JOIN reliq._stream_floor f ON f.subscription_id = s.id"
-					"        AND f.stream_created = i.stream_created"
-					" ORDER BY s.id", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq.subscription");
-	reliq_leave_safe_search_path(nest);
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.subscription",
+					  "SELECT s.id, s.subscription_name, s.stream, s.consumer, s.enabled,"
+					  "       i.stream_created, COALESCE(f.ack_floor, 0)"
+					  "  FROM reliq.subscription s"
+					  "  LEFT JOIN reliq._stream_identity i ON i.subscription_id = s.id"
+					  "  LEFT JOIN reliq._stream_floor f ON f.subscription_id = s.id"
+					  "        AND f.stream_created = i.stream_created"
+					  " ORDER BY s.id",
+					  0, NULL, NULL, NULL, true, 0, SPI_OK_SELECT);
 
 	count = (int) SPI_processed;
 	*list = MemoryContextAllocZero(caller, sizeof(ReliqWatched) * Max(count, 1));
@@ -291,17 +185,17 @@ reliq_catalog_list_watched(ReliqWatched **list)
 		ReliqWatched *w = &(*list)[i];
 		bool		isnull;
 
-		w->id = int64_column(t, d, 1);
+		w->id = reliq_spi_int64(t, d, 1);
 		w->name = MemoryContextStrdup(caller, SPI_getvalue(t, d, 2));
 		w->stream = MemoryContextStrdup(caller, SPI_getvalue(t, d, 3));
 		w->consumer = MemoryContextStrdup(caller, SPI_getvalue(t, d, 4));
-		w->enabled = bool_column(t, d, 5);
+		w->enabled = reliq_spi_bool(t, d, 5);
 		(void) SPI_getbinval(t, d, 6, &isnull);
 		w->attached = !isnull;
-		w->stream_created = int64_column(t, d, 6);
-		w->ack_floor = int64_column(t, d, 7);
+		w->stream_created = reliq_spi_int64(t, d, 6);
+		w->ack_floor = reliq_spi_int64(t, d, 7);
 	}
-	SPI_finish();
+	reliq_spi_finish();
 	return count;
 }
 
@@ -309,28 +203,38 @@ reliq_catalog_list_watched(ReliqWatched **list)
 void
 reliq_catalog_forget_dropped(void)
 {
-	int			nest;
+	static const char *const tables[] = {
+		"reliq._ledger",
+		"reliq._stream_floor",
+		"reliq._stream_identity",
+	};
+	int			i;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	SPI_execute("DELETE FROM reliq._ledger l WHERE NOT EXISTS"
-				" (SELECT FROM reliq.subscription s WHERE s.id = l.subscription_id)",
-				false, 0);
-	SPI_execute("DELETE FROM reliq._stream_floor f WHERE NOT EXISTS"
-				" (SELECT FROM reliq.subscription s WHERE s.id = f.subscription_id)",
-				false, 0);
-	SPI_execute("DELETE FROM reliq._stream_identity i WHERE NOT EXISTS"
-				" (SELECT FROM reliq.subscription s WHERE s.id = i.subscription_id)",
-				false, 0);
-	reliq_leave_safe_search_path(nest);
-	SPI_finish();
+	reliq_spi_connect();
+	for (i = 0; i < lengthof(tables); i++)
+		reliq_spi_execute("forget the bookkeeping of dropped subscriptions",
+						  psprintf("DELETE FROM %s b WHERE NOT EXISTS"
+								   " (SELECT FROM reliq.subscription s WHERE s.id = b.subscription_id)",
+								   tables[i]),
+						  0, NULL, NULL, NULL, false, 0, SPI_OK_DELETE);
+	reliq_spi_finish();
 }
 
-/* The consumer's MaxAckPending: keep in step with reliq._max_ack_pending(). */
+/*
+ * The consumer's MaxAckPending: room for every worker's batch and the next
+ * one it pulls meanwhile.  The one place it is computed: SQL calls it as
+ * reliq._max_ack_pending() (api.c).
+ */
+int64
+reliq_max_ack_pending(int batch_size, int concurrency)
+{
+	return Max((int64) 1000, (int64) 2 * batch_size * concurrency);
+}
+
 int64
 reliq_subscription_max_ack_pending(const ReliqSubscription *sub)
 {
-	return Max((int64) 1000, (int64) 2 * sub->batch_size * sub->concurrency);
+	return reliq_max_ack_pending(sub->batch_size, sub->concurrency);
 }
 
 /* The NAK delay after a failed delivery number `delivered` (1-based). */
@@ -363,37 +267,37 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 	Datum		args[2] = {Int64GetDatum(subscription_id),
 	Int64GetDatum(stream_created)};
 	int64		current;
-	int			nest;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
+	reliq_spi_connect();
 
 	/*
 	 * Wait for a drop or a pause being committed: drop_subscription deletes
 	 * the consumer before its transaction commits, and a worker that saw
 	 * the consumer gone must not make it again for a dropped subscription.
 	 */
-	SPI_execute_with_args("SELECT FROM reliq.subscription WHERE id = $1 AND enabled FOR KEY SHARE",
-						  1, argtypes, args, NULL, false, 0);
+	reliq_spi_execute("lock the subscription",
+					  "SELECT FROM reliq.subscription WHERE id = $1 AND enabled FOR KEY SHARE",
+					  1, argtypes, args, NULL, false, 0, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 	{
-		reliq_leave_safe_search_path(nest);
-		SPI_finish();
+		reliq_spi_finish();
 		return 0;
 	}
-	SPI_execute_with_args("INSERT INTO reliq._stream_identity AS i (subscription_id, stream_created)"
-						  " VALUES ($1, $2)"
-						  " ON CONFLICT (subscription_id) DO UPDATE"
-						  "   SET stream_created = excluded.stream_created, updated_at = now()"
-						  " RETURNING stream_created",
-						  2, argtypes, args, NULL, false, 1);
-	current = int64_column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	reliq_spi_execute("record the stream's identity",
+					  "INSERT INTO reliq._stream_identity AS i (subscription_id, stream_created)"
+					  " VALUES ($1, $2)"
+					  " ON CONFLICT (subscription_id) DO UPDATE"
+					  "   SET stream_created = excluded.stream_created, updated_at = now()"
+					  " RETURNING stream_created",
+					  2, argtypes, args, NULL, false, 1, SPI_OK_INSERT_RETURNING);
+	current = reliq_spi_int64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
-	SPI_execute_with_args("SELECT (SELECT ack_floor FROM reliq._stream_floor"
-						  "          WHERE subscription_id = $1 AND stream_created = $2),"
-						  "       EXISTS (SELECT FROM reliq._ledger"
-						  "                WHERE subscription_id = $1 AND stream_created = $2)",
-						  2, argtypes, args, NULL, true, 1);
+	reliq_spi_execute("read reliq._stream_floor",
+					  "SELECT (SELECT ack_floor FROM reliq._stream_floor"
+					  "          WHERE subscription_id = $1 AND stream_created = $2),"
+					  "       EXISTS (SELECT FROM reliq._ledger"
+					  "                WHERE subscription_id = $1 AND stream_created = $2)",
+					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	{
 		HeapTuple	t = SPI_tuptable->vals[0];
 		TupleDesc	d = SPI_tuptable->tupdesc;
@@ -401,10 +305,9 @@ reliq_catalog_claim_stream(int64 subscription_id, int64 stream_created,
 		Datum		f = SPI_getbinval(t, d, 1, &isnull);
 
 		*floor = isnull ? 0 : DatumGetInt64(f);
-		*has_history = !isnull || bool_column(t, d, 2);
+		*has_history = !isnull || reliq_spi_bool(t, d, 2);
 	}
-	reliq_leave_safe_search_path(nest);
-	SPI_finish();
+	reliq_spi_finish();
 	return current;
 }
 
@@ -420,18 +323,15 @@ reliq_catalog_floor(int64 subscription_id, int64 stream_created)
 	Datum		args[2] = {Int64GetDatum(subscription_id),
 	Int64GetDatum(stream_created)};
 	int64		floor = -1;
-	int			nest;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT ack_floor FROM reliq._stream_floor"
-							  " WHERE subscription_id = $1 AND stream_created = $2",
-							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq._stream_floor");
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq._stream_floor",
+					  "SELECT ack_floor FROM reliq._stream_floor"
+					  " WHERE subscription_id = $1 AND stream_created = $2",
+					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 1)
-		floor = int64_column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	reliq_leave_safe_search_path(nest);
-	SPI_finish();
+		floor = reliq_spi_int64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	reliq_spi_finish();
 	return floor;
 }
 
@@ -448,20 +348,19 @@ reliq_catalog_advance_floor(int64 subscription_id, int64 stream_created,
 	Datum		args[3] = {Int64GetDatum(subscription_id),
 		Int64GetDatum(stream_created),
 	Int64GetDatum(ack_floor)};
-	int			nest;
 
-	SPI_connect();
-	nest = reliq_enter_safe_search_path();
-	SPI_execute_with_args("INSERT INTO reliq._stream_floor AS f (subscription_id, stream_created, ack_floor)"
-						  " VALUES ($1, $2, $3)"
-						  " ON CONFLICT (subscription_id, stream_created) DO UPDATE"
-						  "   SET ack_floor = greatest(f.ack_floor, excluded.ack_floor),"
-						  "       updated_at = now()",
-						  3, argtypes, args, NULL, false, 0);
-	SPI_execute_with_args("DELETE FROM reliq._ledger"
-						  " WHERE subscription_id = $1 AND stream_created = $2"
-						  "   AND stream_seq <= $3",
-						  3, argtypes, args, NULL, false, 0);
-	reliq_leave_safe_search_path(nest);
-	SPI_finish();
+	reliq_spi_connect();
+	reliq_spi_execute("record the acknowledged floor",
+					  "INSERT INTO reliq._stream_floor AS f (subscription_id, stream_created, ack_floor)"
+					  " VALUES ($1, $2, $3)"
+					  " ON CONFLICT (subscription_id, stream_created) DO UPDATE"
+					  "   SET ack_floor = greatest(f.ack_floor, excluded.ack_floor),"
+					  "       updated_at = now()",
+					  3, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+	reliq_spi_execute("prune reliq._ledger",
+					  "DELETE FROM reliq._ledger"
+					  " WHERE subscription_id = $1 AND stream_created = $2"
+					  "   AND stream_seq <= $3",
+					  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	reliq_spi_finish();
 }

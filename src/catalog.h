@@ -5,7 +5,7 @@
  *	  exactly-once: stream identity, acknowledged floor, ledger pruning.
  *
  * Every function here expects to be called inside a transaction; each
- * makes its own SPI connection.
+ * makes its own SPI connection (spi_safe.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -15,7 +15,9 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
-#include "executor/spi.h"
+
+/* The SPI helpers (safe search_path, kept plans) moved to spi_safe.h. */
+#include "spi_safe.h"
 
 typedef struct ReliqSubscription
 {
@@ -69,17 +71,10 @@ extern int	reliq_catalog_list_watched(ReliqWatched **list);
 extern ReliqSubscription *reliq_catalog_load_subscription(int64 id);
 extern int	reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list);
 extern void reliq_catalog_forget_dropped(void);
+extern int64 reliq_max_ack_pending(int batch_size, int concurrency);
 extern int64 reliq_subscription_max_ack_pending(const ReliqSubscription *sub);
 extern int64 reliq_subscription_backoff_ms(const ReliqSubscription *sub,
 										   int delivered);
-
-extern int	reliq_enter_safe_search_path(void);
-extern void reliq_leave_safe_search_path(int nest_level);
-extern int	reliq_execute_plan_safely(SPIPlanPtr plan, Datum *values,
-									  const char *nulls, bool read_only,
-									  long count);
-extern SPIPlanPtr reliq_prepare_kept(const char *sql, int nargs,
-									 Oid *argtypes);
 
 extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 										int64 stream_created,

@@ -66,7 +66,6 @@
 
 #include <unistd.h>
 
-#include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -76,7 +75,6 @@
 #include "storage/pmsignal.h"
 #include "utils/pidfile.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -84,6 +82,7 @@
 #include "nats_client.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "xact.h"
 
 /* What the monitor alone knows of each lease. */
 typedef struct LeaseTrack
@@ -132,8 +131,8 @@ reliq_lease_renew_interval_ms(void)
 }
 
 /* The lease value naming this instance (JSON), made once. */
-char *
-reliq_lease_my_identity(void)
+static char *
+my_identity_value(void)
 {
 	char		host[128];
 
@@ -197,7 +196,7 @@ describe_holder(LeaseTrack *t, const char *value)
 static void
 describe_me(LeaseTrack *t)
 {
-	describe_holder(t, reliq_lease_my_identity());
+	describe_holder(t, my_identity_value());
 }
 
 static LeaseTrack *
@@ -246,7 +245,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	int64		floor;
 	bool		existed;
 	bool		created;
-	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext cxt;
 
 	if (!reliq_nats_stream_info(conn, w->stream, &stream))
 		return false;
@@ -256,7 +255,8 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	{
 		if (!t->no_rewind_noted)
 			ereport(LOG,
-					(errmsg("reliq subscription \"%s\": stream \"%s\" has %s retention, so its consumer cannot be brought back to this database's position",
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("reliq subscription \"%s\": stream \"%s\" has %s retention, so its consumer cannot be brought back to this database's position",
 							w->name, w->stream, stream.retention),
 					 errdetail("The stream deletes acknowledged messages; what a former owner acknowledged but this database lacks cannot be delivered again."),
 					 errhint("Use synchronous replication (synchronous_commit = on with synchronous_standby_names) so that nothing acknowledged is missing after a failover.")));
@@ -264,17 +264,11 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 		return true;
 	}
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading a subscription's position");
+	cxt = reliq_xact_begin("reliq monitor: reading a subscription's position");
 	MemoryContextSwitchTo(cxt);
 	sub = reliq_catalog_load_subscription(w->id);
 	floor = sub ? reliq_catalog_floor(w->id, stream.created_ns) : -1;
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(cxt);
 	if (sub == NULL)
 		return true;			/* dropped meanwhile */
 
@@ -302,16 +296,19 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	if (!reliq_nats_delete_consumer(conn, sub->stream, sub->consumer, &existed) ||
 		!reliq_nats_ensure_consumer(conn, &spec, &info, &created))
 	{
-		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position: %s",
-						w->name, sub->consumer, reliq_nats_last_error())));
+		reliq_nats_report(LOG, 0,
+						  psprintf("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position",
+								   w->name, sub->consumer),
+						  NULL, NULL);
 		return false;
 	}
 	ereport(LOG,
-			(errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
 					w->name, sub->consumer,
 					floor >= 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
-					sub->start_new ? "the subscription's creation" : "the first message of the stream"),
+					sub->start_new ? "the subscription's creation" :
+					"the first message of the stream"),
 			 errdetail("This cluster has just acquired the consumer's lease; redeliveries of what this database already applied are absorbed by its ledger.")));
 	return true;
 }
@@ -428,7 +425,7 @@ write_owner(ReliqNatsConnection *conn, LeaseTrack *t, uint64 revision,
 {
 	uint64		written;
 
-	if (reliq_nats_kv_put(conn, t->key, reliq_lease_my_identity(), revision,
+	if (reliq_nats_kv_put(conn, t->key, my_identity_value(), revision,
 						  &written) != RELIQ_KV_OK)
 		return false;
 	acquired(t, written, consume_after);
@@ -513,7 +510,8 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 					 TimestampTzPlusMilliseconds(now, reliq_lease_ttl)))
 		goto retry;
 	ereport(LOG,
-			(errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
 					w->name, w->consumer, revision ? value : "nobody", reliq_lease_ttl),
 			 errdetail("The former owner stops within that time, when its own heartbeat runs out.")));
 	return;
@@ -604,7 +602,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	char	   *value;
 	int			i;
 
-	switch (reliq_nats_kv_put(conn, key, reliq_lease_my_identity(),
+	switch (reliq_nats_kv_put(conn, key, my_identity_value(),
 							  alive_revision, &written))
 	{
 		case RELIQ_KV_OK:
@@ -635,7 +633,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	if (!reliq_nats_kv_get(conn, key, &value, &revision))
 		return false;
 	sent = GetCurrentTimestamp();
-	if (reliq_nats_kv_put(conn, key, reliq_lease_my_identity(), revision,
+	if (reliq_nats_kv_put(conn, key, my_identity_value(), revision,
 						  &written) != RELIQ_KV_OK)
 		return false;
 	alive_revision = written;
@@ -712,12 +710,13 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 	}
 	if (!reliq_nats_kv_open(conn, reliq_lease_bucket))
 	{
-		ereport(LOG,
-				(errmsg("reliq monitor: could not open the lease bucket \"%s\": %s",
-						reliq_lease_bucket, reliq_nats_last_error())));
+		reliq_nats_report(LOG, 0,
+						  psprintf("reliq monitor: could not open the lease bucket \"%s\"",
+								   reliq_lease_bucket),
+						  NULL, NULL);
 		return;
 	}
-	(void) reliq_lease_my_identity();
+	(void) my_identity_value();
 	round_number++;
 	(void) renew_heartbeat(conn);
 	if (alive_revision == 0)
@@ -819,8 +818,8 @@ reliq_lease_release_all(ReliqNatsConnection *conn)
 		!server_stopping() || !workers_gone(Min(reliq_nats_timeout, 2000)))
 		return;
 	released = psprintf("%.*s,\"released\":true}",
-						(int) strlen(reliq_lease_my_identity()) - 1,
-						reliq_lease_my_identity());
+						(int) strlen(my_identity_value()) - 1,
+						my_identity_value());
 	if (reliq_nats_kv_put(conn, heartbeat_key(my_instance), released,
 						  alive_revision, &revision) == RELIQ_KV_OK)
 		alive_revision = 0;

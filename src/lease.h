@@ -17,6 +17,5 @@ extern void reliq_lease_round(ReliqNatsConnection *conn,
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
 extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);
 extern long reliq_lease_renew_interval_ms(void);
-extern char *reliq_lease_my_identity(void);
 
 #endif							/* RELIQ_LEASE_H */

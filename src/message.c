@@ -116,8 +116,10 @@ reliq_unix_ns_to_timestamptz(int64 ns)
 int64
 reliq_timestamptz_to_unix_ns(TimestampTz t)
 {
-	return (t + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY *
-			USECS_PER_SEC) * 1000;
+	int64		epoch_us = (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) *
+		SECS_PER_DAY * USECS_PER_SEC;
+
+	return (t + epoch_us) * 1000;
 }
 
 /*
@@ -326,8 +328,11 @@ reliq_message_datum(const ReliqMessage *msg, const char *subscription_name,
 	bytea	   *data;
 
 	if (message_tupdesc->natts < 8)
-		elog(ERROR, "reliq.message has %d attributes, expected at least 8",
-			 message_tupdesc->natts);
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("type reliq.message has %d attributes, expected at least 8",
+						message_tupdesc->natts),
+				 errhint("Update the extension: ALTER EXTENSION reliq UPDATE.")));
 
 	data = (bytea *) palloc(VARHDRSZ + msg->data_len);
 	SET_VARSIZE(data, VARHDRSZ + msg->data_len);
@@ -362,7 +367,9 @@ reliq_parse_ack_subject_sql(PG_FUNCTION_ARGS)
 	bool		nulls[7] = {false};
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
 	if (!reliq_parse_ack_subject(reply, &msg))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -38,11 +38,6 @@
 
 PG_FUNCTION_INFO_V1(reliq_metrics);
 
-static const char *const subscription_states[] = {
-	"running", "paused", "stopped", "failing", "backing_off", "disconnected",
-	"connecting", "fenced", "acquiring"
-};
-
 /* A label value, escaped as the exposition format wants. */
 static void
 append_label(StringInfo buf, const char *value)
@@ -93,12 +88,12 @@ histogram_samples(StringInfo buf, const char *name, const char *help,
 	for (i = 0; i < n; i++)
 	{
 		const ReliqStatsSnapshot *s = &snaps[i];
-		const uint64 *buckets = latency ? s->latency_hist : s->batch_hist;
+		const ReliqHistogramCopy *h = latency ? &s->commit_latency : &s->batch_duration;
 		uint64		cumulative = 0;
 
 		for (b = 0; b <= RELIQ_HISTOGRAM_BOUNDS; b++)
 		{
-			cumulative += buckets[b];
+			cumulative += h->buckets[b];
 			sample_prefix(buf, psprintf("%s_bucket", name), s);
 			if (b < RELIQ_HISTOGRAM_BOUNDS)
 				appendStringInfo(buf, ",le=\"%g\"} " UINT64_FORMAT "\n",
@@ -109,10 +104,9 @@ histogram_samples(StringInfo buf, const char *name, const char *help,
 		}
 		sample_prefix(buf, psprintf("%s_sum", name), s);
 		appendStringInfo(buf, "} %.6f\n",
-						 (double) (latency ? s->latency_sum_us : s->batch_sum_us) / 1000000.0);
+						 (double) h->sum_us / 1000000.0);
 		sample_prefix(buf, psprintf("%s_count", name), s);
-		appendStringInfo(buf, "} " UINT64_FORMAT "\n",
-						 latency ? s->latency_count : s->batch_count);
+		appendStringInfo(buf, "} " UINT64_FORMAT "\n", h->count);
 	}
 }
 
@@ -340,13 +334,13 @@ reliq_metrics_text(void)
 		   "1 for the subscription's current state, 0 for the others.");
 	for (i = 0; i < n; i++)
 	{
-		const char *state = snaps[i].state ? snaps[i].state : "stopped";
-
-		for (k = 0; k < lengthof(subscription_states); k++)
+		/* every state but standby: a standby serves no metrics of workers */
+		for (k = 0; k < RELIQ_SUBSCRIPTION_STANDBY; k++)
 		{
 			sample_prefix(&buf, "reliq_subscription_state", &snaps[i]);
-			appendStringInfo(&buf, ",state=\"%s\"} %d\n", subscription_states[k],
-							 strcmp(state, subscription_states[k]) == 0);
+			appendStringInfo(&buf, ",state=\"%s\"} %d\n",
+							 reliq_subscription_state_name(k),
+							 snaps[i].state == k);
 		}
 	}
 

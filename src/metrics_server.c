@@ -105,8 +105,8 @@ wait_socket(int fd, int event, TimestampTz deadline)
 	TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
 	if (secs == 0 && usecs == 0)
 		return false;
-	rc = WaitLatchOrSocket(MyLatch, event | WL_TIMEOUT | WL_LATCH_SET |
-						   WL_EXIT_ON_PM_DEATH, fd,
+	event |= WL_TIMEOUT | WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+	rc = WaitLatchOrSocket(MyLatch, event, fd,
 						   secs * 1000 + usecs / 1000 + 1, PG_WAIT_EXTENSION);
 	if (rc & WL_LATCH_SET)
 	{
@@ -244,7 +244,8 @@ reliq_metrics_server_main(Datum main_arg)
 
 	listener = open_listener();
 	ereport(LOG,
-			(errmsg("reliq metrics served at http://%s:%d%s",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq metrics served at http://%s:%d%s",
 					reliq_metrics_listen_address, reliq_metrics_port,
 					reliq_metrics_path)));
 	request_cxt = AllocSetContextCreate(TopMemoryContext, "reliq metrics request",

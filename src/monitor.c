@@ -26,7 +26,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -36,7 +35,6 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -46,6 +44,7 @@
 #include "nats_client.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "xact.h"
 
 static char last_problem[RELIQ_ERROR_LEN];
 
@@ -55,30 +54,40 @@ reliq_monitor_register(void)
 	reliq_register_static_worker("reliq monitor", "reliq_monitor_main", true, 10);
 }
 
-/* Log a problem when it starts or changes; nothing while it persists. */
+/*
+ * A NATS failure (what: "could not ..."): logged when it starts or
+ * changes, nothing while it persists.
+ */
 static void
-note(const char *problem)
+note_failure(const char *what)
 {
+	char	   *problem = psprintf("%s: %s", what, reliq_nats_last_error());
+
 	if (strcmp(problem, last_problem) != 0)
 	{
-		if (problem[0] != '\0')
-			ereport(LOG, (errmsg("reliq monitor: %s", problem)));
-		else
-			ereport(LOG, (errmsg("reliq monitor: in contact with NATS again")));
+		reliq_nats_report(LOG, 0, psprintf("reliq monitor: %s", what), NULL, NULL);
 		strlcpy(last_problem, problem, sizeof(last_problem));
 	}
+}
+
+/* After a round in which NATS answered. */
+static void
+note_success(void)
+{
+	if (last_problem[0] != '\0')
+		ereport(LOG,
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq monitor: in contact with NATS again")));
+	last_problem[0] = '\0';
 }
 
 /* The subscriptions, read in a short transaction of our own. */
 static int
 read_watched(ReliqWatched **watched, MemoryContext cxt)
 {
+	MemoryContext caller = reliq_xact_begin("reliq monitor: reading subscriptions");
 	int			count = 0;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq monitor: reading subscriptions");
 	*watched = NULL;
 	if (reliq_catalog_extension_present())
 	{
@@ -86,26 +95,17 @@ read_watched(ReliqWatched **watched, MemoryContext cxt)
 		count = reliq_catalog_list_watched(watched);
 		reliq_metrics_count_dead_letters();
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(caller);
 	return count;
 }
 
 static void
 record_floor(const ReliqWatched *w, int64 ack_floor)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq monitor: pruning the ledger");
+	MemoryContext caller = reliq_xact_begin("reliq monitor: pruning the ledger");
+
 	reliq_catalog_advance_floor(w->id, w->stream_created, ack_floor);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(caller);
 }
 
 static TimestampTz next_heartbeat = 0;
@@ -162,8 +162,8 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		n = reliq_nats_stream_consumers(conn, watched[i].stream, &names, &listed);
 		if (n < 0)
 		{
-			note(psprintf("could not list the consumers of stream \"%s\": %s",
-						  watched[i].stream, reliq_nats_last_error()));
+			note_failure(psprintf("could not list the consumers of stream \"%s\"",
+								  watched[i].stream));
 			return;				/* the connection is likely gone: next round */
 		}
 		for (j = i; j < count; j++)
@@ -229,7 +229,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			record_floor(w, infos[i].ack_floor_stream_seq);
 		}
 	}
-	note("");
+	note_success();
 }
 
 static ReliqNatsConnection *conn = NULL;
@@ -281,8 +281,8 @@ reliq_monitor_main(Datum main_arg)
 		{
 			conn = reliq_nats_connect("reliq monitor");
 			if (conn == NULL)
-				note(psprintf("could not connect to NATS at %s: %s",
-							  reliq_nats_redacted_url(), reliq_nats_last_error()));
+				note_failure(psprintf("could not connect to NATS at %s",
+									  reliq_nats_redacted_url()));
 		}
 		now = GetCurrentTimestamp();
 		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_lease)

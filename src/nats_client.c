@@ -68,7 +68,7 @@ struct ReliqNatsConnection
 
 static char last_error[512];
 static int	last_js_error = 0;
-static bool last_timeout = false;
+static int	last_sqlerrcode = 0;
 static bool last_no_responders = false;
 
 static ReliqNatsConnection *session_conn = NULL;
@@ -105,17 +105,37 @@ library_error_text(void)
 	return detail;
 }
 
+/*
+ * The SQLSTATE a failure is reported with: JetStream missing, a stream or
+ * consumer (or, for a publish, a stream capturing the subject) that does
+ * not exist, a request the server refused, or else the connection.
+ */
+static int
+sqlerrcode_of(natsStatus status, jsErrCode js_error, bool jetstream_missing)
+{
+	if (jetstream_missing)
+		return ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+	if (status == NATS_NO_RESPONDERS || js_error == JSStreamNotFoundErr ||
+		js_error == JSConsumerNotFoundErr)
+		return ERRCODE_UNDEFINED_OBJECT;
+	if (js_error != 0 || status == NATS_ERR)
+		return ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	return ERRCODE_CONNECTION_FAILURE;
+}
+
 static void
 remember_error(const char *what, natsStatus status, jsErrCode js_error)
 {
 	const char *text = natsStatus_GetText(status);
 	const char *detail = library_error_text();
+	bool		jetstream_missing;
 
 	last_js_error = (int) js_error;
-	last_timeout = (status == NATS_TIMEOUT);
 	last_no_responders = (status == NATS_NO_RESPONDERS);
-	if ((status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0) ||
-		js_error == JSNotEnabledForAccountErr || js_error == JSNotEnabledErr)
+	jetstream_missing = (status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0) ||
+		js_error == JSNotEnabledForAccountErr || js_error == JSNotEnabledErr;
+	last_sqlerrcode = sqlerrcode_of(status, js_error, jetstream_missing);
+	if (jetstream_missing)
 		snprintf(last_error, sizeof(last_error),
 				 "%s: no JetStream API answered (is JetStream enabled on the server, and for this account?)",
 				 what);
@@ -135,13 +155,21 @@ remember_error(const char *what, natsStatus status, jsErrCode js_error)
 	}
 }
 
+/* A failure cnats did not report, with the SQLSTATE to report it with. */
+static void
+remember_failure(int sqlerrcode, const char *message)
+{
+	last_js_error = 0;
+	last_sqlerrcode = sqlerrcode;
+	last_no_responders = false;
+	strlcpy(last_error, message, sizeof(last_error));
+}
+
+/* Not connected, or the like. */
 static void
 remember_message(const char *message)
 {
-	last_js_error = 0;
-	last_timeout = false;
-	last_no_responders = false;
-	strlcpy(last_error, message, sizeof(last_error));
+	remember_failure(ERRCODE_CONNECTION_FAILURE, message);
 }
 
 const char *
@@ -154,12 +182,6 @@ int
 reliq_nats_last_js_error(void)
 {
 	return last_js_error;
-}
-
-bool
-reliq_nats_last_was_timeout(void)
-{
-	return last_timeout;
 }
 
 /* A publish nobody answered: no stream captures the subject. */
@@ -211,16 +233,33 @@ reliq_nats_redacted_url(void)
 	return buf.data;
 }
 
-/* ereport the last failure: the one wrapper between cnats and ereport. */
+/*
+ * ereport the last failure: the one path from a NATS failure to an
+ * ereport.  what is the message ("could not publish to subject ...").
+ * sqlerrcode 0 takes the failure's own (see sqlerrcode_of).  detail NULL
+ * is the failure as cnats and the server told it; a detail of the
+ * caller's own is shown to the client and the failure goes to the server
+ * log.  hint NULL gives the usual one for the failure, "" none.
+ */
 void
-reliq_nats_report(int elevel, const char *what)
+reliq_nats_report(int elevel, int sqlerrcode, const char *what,
+				  const char *detail, const char *hint)
 {
+	int			own = last_sqlerrcode ? last_sqlerrcode : ERRCODE_CONNECTION_FAILURE;
+
+	if (sqlerrcode == 0)
+		sqlerrcode = own;
+	if (hint == NULL && reliq_nats_last_was_jetstream_missing())
+		hint = "Start nats-server with JetStream enabled (-js, or a jetstream block in its configuration), for the account reliq connects as.";
+	else if (hint == NULL && own == ERRCODE_CONNECTION_FAILURE)
+		hint = psprintf("Check reliq.nats_url (now \"%s\") and that nats-server is running.",
+						reliq_nats_redacted_url());
 	ereport(elevel,
-			(errcode(ERRCODE_CONNECTION_FAILURE),
-			 errmsg("%s failed", what),
-			 errdetail("%s", last_error),
-			 errhint("Check reliq.nats_url (now \"%s\") and that nats-server is running with JetStream enabled.",
-					 reliq_nats_redacted_url())));
+			(errcode(sqlerrcode),
+			 errmsg("%s", what),
+			 errdetail("%s", detail ? detail : last_error),
+			 detail ? errdetail_log("%s", last_error) : 0,
+			 (hint && hint[0]) ? errhint("%s", hint) : 0));
 }
 
 /*
@@ -531,12 +570,10 @@ reliq_nats_session_connection(void)
 		snprintf(name, sizeof(name), "reliq backend %d", MyProcPid);
 		session_conn = reliq_nats_connect(name);
 		if (session_conn == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("could not connect to NATS at \"%s\"",
-							reliq_nats_redacted_url()),
-					 errdetail("%s", last_error),
-					 errhint("Check reliq.nats_url and that nats-server is running with JetStream enabled.")));
+			reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+							  psprintf("could not connect to NATS at \"%s\"",
+									   reliq_nats_redacted_url()),
+							  NULL, NULL);
 		if (!session_exit_registered)
 		{
 			on_proc_exit(close_session_connection, (Datum) 0);
@@ -812,11 +849,9 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 							   &opts, &js_error);
 		if (js_error == RELIQ_JS_STREAM_NOT_FOUND)
 		{
-			snprintf(last_error, sizeof(last_error),
-					 "stream \"%s\" does not exist", spec->stream);
+			remember_failure(ERRCODE_UNDEFINED_OBJECT,
+							 psprintf("stream \"%s\" does not exist", spec->stream));
 			last_js_error = js_error;
-			last_timeout = false;
-			last_no_responders = false;
 			break;
 		}
 		if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND)
@@ -869,7 +904,8 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 				 (ci->Config->DeliverSubject != NULL &&
 				  ci->Config->DeliverSubject[0] != '\0'))
 		{
-			remember_message("the consumer exists but is not a pull consumer with explicit acks");
+			remember_failure(ERRCODE_INVALID_PARAMETER_VALUE,
+							 "the consumer exists but is not a pull consumer with explicit acks");
 			break;
 		}
 		else
@@ -1008,7 +1044,8 @@ reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key, char **value,
 	*revision = 0;
 	if (conn->kv == NULL)
 	{
-		remember_message("the lease bucket is not open");
+		remember_failure(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						 "the lease bucket is not open");
 		return false;
 	}
 	BLOCK_SIGNALS(saved);
@@ -1044,7 +1081,8 @@ reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
 
 	if (conn->kv == NULL)
 	{
-		remember_message("the lease bucket is not open");
+		remember_failure(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						 "the lease bucket is not open");
 		return RELIQ_KV_ERROR;
 	}
 	BLOCK_SIGNALS(saved);

@@ -6,7 +6,9 @@
  *	  nats_client.c is the only file that includes nats.h.
  *
  * Functions return false on failure and leave the reason in
- * reliq_nats_last_error(); reliq_nats_report() turns it into an ereport.
+ * reliq_nats_last_error(); reliq_nats_report() turns it into an ereport,
+ * with an errcode chosen from the failure: the one way a NATS failure
+ * reaches the log or the client.
  *
  *-------------------------------------------------------------------------
  */
@@ -27,10 +29,10 @@ typedef struct ReliqPuller ReliqPuller;
 
 extern const char *reliq_nats_last_error(void);
 extern int	reliq_nats_last_js_error(void);
-extern bool reliq_nats_last_was_timeout(void);
 extern bool reliq_nats_last_was_no_responders(void);
 extern bool reliq_nats_last_was_jetstream_missing(void);
-extern void reliq_nats_report(int elevel, const char *what);
+extern void reliq_nats_report(int elevel, int sqlerrcode, const char *what,
+							  const char *detail, const char *hint);
 extern char *reliq_nats_redacted_url(void);
 
 /* Connections */

@@ -24,7 +24,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -32,12 +31,13 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 
 #include "catalog.h"
 #include "message.h"
 #include "outbox.h"
 #include "reliq.h"
+#include "spi_safe.h"
+#include "xact.h"
 
 typedef struct DeferredPublish
 {
@@ -100,7 +100,8 @@ reliq_outbox_write(int64 subscription_id)
 		SPIPlanPtr	plan;
 
 		plan = reliq_prepare_kept("INSERT INTO reliq._outbox (subscription_id, subject, data, headers, msg_id)"
-								  " VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
+								  " VALUES ($1, $2, $3, $4, $5)",
+								  5, argtypes);
 		reliq_leave_safe_search_path(nest);
 		insert_plan = plan;
 	}
@@ -118,8 +119,8 @@ reliq_outbox_write(int64 subscription_id)
 		if (p->headers == NULL)
 			nulls[3] = 'n';
 		values[4] = CStringGetTextDatum(p->msg_id);
-		if (reliq_execute_plan_safely(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not write to reliq._outbox");
+		reliq_spi_execute_plan("write to reliq._outbox", insert_plan,
+							   values, nulls, false, 0, SPI_OK_INSERT);
 		count++;
 	}
 	deferred = NIL;
@@ -142,27 +143,23 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	Datum	   *published;
 	int			npublished = 0;
 	int			rows;
-	int			nest;
 	int			i;
-	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext caller;
 
 	*stuck = false;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	nest = reliq_enter_safe_search_path();
+	/* the worker shows "publishing the outbox" meanwhile */
+	caller = reliq_xact_begin(NULL);
+	reliq_spi_connect();
 
 	/* also the rows of dropped subscriptions: their commits happened */
-	if (SPI_execute_with_args("SELECT id, subject, data, headers, msg_id FROM reliq._outbox o"
-							  " WHERE subscription_id = $1"
-							  "    OR NOT EXISTS (SELECT FROM reliq.subscription s"
-							  "                    WHERE s.id = o.subscription_id)"
-							  " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-							  2, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read reliq._outbox");
+	reliq_spi_execute("read reliq._outbox",
+					  "SELECT id, subject, data, headers, msg_id FROM reliq._outbox o"
+					  " WHERE subscription_id = $1 OR NOT EXISTS"
+					  " (SELECT FROM reliq.subscription s WHERE s.id = o.subscription_id)"
+					  " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+					  2, argtypes, args, NULL, false, 0, SPI_OK_SELECT);
+	published = palloc(sizeof(Datum) * (SPI_processed + 1));	/* ids of rows published */
 	rows = (int) SPI_processed;
-	published = palloc(sizeof(Datum) * Max(rows, 1));
 
 	for (i = 0; i < rows; i++)
 	{
@@ -205,14 +202,12 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 														 INT8OID, 8,
 														 FLOAT8PASSBYVAL,
 														 TYPALIGN_DOUBLE));
-		if (SPI_execute_with_args("DELETE FROM reliq._outbox WHERE id = ANY($1)",
-								  1, delete_types, delete_args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete from reliq._outbox");
+		reliq_spi_execute("delete from reliq._outbox",
+						  "DELETE FROM reliq._outbox WHERE id = ANY($1)",
+						  1, delete_types, delete_args, NULL, false, 0,
+						  SPI_OK_DELETE);
 	}
-	reliq_leave_safe_search_path(nest);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller);
+	reliq_spi_finish();
+	reliq_xact_commit(caller);
 	return *stuck ? 0 : rows;
 }

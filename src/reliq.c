@@ -2,7 +2,9 @@
  *
  * reliq.c
  *	  Module entry point: refuses to load unless preloaded, defines the
- *	  reliq.* settings, reserves shared memory and registers the launcher.
+ *	  reliq.* settings, reserves shared memory and registers reliq's static
+ *	  background workers: the launcher, the monitor and, with
+ *	  reliq.metrics_port, the metrics endpoint.
  *
  * Nothing here talks to NATS: the postmaster must never start the NATS
  * client's threads, so every cnats call happens in a worker or a backend.
@@ -237,8 +239,8 @@ reliq_register_static_worker(const char *type, const char *function,
 	RegisterBackgroundWorker(&bgw);
 }
 
-bool
-reliq_in_worker_database(void)
+static bool
+in_worker_database(void)
 {
 	char	   *current = get_database_name(MyDatabaseId);
 
@@ -252,7 +254,7 @@ reliq_in_worker_database(void)
 void
 reliq_require_worker_database(const char *what)
 {
-	if (!reliq_in_worker_database())
+	if (!in_worker_database())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s needs the reliq workers, which run only in database \"%s\"",

@@ -7,6 +7,9 @@
  * a launcher (launcher.c) keeps the workers (worker.c) in line with the
  * catalog table reliq.subscription; each worker pulls batches from NATS
  * (nats_client.c) and applies each batch in one transaction (batch.c).
+ * The monitor (monitor.c) alone asks the server for the consumers'
+ * figures, records the acknowledged floor and prunes the ledgers, and
+ * keeps the consumers' leases (lease.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -49,13 +52,13 @@ extern char *reliq_lease_bucket;
 /* This postmaster's random id, drawn in _PG_init: names it in leases. */
 extern uint64 reliq_instance_id;
 
-/*
- * True when the current database is the one reliq's workers serve.  SQL
- * functions that only make sense where the workers run check it.
- */
 extern void reliq_register_static_worker(const char *type, const char *function,
 										 bool database, int restart_seconds);
-extern bool reliq_in_worker_database(void);
+
+/*
+ * An error unless the current database is the one reliq's workers serve:
+ * SQL functions that only make sense where the workers run check it.
+ */
 extern void reliq_require_worker_database(const char *what);
 
 #endif							/* RELIQ_H */

@@ -2,7 +2,8 @@
  *
  * shmem.c
  *	  reliq's shared memory: pool worker slots (with their assignments and
- *	  lanes) and per-subscription statistics.
+ *	  lanes) and per-subscription statistics, where they live and how they
+ *	  are locked.  The arithmetic of the statistics is stats_math.c's.
  *
  * Locking rules
  * -------------
@@ -11,26 +12,34 @@
  *   subscriptions it serves), and a statistics entry's subscription_id and
  *   subscription_name.  Only the launcher assigns slots and subscriptions
  *   to them (exclusive mode), and bumps the slot's assignment_version
- *   after each change; the launcher and the first worker of a subscription
- *   may assign a statistics entry (exclusive).  Readers that need those
- *   fields to be consistent take it in shared mode.
+ *   after each change; the launcher, the monitor, a worker taking up a
+ *   subscription and reliq.take_over() may assign a statistics entry
+ *   (exclusive), and only the launcher frees one.  Readers that need
+ *   those fields to be consistent take it in shared mode.
  * - A slot's mutex (spinlock) guards what its worker reports: pid, latch,
  *   state, connected, since, started_at, disconnected_at, and its lanes[]
  *   (what it does on each subscription it serves).  The worker writes
  *   them; anyone may copy them out, one lane per acquisition.
  * - A statistics entry's counters and latency histograms are atomics,
- *   added to by any worker of the subscription without a lock.  Its mutex
- *   guards the rest: times, last_error, the consumer information from the
- *   server, the recent samples (p50/p99), the per-second rate, the lag
- *   points, and the copy of the subscription's settings the launcher
- *   writes, and the lease the monitor keeps (lease.c).
- *   reliq_stats_snapshot() copies all of it out under the lock and computes
- *   percentiles afterwards.  take_over_requested is an atomic flag that
- *   reliq.take_over() sets and the monitor clears.
+ *   added to by any worker of the subscription without a lock; a reset
+ *   writes them (pg_atomic_write_u64), as they may be in use.  So is
+ *   take_over_requested, which reliq.take_over() sets and the monitor
+ *   clears.
+ * - A statistics entry's lock (an LWLock of tranche "reliq stats") guards
+ *   what takes a loop: the recent samples (a batch adds up to batch_size
+ *   of them), the per-second rate and the ring of deaths.  Exclusive to
+ *   write, shared to copy out.
+ * - A statistics entry's mutex (spinlock) guards the rest, a few fields
+ *   each: times, last_error, the consumer information from the server,
+ *   the lag points, the lease the monitor keeps (lease.c), the stream's
+ *   retention, and the copy of the subscription's settings the launcher
+ *   writes.
+ * - reliq_stats_snapshot() copies all of it out under the locks and does
+ *   the arithmetic (stats_math.c) afterwards.
  * - ReliqShared->mutex guards the launcher's pid and latch.
- * - Order: the LWLock before any spinlock; never two spinlocks at once;
- *   a spinlock is held only to copy a few fields, never across a call that
- *   can fail or wait.
+ * - Order: ReliqShared->lock, then an entry's lock, then at most one
+ *   spinlock.  A spinlock is held only to copy a few fields, never for a
+ *   loop, nor across a call that can fail or wait.
  *
  * Statistics survive worker restarts (they live here, not in the workers)
  * but not a server restart, like those of pg_stat_statements without a
@@ -47,11 +56,21 @@
 
 #include "reliq.h"
 #include "shmem.h"
+#include "stats_math.h"
 
 ReliqShared *reliq_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void clear_stats_entry(ReliqSubscriptionStats *entry);
+
+/* The name of an enum value from its table; "unknown" outside it. */
+static const char *
+name_of(const char *const *names, int count, int value)
+{
+	return (value >= 0 && value < count) ? names[value] : "unknown";
+}
 
 static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_STOPPED] = "stopped",
@@ -67,17 +86,34 @@ static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_IDLE] = "idle",
 };
 
-/* Upper bounds of the latency histogram buckets, in seconds. */
-const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS] = {
-	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
+/*
+ * The one spelling of each subscription state, for C and SQL alike
+ * (reliq._state_names()).  Where a worker state means the same, the names
+ * agree.
+ */
+static const char *const subscription_state_names[RELIQ_SUBSCRIPTION_STATES] = {
+	[RELIQ_SUBSCRIPTION_RUNNING] = "running",
+	[RELIQ_SUBSCRIPTION_PAUSED] = "paused",
+	[RELIQ_SUBSCRIPTION_STOPPED] = "stopped",
+	[RELIQ_SUBSCRIPTION_FAILING] = "failing",
+	[RELIQ_SUBSCRIPTION_BACKING_OFF] = "backing_off",
+	[RELIQ_SUBSCRIPTION_DISCONNECTED] = "disconnected",
+	[RELIQ_SUBSCRIPTION_CONNECTING] = "connecting",
+	[RELIQ_SUBSCRIPTION_FENCED] = "fenced",
+	[RELIQ_SUBSCRIPTION_ACQUIRING] = "acquiring",
+	[RELIQ_SUBSCRIPTION_STANDBY] = "standby",
 };
+
+const char *
+reliq_subscription_state_name(ReliqSubscriptionState state)
+{
+	return name_of(subscription_state_names, lengthof(subscription_state_names), state);
+}
 
 const char *
 reliq_worker_state_name(ReliqWorkerState state)
 {
-	if (state < 0 || state >= lengthof(worker_state_names))
-		return "unknown";
-	return worker_state_names[state];
+	return name_of(worker_state_names, lengthof(worker_state_names), state);
 }
 
 static Size
@@ -109,35 +145,13 @@ shmem_request(void)
 	RequestNamedLWLockTranche("reliq", 1);
 }
 
+/* At shared memory initialisation, before any concurrent use. */
 static void
-init_histogram(ReliqHistogram *histogram)
-{
-	int			i;
-
-	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
-		pg_atomic_init_u64(&histogram->buckets[i], 0);
-	pg_atomic_init_u64(&histogram->count, 0);
-	pg_atomic_init_u64(&histogram->sum_us, 0);
-}
-
-/* Zero a histogram that workers may be adding to (init is for before use). */
-static void
-reset_histogram(ReliqHistogram *histogram)
-{
-	int			i;
-
-	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
-		pg_atomic_write_u64(&histogram->buckets[i], 0);
-	pg_atomic_write_u64(&histogram->count, 0);
-	pg_atomic_write_u64(&histogram->sum_us, 0);
-}
-
-static void
-init_stats_entry(ReliqSubscriptionStats *entry)
+init_stats_entry(ReliqSubscriptionStats *entry, int tranche)
 {
 	memset(entry, 0, sizeof(*entry));
-	init_histogram(&entry->batch_duration);
-	init_histogram(&entry->commit_latency);
+	reliq_histogram_init(&entry->batch_duration);
+	reliq_histogram_init(&entry->commit_latency);
 	pg_atomic_init_u64(&entry->received, 0);
 	pg_atomic_init_u64(&entry->processed, 0);
 	pg_atomic_init_u64(&entry->failed, 0);
@@ -148,6 +162,7 @@ init_stats_entry(ReliqSubscriptionStats *entry)
 	pg_atomic_init_u64(&entry->slow_path_batches, 0);
 	pg_atomic_init_u32(&entry->take_over_requested, 0);
 	entry->dead_letter_backlog = -1;
+	LWLockInitialize(&entry->lock, tranche);
 	SpinLockInit(&entry->mutex);
 }
 
@@ -172,6 +187,7 @@ shmem_startup(void)
 
 		memset(reliq_shared, 0, sizeof(ReliqShared));
 		reliq_shared->lock = &(GetNamedLWLockTranche("reliq"))->lock;
+		reliq_shared->stats_tranche = LWLockNewTrancheId();
 		SpinLockInit(&reliq_shared->mutex);
 		reliq_shared->max_workers = reliq_max_workers;
 		reliq_shared->max_subscriptions = reliq_max_subscriptions;
@@ -198,9 +214,13 @@ shmem_startup(void)
 			SpinLockInit(&slot->mutex);
 		}
 		for (i = 0; i < reliq_max_subscriptions; i++)
-			init_stats_entry(&reliq_shared->stats[i]);
+			init_stats_entry(&reliq_shared->stats[i],
+							 reliq_shared->stats_tranche);
 	}
 	LWLockRelease(AddinShmemInitLock);
+
+	/* every process names the tranche for itself (pg_stat_activity) */
+	LWLockRegisterTranche(reliq_shared->stats_tranche, "reliq stats");
 }
 
 void
@@ -285,10 +305,9 @@ reliq_stats_find(int64 subscription_id, bool create,
 		if (reliq_shared->stats[i].subscription_id == 0)
 		{
 			entry = &reliq_shared->stats[i];
-			init_stats_entry(entry);
+			clear_stats_entry(entry);
 			entry->subscription_id = subscription_id;
 			strlcpy(entry->subscription_name, subscription_name, NAMEDATALEN);
-			entry->stats_reset_at = GetCurrentTimestamp();
 		}
 	}
 	LWLockRelease(reliq_shared->lock);
@@ -318,10 +337,16 @@ reliq_stats_keep_only(const int64 *subscription_ids, int count)
 	LWLockRelease(reliq_shared->lock);
 }
 
-/* Zero the counters; the server-side figures are kept (they are gauges). */
+/*
+ * Zero the counters; the server-side figures are kept (they are gauges).
+ * The entry may be in use: counters are written, not initialised, and the
+ * rest is cleared under its locks.
+ */
 void
 reliq_stats_reset(ReliqSubscriptionStats *entry)
 {
+	TimestampTz now = GetCurrentTimestamp();
+
 	pg_atomic_write_u64(&entry->received, 0);
 	pg_atomic_write_u64(&entry->processed, 0);
 	pg_atomic_write_u64(&entry->failed, 0);
@@ -330,21 +355,50 @@ reliq_stats_reset(ReliqSubscriptionStats *entry)
 	pg_atomic_write_u64(&entry->duplicates, 0);
 	pg_atomic_write_u64(&entry->batches, 0);
 	pg_atomic_write_u64(&entry->slow_path_batches, 0);
-	reset_histogram(&entry->batch_duration);
-	reset_histogram(&entry->commit_latency);
+	reliq_histogram_reset(&entry->batch_duration);
+	reliq_histogram_reset(&entry->commit_latency);
+
+	LWLockAcquire(&entry->lock, LW_EXCLUSIVE);
+	entry->batch_samples.count = entry->batch_samples.next = 0;
+	entry->latency_samples.count = entry->latency_samples.next = 0;
+	memset(&entry->rate, 0, sizeof(entry->rate));
+	LWLockRelease(&entry->lock);
 
 	SpinLockAcquire(&entry->mutex);
 	entry->last_batch_at = 0;
 	entry->last_error_at = 0;
 	entry->last_failure_at = 0;
 	entry->last_error[0] = '\0';
-	entry->stats_reset_at = GetCurrentTimestamp();
-	entry->batch_samples.count = entry->batch_samples.next = 0;
-	entry->latency_samples.count = entry->latency_samples.next = 0;
-	memset(entry->rate_second, 0, sizeof(entry->rate_second));
-	memset(entry->rate_count, 0, sizeof(entry->rate_count));
-	entry->lag_next = 0;
-	memset(entry->lag_at, 0, sizeof(entry->lag_at));
+	entry->stats_reset_at = now;
+	memset(&entry->lag, 0, sizeof(entry->lag));
+	SpinLockRelease(&entry->mutex);
+}
+
+/*
+ * A free entry given to another subscription.  A worker of the former one
+ * may not have exited yet and still add to it: nothing is initialised
+ * again, everything is written under the usual locks.
+ */
+static void
+clear_stats_entry(ReliqSubscriptionStats *entry)
+{
+	reliq_stats_reset(entry);
+	pg_atomic_write_u32(&entry->take_over_requested, 0);
+	LWLockAcquire(&entry->lock, LW_EXCLUSIVE);
+	memset(entry->death_seq, 0, sizeof(entry->death_seq));
+	memset(entry->death_count, 0, sizeof(entry->death_count));
+	entry->death_next = 0;
+	LWLockRelease(&entry->lock);
+
+	SpinLockAcquire(&entry->mutex);
+	entry->have_consumer_info = false;
+	entry->num_pending = entry->num_ack_pending = entry->num_redelivered = 0;
+	entry->ack_floor = entry->max_ack_pending = 0;
+	entry->consumer_info_at = 0;
+	memset(&entry->lease, 0, sizeof(entry->lease));
+	entry->retention[0] = '\0';
+	entry->catalog_known = entry->enabled = entry->start_refused = false;
+	entry->concurrency = entry->batch_size = entry->workers_allowed = 0;
 	SpinLockRelease(&entry->mutex);
 }
 
@@ -364,28 +418,6 @@ reliq_stats_set_catalog(ReliqSubscriptionStats *entry, bool enabled,
 	SpinLockRelease(&entry->mutex);
 }
 
-static void
-observe(ReliqHistogram *histogram, int64 value_us)
-{
-	int			i = 0;
-
-	while (i < RELIQ_HISTOGRAM_BOUNDS &&
-		   (double) value_us > reliq_histogram_bounds[i] * 1000000.0)
-		i++;
-	pg_atomic_fetch_add_u64(&histogram->buckets[i], 1);
-	pg_atomic_fetch_add_u64(&histogram->count, 1);
-	pg_atomic_fetch_add_u64(&histogram->sum_us, (uint64) Max(value_us, 0));
-}
-
-static void
-add_sample(ReliqSamples *samples, int64 value_us)
-{
-	samples->values_us[samples->next] = value_us;
-	samples->next = (samples->next + 1) % RELIQ_SAMPLES;
-	if (samples->count < RELIQ_SAMPLES)
-		samples->count++;
-}
-
 /*
  * One committed batch: its duration, the publish-to-commit latency of
  * each message it applied, and how many it applied (for the rate).
@@ -395,27 +427,21 @@ reliq_stats_record_batch(ReliqSubscriptionStats *entry, int64 duration_us,
 						 const int64 *latencies_us, int nlatencies,
 						 int processed)
 {
-	int64		second = (int64) (GetCurrentTimestamp() / USECS_PER_SEC);
-	int			slot = (int) (second % RELIQ_RATE_SECONDS);
+	TimestampTz now = GetCurrentTimestamp();
 	int			i;
 
 	if (entry == NULL)
 		return;
-	observe(&entry->batch_duration, duration_us);
+	reliq_histogram_observe(&entry->batch_duration, duration_us);
 	for (i = 0; i < nlatencies; i++)
-		observe(&entry->commit_latency, latencies_us[i]);
+		reliq_histogram_observe(&entry->commit_latency, latencies_us[i]);
 
-	SpinLockAcquire(&entry->mutex);
-	add_sample(&entry->batch_samples, duration_us);
+	LWLockAcquire(&entry->lock, LW_EXCLUSIVE);
+	reliq_samples_add(&entry->batch_samples, duration_us);
 	for (i = 0; i < nlatencies; i++)
-		add_sample(&entry->latency_samples, latencies_us[i]);
-	if (entry->rate_second[slot] != second)
-	{
-		entry->rate_second[slot] = second;
-		entry->rate_count[slot] = 0;
-	}
-	entry->rate_count[slot] += processed;
-	SpinLockRelease(&entry->mutex);
+		reliq_samples_add(&entry->latency_samples, latencies_us[i]);
+	reliq_rate_add(&entry->rate, now, processed);
+	LWLockRelease(&entry->lock);
 }
 
 /* The consumer as the server last described it. */
@@ -442,12 +468,10 @@ void
 reliq_stats_record_lag(ReliqSubscriptionStats *entry, int64 pending)
 {
 	uint64		processed = pg_atomic_read_u64(&entry->processed);
+	TimestampTz now = GetCurrentTimestamp();
 
 	SpinLockAcquire(&entry->mutex);
-	entry->lag_at[entry->lag_next] = GetCurrentTimestamp();
-	entry->lag_pending[entry->lag_next] = pending;
-	entry->lag_processed[entry->lag_next] = (int64) processed;
-	entry->lag_next = (entry->lag_next + 1) % RELIQ_LAG_POINTS;
+	reliq_lag_add(&entry->lag, now, pending, (int64) processed);
 	SpinLockRelease(&entry->mutex);
 }
 
@@ -512,33 +536,6 @@ reliq_slot_set_connected(ReliqWorkerSlot *slot, bool connected)
  * Snapshots
  */
 
-static int
-compare_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of the samples; -1 when there are none. */
-static void
-percentiles(const ReliqSamples *samples, int64 *p50, int64 *p99)
-{
-	int64		sorted[RELIQ_SAMPLES];
-	int			n = samples->count;
-
-	if (n == 0)
-	{
-		*p50 = *p99 = -1;
-		return;
-	}
-	memcpy(sorted, samples->values_us, sizeof(int64) * n);
-	qsort(sorted, n, sizeof(int64), compare_int64);
-	*p50 = sorted[(n * 50 + 99) / 100 - 1];
-	*p99 = sorted[(n * 99 + 99) / 100 - 1];
-}
-
 /*
  * The state of a subscription in one word, from its settings and its
  * workers and its lease: paused, fenced (another cluster holds the lease),
@@ -546,7 +543,7 @@ percentiles(const ReliqSamples *samples, int64 *p50, int64 *p99)
  * runs), failing, backing_off, disconnected, connecting, running.
  * ("standby" is the view's: a hot standby has no monitor or workers.)
  */
-static const char *
+static ReliqSubscriptionState
 summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworkers)
 {
 	int			failing = 0;
@@ -581,82 +578,25 @@ summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworker
 	s->disconnected_since = (s->workers > 0 && connected == 0) ? last_disconnect : 0;
 
 	if (s->catalog_known && !s->enabled)
-		return "paused";
+		return RELIQ_SUBSCRIPTION_PAUSED;
 	/* fenced workers hold no connection on purpose: not "disconnected" */
 	if (s->lease.state == RELIQ_LEASE_FENCED ||
 		s->lease.state == RELIQ_LEASE_ACQUIRING)
 		s->disconnected_since = 0;
 	if (s->lease.state == RELIQ_LEASE_FENCED)
-		return "fenced";
+		return RELIQ_SUBSCRIPTION_FENCED;
 	if (s->lease.state == RELIQ_LEASE_ACQUIRING)
-		return "acquiring";
+		return RELIQ_SUBSCRIPTION_ACQUIRING;
 	if (s->workers == 0)
-		return NULL;
+		return RELIQ_SUBSCRIPTION_STOPPED;
 	if (failing > 0)
-		return "failing";
+		return RELIQ_SUBSCRIPTION_FAILING;
 	if (backing_off > 0)
-		return "backing_off";
+		return RELIQ_SUBSCRIPTION_BACKING_OFF;
 	if (connected == 0)
-		return connecting > 0 ? "connecting" : "disconnected";
-	return "running";
-}
-
-static void
-copy_histogram(const ReliqHistogram *h, uint64 *buckets, uint64 *count,
-			   uint64 *sum_us)
-{
-	int			i;
-
-	for (i = 0; i <= RELIQ_HISTOGRAM_BOUNDS; i++)
-		buckets[i] = pg_atomic_read_u64((pg_atomic_uint64 *) &h->buckets[i]);
-	*count = pg_atomic_read_u64((pg_atomic_uint64 *) &h->count);
-	*sum_us = pg_atomic_read_u64((pg_atomic_uint64 *) &h->sum_us);
-}
-
-/*
- * Lag grows while nothing is processed: over the refreshes of the last
- * minute, pending only went up and processed did not move.
- */
-typedef struct LagPoints
-{
-	TimestampTz at[RELIQ_LAG_POINTS];
-	int64		pending[RELIQ_LAG_POINTS];
-	int64		processed[RELIQ_LAG_POINTS];
-	int			next;
-} LagPoints;
-
-static void
-lag_trend(const LagPoints *entry, ReliqStatsSnapshot *s, TimestampTz now)
-{
-	int			i;
-	int			npoints = 0;
-	int64		first_pending = 0;
-	int64		last_pending = 0;
-	int64		first_processed = 0;
-	int64		last_processed = 0;
-	bool		rising = true;
-
-	for (i = 0; i < RELIQ_LAG_POINTS; i++)
-	{
-		int			k = (entry->next + i) % RELIQ_LAG_POINTS;
-
-		if (entry->at[k] == 0 ||
-			TimestampDifferenceExceeds(entry->at[k], now, 60 * 1000))
-			continue;
-		if (npoints == 0)
-		{
-			first_pending = entry->pending[k];
-			first_processed = entry->processed[k];
-		}
-		else if (entry->pending[k] <= last_pending)
-			rising = false;
-		last_pending = entry->pending[k];
-		last_processed = entry->processed[k];
-		npoints++;
-	}
-	s->lag_growing = npoints >= 2 && rising && last_processed == first_processed;
-	s->lag_from = first_pending;
-	s->lag_to = last_pending;
+		return connecting > 0 ? RELIQ_SUBSCRIPTION_CONNECTING :
+			RELIQ_SUBSCRIPTION_DISCONNECTED;
+	return RELIQ_SUBSCRIPTION_RUNNING;
 }
 
 /*
@@ -752,10 +692,10 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 	int			n = 0;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
-	int64		second = (int64) (now / USECS_PER_SEC);
 	ReliqSamples *batch_samples = palloc(sizeof(ReliqSamples));
 	ReliqSamples *latency_samples = palloc(sizeof(ReliqSamples));
-	LagPoints	lag;
+	ReliqRate  *rate = palloc(sizeof(ReliqRate));
+	ReliqLagPoints lag;
 
 	nworkers = reliq_workers_snapshot(&workers);
 	*snapshots = palloc0(sizeof(ReliqStatsSnapshot) *
@@ -766,8 +706,6 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 	{
 		ReliqSubscriptionStats *entry = &reliq_shared->stats[i];
 		ReliqStatsSnapshot *s = &(*snapshots)[n];
-		int64		recent = 0;
-		int			j;
 
 		if (entry->subscription_id == 0)
 			continue;
@@ -781,10 +719,14 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->duplicates = pg_atomic_read_u64(&entry->duplicates);
 		s->batches = pg_atomic_read_u64(&entry->batches);
 		s->slow_path_batches = pg_atomic_read_u64(&entry->slow_path_batches);
-		copy_histogram(&entry->batch_duration, s->batch_hist,
-					   &s->batch_count, &s->batch_sum_us);
-		copy_histogram(&entry->commit_latency, s->latency_hist,
-					   &s->latency_count, &s->latency_sum_us);
+		reliq_histogram_copy(&entry->batch_duration, &s->batch_duration);
+		reliq_histogram_copy(&entry->commit_latency, &s->commit_latency);
+
+		LWLockAcquire(&entry->lock, LW_SHARED);
+		*batch_samples = entry->batch_samples;
+		*latency_samples = entry->latency_samples;
+		*rate = entry->rate;
+		LWLockRelease(&entry->lock);
 
 		SpinLockAcquire(&entry->mutex);
 		s->catalog_known = entry->catalog_known;
@@ -797,7 +739,7 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->last_error_at = entry->last_error_at;
 		s->last_failure_at = entry->last_failure_at;
 		s->stats_reset_at = entry->stats_reset_at;
-		strlcpy(s->last_error, entry->last_error, RELIQ_ERROR_LEN);
+		memcpy(s->last_error, entry->last_error, RELIQ_ERROR_LEN);
 		s->have_consumer_info = entry->have_consumer_info;
 		s->pending = entry->num_pending;
 		s->ack_pending = entry->num_ack_pending;
@@ -807,23 +749,15 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->consumer_info_at = entry->consumer_info_at;
 		s->lease = entry->lease;
 		memcpy(s->retention, entry->retention, sizeof(s->retention));
-		for (j = 0; j < RELIQ_RATE_SECONDS; j++)
-			if (entry->rate_second[j] > second - RELIQ_RATE_SECONDS &&
-				entry->rate_second[j] <= second)
-				recent += entry->rate_count[j];
-		*batch_samples = entry->batch_samples;
-		*latency_samples = entry->latency_samples;
-		memcpy(lag.at, entry->lag_at, sizeof(lag.at));
-		memcpy(lag.pending, entry->lag_pending, sizeof(lag.pending));
-		memcpy(lag.processed, entry->lag_processed, sizeof(lag.processed));
-		lag.next = entry->lag_next;
+		lag = entry->lag;
 		s->dead_letter_backlog = entry->dead_letter_backlog;
 		SpinLockRelease(&entry->mutex);
 
-		percentiles(batch_samples, &s->batch_p50_us, &s->batch_p99_us);
-		percentiles(latency_samples, &s->latency_p50_us, &s->latency_p99_us);
-		lag_trend(&lag, s, now);
-		s->rate = (double) recent / RELIQ_RATE_SECONDS;
+		reliq_samples_percentiles(batch_samples, &s->batch_p50_us, &s->batch_p99_us);
+		reliq_samples_percentiles(latency_samples, &s->latency_p50_us,
+								  &s->latency_p99_us);
+		s->lag_growing = reliq_lag_growing(&lag, now, &s->lag_from, &s->lag_to);
+		s->rate = reliq_rate_per_second(rate, now);
 		s->state = summarize(s, workers, nworkers);
 		n++;
 	}
@@ -831,6 +765,7 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 	pfree(workers);
 	pfree(batch_samples);
 	pfree(latency_samples);
+	pfree(rate);
 	return n;
 }
 
@@ -918,9 +853,7 @@ static const char *const lease_state_names[] = {
 const char *
 reliq_lease_state_name(ReliqLeaseState state)
 {
-	if (state < 0 || state >= lengthof(lease_state_names))
-		return "unknown";
-	return lease_state_names[state];
+	return name_of(lease_state_names, lengthof(lease_state_names), state);
 }
 
 /*
@@ -933,7 +866,7 @@ reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq)
 {
 	int			i;
 
-	SpinLockAcquire(&entry->mutex);
+	LWLockAcquire(&entry->lock, LW_EXCLUSIVE);
 	for (i = 0; i < RELIQ_DEATHS; i++)
 		if (entry->death_seq[i] == seq)
 			break;
@@ -945,7 +878,7 @@ reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq)
 		entry->death_count[i] = 0;
 	}
 	entry->death_count[i]++;
-	SpinLockRelease(&entry->mutex);
+	LWLockRelease(&entry->lock);
 }
 
 int
@@ -954,11 +887,11 @@ reliq_stats_deaths(ReliqSubscriptionStats *entry, int64 seq)
 	int			count = 0;
 	int			i;
 
-	SpinLockAcquire(&entry->mutex);
+	LWLockAcquire(&entry->lock, LW_SHARED);
 	for (i = 0; i < RELIQ_DEATHS; i++)
 		if (entry->death_seq[i] == seq)
 			count = entry->death_count[i];
-	SpinLockRelease(&entry->mutex);
+	LWLockRelease(&entry->lock);
 	return count;
 }
 

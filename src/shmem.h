@@ -18,6 +18,7 @@
 #include "storage/spin.h"
 
 #include "reliq.h"
+#include "stats_math.h"
 
 /* What a worker is doing; shown in reliq.worker_status. */
 typedef enum ReliqWorkerState
@@ -36,6 +37,30 @@ typedef enum ReliqWorkerState
 } ReliqWorkerState;
 
 extern const char *reliq_worker_state_name(ReliqWorkerState state);
+
+/*
+ * A subscription's state in one word (reliq.subscription_stats.state,
+ * reliq.health(), the metric reliq_subscription_state).  The names are
+ * written once, in shmem.c; SQL reads them from reliq._state_names().
+ * The metric lists the states before RELIQ_SUBSCRIPTION_STANDBY.
+ */
+typedef enum ReliqSubscriptionState
+{
+	RELIQ_SUBSCRIPTION_RUNNING = 0,
+	RELIQ_SUBSCRIPTION_PAUSED,	/* not enabled */
+	RELIQ_SUBSCRIPTION_STOPPED, /* enabled, but no worker runs */
+	RELIQ_SUBSCRIPTION_FAILING, /* a worker holds a batch: systemic failure */
+	RELIQ_SUBSCRIPTION_BACKING_OFF, /* a worker waits to retry connecting */
+	RELIQ_SUBSCRIPTION_DISCONNECTED,	/* no worker is connected to NATS */
+	RELIQ_SUBSCRIPTION_CONNECTING,	/* workers starting or connecting */
+	RELIQ_SUBSCRIPTION_FENCED,	/* another cluster holds the lease */
+	RELIQ_SUBSCRIPTION_ACQUIRING,	/* this cluster is taking the lease */
+	RELIQ_SUBSCRIPTION_STANDBY	/* a hot standby: no workers (SQL only) */
+} ReliqSubscriptionState;
+
+#define RELIQ_SUBSCRIPTION_STATES (RELIQ_SUBSCRIPTION_STANDBY + 1)
+
+extern const char *reliq_subscription_state_name(ReliqSubscriptionState state);
 
 /*
  * Who may consume a subscription's consumer: this cluster, while it holds
@@ -112,34 +137,7 @@ typedef struct ReliqWorkerSlot
 	ReliqLaneStatus *lanes;		/* max_subscriptions of them */
 } ReliqWorkerSlot;
 
-/*
- * Latency histograms, cumulative since the last reset, in the layout
- * Prometheus wants: a count per bucket (upper bounds in
- * reliq_histogram_bounds, seconds; the last bucket is +Inf), the count and
- * the sum.
- */
-#define RELIQ_HISTOGRAM_BOUNDS 13
-extern const double reliq_histogram_bounds[RELIQ_HISTOGRAM_BOUNDS];
-
-typedef struct ReliqHistogram
-{
-	pg_atomic_uint64 buckets[RELIQ_HISTOGRAM_BOUNDS + 1];
-	pg_atomic_uint64 count;
-	pg_atomic_uint64 sum_us;
-} ReliqHistogram;
-
-/* Recent samples kept for p50/p99, and seconds kept for the rate. */
-#define RELIQ_SAMPLES 1024
-#define RELIQ_RATE_SECONDS 60
-#define RELIQ_LAG_POINTS 4
-
-typedef struct ReliqSamples
-{
-	int64		values_us[RELIQ_SAMPLES];
-	int			next;
-	int			count;
-} ReliqSamples;
-
+/* Messages whose worker died applying them alone (a ring). */
 #define RELIQ_DEATHS 16
 
 typedef struct ReliqSubscriptionStats
@@ -159,8 +157,22 @@ typedef struct ReliqSubscriptionStats
 	pg_atomic_uint64 slow_path_batches; /* redone one message at a time */
 	ReliqHistogram batch_duration;	/* a batch, from BEGIN to the acks */
 	ReliqHistogram commit_latency;	/* a message, from publish to commit */
+	pg_atomic_uint32 take_over_requested;	/* set by reliq.take_over() */
 
-	/* Everything below under mutex. */
+	/*
+	 * Under lock (an LWLock of tranche "reliq stats"): what takes a loop to
+	 * write or to copy.  Recent figures (p50/p99 and the rate over the last
+	 * minute), and the messages whose worker died applying them alone.
+	 */
+	LWLock		lock;
+	ReliqSamples batch_samples;
+	ReliqSamples latency_samples;
+	ReliqRate	rate;
+	int64		death_seq[RELIQ_DEATHS];
+	int			death_count[RELIQ_DEATHS];
+	int			death_next;
+
+	/* Everything below under mutex: a few fields, copied without a loop. */
 	slock_t		mutex;
 	TimestampTz last_batch_at;
 	TimestampTz last_error_at;
@@ -177,27 +189,12 @@ typedef struct ReliqSubscriptionStats
 	int64		max_ack_pending;
 	TimestampTz consumer_info_at;
 
-	/* Recent figures: p50/p99 and the rate over the last minute. */
-	ReliqSamples batch_samples;
-	ReliqSamples latency_samples;
-	int64		rate_second[RELIQ_RATE_SECONDS];
-	int64		rate_count[RELIQ_RATE_SECONDS];
-
-	/* (pending, processed) at the last refreshes, to see lag grow. */
-	TimestampTz lag_at[RELIQ_LAG_POINTS];
-	int64		lag_pending[RELIQ_LAG_POINTS];
-	int64		lag_processed[RELIQ_LAG_POINTS];
-	int			lag_next;
+	/* (pending, processed) at the monitor's last refreshes (4 points). */
+	ReliqLagPoints lag;
 
 	/* The lease, written by the monitor (lease.c), and the stream's retention. */
 	ReliqLeaseView lease;
 	char		retention[16];	/* "limits", "interest", "workqueue"; "" unknown */
-
-	/* Messages whose worker died applying them alone (ring). */
-	int64		death_seq[RELIQ_DEATHS];
-	int			death_count[RELIQ_DEATHS];
-	int			death_next;
-	pg_atomic_uint32 take_over_requested;	/* set by reliq.take_over() */
 
 	/* From the catalog, copied by the launcher at each reconciliation. */
 	bool		catalog_known;
@@ -247,7 +244,7 @@ typedef struct ReliqStatsSnapshot
 	int			batch_size;
 	int			workers_allowed;
 	bool		start_refused;
-	const char *state;			/* NULL: no worker and not paused */
+	ReliqSubscriptionState state;	/* as the workers and the lease say */
 	ReliqLeaseView lease;
 	char		retention[16];
 	int			workers;
@@ -281,18 +278,15 @@ typedef struct ReliqStatsSnapshot
 	bool		lag_growing;
 	int64		lag_from;
 	int64		lag_to;
-	uint64		batch_hist[RELIQ_HISTOGRAM_BOUNDS + 1];
-	uint64		batch_count;
-	uint64		batch_sum_us;
-	uint64		latency_hist[RELIQ_HISTOGRAM_BOUNDS + 1];
-	uint64		latency_count;
-	uint64		latency_sum_us;
+	ReliqHistogramCopy batch_duration;
+	ReliqHistogramCopy commit_latency;
 	int64		dead_letter_backlog;	/* -1: not counted yet */
 } ReliqStatsSnapshot;
 
 typedef struct ReliqShared
 {
 	LWLock	   *lock;			/* slot and stats entry assignment */
+	int			stats_tranche;	/* of each stats entry's lock */
 
 	slock_t		mutex;			/* protects launcher_pid and launcher_latch */
 	pid_t		launcher_pid;

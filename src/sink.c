@@ -49,6 +49,7 @@
 
 #include "reliq.h"
 #include "sink.h"
+#include "spi_safe.h"
 
 /* Columns with a default that a message may leave out: a 64-bit set. */
 #define RELIQ_SINK_MAX_DEFAULTS 64
@@ -99,7 +100,6 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 	ReliqSink  *sink;
 	MemoryContext old;
 	uint64		row;
-	int			nest;
 
 	if (!callback_registered)
 	{
@@ -118,15 +118,13 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 				 errhint("Create the table again, or drop the subscription.")));
 
 	args[0] = ObjectIdGetDatum(sub->target);
-	nest = reliq_enter_safe_search_path();
-	if (SPI_execute_with_args("SELECT a.attname::text, a.atthasdef OR a.attidentity = 'd'"
-							  "  FROM pg_catalog.pg_attribute a"
-							  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
-							  "   AND a.attgenerated = '' AND a.attidentity <> 'a'"
-							  " ORDER BY a.attnum",
-							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the columns of table \"%s\"", relname);
-	reliq_leave_safe_search_path(nest);
+	reliq_spi_execute("read the columns of a table sink's target",
+					  "SELECT a.attname::text, a.atthasdef OR a.attidentity = 'd'"
+					  "  FROM pg_catalog.pg_attribute a"
+					  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
+					  "   AND a.attgenerated = '' AND a.attidentity <> 'a'"
+					  " ORDER BY a.attnum",
+					  1, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
 
 	old = MemoryContextSwitchTo(cxt);
 	sink = palloc0(sizeof(ReliqSink));
@@ -170,7 +168,8 @@ reliq_sink_free(ReliqSink *sink)
 	int			i;
 
 	for (i = 0; i < sink->nstatements; i++)
-		SPI_freeplan(sink->statements[i].plan);
+		reliq_spi_check(SPI_freeplan(sink->statements[i].plan), 0,
+						"free a table sink's plan");
 	/* the rest goes with the handler's memory context */
 }
 
@@ -213,9 +212,9 @@ statement_for(ReliqSink *sink, uint64 present)
 
 	plan = reliq_prepare_kept(sql, 1, argtypes);
 
-	sink->statements = sink->nstatements == 0
-		? MemoryContextAlloc(sink->cxt, sizeof(SinkStatement))
-		: repalloc(sink->statements, sizeof(SinkStatement) * (sink->nstatements + 1));
+	sink->statements = sink->nstatements == 0 ?
+		MemoryContextAlloc(sink->cxt, sizeof(SinkStatement)) :
+		repalloc(sink->statements, sizeof(SinkStatement) * (sink->nstatements + 1));
 	sink->statements[sink->nstatements].present = present;
 	sink->statements[sink->nstatements].plan = plan;
 	sink->nstatements++;
@@ -250,13 +249,12 @@ keys_present(ReliqSink *sink, Jsonb *object)
 	return present;
 }
 
+/* Not under the safe search_path: every name is qualified (see above). */
 static void
 execute(SPIPlanPtr plan, Datum rows)
 {
-	int			rc = SPI_execute_plan(plan, &rows, NULL, false, 0);
-
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "table sink INSERT failed: %s", SPI_result_code_string(rc));
+	reliq_spi_check(SPI_execute_plan(plan, &rows, NULL, false, 0),
+					SPI_OK_INSERT, "insert into a table sink's target");
 }
 
 /*

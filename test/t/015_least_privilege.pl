@@ -101,7 +101,9 @@ is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT what, ',') FROM pub
 
 # The handler is looked up by name and checked as the owner, once per
 # batch: EXECUTE taken away stops it without losing a message; a function
-# dropped and made again is found anew.
+# dropped and made again is found anew.  (max_deliver 100: the failed
+# messages are retried every 100 ms, not dead-lettered after half a second
+# on a busy machine before the function is made again.)
 $node->safe_psql('postgres', q{
 	CREATE FUNCTION app.mark(m reliq.message) RETURNS void LANGUAGE sql
 	    AS $$ INSERT INTO app.done VALUES (7) $$;
@@ -110,7 +112,8 @@ $node->safe_psql('postgres', q{
 });
 $node->safe_psql('postgres', q{
 	SELECT reliq.create_subscription('marks', stream => 'P', subject => 'p.marks',
-	       handler => 'app.mark(reliq.message)'::regprocedure, backoff => '{100ms}');
+	       handler => 'app.mark(reliq.message)'::regprocedure, backoff => '{100ms}',
+	       max_deliver => 100);
 }, extra_params => ['-U', 'alice']);
 $nats->publish('p.marks', count => 3, start => 1, payload => 'x');
 ok(wait_idle($node, 'marks'), 'marks drained');

@@ -1,0 +1,224 @@
+/*-------------------------------------------------------------------------
+ *
+ * handler.c
+ *	  How a subscription's messages are applied: its handler function or
+ *	  its table sink, run as the subscription's owner; and the context
+ *	  reliq.publish reads while a handler runs.
+ *
+ * Used by batch.c for every message of a batch and by api.c for
+ * reliq.replay_dead_letter.
+ *
+ * Handlers run as the subscription's owner, as a security-restricted
+ * operation (like the code an index build or REFRESH MATERIALIZED VIEW
+ * runs), inside a GUC nest level that is undone after each message: a
+ * handler that changes search_path or any setting does not affect the
+ * next one, and cannot SET ROLE.  What a handler publishes goes to the
+ * outbox (outbox.c), with message ids derived from the message being
+ * handled (reliq_handler_publish_msg_id).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/timeout.h"
+
+#include "handler.h"
+#include "outbox.h"
+#include "sink.h"
+#include "spi_safe.h"
+
+/* The message whose handler is running, for reliq.publish's message ids. */
+/* The message whose handler is running, for reliq.publish's message ids. */
+static bool in_handler = false;
+static int64 current_subscription_id = 0;
+static int64 current_stream_created = 0;
+static int64 current_stream_seq = 0;
+static int	current_publish_count = 0;
+
+/*
+ * How messages are applied: a handler function, called directly through
+ * the function manager (no executor per message: the SPI statement
+ * "SELECT handler($1)" spent a fifth of a worker's time starting up its
+ * executor and building its projection), or a table sink's INSERT.
+ */
+ReliqHandler *
+reliq_prepare_handler(const ReliqSubscription *sub, MemoryContext cxt)
+{
+	ReliqHandler *handler = MemoryContextAllocZero(cxt, sizeof(ReliqHandler));
+
+	handler->cxt = cxt;
+	if (sub->handler != NULL)
+	{
+		const char *suffix = "(reliq.message)";
+		size_t		len = strlen(sub->handler);
+
+		if (len <= strlen(suffix) ||
+			strcmp(sub->handler + len - strlen(suffix), suffix) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+					 errmsg("handler \"%s\" of subscription \"%s\" is not of the form schema.function(reliq.message)",
+							sub->handler, sub->name)));
+		/* the function is looked up at each batch, as the owner */
+	}
+	else
+		handler->sink = reliq_sink_prepare(sub, cxt);
+	return handler;
+}
+
+void
+reliq_free_handler(ReliqHandler *handler)
+{
+	if (handler->sink)
+		reliq_sink_free(handler->sink);
+	pfree(handler);
+}
+
+/*
+ * Once per transaction, as the owner: find the handler function by its
+ * name (a function dropped and made again is found anew) and check that
+ * the owner may execute it, as a statement calling it would.
+ */
+static void
+resolve_handler_function(const ReliqSubscription *sub, ReliqHandler *handler)
+{
+	Oid			function;
+	AclResult	aclresult;
+	int			nest;
+
+	if (handler->checked_lxid == MyProc->lxid && OidIsValid(handler->function))
+		return;
+	nest = reliq_enter_safe_search_path();
+	function = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+													CStringGetDatum(sub->handler)));
+	reliq_leave_safe_search_path(nest);
+	aclresult = pg_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(function));
+	if (function != handler->function)
+	{
+		fmgr_info_cxt(function, &handler->flinfo, handler->cxt);
+		handler->function = function;
+	}
+	handler->checked_lxid = MyProc->lxid;
+}
+
+/* Call the handler function on one message; its writes are seen by the next. */
+static void
+call_handler_function(ReliqHandler *handler, Datum message)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	PgStat_FunctionCallUsage fcusage;
+
+	InitFunctionCallInfoData(*fcinfo, &handler->flinfo, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = message;
+	fcinfo->args[0].isnull = false;
+	pgstat_init_function_usage(fcinfo, &fcusage);
+	(void) FunctionCallInvoke(fcinfo);
+	pgstat_end_function_usage(&fcusage, true);
+	CommandCounterIncrement();
+}
+
+/*
+ * What reliq_call_handler passes for one message given as a reliq.message
+ * datum (a replayed dead letter).
+ */
+Datum
+reliq_handler_argument(const ReliqSubscription *sub, Datum message)
+{
+	bool		isnull;
+	Datum		data;
+
+	if (sub->handler != NULL)
+		return message;
+	data = GetAttributeByName(DatumGetHeapTupleHeader(message), "data", &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("message has no payload to insert")));
+	return reliq_sink_row_from_bytea(DatumGetByteaPP(data));
+}
+
+/*
+ * Run the handler on one message as the subscription's owner, then write
+ * what it published to the outbox (as reliq); returns how many.  On error
+ * the transaction or subtransaction abort restores the user and the GUC
+ * nest level; handler_cleanup() undoes the rest.
+ */
+int
+reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
+				   Datum message, const char *traceparent,
+				   int64 subscription_id, int64 stream_created,
+				   int64 stream_seq)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(sub->owner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	if (handler->sink == NULL)
+		resolve_handler_function(sub, handler);
+	nest = NewGUCNestLevel();
+	if (traceparent != NULL)
+		(void) set_config_option("reliq.traceparent", traceparent,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+
+	current_subscription_id = subscription_id;
+	current_stream_created = stream_created;
+	current_stream_seq = stream_seq;
+	current_publish_count = 0;
+	in_handler = true;
+	reliq_outbox_begin();
+
+	if (sub->handler_timeout_ms > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT,
+							 (int) Min(sub->handler_timeout_ms, INT_MAX));
+	if (handler->sink == NULL)
+		call_handler_function(handler, message);
+	else
+		reliq_sink_insert(handler->sink, message);
+	if (sub->handler_timeout_ms > 0)
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	in_handler = false;
+
+	AtEOXact_GUC(false, nest);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return reliq_outbox_write(subscription_id);
+}
+
+/* After an error thrown out of reliq_call_handler. */
+void
+reliq_handler_cleanup(void)
+{
+	in_handler = false;
+	reliq_outbox_discard();
+	if (get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
+}
+
+/*
+ * reliq.publish inside a handler: a message id derived from the message
+ * being handled, so that the publishes of a handler that runs again (the
+ * slow path, a retry) are duplicates JetStream drops within its window.
+ */
+bool
+reliq_handler_publish_msg_id(char *buf, size_t len)
+{
+	if (!in_handler)
+		return false;
+	snprintf(buf, len, "reliq:" INT64_FORMAT ":" INT64_FORMAT ":" INT64_FORMAT ":%d",
+			 current_subscription_id, current_stream_created,
+			 current_stream_seq, ++current_publish_count);
+	return true;
+}
