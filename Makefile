@@ -19,7 +19,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 
 # pg_regress: the SQL surface. RELIQ_TEMP_CONFIG is written by scripts/test
 # (it names the nats-server the temporary instance talks to).
-REGRESS = setup subscription_api errors dead_letter privileges topology
+REGRESS = setup subscription_api errors dead_letter privileges topology publish
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(RELIQ_TEMP_CONFIG)
 
