@@ -17,6 +17,7 @@
 #include "postmaster/bgworker.h"
 #include "utils/guc.h"
 
+#include "guard.h"
 #include "launcher.h"
 #include "metrics.h"
 #include "monitor.h"
@@ -204,6 +205,7 @@ _PG_init(void)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random instance id for reliq")));
 	reliq_shmem_install_hooks();
+	reliq_guard_install();
 	reliq_launcher_register();
 	reliq_monitor_register();
 	if (reliq_metrics_port > 0)
