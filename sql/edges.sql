@@ -41,11 +41,22 @@ DROP FUNCTION edges.not_a_handler(integer);
 DROP EXTENSION reliq;
 DROP EXTENSION reliq CASCADE;
 
--- Once the subscription is gone, so may its handler be; dropping the
--- subscription and the function in one transaction works too.
+-- The check is made at commit: a migration may drop a handler and make it
+-- again in one transaction, or drop the subscription and its handler.
 BEGIN;
-DELETE FROM reliq.subscription WHERE subscription_name = 'edges';
 DROP FUNCTION edges.on_event(reliq.message);
+CREATE FUNCTION edges.on_event(m reliq.message) RETURNS void
+LANGUAGE sql AS $$ SELECT 1 $$;
+COMMIT;
+BEGIN;
+DROP FUNCTION edges.on_event(reliq.message);
+SAVEPOINT s;
+DELETE FROM reliq.subscription WHERE subscription_name = 'edges';
+ROLLBACK TO s;
+COMMIT;
+BEGIN;
+DROP FUNCTION edges.on_event(reliq.message);
+DELETE FROM reliq.subscription WHERE subscription_name = 'edges';
 ROLLBACK;
 SELECT count(*) AS handlers_left FROM pg_proc WHERE proname = 'on_event';
 

@@ -21,6 +21,11 @@
  *						  FUNCTION, DROP SCHEMA ... CASCADE, DROP OWNED,
  *						  another extension's CASCADE): refused.
  *
+ * A handler's drop, rename or move is refused when the transaction commits
+ * (an xact callback, as deferred constraints are checked), not at once: a
+ * migration may drop a handler and make it again, or point its
+ * subscription elsewhere, in one transaction.
+ *
  * A hook on the deletion itself rather than a dependency in pg_depend: a
  * subscription is a row, not a catalog object, so nothing could depend on
  * the function but the extension itself -- and then DROP FUNCTION ...
@@ -85,6 +90,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -113,8 +119,10 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -139,30 +147,28 @@ static bool dropping_extension = false;
  */
 
 /*
- * The subscriptions whose handler is this function, as a quoted,
- * comma-separated list; NULL when none (or reliq is not installed here).
- * A subscription names its handler as schema.function(argument types),
- * which is what format_procedure_qualified() writes.  Read with a fresh
- * snapshot, so a subscription committed meanwhile counts, and so does a
- * drop_subscription earlier in this transaction.
+ * The subscriptions whose handler is `signature` (schema.function(argument
+ * types), as format_procedure_qualified() writes it and create_subscription
+ * records it), as a quoted, comma-separated list; NULL when none, or when
+ * reliq is not installed here.  Read with a fresh snapshot: a subscription
+ * committed meanwhile counts, and a drop_subscription earlier in this
+ * transaction does too.
  */
 static char *
-subscriptions_using(Oid function)
+subscriptions_naming(const char *signature)
 {
 	Oid			extension = get_extension_oid(RELIQ_EXTENSION_NAME, true);
 	Oid			namespace;
 	Oid			relid;
 	AttrNumber	handler_att;
 	AttrNumber	name_att;
-	char	   *signature;
 	Relation	rel;
 	Snapshot	snapshot;
 	TableScanDesc scan;
 	HeapTuple	tuple;
 	StringInfoData names;
 
-	if (!OidIsValid(extension) ||
-		getExtensionOfObject(ProcedureRelationId, function) == extension)
+	if (!OidIsValid(extension))
 		return NULL;
 	namespace = get_namespace_oid(RELIQ_SCHEMA_NAME, true);
 	relid = OidIsValid(namespace) ? get_relname_relid("subscription", namespace) : InvalidOid;
@@ -174,7 +180,6 @@ subscriptions_using(Oid function)
 	if (handler_att == InvalidAttrNumber || name_att == InvalidAttrNumber)
 		return NULL;
 
-	signature = format_procedure_qualified(function);
 	initStringInfo(&names);
 	rel = table_open(relid, AccessShareLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -198,20 +203,124 @@ subscriptions_using(Oid function)
 	return names.len > 0 ? names.data : NULL;
 }
 
-/* Refuse to drop, rename or move a handler a subscription uses. */
-static void
-refuse_if_handler(Oid function, const char *action)
+/* The same for a function of the user's (not one of reliq's own). */
+static char *
+subscriptions_using(Oid function)
 {
-	char	   *subscriptions = subscriptions_using(function);
+	Oid			extension = get_extension_oid(RELIQ_EXTENSION_NAME, true);
 
-	if (subscriptions == NULL)
+	if (!OidIsValid(extension) ||
+		getExtensionOfObject(ProcedureRelationId, function) == extension)
+		return NULL;
+	return subscriptions_naming(format_procedure_qualified(function));
+}
+
+/*
+ * A handler dropped, renamed or moved in this transaction.  The check waits
+ * for the end of the transaction, so that a migration may drop a handler
+ * and make it again (or point the subscription elsewhere) before it
+ * commits; at commit the handler must be back or unused.
+ */
+typedef struct PendingHandler
+{
+	char	   *signature;		/* schema.function(argument types) */
+	char	   *namespace;
+	char	   *name;
+	oidvector  *argtypes;
+	const char *action;			/* "drop", "rename", "move" */
+} PendingHandler;
+
+static List *pending_handlers = NIL;	/* in TopTransactionContext */
+static bool xact_callback_registered = false;
+
+/* Does schema.name(argtypes) name a function now? */
+static bool
+handler_exists(const PendingHandler *h)
+{
+	Oid			namespace = get_namespace_oid(h->namespace, true);
+
+	return OidIsValid(namespace) &&
+		OidIsValid(GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+								   CStringGetDatum(h->name),
+								   PointerGetDatum(h->argtypes),
+								   ObjectIdGetDatum(namespace)));
+}
+
+static void
+check_pending_handlers(void)
+{
+	ListCell   *cell;
+
+	foreach(cell, pending_handlers)
+	{
+		PendingHandler *h = lfirst(cell);
+		char	   *subscriptions;
+
+		if (handler_exists(h))
+			continue;
+		subscriptions = subscriptions_naming(h->signature);
+		if (subscriptions != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("cannot %s function %s because reliq subscription %s uses it as its handler",
+							h->action, h->signature, subscriptions),
+					 errdetail("The subscription calls its handler by schema, name and argument types; without it every message would fail. This is checked at commit: a handler dropped and made again in one transaction is fine."),
+					 errhint("Drop or alter the subscription first: reliq.drop_subscription(name), or reliq.alter_subscription(name, handler => 'schema.other(reliq.message)'::regprocedure).")));
+	}
+}
+
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending_handlers != NIL)
+				check_pending_handlers();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			pending_handlers = NIL;	/* its memory went with the transaction */
+			break;
+		default:
+			break;
+	}
+}
+
+/* A handler a subscription uses is going: check again at commit. */
+static void
+defer_handler_check(Oid function, const char *action)
+{
+	HeapTuple	tuple;
+	Form_pg_proc proc;
+	PendingHandler *h;
+	MemoryContext old;
+
+	if (subscriptions_using(function) == NULL)
 		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-			 errmsg("cannot %s function %s because reliq subscription %s uses it as its handler",
-					action, format_procedure(function), subscriptions),
-			 errdetail("The subscription calls its handler by schema, name and argument types; without it every message would fail."),
-			 errhint("Drop or alter the subscription first: reliq.drop_subscription(name), or reliq.alter_subscription(name, handler => 'schema.other(reliq.message)'::regprocedure).")));
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
+	if (!HeapTupleIsValid(tuple))
+		return;
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	h = palloc(sizeof(PendingHandler));
+	h->signature = format_procedure_qualified(function);
+	h->namespace = get_namespace_name(proc->pronamespace);
+	h->name = pstrdup(NameStr(proc->proname));
+	h->argtypes = buildoidvector(proc->proargtypes.values, proc->pronargs);
+	h->action = action;
+	pending_handlers = lappend(pending_handlers, h);
+	MemoryContextSwitchTo(old);
+	ReleaseSysCache(tuple);
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(guard_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
 }
 
 static void
@@ -228,7 +337,7 @@ guard_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (arg != NULL &&
 		(((ObjectAccessDrop *) arg)->dropflags & PERFORM_DELETION_INTERNAL) != 0)
 		return;
-	refuse_if_handler(objectId, "drop");
+	defer_handler_check(objectId, "drop");
 }
 
 /* ALTER FUNCTION ... RENAME TO / SET SCHEMA: the subscription would lose it. */
@@ -241,7 +350,7 @@ check_function_move(ObjectType type, Node *object, const char *action)
 		return;
 	function = LookupFuncWithArgs(type, castNode(ObjectWithArgs, object), true);
 	if (OidIsValid(function))
-		refuse_if_handler(function, action);
+		defer_handler_check(function, action);
 }
 
 /*
@@ -272,19 +381,23 @@ static const char *const user_functions_sql =
 "                       AND e.deptype = 'e')"
 "  ORDER BY 1";
 
-static void
-refuse_cascade_over_user_functions(Oid extension)
+/*
+ * How many functions of the user's depend on the extension; the first
+ * RELIQ_GUARD_LIST_MAX of them in *list, the first in *first.
+ */
+static int
+user_functions(Oid extension, char **list, char **first)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(extension)};
 	MemoryContext caller = CurrentMemoryContext;
-	StringInfoData list;
-	char	   *first = NULL;
+	StringInfoData names;
 	int			count;
 	int			nest;
 	int			i;
 
-	initStringInfo(&list);
+	initStringInfo(&names);
+	*first = NULL;
 	SPI_connect();
 	nest = reliq_enter_safe_search_path();
 	if (SPI_execute_with_args(user_functions_sql, 1, argtypes, args, NULL,
@@ -297,23 +410,27 @@ refuse_cascade_over_user_functions(Oid extension)
 		char	   *name = SPI_getvalue(SPI_tuptable->vals[i],
 										SPI_tuptable->tupdesc, 1);
 
-		appendStringInfo(&list, "%s%s", i > 0 ? ", " : "", name);
+		appendStringInfo(&names, "%s%s", i > 0 ? ", " : "", name);
 		if (i == 0)
-			first = MemoryContextStrdup(caller, name);
+			*first = MemoryContextStrdup(caller, name);
 	}
 	if (count > RELIQ_GUARD_LIST_MAX)
-		appendStringInfo(&list, " and %d more", count - RELIQ_GUARD_LIST_MAX);
+		appendStringInfo(&names, " and %d more", count - RELIQ_GUARD_LIST_MAX);
 	SPI_finish();
+	*list = names.data;
+	return count;
+}
 
-	if (count == 0)
-		return;
+static void
+refuse_cascade_over_user_functions(int count, const char *list, const char *first)
+{
 	ereport(ERROR,
 			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 			 errmsg_plural("DROP EXTENSION reliq CASCADE would drop %d function that is not part of reliq",
 						   "DROP EXTENSION reliq CASCADE would drop %d functions that are not part of reliq",
 						   count, count),
 			 errdetail("These take or return reliq's types, as handlers take reliq.message: %s.",
-					   list.data),
+					   list),
 			 errhint("Drop or alter the subscriptions that use them, then drop the functions yourself (for example DROP FUNCTION %s;), then the extension.",
 					 first)));
 }
@@ -559,11 +676,16 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 		if (OidIsValid(extension))
 		{
-			List	   *terminated;
+			List	   *terminated = NIL;
+			char	   *list;
+			char	   *first;
+			int			count = user_functions(extension, &list, &first);
 
-			if (stmt->behavior == DROP_CASCADE)
-				refuse_cascade_over_user_functions(extension);
-			terminated = quiesce(extension);
+			if (count > 0 && stmt->behavior == DROP_CASCADE)
+				refuse_cascade_over_user_functions(count, list, first);
+			/* without CASCADE PostgreSQL refuses: leave the workers be */
+			if (count == 0)
+				terminated = quiesce(extension);
 			dropping_extension = true;
 			PG_TRY();
 			{
