@@ -548,3 +548,31 @@ LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'reliq_version';
 COMMENT ON FUNCTION reliq.version() IS 'Version of the loaded reliq library; workers run only while it equals the installed extension''s version';
 GRANT EXECUTE ON FUNCTION reliq.version() TO PUBLIC;
 -- ---- end of Versions ----
+
+ * ======================================================================
+ * Safe around the extension's edges (issue 11, part 5)
+ * ======================================================================
+ * (DROP EXTENSION and handler drops are guarded in C, src/guard.c; the
+ * SQL part is the payload types of reliq.publish.)
+ *
+ * reliq.publish takes text and jsonb as well as bytea.  One C
+ * implementation: text is sent as its UTF-8 bytes, jsonb as its text.  An
+ * untyped literal, reliq.publish('subject', 'hello'), is text: PostgreSQL
+ * prefers the string category for an unknown argument.
+ */
+CREATE FUNCTION reliq.publish(subject text, data text, headers jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT reliq.publish(subject, pg_catalog.convert_to(data, 'UTF8'), headers) $$;
+COMMENT ON FUNCTION reliq.publish(text, text, jsonb) IS 'reliq.publish with a text payload, sent as UTF-8';
+
+CREATE FUNCTION reliq.publish(subject text, data jsonb, headers jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT reliq.publish(subject, pg_catalog.convert_to(data::pg_catalog.text, 'UTF8'), headers) $$;
+COMMENT ON FUNCTION reliq.publish(text, jsonb, jsonb) IS 'reliq.publish with a JSON payload, sent as its text in UTF-8';
+
+REVOKE ALL ON FUNCTION reliq.publish(text, text, jsonb), reliq.publish(text, jsonb, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.publish(text, text, jsonb), reliq.publish(text, jsonb, jsonb) TO reliq_admin;

@@ -70,6 +70,8 @@ interval_to_ms(const Interval *interval)
  * handler it is transactional instead: queued in reliq._outbox and
  * published after the batch commits, with a Nats-Msg-Id derived from the
  * message being handled unless the headers give one; it returns NULL.
+ * The text and jsonb overloads (0.2) are SQL functions that pass their
+ * payload's UTF-8 bytes here.
  */
 Datum
 reliq_publish(PG_FUNCTION_ARGS)
@@ -88,7 +90,7 @@ reliq_publish(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("subject and data of reliq.publish must not be NULL"),
-				 errhint("An empty payload is ''::bytea.")));
+				 errhint("An empty payload is '' (text) or ''::bytea.")));
 	subject = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	data = PG_GETARG_BYTEA_PP(1);
 	if (!PG_ARGISNULL(2))

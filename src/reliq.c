@@ -19,9 +19,11 @@
 #include "postmaster/bgworker.h"
 #include "utils/guc.h"
 
+#include "guard.h"
 #include "launcher.h"
 #include "metrics.h"
 #include "monitor.h"
+#include "nats_url.h"
 #include "reliq.h"
 #include "shmem.h"
 
@@ -95,7 +97,7 @@ define_settings(void)
 	DefineCustomStringVariable("reliq.nats_url",
 							   "NATS server URL, or a comma-separated list of URLs of one cluster.",
 							   NULL, &reliq_nats_url, "nats://127.0.0.1:4222",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+							   PGC_SIGHUP, 0, reliq_check_nats_url, NULL, NULL);
 	DefineCustomIntVariable("reliq.max_workers",
 							"Upper bound of reliq workers, all subscriptions together.",
 							"Each worker is a background worker: max_worker_processes must leave room for them and the launcher.",
@@ -210,6 +212,7 @@ _PG_init(void)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random instance id for reliq")));
 	reliq_shmem_install_hooks();
+	reliq_guard_install();
 	reliq_launcher_register();
 	reliq_monitor_register();
 	if (reliq_metrics_port > 0)

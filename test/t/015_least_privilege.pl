@@ -122,12 +122,15 @@ $nats->publish('p.marks', count => 2, start => 4, payload => 'x');
 ok(wait_for($node, q{SELECT last_error LIKE '%permission denied for function mark%'
 	FROM reliq.subscription_stats WHERE subscription_name = 'marks'}),
 	'the owner without EXECUTE: the handler does not run');
+# (In one transaction: a handler in use may not be dropped for good.)
 $node->safe_psql('postgres', q{
+	BEGIN;
 	DROP FUNCTION app.mark(reliq.message);
 	CREATE FUNCTION app.mark(m reliq.message) RETURNS void LANGUAGE sql
 	    AS $$ INSERT INTO app.done VALUES (8) $$;
 	REVOKE EXECUTE ON FUNCTION app.mark(reliq.message) FROM PUBLIC;
 	GRANT EXECUTE ON FUNCTION app.mark(reliq.message) TO alice;
+	COMMIT;
 });
 ok(wait_for($node, q{SELECT count(*) = 2 FROM app.done WHERE id = 8}),
 	'EXECUTE given back on a function made again: the held messages are applied by it');
