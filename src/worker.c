@@ -185,7 +185,12 @@ struct Pool
 	int64		applying_alone; /* the redelivery being applied alone */
 };
 
-static Pool *MyPool = NULL;		/* for the exit callbacks */
+/*
+ * The worker's state, static: the exit callbacks read it, and an error
+ * that ends the worker may have unwound reliq_worker_main's frame.
+ */
+static Pool TheWorker;
+static Pool *MyPool = NULL;		/* set once the worker is under way */
 
 static TimestampTz
 after_ms(int64 ms)
@@ -1881,8 +1886,7 @@ serve_lanes(Pool *p)
 void
 reliq_worker_main(Datum main_arg)
 {
-	Pool		pool;
-	Pool	   *p = &pool;
+	Pool	   *p = &TheWorker;
 	uint64		generation;
 	char		appname[NAMEDATALEN];
 
