@@ -668,9 +668,9 @@ reliq_workers_snapshot(ReliqWorkerSnapshot **workers)
 			else if (lanes == 0)
 			{
 				/* a worker with nothing to do shows once, idle */
-				w->state = (worker.state == RELIQ_WORKER_STARTING ||
-							worker.state == RELIQ_WORKER_CONNECTING) ?
-					worker.state : RELIQ_WORKER_IDLE;
+				if (worker.state != RELIQ_WORKER_STARTING &&
+					worker.state != RELIQ_WORKER_CONNECTING)
+					w->state = RELIQ_WORKER_IDLE;
 				n++;
 			}
 		}
