@@ -50,6 +50,20 @@ parse_uint64(const char *token, int64 *result)
 }
 
 /*
+ * Which token after "$JS.ACK." names the stream (the consumer follows),
+ * given how many tokens there are; -1 if neither layout (below).
+ */
+int
+reliq_ack_stream_token(int ntokens)
+{
+	if (ntokens == 7)
+		return 0;
+	if (ntokens >= 9)
+		return 2;
+	return -1;
+}
+
+/*
  * Parse a JetStream ack subject into msg.  Two layouts exist:
  *	 $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
  *	 $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>[...]
@@ -83,11 +97,8 @@ reliq_parse_ack_subject(const char *reply, ReliqMessage *msg)
 		}
 	}
 
-	if (ntokens == 7)
-		first = 0;
-	else if (ntokens >= 9)
-		first = 2;
-	else
+	first = reliq_ack_stream_token(ntokens);
+	if (first < 0)
 		return false;
 
 	if (tokens[first][0] == '\0' || tokens[first + 1][0] == '\0')

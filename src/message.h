@@ -52,6 +52,7 @@ typedef struct ReliqMessage
 } ReliqMessage;
 
 extern bool reliq_parse_ack_subject(const char *reply, ReliqMessage *msg);
+extern int	reliq_ack_stream_token(int ntokens);
 extern TimestampTz reliq_unix_ns_to_timestamptz(int64 ns);
 extern int64 reliq_timestamptz_to_unix_ns(TimestampTz t);
 extern Datum reliq_message_headers_jsonb(const ReliqMessage *msg);

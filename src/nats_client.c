@@ -1287,11 +1287,8 @@ ack_subject_key(const char *reply, char *key)
 			start = p + 1;
 		}
 	}
-	if (ntokens == 7)
-		first = 0;
-	else if (ntokens >= 9)
-		first = 2;
-	else
+	first = reliq_ack_stream_token(ntokens);
+	if (first < 0)
 		return false;
 	if (lengths[first] + lengths[first + 1] + 2 > RELIQ_CONSUMER_KEY_LEN)
 		return false;

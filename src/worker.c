@@ -359,6 +359,16 @@ report_progress(Lane *l, int in_flight)
 								l->sub ? l->sub->batch_size : 0, in_flight);
 }
 
+/* Make message the current problem; true if it is a new one (to log). */
+static bool
+problem_is_new(char *current, const char *message)
+{
+	if (strcmp(message, current) == 0)
+		return false;
+	strlcpy(current, message, RELIQ_ERROR_LEN);
+	return true;
+}
+
 /*
  * Log a problem of a lane once, when it starts or changes, and show it in
  * last_error; the same problem again stays quiet.
@@ -373,13 +383,10 @@ note_problem(Lane *l, int elevel, const char *fmt,...)
 	vsnprintf(message, sizeof(message), fmt, args);
 	va_end(args);
 
-	if (strcmp(message, l->problem) != 0)
-	{
+	if (problem_is_new(l->problem, message))
 		ereport(elevel,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("reliq subscription \"%s\": %s", l->sub->name, message)));
-		strlcpy(l->problem, message, sizeof(l->problem));
-	}
 	if (l->stats != NULL)
 		reliq_stats_set_error(l->stats, message);
 }
@@ -411,13 +418,10 @@ note_pool_problem(Pool *p, int elevel, const char *fmt,...)
 	vsnprintf(message, sizeof(message), fmt, args);
 	va_end(args);
 
-	if (strcmp(message, p->problem) != 0)
-	{
+	if (problem_is_new(p->problem, message))
 		ereport(elevel,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("reliq worker %d: %s", p->index, message)));
-		strlcpy(p->problem, message, sizeof(p->problem));
-	}
 	for (i = 0; i < p->nlanes; i++)
 		if (p->lanes[i]->stats != NULL && !p->lanes[i]->leaving)
 			reliq_stats_set_error(p->lanes[i]->stats, message);
