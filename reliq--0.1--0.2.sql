@@ -549,6 +549,7 @@ COMMENT ON FUNCTION reliq.version() IS 'Version of the loaded reliq library; wor
 GRANT EXECUTE ON FUNCTION reliq.version() TO PUBLIC;
 -- ---- end of Versions ----
 
+/*
  * ======================================================================
  * Safe around the extension's edges (issue 11, part 5)
  * ======================================================================
