@@ -53,6 +53,7 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "version.h"
+#include "xact.h"
 
 PG_FUNCTION_INFO_V1(reliq_subscription_changed);
 
@@ -272,10 +273,8 @@ read_subscriptions(ReliqSubscriptionSummary **subs, MemoryContext cxt)
 	int64		ids_sum = 0;
 	int			i;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "reliq: reading subscriptions");
+	MemoryContext caller = reliq_xact_begin("reliq: reading subscriptions");
+
 	*subs = NULL;
 	/*
 	 * The installed SQL and the loaded library must be of one version:
@@ -301,10 +300,7 @@ read_subscriptions(ReliqSubscriptionSummary **subs, MemoryContext cxt)
 	}
 	last_subscription_count = count;
 	last_subscription_ids_sum = ids_sum;
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_xact_commit(caller);
 	return count;
 }
 
@@ -606,7 +602,8 @@ reliq_launcher_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(reliq_database_name, NULL, 0);
 	SetConfigOption("application_name", "reliq launcher", PGC_USERSET, PGC_S_SESSION);
 	ereport(LOG,
-			(errmsg("reliq launcher started in database \"%s\" with room for %d workers",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq launcher started in database \"%s\" with room for %d workers",
 					reliq_database_name, reliq_shared->max_workers)));
 
 	launcher_slots = MemoryContextAllocZero(TopMemoryContext,

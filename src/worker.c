@@ -89,6 +89,7 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "version.h"
+#include "xact.h"
 #include "worker.h"
 
 /* How often a waiting worker looks at its latch and interrupts. */
@@ -374,7 +375,7 @@ problem_is_new(char *current, const char *message)
  * last_error; the same problem again stays quiet.
  */
 static void
-note_problem(Lane *l, int elevel, const char *fmt,...)
+note_problem(Lane *l, int elevel, int sqlerrcode, const char *fmt,...)
 {
 	char		message[RELIQ_ERROR_LEN];
 	va_list		args;
@@ -385,7 +386,7 @@ note_problem(Lane *l, int elevel, const char *fmt,...)
 
 	if (problem_is_new(l->problem, message))
 		ereport(elevel,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
+				(errcode(sqlerrcode),
 				 errmsg("reliq subscription \"%s\": %s", l->sub->name, message)));
 	if (l->stats != NULL)
 		reliq_stats_set_error(l->stats, message);
@@ -397,7 +398,8 @@ clear_problem(Lane *l, const char *resolution)
 	if (l->problem[0] != '\0')
 	{
 		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": %s", l->sub->name, resolution)));
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": %s", l->sub->name, resolution)));
 		l->problem[0] = '\0';
 	}
 	l->retries = 0;
@@ -408,7 +410,7 @@ clear_problem(Lane *l, const char *resolution)
  * in the last_error of every subscription it serves.
  */
 static void
-note_pool_problem(Pool *p, int elevel, const char *fmt,...)
+note_pool_problem(Pool *p, int elevel, int sqlerrcode, const char *fmt,...)
 {
 	char		message[RELIQ_ERROR_LEN];
 	va_list		args;
@@ -420,7 +422,7 @@ note_pool_problem(Pool *p, int elevel, const char *fmt,...)
 
 	if (problem_is_new(p->problem, message))
 		ereport(elevel,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
+				(errcode(sqlerrcode),
 				 errmsg("reliq worker %d: %s", p->index, message)));
 	for (i = 0; i < p->nlanes; i++)
 		if (p->lanes[i]->stats != NULL && !p->lanes[i]->leaving)
@@ -433,7 +435,8 @@ clear_pool_problem(Pool *p, const char *resolution)
 	if (p->problem[0] != '\0')
 	{
 		ereport(LOG,
-				(errmsg("reliq worker %d: %s", p->index, resolution)));
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq worker %d: %s", p->index, resolution)));
 		p->problem[0] = '\0';
 	}
 	p->retries = 0;
@@ -463,33 +466,6 @@ wait_latch(long ms)
 					 Max(ms, 1), PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
-}
-
-/*
- * A short transaction for reliq's bookkeeping.  end_transaction() returns
- * to the memory context that was current before (a commit leaves
- * TopMemoryContext current, where the loop's allocations would leak).
- */
-static MemoryContext
-begin_transaction(const char *activity)
-{
-	MemoryContext caller = CurrentMemoryContext;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-	return caller;
-}
-
-static void
-end_transaction(MemoryContext caller)
-{
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -531,12 +507,12 @@ load_subscription(Lane *l)
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "reliq subscription",
 								ALLOCSET_SMALL_SIZES);
-	caller = begin_transaction("reliq: reading subscription");
+	caller = reliq_xact_begin("reliq: reading subscription");
 	MemoryContextSwitchTo(cxt);
 	/* a catalog of another version: exit (the launcher says why) */
 	sub = reliq_catalog_extension_present() && reliq_catalog_version_ok(DEBUG1) ?
 		reliq_catalog_load_subscription(l->subscription_id) : NULL;
-	end_transaction(caller);
+	reliq_xact_commit(caller);
 
 	if (sub == NULL)
 	{
@@ -627,7 +603,8 @@ pool_connected(Pool *p)
 	if (p->conn && reliq_nats_settings_changed(p->conn))
 	{
 		ereport(LOG,
-				(errmsg("reliq worker %d: NATS settings changed, reconnecting", p->index)));
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq worker %d: NATS settings changed, reconnecting", p->index)));
 		pool_disconnect(p);
 	}
 	if (p->conn == NULL)
@@ -651,7 +628,7 @@ pool_connected(Pool *p)
 		}
 		if (p->conn == NULL || p->inbox == NULL)
 		{
-			note_pool_problem(p, WARNING, "could not connect to NATS at %s: %s",
+			note_pool_problem(p, WARNING, ERRCODE_CONNECTION_FAILURE, "could not connect to NATS at %s: %s",
 							  reliq_nats_redacted_url(), reliq_nats_last_error());
 			pool_disconnect(p);
 			p->retry_at = next_retry(&p->retries);
@@ -663,7 +640,8 @@ pool_connected(Pool *p)
 		reliq_slot_set_state(p->slot, RELIQ_WORKER_FETCHING);
 		clear_pool_problem(p, "connected to NATS");
 		ereport(LOG,
-				(errmsg("reliq worker %d connected to NATS at %s",
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq worker %d connected to NATS at %s",
 						p->index, reliq_nats_redacted_url())));
 		return true;
 	}
@@ -675,7 +653,7 @@ pool_connected(Pool *p)
 			p->connected = false;
 			reliq_slot_set_connected(p->slot, false);
 			reliq_slot_set_state(p->slot, RELIQ_WORKER_DISCONNECTED);
-			note_pool_problem(p, LOG, "disconnected from NATS; reconnecting");
+			note_pool_problem(p, LOG, ERRCODE_CONNECTION_FAILURE, "disconnected from NATS; reconnecting");
 		}
 		for (i = 0; i < p->nlanes; i++)
 			if (p->lanes[i]->puller)
@@ -736,22 +714,22 @@ ensure_attached(Lane *l)
 
 	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &before))
 	{
-		note_problem(l, WARNING, "could not look up stream \"%s\": %s",
+		note_problem(l, WARNING, ERRCODE_CONNECTION_FAILURE, "could not look up stream \"%s\": %s",
 					 l->sub->stream, reliq_nats_last_error());
 		schedule_retry(l);
 		return false;
 	}
 	if (!before.found)
 	{
-		note_problem(l, WARNING, "stream \"%s\" does not exist", l->sub->stream);
+		note_problem(l, WARNING, ERRCODE_UNDEFINED_OBJECT, "stream \"%s\" does not exist", l->sub->stream);
 		schedule_retry(l);
 		return false;
 	}
 
-	caller = begin_transaction("reliq: attaching to the stream");
+	caller = reliq_xact_begin("reliq: attaching to the stream");
 	claimed = reliq_catalog_claim_stream(l->sub->id, before.created_ns,
 										 &floor, &has_history);
-	end_transaction(caller);
+	reliq_xact_commit(caller);
 	if (claimed == 0)
 	{
 		/* dropped or paused: the launcher takes the lane away */
@@ -778,7 +756,7 @@ ensure_attached(Lane *l)
 
 	if (!reliq_nats_ensure_consumer(p->conn, &spec, &info, &created))
 	{
-		note_problem(l, WARNING, "could not set up consumer \"%s\" of stream \"%s\": %s",
+		note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not set up consumer \"%s\" of stream \"%s\": %s",
 					 l->sub->consumer, l->sub->stream, reliq_nats_last_error());
 		schedule_retry(l);
 		return false;
@@ -786,14 +764,15 @@ ensure_attached(Lane *l)
 	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &after) ||
 		!after.found || after.created_ns != before.created_ns)
 	{
-		note_problem(l, LOG, "stream \"%s\" changed while attaching; trying again",
+		note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" changed while attaching; trying again",
 					 l->sub->stream);
 		schedule_retry(l);
 		return false;
 	}
 	if (created)
 		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": created consumer \"%s\" on stream \"%s\"%s",
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": created consumer \"%s\" on stream \"%s\"%s",
 						l->sub->name, l->sub->consumer, l->sub->stream,
 						has_history ? psprintf(" from sequence " INT64_FORMAT, floor + 1) : "")));
 
@@ -804,7 +783,7 @@ ensure_attached(Lane *l)
 		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->sub->consumer);
 	if (l->puller == NULL)
 	{
-		note_problem(l, WARNING, "could not pull from consumer \"%s\": %s",
+		note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not pull from consumer \"%s\": %s",
 					 l->sub->consumer, reliq_nats_last_error());
 		schedule_retry(l);
 		return false;
@@ -815,7 +794,8 @@ ensure_attached(Lane *l)
 	l->next_refresh = after_ms(reliq_refresh_interval);
 	clear_problem(l, "attached to its consumer again");
 	ereport(DEBUG1,
-			(errmsg("reliq subscription \"%s\": worker %d attached to consumer \"%s\" (" INT64_FORMAT " pending)",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": worker %d attached to consumer \"%s\" (" INT64_FORMAT " pending)",
 					l->sub->name, p->index, l->sub->consumer, info.num_pending)));
 	return true;
 }
@@ -835,7 +815,7 @@ verify_consumer(Lane *l)
 		return;					/* cannot tell now; the connection reports */
 	if (!info.found)
 	{
-		note_problem(l, WARNING, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
+		note_problem(l, WARNING, ERRCODE_UNDEFINED_OBJECT, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
 					 l->sub->consumer, l->sub->stream);
 		detach(l);
 	}
@@ -861,7 +841,7 @@ maybe_refresh(Lane *l)
 	if (reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) &&
 		(!stream.found || stream.created_ns != l->stream_created))
 	{
-		note_problem(l, LOG, "stream \"%s\" was deleted or made again; attaching anew",
+		note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was deleted or made again; attaching anew",
 					 l->sub->stream);
 		detach(l);
 	}
@@ -885,13 +865,13 @@ handle_pull_end(Lane *l)
 			if (strstr(description, "Deleted") != NULL ||
 				strstr(description, "deleted") != NULL)
 			{
-				note_problem(l, WARNING, "consumer \"%s\" was deleted on the server",
+				note_problem(l, WARNING, ERRCODE_UNDEFINED_OBJECT, "consumer \"%s\" was deleted on the server",
 							 l->sub->consumer);
 				detach(l);
 			}
 			else
 			{
-				note_problem(l, WARNING, "pull refused: %d %s", status, description);
+				note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "pull refused: %d %s", status, description);
 				l->pull_after = after_ms(reliq_naptime);
 			}
 			break;
@@ -905,7 +885,7 @@ handle_pull_end(Lane *l)
 			}
 			break;
 		default:
-			note_problem(l, WARNING, "pull refused: %d %s", status, description);
+			note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "pull refused: %d %s", status, description);
 			l->pull_after = after_ms(reliq_naptime);
 			break;
 	}
@@ -1077,11 +1057,11 @@ lease_allows(Lane *l)
 		forget_consumer(l);
 		set_state(l, RELIQ_WORKER_FENCED);
 		if (lease.state == RELIQ_LEASE_FENCED)
-			note_problem(l, LOG, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
+			note_problem(l, LOG, ERRCODE_OBJECT_IN_USE, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
 						 l->sub->consumer, lease.holder, l->sub->name);
 	}
 	else if (l->stats == NULL)
-		note_problem(l, WARNING, "no statistics entry, so no lease: raise reliq.max_subscriptions");
+		note_problem(l, WARNING, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, "no statistics entry, so no lease: raise reliq.max_subscriptions");
 	else
 		set_state(l, RELIQ_WORKER_CONNECTING);	/* until the lease is renewed */
 	return false;
@@ -1130,7 +1110,8 @@ await_standbys(Lane *l, XLogRecPtr lsn)
 			break;
 		if (!l->awaiting_standby)
 			ereport(LOG,
-					(errmsg("reliq subscription \"%s\": acknowledgements wait until the synchronous standby confirms %X/%X",
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq subscription \"%s\": acknowledgements wait until the synchronous standby confirms %X/%X",
 							l->sub->name, LSN_FORMAT_ARGS(lsn)),
 					 errdetail("The commit's own wait for synchronous replication was cancelled.")));
 		l->awaiting_standby = true;
@@ -1156,7 +1137,7 @@ may_acknowledge(Lane *l, XLogRecPtr flushed)
 	exit_if_postmaster_died();
 	if (lease_current(l))
 		return true;
-	note_problem(l, LOG, "the lease lapsed during a batch; its messages are left unacknowledged");
+	note_problem(l, LOG, ERRCODE_OBJECT_IN_USE, "the lease lapsed during a batch; its messages are left unacknowledged");
 	return false;
 }
 
@@ -1186,7 +1167,7 @@ drain_outbox(Lane *l)
 	l->outbox_pending = stuck;
 	if (stuck)
 	{
-		note_problem(l, WARNING, "messages wait in reliq._outbox: %s",
+		note_problem(l, WARNING, ERRCODE_CONNECTION_FAILURE, "messages wait in reliq._outbox: %s",
 					 reliq_nats_last_error());
 		l->next_outbox_try = after_ms(reliq_refresh_interval);
 	}
@@ -1251,7 +1232,8 @@ acknowledge(Lane *l, ReliqMessage *msgs, int n, bool quick)
 		ok = reliq_nats_flush(conn, reliq_nats_timeout);
 	if (!ok)
 		ereport(DEBUG1,
-				(errmsg("reliq subscription \"%s\": acknowledgements not sent: %s",
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": acknowledgements not sent: %s",
 						l->sub->name, reliq_nats_last_error())));
 }
 
@@ -1431,7 +1413,7 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 		begin_leaving(l, false);
 	if (result.stream_changed)
 	{
-		note_problem(l, LOG, "stream \"%s\" was made again; attaching to the new one",
+		note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was made again; attaching to the new one",
 					 l->sub->stream);
 		detach(l);
 	}
@@ -1441,7 +1423,8 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 		if (!was_failing)
 		{
 			ereport(LOG,
-					(errmsg("reliq subscription \"%s\": systemic failure detected; holding %d messages and pausing pulls",
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq subscription \"%s\": systemic failure detected; holding %d messages and pausing pulls",
 							l->sub->name, result.held),
 					 errdetail("%d distinct messages in a row failed with errors not specific to them; nothing is dead-lettered meanwhile.",
 							   l->batch.breaker.consecutive),
@@ -1456,7 +1439,8 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 	else if (was_failing)
 	{
 		ereport(LOG,
-				(errmsg("reliq subscription \"%s\": resumed after a systemic failure",
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": resumed after a systemic failure",
 						l->sub->name)));
 		drop_held(l);
 	}
@@ -1591,7 +1575,8 @@ add_lane(Pool *p, const ReliqAssignment *assignment)
 	}
 	p->lanes[p->nlanes++] = l;
 	ereport(DEBUG1,
-			(errmsg("reliq worker %d serves subscription \"%s\" (lane %d)",
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq worker %d serves subscription \"%s\" (lane %d)",
 					p->index, l->sub->name, l->lane_index)));
 }
 
@@ -1613,7 +1598,8 @@ begin_leaving(Lane *l, bool closing)
 
 	if (!l->leaving)
 		ereport(DEBUG1,
-				(errmsg("reliq worker %d gives up subscription \"%s\"",
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq worker %d gives up subscription \"%s\"",
 						l->pool->index, l->sub->name)));
 	l->leaving = true;
 	(void) release_messages(l->pool, l->held, l->nheld, delay);
@@ -1651,9 +1637,9 @@ free_lane(Lane *l)
 		reliq_lane_close(l->pool->slot, l->status);
 	detach(l);
 	drop_held(l);
-	caller = begin_transaction("reliq: giving up a subscription");
+	caller = reliq_xact_begin("reliq: giving up a subscription");
 	reliq_batch_free(&l->batch);
-	end_transaction(caller);
+	reliq_xact_commit(caller);
 	if (l->sub_cxt)
 		MemoryContextDelete(l->sub_cxt);
 	pfree(l);
@@ -1749,7 +1735,8 @@ check_for_news(Pool *p)
 
 		p->stopping = true;
 		ereport(DEBUG1,
-				(errmsg("reliq worker %d stopping: requested by the launcher", p->index)));
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq worker %d stopping: requested by the launcher", p->index)));
 		for (i = 0; i < p->nlanes; i++)
 			begin_leaving(p->lanes[i], true);
 	}
@@ -1919,7 +1906,8 @@ reliq_worker_main(Datum main_arg)
 	{
 		SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 		ereport(LOG,
-				(errmsg("reliq worker %d commits with synchronous_commit = local",
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq worker %d commits with synchronous_commit = local",
 						p->index),
 				 errdetail("synchronous_commit is off here; an acknowledgement must follow a durable commit.")));
 	}
@@ -1964,7 +1952,7 @@ reliq_worker_main(Datum main_arg)
 		{
 			if (reliq_inbox_pump(p->inbox, idle_wait_ms(p)) < 0)
 			{
-				note_pool_problem(p, WARNING, "%s", reliq_nats_last_error());
+				note_pool_problem(p, WARNING, ERRCODE_CONNECTION_FAILURE, "%s", reliq_nats_last_error());
 				pool_disconnect(p);
 				p->retry_at = next_retry(&p->retries);
 			}
@@ -1975,6 +1963,7 @@ reliq_worker_main(Datum main_arg)
 	if (p->conn && reliq_nats_is_connected(p->conn))
 		(void) reliq_nats_flush(p->conn, reliq_nats_timeout);
 	ereport(DEBUG1,
-			(errmsg("reliq worker %d stopped", p->index)));
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq worker %d stopped", p->index)));
 	proc_exit(0);
 }
