@@ -797,7 +797,7 @@ sub memory_run
 	wait_pulling('MEM', 'reliq_mem', 1);
 	my $t0 = time;
 	my $pid = spawn("$dir/publish-mem.out", $natstool, '--url', $nats_url, 'publish', 'mem.x',
-		'--count', $memory_n, '--payload', $payload);
+		'--count', $memory_n, '--start', 1, '--payload', $payload);
 	my @samples;
 	my $step = $memory_n / 10;
 	my $next = $step;
@@ -1157,12 +1157,14 @@ sub pool_idle
 	my @log_sample = $pg_lines ? grep { length } split /\n/, `tail -n $pg_lines $pg_log 2>/dev/null | head -3` : ();
 	my $workers = grep { $_ eq 'reliq worker' } values %$after;
 	my $states = states('idle');
+	my $not_running = sql("SELECT count(*) FROM reliq.subscription_stats
+	                        WHERE subscription_name LIKE 'idle%' AND state <> 'running'");
 	drop_many('idle');
 	js_delete_stream('IDLE');
 	$result{'pool/idle'} = {
 		subs => $S, secs => $elapsed, workers => $pct{workers} // 0, nats => $pct{nats} // 0,
 		other => $pct{other} // 0, pg_lines => $pg_lines, nats_lines => $nats_lines,
-		nworkers => $workers, states => $states,
+		nworkers => $workers, states => $states, not_served => $not_running,
 	};
 	my $r = $result{'pool/idle'};
 	done_line($what, sprintf('CPU over %.0f s: %d workers %.1f%%, nats-server %.1f%%, together %.1f%% of one core (launcher and monitor %.1f%%); log lines: PostgreSQL %d, nats-server %d; states: %s',
@@ -1413,9 +1415,10 @@ if ($section ne 'core' && grep { m{^pool/} } keys %result)
 		if ($r->{error}) { print "| $head | could not create them: $r->{error} |\n"; }
 		else
 		{
-			printf "| %s | %d workers %.1f%% + nats-server %.1f%% = %.1f%% of one core over %.0f s (launcher and monitor %.1f%%); log lines: %d PostgreSQL, %d nats-server; states: %s |\n",
+			printf "| %s | %d workers %.1f%% + nats-server %.1f%% = %.1f%% of one core over %.0f s (launcher and monitor %.1f%%); log lines: %d PostgreSQL, %d nats-server; %sstates: %s |\n",
 			  $head, $r->{nworkers}, $r->{workers}, $r->{nats}, $r->{workers} + $r->{nats}, $r->{secs},
-			  $r->{other}, $r->{pg_lines}, $r->{nats_lines}, $r->{states};
+			  $r->{other}, $r->{pg_lines}, $r->{nats_lines},
+			  $r->{not_served} ? "not served: $r->{not_served} subscriptions (not running); " : '', $r->{states};
 		}
 	}
 	if (my $r = $result{'pool/busy'})
@@ -1431,6 +1434,98 @@ if ($section ne 'core' && grep { m{^pool/} } keys %result)
 			  $r->{not_served} ? "; not served in $r->{not_served} run(s)" : '';
 		}
 	}
+}
+
+# Against the targets of issues 13 and 10 (what this run measured).
+my @targets;
+sub target
+{
+	my ($text, $figure, $met) = @_;
+	push @targets, sprintf('| %s | %s | %s |', $text, $figure, !defined $met ? '-' : $met ? 'met' : 'NOT met');
+}
+sub of_ceiling
+{
+	my ($key) = @_;
+	my $r = $result{$key};
+	return undef unless $r && !$r->{skipped} && defined $r->{rate};
+	my ($batch) = $key =~ m{/(\d+)/};
+	my $c = $result{"ceiling$batch"} or return undef;
+	return $r->{rate} / $c->{rate};
+}
+for my $t (['sink/500/1', 0.95], ['sink/500/2', 0.95], ['sink/100/1', 0.8], ['sink/100/2', 0.8],
+	['handler/500/1', 0.8], ['handler/500/2', 0.8], ['batch/500/1', 0.9], ['batch/500/2', 0.9])
+{
+	my ($key, $want) = @$t;
+	next unless $result{$key};
+	my $share = of_ceiling($key);
+	target("$label{$key =~ s{/.*}{}r} $key ≥ $want of the combined ceiling",
+		$result{$key}{skipped} ? "skipped: $result{$key}{skipped}" : defined $share ? sprintf('%.2f', $share) : '-',
+		defined $share ? $share >= $want : undef);
+}
+for my $t (['sink', 3], ['handler', 2.5])
+{
+	my ($path, $want) = @$t;
+	my ($best) = sort { $result{$b}{rate} <=> $result{$a}{rate} }
+	  grep { m{^$path/} && !$result{$_}{skipped} } keys %result;
+	next unless $best && $peer;
+	my $x = $result{$best}{rate} / $peer;
+	target("$label{$path} ≥ ${want}× the strong peer", sprintf('%.1f× (%s)', $x, $best), $x >= $want);
+}
+if ($result{streaming} && $result{streamceiling_combined})
+{
+	my $x = $result{streaming}{rate} / $result{streamceiling_combined}{rate};
+	target('while publishing ≥ 0.8 of the streaming ceiling', sprintf('%.2f', $x), $x >= 0.8);
+}
+for my $t ([2000, 5], [20000, 20])
+{
+	my ($rate, $ms) = @$t;
+	my $l = $result{"latency/$rate"} or next;
+	target("p99 publish → commit ≤ $ms ms at $rate msg/s", sprintf('%.2f ms', $l->{p99} // 0),
+		defined $l->{p99} && $l->{p99} <= $ms);
+}
+if ($section ne 'pool')
+{
+	target('no gap between commits over 1 s', scalar(grep { !/^pool:/ } @gaps) . ' gaps',
+		!grep { !/^pool:/ } @gaps);
+}
+if (my $m = $result{memory})
+{
+	my ($lo, $hi) = (sort { $a <=> $b } @$m)[0, -1];
+	target('worker memory flat over 1M messages', "$lo – $hi MB", defined $hi && $hi - $lo <= 0.5);
+}
+if (my $r = $result{'pool/drain'})
+{
+	target('1,000 × 100: every one served, 0 lost, 0 duplicated',
+		$r->{error} ? "error: $r->{error}"
+		  : $r->{complete} ? sprintf('all served in %.2f s, %d lost, %d duplicated', $r->{drain}, $r->{lost}, $r->{dups})
+		  : "not served: $r->{not_served}, partly: $r->{partial}",
+		!$r->{error} && $r->{complete} && !$r->{lost} && !$r->{dups});
+}
+if (my $r = $result{'pool/trickle'})
+{
+	target('trickle over 200: p99 publish → commit ≤ 50 ms',
+		$r->{error} ? "error: $r->{error}" : sprintf('%.2f ms%s', $r->{p99} || 0,
+			$r->{not_served} ? ", not served: $r->{not_served}" : ''),
+		!$r->{error} && !$r->{not_served} && defined $r->{p99} && $r->{p99} <= 50);
+}
+if (my $r = $result{'pool/idle'})
+{
+	target('1,000 idle: workers + nats-server < 10% of one core, no log line per idle pull',
+		$r->{error} ? "error: $r->{error}"
+		  : sprintf('%.1f%%, %d log lines in %.0f s; states: %s', $r->{workers} + $r->{nats}, $r->{pg_lines},
+			$r->{secs}, $r->{states}),
+		$r->{error} ? 0 : !$r->{not_served} && $r->{workers} + $r->{nats} < 10 && $r->{pg_lines} < $r->{secs});
+}
+if (my $r = $result{'pool/busy'})
+{
+	my $x = $r->{alone_rate} ? $r->{beside_rate} / $r->{alone_rate} : 0;
+	target('one busy beside 199 idle: within 10% of alone',
+		$r->{error} ? "error: $r->{error}" : sprintf('%.2f', $x), !$r->{error} && $x >= 0.9);
+}
+if (@targets)
+{
+	print "\n| target | this run | |\n|---|---|---|\n";
+	print "$_\n" for @targets;
 }
 
 print "\nGaps between commits over 1 s: ", (@gaps ? scalar(@gaps) : 'none'), "\n";
