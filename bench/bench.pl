@@ -982,18 +982,18 @@ sub pool_drain
 	}
 	my $t_created = time;
 	done_line("$what: create", sprintf('%.2f s', $t_created - $t0));
-	# wait until every subscription has its messages, or nothing moves
+	# Wait until every message has its row, or nothing moves.  The table's
+	# count is cheaper than the statistics of 1,000 subscriptions.
 	my ($total, $moved) = (0, time);
 	my $timed_out = 0;
 	while (1)
 	{
-		my ($sum, $full) = split /\|/, sql(
-			"SELECT coalesce(sum(processed), 0), count(*) FILTER (WHERE processed >= $M)
-			   FROM reliq.subscription_stats WHERE subscription_name LIKE 'pool%'");
-		$moved = time if $sum != $total;
-		$total = $sum;
-		progress($what, $sum, $S * $M);
-		last if $full >= $S;
+		my $n = sql('SELECT count(*) FROM bench.pool_events');
+		$moved = time if $n != $total;
+		$total = $n;
+		progress($what, $n, $S * $M);
+		last if $n >= $S * $M
+		  && sql("SELECT count(DISTINCT id) FROM bench.pool_events WHERE id BETWEEN 1 AND $S * $M") == $S * $M;
 		if (time - $moved > $pool{stall})
 		{
 			$timed_out = 1;
@@ -1060,18 +1060,19 @@ sub pool_trickle
 	my ($done, $moved) = (0, time);
 	while (1)
 	{
-		my $n = sql("SELECT coalesce(sum(processed), 0) FROM reliq.subscription_stats WHERE subscription_name LIKE 'trickle%'");
+		my $n = sql('SELECT count(*) FROM bench.pool_latency');
 		$moved = time if $n != $done;
 		$done = $n;
 		progress("$what: committed", $done, $count);
 		last if $done >= $count || time - $moved > $pool{stall};
 		sleep 0.5;
 	}
-	my ($p50, $p99, $max, $n, $subs) = split /\|/, sql(
+	my ($p50, $p99, $max, $n, $subs, $dups) = split /\|/, sql(
 		"SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ms), percentile_disc(0.99) WITHIN GROUP (ORDER BY ms),
-		        max(ms), count(*), count(DISTINCT subscription)
-		   FROM (SELECT subscription, extract(epoch FROM pg_xact_commit_timestamp(xmin) - published_at) * 1000 AS ms
+		        max(ms), count(*), count(DISTINCT subscription), count(*) - count(DISTINCT stream_seq)
+		   FROM (SELECT subscription, stream_seq, extract(epoch FROM pg_xact_commit_timestamp(xmin) - published_at) * 1000 AS ms
 		           FROM bench.pool_latency) l");
+	push @errors, "$what: $dups duplicated" if $dups;
 	my $p = commit_profile('bench.pool_latency', $t0);
 	my $states = states('trickle');
 	drop_many('trickle');
