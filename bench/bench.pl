@@ -1124,7 +1124,22 @@ sub pool_idle
 		return;
 	}
 	done_line("$what: create", sprintf('%.2f s', $created));
-	sleep 10;    # let the workers attach and the launcher settle
+	my $pg_log = "$dir/postgresql.log";
+	my $nats_log = "$dir/nats-server.log";
+	# Let the workers attach and the launcher and monitor settle: at least
+	# 10 s, then until PostgreSQL has logged nothing for 5 s (at most 60 s).
+	my $t_settle = time;
+	my ($lines, $quiet_since) = (line_count($pg_log), time);
+	while (time - $t_settle < 60)
+	{
+		my $now = line_count($pg_log);
+		($lines, $quiet_since) = ($now, time) if $now != $lines;
+		last if time - $t_settle >= 10 && time - $quiet_since >= 5;
+		progress("$what: settling", int(time - $t_settle), 60);
+		sleep 1;
+	}
+	my $settled = time - $t_settle;
+	done_line("$what: settle", sprintf('%.0f s%s', $settled, time - $quiet_since < 5 ? ' (the log did not go quiet)' : ''));
 	my $hz = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
 	my $procs = sub {
 		my %p = map { split /\|/ } split /\n/,
@@ -1132,8 +1147,6 @@ sub pool_idle
 		$p{ $site{nats_pid} } = 'nats-server';
 		return \%p;
 	};
-	my $pg_log = "$dir/postgresql.log";
-	my $nats_log = "$dir/nats-server.log";
 	my ($pg_lines0, $nats_lines0) = (line_count($pg_log), line_count($nats_log));
 	my $before = $procs->();
 	my %t0 = map { $_ => cpu_ticks($_) } keys %$before;
@@ -1156,7 +1169,15 @@ sub pool_idle
 		my $kind = $type{$pid} eq 'reliq worker' ? 'workers' : $type{$pid} eq 'nats-server' ? 'nats' : 'other';
 		$pct{$kind} += 100 * $ticks / $hz / $elapsed;
 	}
-	my @log_sample = $pg_lines ? grep { length } split /\n/, `tail -n $pg_lines $pg_log 2>/dev/null | head -3` : ();
+	# what was logged, most frequent first, numbers and names made N
+	my %freq;
+	for ($pg_lines ? split /\n/, `tail -n $pg_lines $pg_log 2>/dev/null` : ())
+	{
+		next unless /\b(LOG|WARNING|ERROR|FATAL):\s+(.*)/;
+		(my $k = "$1: $2") =~ s/\d+/N/g;
+		$freq{$k}++;
+	}
+	my @log_sample = map { "$freq{$_} × $_" } grep { defined } (sort { $freq{$b} <=> $freq{$a} } keys %freq)[0 .. 2];
 	my $workers = grep { $_ eq 'reliq worker' } values %$after;
 	my $states = states('idle');
 	my $not_running = sql("SELECT count(*) FROM reliq.subscription_stats
@@ -1166,7 +1187,7 @@ sub pool_idle
 	$result{'pool/idle'} = {
 		subs => $S, secs => $elapsed, workers => $pct{workers} // 0, nats => $pct{nats} // 0,
 		other => $pct{other} // 0, pg_lines => $pg_lines, nats_lines => $nats_lines,
-		nworkers => $workers, states => $states, not_served => $not_running,
+		nworkers => $workers, states => $states, not_served => $not_running, settled => $settled,
 	};
 	my $r = $result{'pool/idle'};
 	done_line($what, sprintf('CPU over %.0f s: %d workers %.1f%%, nats-server %.1f%%, together %.1f%% of one core (launcher and monitor %.1f%%); log lines: PostgreSQL %d, nats-server %d; states: %s',
@@ -1417,8 +1438,8 @@ if ($section ne 'core' && grep { m{^pool/} } keys %result)
 		if ($r->{error}) { print "| $head | could not create them: $r->{error} |\n"; }
 		else
 		{
-			printf "| %s | %d workers %.1f%% + nats-server %.1f%% = %.1f%% of one core over %.0f s (launcher and monitor %.1f%%); log lines: %d PostgreSQL, %d nats-server; %sstates: %s |\n",
-			  $head, $r->{nworkers}, $r->{workers}, $r->{nats}, $r->{workers} + $r->{nats}, $r->{secs},
+			printf "| %s | %d workers %.1f%% + nats-server %.1f%% = %.1f%% of one core over %.0f s, %.0f s after their creation (launcher and monitor %.1f%%); log lines: %d PostgreSQL, %d nats-server; %sstates: %s |\n",
+			  $head, $r->{nworkers}, $r->{workers}, $r->{nats}, $r->{workers} + $r->{nats}, $r->{secs}, $r->{settled},
 			  $r->{other}, $r->{pg_lines}, $r->{nats_lines},
 			  $r->{not_served} ? "not served: $r->{not_served} subscriptions (not running); " : '', $r->{states};
 		}
