@@ -1518,7 +1518,7 @@ if (my $m = $result{memory})
 }
 if (my $r = $result{'pool/drain'})
 {
-	target('1,000 × 100: every one served, 0 lost, 0 duplicated',
+	target(thousands($pool{subs}) . " × $pool{msgs}: every one served, 0 lost, 0 duplicated",
 		$r->{error} ? "error: $r->{error}"
 		  : $r->{complete} ? sprintf('all served in %.2f s, %d lost, %d duplicated', $r->{drain}, $r->{lost}, $r->{dups})
 		  : "not served: $r->{not_served}, partly: $r->{partial}",
@@ -1526,14 +1526,14 @@ if (my $r = $result{'pool/drain'})
 }
 if (my $r = $result{'pool/trickle'})
 {
-	target('trickle over 200: p99 publish → commit ≤ 50 ms',
+	target("trickle over $pool{trickle_subs}: p99 publish → commit ≤ 50 ms",
 		$r->{error} ? "error: $r->{error}" : sprintf('%.2f ms%s', $r->{p99} || 0,
 			$r->{not_served} ? ", not served: $r->{not_served}" : ''),
 		!$r->{error} && !$r->{not_served} && defined $r->{p99} && $r->{p99} <= 50);
 }
 if (my $r = $result{'pool/idle'})
 {
-	target('1,000 idle: workers + nats-server < 10% of one core, no log line per idle pull',
+	target(thousands($pool{idle_subs}) . ' idle: workers + nats-server < 10% of one core, no log line per idle pull',
 		$r->{error} ? "error: $r->{error}"
 		  : sprintf('%.1f%%, %d log lines in %.0f s; states: %s', $r->{workers} + $r->{nats}, $r->{pg_lines},
 			$r->{secs}, $r->{states}),
@@ -1542,7 +1542,7 @@ if (my $r = $result{'pool/idle'})
 if (my $r = $result{'pool/busy'})
 {
 	my $x = $r->{alone_rate} ? $r->{beside_rate} / $r->{alone_rate} : 0;
-	target('one busy beside 199 idle: within 10% of alone',
+	target("one busy beside $pool{neighbours} idle: within 10% of alone",
 		$r->{error} ? "error: $r->{error}" : sprintf('%.2f', $x), !$r->{error} && $x >= 0.9);
 }
 if (@targets)
