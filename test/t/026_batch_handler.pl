@@ -92,9 +92,9 @@ ok(wait_for($node, q{SELECT count(*) = 1 FROM reliq.dead_letter WHERE subscripti
 ok(wait_idle($node, 'poison'), 'poison drained');
 is($node->safe_psql('postgres', q{SELECT count(*), count(DISTINCT id), bool_or(id = 21) FROM app.items WHERE sub = 'poison'}),
 	'40|40|f', 'the 40 others applied once each, the poison message not');
-my $dl = query_row($node, q{SELECT id, stream_seq, delivered, sqlstate, error_message FROM reliq.dead_letter WHERE subscription = 'poison'});
-is("$dl->{stream_seq}|$dl->{delivered}|$dl->{sqlstate}", '21|2|23514',
-	'dead letter: its sequence, delivered max_deliver times, the check violation');
+my $dl = query_row($node, qq{SELECT id, convert_from(data, 'UTF8')::jsonb->>'id' AS msg, stream_seq - $n AS seq, delivered, sqlstate, error_message FROM reliq.dead_letter WHERE subscription = 'poison'});
+is("$dl->{msg}|$dl->{seq}|$dl->{delivered}|$dl->{sqlstate}", '21|21|2|23514',
+	'dead letter: the poison message (21st on its subject), delivered max_deliver times, the check violation');
 like($dl->{error_message}, qr/check constraint/, 'the handler error is recorded');
 $s = reliq_stats($node, 'poison');
 diag("poison: $s->{batches} batches, $s->{slow_path_batches} slow, failed $s->{failed}, dead_lettered $s->{dead_lettered}");
