@@ -291,7 +291,7 @@ static void
 apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 {
 	MemoryContext old;
-	Datum		rows;
+	Datum		argument;
 	int			i;
 
 	if (count == 0)
@@ -304,12 +304,12 @@ apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 		for (i = 0; i < count; i++)
 			messages[i] = reliq_message_datum(msgs[i], state->sub->name,
 											  state->message_tupdesc);
-		rows = reliq_handler_message_array(messages, count,
-										   state->message_type);
+		argument = reliq_handler_message_array(messages, count,
+											   state->message_type);
 	}
 	else
-		rows = reliq_sink_rows(msgs, count);
-	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler, rows,
+		argument = reliq_sink_rows(msgs, count);
+	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler, argument,
 										   NULL, state->sub->id,
 										   state->stream_created,
 										   msgs[0]->stream_seq);

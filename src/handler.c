@@ -6,7 +6,9 @@
  *	  reliq.publish reads while a handler runs.
  *
  * Used by batch.c for every message of a batch and by api.c for
- * reliq.replay_dead_letter.
+ * reliq.replay_dead_letter.  A set-based handler, schema.name(reliq.message[]),
+ * is given a batch's fresh messages as one array on the fast path, and a
+ * one-element array on the slow path and in a replay.
  *
  * Handlers run as the subscription's owner, as a security-restricted
  * operation (like the code an index build or REFRESH MATERIALIZED VIEW
