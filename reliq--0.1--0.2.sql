@@ -577,3 +577,55 @@ COMMENT ON FUNCTION reliq.publish(text, jsonb, jsonb) IS 'reliq.publish with a J
 
 REVOKE ALL ON FUNCTION reliq.publish(text, text, jsonb), reliq.publish(text, jsonb, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq.publish(text, text, jsonb), reliq.publish(text, jsonb, jsonb) TO reliq_admin;
+
+/*
+ * ======================================================================
+ * Set-based handlers (issue 13, part 1)
+ * ======================================================================
+ * A handler may take the whole batch: app.on_batch(reliq.message[]) is
+ * called once per batch transaction with the fresh messages (redeliveries
+ * the ledger absorbed left out).  If that call fails, the batch is redone
+ * with one-element calls, each in a subtransaction, as for per-message
+ * handlers (src/batch.c).  The stored text is schema.name(reliq.message[]),
+ * as src/guard.c and src/handler.c expect.
+ */
+CREATE OR REPLACE FUNCTION reliq._check_handler(p_handler regprocedure, p_owner regrole)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f record;
+BEGIN
+    SELECT p.proname, n.nspname, p.prokind, p.proretset, p.prorettype,
+           p.pronargs, p.proargtypes
+      INTO f
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = p_handler;
+    IF f.prokind <> 'f' OR f.proretset OR f.prorettype <> 'void'::regtype
+       OR f.pronargs <> 1
+       OR f.proargtypes[0] NOT IN ('reliq.message'::regtype, 'reliq.message[]'::regtype) THEN
+        RAISE EXCEPTION 'function % cannot be a reliq handler', p_handler
+            USING ERRCODE = 'invalid_function_definition',
+                  DETAIL = format('A handler takes one argument of type reliq.message (or reliq.message[], the whole batch) and returns void; %s returns %s%s.',
+                                  p_handler, CASE WHEN f.proretset THEN 'setof ' ELSE '' END,
+                                  format_type(f.prorettype, NULL)),
+                  HINT = 'CREATE FUNCTION app.on_event(m reliq.message) RETURNS void LANGUAGE plpgsql AS ..., or app.on_batch(msgs reliq.message[]).';
+    END IF;
+    IF NOT has_schema_privilege(p_owner, f.nspname, 'USAGE')
+       OR NOT has_function_privilege(p_owner, p_handler, 'EXECUTE') THEN
+        RAISE EXCEPTION 'role % may not execute handler %', p_owner, p_handler
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Handlers run with the privileges of the subscription''s owner.',
+                  HINT = format('GRANT USAGE ON SCHEMA %I TO %s; GRANT EXECUTE ON FUNCTION %s TO %s;',
+                                f.nspname, p_owner, p_handler, p_owner);
+    END IF;
+    IF f.proargtypes[0] = 'reliq.message[]'::regtype THEN
+        RETURN format('%I.%I(reliq.message[])', f.nspname, f.proname);
+    END IF;
+    RETURN format('%I.%I(reliq.message)', f.nspname, f.proname);
+END
+$$;
+
+COMMENT ON COLUMN reliq.subscription.handler IS 'Function (reliq.message) RETURNS void, as schema.name(reliq.message), or a set-based handler (reliq.message[]) RETURNS void called once per batch; NULL when target is set';
+-- ---- end of Set-based handlers ----

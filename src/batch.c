@@ -9,10 +9,12 @@
  * subtransaction: ledger rows first (one INSERT ... RETURNING for the
  * batch; if a sequence is there already, the batch starts again with
  * INSERT ... ON CONFLICT DO NOTHING RETURNING, which finds the
- * duplicates), then each handler, or one INSERT for a table sink, then
+ * duplicates), then each handler, or one call of a set-based handler
+ * with the fresh messages, or one INSERT for a table sink, then
  * COMMIT.  Only if anything fails is the batch redone on the
  * slow path, with one subtransaction per message, so that a failing
- * message rolls back alone.  A subtransaction per message on every batch
+ * message rolls back alone (a set-based handler is called there with a
+ * one-element array).  A subtransaction per message on every batch
  * would burn an XID each and overflow the 64-entry subxid cache of every
  * snapshot taken meanwhile.
  *
@@ -261,8 +263,13 @@ apply_message(ReliqBatchState *state, ReliqMessage *msg)
 	Datum		argument;
 
 	if (state->sub->handler != NULL)
+	{
 		argument = reliq_message_datum(msg, state->sub->name,
 									   state->message_tupdesc);
+		if (state->handler->set_based)
+			argument = reliq_handler_message_array(&argument, 1,
+												   state->message_type);
+	}
 	else
 		argument = reliq_sink_rows(&msg, 1);
 	msg->outboxed = reliq_call_handler(state->sub, state->handler, argument,
@@ -274,22 +281,35 @@ apply_message(ReliqBatchState *state, ReliqMessage *msg)
 }
 
 /*
- * A table sink's fast path: the messages to apply in one INSERT.  What
- * the triggers of the table publish is written with message ids derived
- * from the first of them.
+ * The fast path of a table sink or a set-based handler: the messages to
+ * apply in one INSERT, or in one call of the handler with them all as a
+ * reliq.message[] (no reliq.traceparent: it is a message's).  What the
+ * handler or the triggers of the table publish is written with message
+ * ids derived from the first of them.
  */
 static void
 apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 {
 	MemoryContext old;
-	Datum		rows;
+	Datum		argument;
 	int			i;
 
 	if (count == 0)
 		return;
 	old = MemoryContextSwitchTo(state->message_cxt);
-	rows = reliq_sink_rows(msgs, count);
-	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler, rows,
+	if (state->sub->handler != NULL)
+	{
+		Datum	   *messages = palloc(sizeof(Datum) * count);
+
+		for (i = 0; i < count; i++)
+			messages[i] = reliq_message_datum(msgs[i], state->sub->name,
+											  state->message_tupdesc);
+		argument = reliq_handler_message_array(messages, count,
+											   state->message_type);
+	}
+	else
+		argument = reliq_sink_rows(msgs, count);
+	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler, argument,
 										   NULL, state->sub->id,
 										   state->stream_created,
 										   msgs[0]->stream_seq);
@@ -650,7 +670,7 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 		else
 		{
 			record_in_ledger(state, msgs, all, nmsgs, fresh, plain_ledger);
-			if (state->sub->handler != NULL)
+			if (state->sub->handler != NULL && !state->handler->set_based)
 			{
 				for (i = 0; i < nmsgs; i++)
 					apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);

@@ -26,7 +26,8 @@ typedef struct ReliqSubscription
 	char	   *stream;
 	char	   *subject;
 	char	   *consumer;
-	char	   *handler;		/* "schema.function(reliq.message)", or NULL */
+	char	   *handler;		/* "schema.function(reliq.message)" or
+								 * "...(reliq.message[])", or NULL */
 	Oid			target;			/* table sink, or InvalidOid */
 	int			batch_size;
 	int			concurrency;

@@ -6,7 +6,9 @@
  *	  reliq.publish reads while a handler runs.
  *
  * Used by batch.c for every message of a batch and by api.c for
- * reliq.replay_dead_letter.
+ * reliq.replay_dead_letter.  A set-based handler, schema.name(reliq.message[]),
+ * is given a batch's fresh messages as one array on the fast path, and a
+ * one-element array on the slow path and in a replay.
  *
  * Handlers run as the subscription's owner, as a security-restricted
  * operation (like the code an index build or REFRESH MATERIALIZED VIEW
@@ -25,6 +27,7 @@
 #include "pgstat.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -35,7 +38,6 @@
 #include "sink.h"
 #include "spi_safe.h"
 
-/* The message whose handler is running, for reliq.publish's message ids. */
 /* The message whose handler is running, for reliq.publish's message ids. */
 static bool in_handler = false;
 static int64 current_subscription_id = 0;
@@ -49,6 +51,36 @@ static int	current_publish_count = 0;
  * "SELECT handler($1)" spent a fifth of a worker's time starting up its
  * executor and building its projection), or a table sink's INSERT.
  */
+/*
+ * A set-based handler takes the batch's messages as one reliq.message[]
+ * (its stored text ends so, as format_procedure_qualified writes it).
+ */
+bool
+reliq_handler_is_set_based(const char *handler)
+{
+	const char *suffix = "(reliq.message[])";
+	size_t		len = handler ? strlen(handler) : 0;
+
+	return len > strlen(suffix) &&
+		strcmp(handler + len - strlen(suffix), suffix) == 0;
+}
+
+/*
+ * The argument of a set-based handler: messages (reliq.message datums of
+ * type message_type) as one array, in the order given.
+ */
+Datum
+reliq_handler_message_array(Datum *messages, int count, Oid message_type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(message_type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(messages, count, message_type,
+										   typlen, typbyval, typalign));
+}
+
 ReliqHandler *
 reliq_prepare_handler(const ReliqSubscription *sub, MemoryContext cxt)
 {
@@ -60,11 +92,13 @@ reliq_prepare_handler(const ReliqSubscription *sub, MemoryContext cxt)
 		const char *suffix = "(reliq.message)";
 		size_t		len = strlen(sub->handler);
 
-		if (len <= strlen(suffix) ||
-			strcmp(sub->handler + len - strlen(suffix), suffix) != 0)
+		handler->set_based = reliq_handler_is_set_based(sub->handler);
+		if (!handler->set_based &&
+			(len <= strlen(suffix) ||
+			 strcmp(sub->handler + len - strlen(suffix), suffix) != 0))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-					 errmsg("handler \"%s\" of subscription \"%s\" is not of the form schema.function(reliq.message)",
+					 errmsg("handler \"%s\" of subscription \"%s\" is not of the form schema.function(reliq.message) or schema.function(reliq.message[])",
 							sub->handler, sub->name)));
 		/* the function is looked up at each batch, as the owner */
 	}
@@ -110,7 +144,10 @@ resolve_handler_function(const ReliqSubscription *sub, ReliqHandler *handler)
 	handler->checked_lxid = MyProc->lxid;
 }
 
-/* Call the handler function on one message; its writes are seen by the next. */
+/*
+ * Call the handler function on one message, or on an array of them (a
+ * set-based handler); its writes are seen by the next call.
+ */
 static void
 call_handler_function(ReliqHandler *handler, Datum message)
 {
@@ -128,7 +165,8 @@ call_handler_function(ReliqHandler *handler, Datum message)
 
 /*
  * What reliq_call_handler passes for one message given as a reliq.message
- * datum (a replayed dead letter).
+ * datum (a replayed dead letter): the message itself, a one-element array
+ * of it for a set-based handler, or a table sink's row.
  */
 Datum
 reliq_handler_argument(const ReliqSubscription *sub, Datum message)
@@ -136,6 +174,9 @@ reliq_handler_argument(const ReliqSubscription *sub, Datum message)
 	bool		isnull;
 	Datum		data;
 
+	if (sub->handler != NULL && reliq_handler_is_set_based(sub->handler))
+		return reliq_handler_message_array(&message, 1,
+										   HeapTupleHeaderGetTypeId(DatumGetHeapTupleHeader(message)));
 	if (sub->handler != NULL)
 		return message;
 	data = GetAttributeByName(DatumGetHeapTupleHeader(message), "data", &isnull);

@@ -21,10 +21,15 @@ typedef struct ReliqHandler
 {
 	MemoryContext cxt;
 	struct ReliqSink *sink;		/* a table sink; NULL: a handler function */
+	bool		set_based;		/* the handler takes reliq.message[] */
 	Oid			function;		/* the handler as last looked up */
 	FmgrInfo	flinfo;
 	LocalTransactionId checked_lxid;	/* looked up in this transaction */
 } ReliqHandler;
+
+extern bool reliq_handler_is_set_based(const char *handler);
+extern Datum reliq_handler_message_array(Datum *messages, int count,
+										 Oid message_type);
 
 /* Used by reliq.replay_dead_letter too. */
 extern ReliqHandler *reliq_prepare_handler(const ReliqSubscription *sub,
