@@ -147,33 +147,17 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	streams = palloc0(sizeof(ReliqStreamInfo) * Max(count, 1));
 	asked = palloc0(sizeof(bool) * Max(count, 1));
 
-	/* the consumers of each stream, listed at once (a few requests) */
+	/* each consumer (the stream is asked after its consumers, below) */
 	for (i = 0; i < count; i++)
 	{
-		char	  **names;
-		ReliqConsumerInfo *listed;
-		int			n;
-		int			k;
-
-		if (asked[i])
-			continue;
 		CHECK_FOR_INTERRUPTS();
 		heartbeat_if_due(conn);
-		n = reliq_nats_stream_consumers(conn, watched[i].stream, &names, &listed);
-		if (n < 0)
+		if (!reliq_nats_consumer_info(conn, watched[i].stream, watched[i].consumer,
+									  &infos[i]))
 		{
-			note_failure(psprintf("could not list the consumers of stream \"%s\"",
-								  watched[i].stream));
+			note_failure(psprintf("could not ask NATS about consumer \"%s\"",
+								  watched[i].consumer));
 			return;				/* the connection is likely gone: next round */
-		}
-		for (j = i; j < count; j++)
-		{
-			if (asked[j] || strcmp(watched[j].stream, watched[i].stream) != 0)
-				continue;
-			asked[j] = true;
-			for (k = 0; k < n; k++)
-				if (strcmp(names[k], watched[j].consumer) == 0)
-					infos[j] = listed[k];
 		}
 	}
 	for (i = 0; i < count; i++)

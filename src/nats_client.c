@@ -774,48 +774,6 @@ reliq_nats_consumer_info(ReliqNatsConnection *conn, const char *stream,
 }
 
 /*
- * Every consumer of a stream, with its information, in a few requests (the
- * server pages them): *names and *infos are palloc'd arrays of the
- * returned count.  Returns -1 on failure; 0 when the stream is missing.
- */
-int
-reliq_nats_stream_consumers(ReliqNatsConnection *conn, const char *stream,
-							char ***names, ReliqConsumerInfo **infos)
-{
-	jsConsumerInfoList *list = NULL;
-	jsOptions	opts;
-	jsErrCode	js_error = 0;
-	natsStatus	s;
-	sigset_t	saved;
-	int			i;
-	int			n;
-
-	*names = NULL;
-	*infos = NULL;
-	init_js_options(&opts);
-	BLOCK_SIGNALS(saved);
-	s = js_Consumers(&list, conn->js, stream, &opts, &js_error);
-	RESTORE_SIGNALS(saved);
-	if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_STREAM_NOT_FOUND)
-		return 0;
-	if (s != NATS_OK)
-	{
-		remember_error("listing the consumers", s, js_error);
-		return -1;
-	}
-	n = list->Count;
-	*names = palloc0(sizeof(char *) * Max(n, 1));
-	*infos = palloc0(sizeof(ReliqConsumerInfo) * Max(n, 1));
-	for (i = 0; i < n; i++)
-	{
-		(*names)[i] = pstrdup(list->List[i]->Name ? list->List[i]->Name : "");
-		copy_consumer_info(list->List[i], &(*infos)[i]);
-	}
-	jsConsumerInfoList_Destroy(list);
-	return n;
-}
-
-/*
  * Make the durable consumer match spec: create it if missing, update what
  * differs otherwise.  Explicit acks; MaxDeliver unlimited, because reliq
  * counts deliveries itself and dead-letters (a server-side limit would

@@ -101,9 +101,6 @@ extern bool reliq_nats_create_stream(ReliqNatsConnection *conn,
 extern bool reliq_nats_consumer_info(ReliqNatsConnection *conn,
 									 const char *stream, const char *consumer,
 									 ReliqConsumerInfo *info);
-extern int	reliq_nats_stream_consumers(ReliqNatsConnection *conn,
-										const char *stream, char ***names,
-										ReliqConsumerInfo **infos);
 extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 									   const ReliqConsumerSpec *spec,
 									   ReliqConsumerInfo *info,
