@@ -1310,7 +1310,8 @@ sub times_of
 {
 	my ($rate, $of) = @_;
 	return '-' unless $of && $rate;
-	return sprintf($rate / $of >= 10 ? '%.0f×' : '%.1f×', $rate / $of);
+	my $x = $rate / $of;
+	return sprintf($x >= 10 ? '%.0f×' : $x >= 1 ? '%.1f×' : '%.2f×', $x);
 }
 sub share
 {
