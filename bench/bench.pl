@@ -1473,7 +1473,8 @@ sub of_ceiling
 	my $r = $result{$key};
 	return undef unless $r && !$r->{skipped} && defined $r->{rate};
 	my ($batch) = $key =~ m{/(\d+)/};
-	my $c = $result{"ceiling$batch"} or return undef;
+	my $c = $result{"ceiling$batch"};
+	return undef unless $c && $c->{rate};
 	return $r->{rate} / $c->{rate};
 }
 for my $t (['sink/500/1', 0.95], ['sink/500/2', 0.95], ['sink/100/1', 0.8], ['sink/100/2', 0.8],
