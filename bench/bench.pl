@@ -1310,7 +1310,8 @@ sub times_of
 {
 	my ($rate, $of) = @_;
 	return '-' unless $of && $rate;
-	return sprintf($rate / $of >= 10 ? '%.0f×' : '%.1f×', $rate / $of);
+	my $x = $rate / $of;
+	return sprintf($x >= 10 ? '%.0f×' : $x >= 1 ? '%.1f×' : '%.2f×', $x);
 }
 sub share
 {
@@ -1472,7 +1473,8 @@ sub of_ceiling
 	my $r = $result{$key};
 	return undef unless $r && !$r->{skipped} && defined $r->{rate};
 	my ($batch) = $key =~ m{/(\d+)/};
-	my $c = $result{"ceiling$batch"} or return undef;
+	my $c = $result{"ceiling$batch"};
+	return undef unless $c && $c->{rate};
 	return $r->{rate} / $c->{rate};
 }
 for my $t (['sink/500/1', 0.95], ['sink/500/2', 0.95], ['sink/100/1', 0.8], ['sink/100/2', 0.8],

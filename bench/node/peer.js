@@ -33,8 +33,9 @@
  * least 1000).
  *
  * A loop never asks for more messages than are still needed to reach
- * --count (counting what the other loops have asked for), so that the last
- * pull does not wait for its expiry on a drained stream.
+ * --count (counting what the other loops have asked for and not yet
+ * acked), so that no pull waits for its expiry on a drained stream at the
+ * end of the run.
  *
  * Output: one line of JSON on stdout when done,
  *   {"count": N, "seconds": S, "msgs_per_second": R, "batches": B}
@@ -126,7 +127,7 @@ async function main() {
     `INSERT INTO ${opts.table} SELECT * FROM jsonb_populate_recordset(NULL::${opts.table}, $1::jsonb)`;
 
   let acked = 0;
-  let asked = 0; // messages the loops' outstanding fetches may still bring
+  let asked = 0; // messages the loops have asked for and not yet acked
   let batches = 0;
   let startedAt = null;
   let lastMessageAt = Date.now();
@@ -168,19 +169,19 @@ async function main() {
           await new Promise((resolve) => setTimeout(resolve, 5));
           continue;
         }
+        // What this loop asked for counts as asked until it is acked.
         asked += want;
         const msgs = [];
-        try {
-          const batch = await c.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
-          for await (const m of batch) {
-            if (startedAt === null) startedAt = process.hrtime.bigint();
-            lastMessageAt = Date.now();
-            msgs.push(m);
-          }
-        } finally {
-          asked -= want;
+        const batch = await c.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
+        for await (const m of batch) {
+          if (startedAt === null) startedAt = process.hrtime.bigint();
+          lastMessageAt = Date.now();
+          msgs.push(m);
         }
-        if (msgs.length === 0) continue;
+        if (msgs.length === 0) {
+          asked -= want;
+          continue;
+        }
 
         await client.query('BEGIN');
         try {
@@ -204,6 +205,7 @@ async function main() {
         }
         for (const m of msgs) m.ack();
         acked += msgs.length;
+        asked -= want;
         batches++;
       }
     } finally {
