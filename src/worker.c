@@ -1595,6 +1595,7 @@ static void
 begin_leaving(Lane *l, bool closing)
 {
 	int64		delay = closing ? Min(release_delay_ms(l), 1000) : 0;
+	int			released;
 
 	if (!l->leaving)
 		ereport(DEBUG1,
@@ -1602,11 +1603,16 @@ begin_leaving(Lane *l, bool closing)
 				 errmsg("reliq worker %d gives up subscription \"%s\"",
 						l->pool->index, l->sub->name)));
 	l->leaving = true;
-	(void) release_messages(l->pool, l->held, l->nheld, delay);
+	released = release_messages(l->pool, l->held, l->nheld, delay);
 	drop_held(l);
 	if (closing && l->puller)
-		(void) reliq_puller_release_queued(l->puller, delay);
-	if (l->pool->conn && reliq_nats_is_connected(l->pool->conn))
+		released += reliq_puller_release_queued(l->puller, delay);
+
+	/*
+	 * A stopping worker flushes once, before it exits, not once per lane
+	 * (a round trip each); a lane given up alone flushes what it gave back.
+	 */
+	if (released > 0 && !closing)
 		(void) reliq_nats_flush(l->pool->conn, reliq_nats_timeout);
 	if (l->status != NULL)
 	{
