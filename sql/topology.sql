@@ -59,6 +59,25 @@ SELECT wait_until($$(SELECT count(*) = 5 FROM app.topo)$$) AS caught_up;
 SELECT reliq.wait_idle('topo_new', '60s');
 SELECT count(*), count(DISTINCT id), min(id), max(id) FROM app.topo;
 
+-- Dropped and made again in one transaction: the worker that served it
+-- may still be pulling for the consumer under the old subscription; the
+-- new one takes that pull over and goes on at once, with no problem
+-- reported and nothing applied twice.
+BEGIN;
+SELECT reliq.drop_subscription('topo_new');
+SET LOCAL client_min_messages = warning;
+SELECT reliq.create_subscription('topo_new', stream => 'TOPO', subject => 'topo.>',
+                                 handler => 'app.topo_handler(reliq.message)'::regprocedure,
+                                 ack_wait => '5s') > 0 AS created;
+COMMIT;
+SELECT count(*) AS published FROM (
+    SELECT reliq.publish('topo.again', format('{"id": %s}', g)::bytea)
+      FROM generate_series(11, 12) g) p;
+SELECT wait_until($$(SELECT count(*) = 7 FROM app.topo)$$) AS caught_up;
+SELECT reliq.wait_idle('topo_new', '60s');
+SELECT count(*), count(DISTINCT id), min(id), max(id) FROM app.topo;
+SELECT last_error FROM reliq.subscription_stats WHERE subscription_name = 'topo_new';
+
 -- take_over: errors, and on a subscription this cluster owns already.
 SELECT try($$SELECT reliq.take_over('nope')$$);
 SELECT reliq.take_over('topo_new') LIKE 'subscription topo_new: this cluster takes the lease of consumer reliq_topo_new%' AS asked;

@@ -1159,8 +1159,20 @@ reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 typedef struct PullerByConsumer
 {
 	char		key[RELIQ_CONSUMER_KEY_LEN];	/* "<stream> <consumer>" */
-	ReliqPuller *puller;
+	ReliqPuller *puller;		/* NULL: retired, see held_until */
+	TimestampTz held_until;		/* a destroyed puller's pull may be held */
 } PullerByConsumer;
+
+/*
+ * A delivery no puller wants is given back (NAK) with a delay, so that a
+ * pull of ours the server still holds cannot be handed it straight back
+ * (nats-server 2.9 gives a NAKed message to a waiting pull at once, and
+ * counts a delivery each time).  When the consumer's puller was destroyed
+ * with its pull out, the delay runs until that pull ends; otherwise it
+ * covers only the moments by which the server's end of a pull may trail
+ * ours.
+ */
+#define RELIQ_STRAY_SKEW_MS 500
 
 typedef struct PullerById
 {
@@ -1176,7 +1188,7 @@ struct ReliqInbox
 	HTAB	   *by_consumer;
 	HTAB	   *by_id;
 	uint32		next_id;
-	int64		stray_delay_ms; /* NAK delay of deliveries no puller wants */
+	int64		stray_delay_ms; /* longest NAK delay of a stray delivery */
 	uint64		strays;			/* deliveries no puller wanted (NAKed) */
 };
 
@@ -1309,10 +1321,7 @@ reliq_inbox_create(ReliqNatsConnection *conn, int64 stray_delay_ms)
 
 /*
  * A delivery nobody here takes (its consumer's puller is gone): give it
- * back, after stray_delay_ms, by when any pull of ours that could be
- * handed it again has run out (a pull of a puller destroyed while it was
- * out; nats-server 2.9 hands a NAKed message to a waiting pull at once).
- * A delivery handed back and forth would count a delivery each time.
+ * back after delay_ms (see RELIQ_STRAY_SKEW_MS).
  */
 static void
 give_back(ReliqInbox *inbox, natsMsg *m, int64 delay_ms)
@@ -1425,9 +1434,15 @@ dispatch(ReliqInbox *inbox, natsMsg *m, TimestampTz now)
 		PullerByConsumer *entry = hash_search(inbox->by_consumer, key,
 											  HASH_FIND, NULL);
 
-		if (entry == NULL)
+		if (entry == NULL || entry->puller == NULL)
 		{
-			give_back(inbox, m, inbox->stray_delay_ms);
+			int64		delay = RELIQ_STRAY_SKEW_MS;
+
+			if (entry != NULL && entry->held_until > now)
+				delay += (entry->held_until - now) / 1000;
+			else if (entry != NULL)
+				hash_search(inbox->by_consumer, key, HASH_REMOVE, NULL);
+			give_back(inbox, m, Min(delay, inbox->stray_delay_ms));
 			natsMsg_Destroy(m);
 			return;
 		}
@@ -1528,6 +1543,16 @@ reliq_inbox_pump(ReliqInbox *inbox, int wait_ms)
 	return n;
 }
 
+/*
+ * The connection closes next, which ends every pull of ours on the
+ * server: deliveries no puller wants need only a short delay now.
+ */
+void
+reliq_inbox_closing(ReliqInbox *inbox)
+{
+	inbox->stray_delay_ms = Min(inbox->stray_delay_ms, 1000);
+}
+
 /* Deliveries given back because no puller of this inbox wanted them. */
 uint64
 reliq_inbox_strays(ReliqInbox *inbox)
@@ -1548,7 +1573,7 @@ reliq_puller_create(ReliqInbox *inbox, const char *stream,
 	puller->inbox = inbox;
 	consumer_key(puller->key, stream, consumer);
 	by_consumer = hash_search(inbox->by_consumer, puller->key, HASH_ENTER, &found);
-	if (found)
+	if (found && by_consumer->puller != NULL)
 	{
 		/* one puller per consumer and inbox: the caller keeps to that */
 		pfree(puller);
@@ -1556,6 +1581,7 @@ reliq_puller_create(ReliqInbox *inbox, const char *stream,
 		return NULL;
 	}
 	by_consumer->puller = puller;
+	by_consumer->held_until = 0;
 	puller->id = inbox->next_id++;
 	by_id = hash_search(inbox->by_id, &puller->id, HASH_ENTER, NULL);
 	by_id->puller = puller;
@@ -1576,10 +1602,21 @@ reliq_puller_create(ReliqInbox *inbox, const char *stream,
 void
 reliq_puller_destroy(ReliqPuller *puller, int64 delay_ms)
 {
+	PullerByConsumer *entry;
+
 	if (puller == NULL)
 		return;
 	(void) reliq_puller_release_queued(puller, delay_ms);
-	hash_search(puller->inbox->by_consumer, puller->key, HASH_REMOVE, NULL);
+	entry = hash_search(puller->inbox->by_consumer, puller->key, HASH_FIND, NULL);
+	if (entry != NULL && puller->active &&
+		puller->expires_at > GetCurrentTimestamp())
+	{
+		/* its pull is still out: strays wait for its end (see dispatch) */
+		entry->puller = NULL;
+		entry->held_until = puller->expires_at;
+	}
+	else if (entry != NULL)
+		hash_search(puller->inbox->by_consumer, puller->key, HASH_REMOVE, NULL);
 	hash_search(puller->inbox->by_id, &puller->id, HASH_REMOVE, NULL);
 	if (puller->queue)
 		pfree(puller->queue);

@@ -153,6 +153,7 @@ extern ReliqInbox *reliq_inbox_create(ReliqNatsConnection *conn,
 extern void reliq_inbox_destroy(ReliqInbox *inbox);
 extern int	reliq_inbox_pump(ReliqInbox *inbox, int wait_ms);
 extern uint64 reliq_inbox_strays(ReliqInbox *inbox);
+extern void reliq_inbox_closing(ReliqInbox *inbox);
 
 extern ReliqPuller *reliq_puller_create(ReliqInbox *inbox,
 										const char *stream,

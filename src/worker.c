@@ -256,7 +256,10 @@ release_unapplied(Pool *p)
 	if (p->conn == NULL || !reliq_nats_is_connected(p->conn) || !PostmasterIsAlive())
 		return;
 	if (p->inbox)
+	{
+		reliq_inbox_closing(p->inbox);
 		(void) reliq_inbox_pump(p->inbox, 0);
+	}
 	for (i = 0; i < p->nlanes; i++)
 	{
 		Lane	   *l = p->lanes[i];
@@ -495,6 +498,7 @@ consumer_settings_differ(const ReliqSubscription *a, const ReliqSubscription *b)
 }
 
 static void detach(Lane *l);
+static ReliqPuller *adopt_puller(Lane *l);
 static void begin_leaving(Lane *l, bool closing);
 
 /* (Re)load the lane's subscription; false if it is gone. */
@@ -780,6 +784,8 @@ ensure_attached(Lane *l)
 	l->batch.stream_created = before.created_ns;
 
 	if (l->puller == NULL)
+		l->puller = adopt_puller(l);
+	if (l->puller == NULL)
 		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->sub->consumer);
 	if (l->puller == NULL)
 	{
@@ -798,6 +804,41 @@ ensure_attached(Lane *l)
 			 errmsg("reliq subscription \"%s\": worker %d attached to consumer \"%s\" (" INT64_FORMAT " pending)",
 					l->sub->name, p->index, l->sub->consumer, info.num_pending)));
 	return true;
+}
+
+/*
+ * A subscription dropped and made again under the same name (or its lane
+ * moved between subscriptions of one consumer) finds the lane it replaces
+ * still leaving here, holding the consumer's puller until its last pull
+ * runs out -- up to RELIQ_IDLE_PULL_MS.  The inbox has one puller per
+ * consumer, so the new lane takes that puller over, with its pull and
+ * what it brought: they are deliveries of the same consumer, and the old
+ * lane has nothing left to do.
+ */
+static ReliqPuller *
+adopt_puller(Lane *l)
+{
+	Pool	   *p = l->pool;
+	int			i;
+
+	for (i = 0; i < p->nlanes; i++)
+	{
+		Lane	   *old = p->lanes[i];
+		ReliqPuller *puller = old->puller;
+
+		if (old == l || !old->leaving || puller == NULL ||
+			strcmp(old->sub->stream, l->sub->stream) != 0 ||
+			strcmp(old->sub->consumer, l->sub->consumer) != 0)
+			continue;
+		old->puller = NULL;
+		old->attached = false;
+		ereport(DEBUG1,
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": takes over the pull of consumer \"%s\" from a lane given up",
+						l->sub->name, l->sub->consumer)));
+		return puller;
+	}
+	return NULL;
 }
 
 /*
@@ -1388,6 +1429,20 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 
 	reliq_batch_run(&l->batch, msgs, n, &result);
 	committed = GetCurrentTimestamp();
+	if (result.subscription_gone)
+	{
+		/*
+		 * Dropped meanwhile: nothing was applied.  Give the messages back
+		 * as a lane given up does; without delay, because until this
+		 * lane's pull has run out they come back to its own queue, which
+		 * a subscription made again under the same consumer takes over
+		 * (adopt_puller).
+		 */
+		(void) release_messages(l->pool, msgs, n, 0);
+		begin_leaving(l, false);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return;
+	}
 	if (result.outboxed > 0)
 		l->outbox_pending = true;
 	if (!may_acknowledge(l, GetFlushRecPtr(NULL)))
@@ -1409,8 +1464,6 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 	time_batch(l, msgs, n, started, committed, &result);
 	report_failures(l, &result);
 
-	if (result.subscription_gone)
-		begin_leaving(l, false);
 	if (result.stream_changed)
 	{
 		note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was made again; attaching to the new one",
