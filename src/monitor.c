@@ -2,8 +2,9 @@
  *
  * monitor.c
  *	  The reliq monitor: one background worker that, every
- *	  reliq.refresh_interval, asks the server about every subscription's
- *	  consumer (pending, ack_pending, redelivered, ack floor), publishes
+ *	  reliq.refresh_interval, lists the consumers of every stream that
+ *	  subscriptions read (pending, ack_pending, redelivered, ack floor:
+ *	  a request per 256 consumers, not one per consumer), publishes
  *	  the figures to shared memory, and prunes each ledger below the floor
  *	  the server has acknowledged.
  *
@@ -147,18 +148,40 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	streams = palloc0(sizeof(ReliqStreamInfo) * Max(count, 1));
 	asked = palloc0(sizeof(bool) * Max(count, 1));
 
-	/* each consumer (the stream is asked after its consumers, below) */
+	/*
+	 * The consumers of each stream, listed a page of 256 at a time (a
+	 * thousand subscriptions: four requests, not a thousand); the stream
+	 * is asked after its consumers, below.
+	 */
 	for (i = 0; i < count; i++)
 	{
+		const char **names;
+		int		   *index;
+		ReliqConsumerInfo *listed;
+		int			n = 0;
+
+		if (asked[i])
+			continue;
 		CHECK_FOR_INTERRUPTS();
 		heartbeat_if_due(conn);
-		if (!reliq_nats_consumer_info(conn, watched[i].stream, watched[i].consumer,
-									  &infos[i]))
+		names = palloc(sizeof(char *) * count);
+		index = palloc(sizeof(int) * count);
+		for (j = i; j < count; j++)
+			if (!asked[j] && strcmp(watched[j].stream, watched[i].stream) == 0)
+			{
+				asked[j] = true;
+				index[n] = j;
+				names[n++] = watched[j].consumer;
+			}
+		listed = palloc(sizeof(ReliqConsumerInfo) * n);
+		if (!reliq_nats_consumer_infos(conn, watched[i].stream, names, n, listed))
 		{
-			note_failure(psprintf("could not ask NATS about consumer \"%s\"",
-								  watched[i].consumer));
+			note_failure(psprintf("could not list the consumers of stream \"%s\"",
+								  watched[i].stream));
 			return;				/* the connection is likely gone: next round */
 		}
+		for (j = 0; j < n; j++)
+			infos[index[j]] = listed[j];
 	}
 	for (i = 0; i < count; i++)
 	{

@@ -98,6 +98,10 @@ extern bool reliq_nats_create_stream(ReliqNatsConnection *conn,
 									 const char *stream,
 									 const char **subjects, int nsubjects,
 									 int replicas, bool *created);
+extern bool reliq_nats_consumer_infos(ReliqNatsConnection *conn,
+									  const char *stream,
+									  const char **consumers, int count,
+									  ReliqConsumerInfo *infos);
 extern bool reliq_nats_consumer_info(ReliqNatsConnection *conn,
 									 const char *stream, const char *consumer,
 									 ReliqConsumerInfo *info);

@@ -128,6 +128,42 @@ reliq_outbox_write(int64 subscription_id)
 }
 
 /*
+ * The subscriptions that have rows waiting in reliq._outbox (a worker died
+ * between COMMIT and publishing them), in the caller's memory context;
+ * *orphans when some rows belong to subscriptions dropped since (any lane
+ * publishes those).  One query for all the lanes of a worker, each
+ * reliq.refresh_interval, instead of a transaction per lane.
+ */
+int
+reliq_outbox_waiting(int64 **subscription_ids, bool *orphans)
+{
+	MemoryContext caller = reliq_xact_begin(NULL);
+	int64	   *ids;
+	int			n;
+	int			i;
+
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq._outbox",
+					  "SELECT DISTINCT o.subscription_id, s.id IS NULL"
+					  "  FROM reliq._outbox o"
+					  "  LEFT JOIN reliq.subscription s ON s.id = o.subscription_id",
+					  0, NULL, NULL, NULL, true, 0, SPI_OK_SELECT);
+	n = (int) SPI_processed;
+	ids = MemoryContextAlloc(caller, sizeof(int64) * (n + 1));
+	*orphans = false;
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = reliq_spi_int64(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		if (reliq_spi_bool(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2))
+			*orphans = true;
+	}
+	reliq_spi_finish();
+	reliq_xact_commit(caller);
+	*subscription_ids = ids;
+	return n;
+}
+
+/*
  * Publish up to `limit` outbox rows of the subscription, oldest first, and
  * delete those JetStream acknowledged, in one transaction of its own.
  * Rows another worker is publishing are skipped.  A row no stream captures

@@ -134,7 +134,6 @@ typedef struct Lane
 	int64		stream_created;
 	int			missed_pulls;
 	int			empty_pulls;	/* in a row; RELIQ_IDLE_AFTER makes it idle */
-	TimestampTz next_refresh;
 	TimestampTz pull_after;		/* no pull before (after a refused one) */
 
 	int			retries;
@@ -176,6 +175,7 @@ struct Pool
 	int			lanes_capacity;
 	int			next_lane;		/* whose turn comes first next round */
 	TimestampTz next_sweep;		/* every lane gets a turn then */
+	TimestampTz next_refresh;	/* see pool_refresh */
 	bool		stopping;
 	MemoryContext turn_cxt;		/* reset before each lane's turn */
 
@@ -797,7 +797,6 @@ ensure_attached(Lane *l)
 	l->attached = true;
 	l->missed_pulls = 0;
 	l->empty_pulls = 0;
-	l->next_refresh = after_ms(reliq_refresh_interval);
 	clear_problem(l, "attached to its consumer again");
 	ereport(DEBUG1,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
@@ -863,28 +862,71 @@ verify_consumer(Lane *l)
 }
 
 /*
- * Every reliq.refresh_interval: look for outbox rows left behind, and
- * (lane 0) make sure the stream is still the incarnation attached to.
- * The consumer's figures and the ledger's pruning are the monitor's
+ * Every reliq.refresh_interval, once for all the lanes of the worker: look
+ * for outbox rows left behind (one query), and make sure each stream read
+ * is still the incarnation its lanes attached to (a request per stream,
+ * not per lane; batch.c checks the catalog's record at every batch).  The
+ * consumers' figures and the ledgers' pruning are the monitor's
  * (monitor.c), which works even while every worker is busy.
  */
 static void
-maybe_refresh(Lane *l)
+pool_refresh(Pool *p)
 {
-	ReliqStreamInfo stream;
+	TimestampTz now = GetCurrentTimestamp();
+	int64	   *waiting;
+	bool		orphans;
+	int			nwaiting;
+	bool		orphans_taken = false;
+	int			i;
+	int			j;
 
-	if (GetCurrentTimestamp() < l->next_refresh)
+	if (now < p->next_refresh || p->nlanes == 0)
 		return;
-	l->next_refresh = after_ms(reliq_refresh_interval);
-	l->outbox_pending = true;	/* rows a dead worker or a dropped subscription left */
-	if (l->lane_index != 0 || !reliq_nats_is_connected(l->pool->conn))
-		return;
-	if (reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) &&
-		(!stream.found || stream.created_ns != l->stream_created))
+	p->next_refresh = TimestampTzPlusMilliseconds(now, reliq_refresh_interval);
+
+	nwaiting = reliq_outbox_waiting(&waiting, &orphans);
+	for (i = 0; i < p->nlanes; i++)
 	{
-		note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was deleted or made again; attaching anew",
-					 l->sub->stream);
-		detach(l);
+		Lane	   *l = p->lanes[i];
+
+		if (l->leaving)
+			continue;
+		for (j = 0; j < nwaiting; j++)
+			if (waiting[j] == l->sub->id)
+				l->outbox_pending = true;
+		if (orphans && !orphans_taken && l->attached)
+			l->outbox_pending = orphans_taken = true;
+	}
+
+	if (!reliq_nats_is_connected(p->conn))
+		return;
+	for (i = 0; i < p->nlanes; i++)
+	{
+		Lane	   *l = p->lanes[i];
+		ReliqStreamInfo stream;
+		bool		seen_before = false;
+
+		if (l->leaving || !l->attached)
+			continue;
+		for (j = 0; j < i && !seen_before; j++)
+			seen_before = !p->lanes[j]->leaving && p->lanes[j]->attached &&
+				strcmp(p->lanes[j]->sub->stream, l->sub->stream) == 0;
+		if (seen_before)
+			continue;
+		if (!reliq_nats_stream_info(p->conn, l->sub->stream, &stream))
+			continue;			/* cannot tell now; the connection reports */
+		for (j = i; j < p->nlanes; j++)
+		{
+			Lane	   *other = p->lanes[j];
+
+			if (other->leaving || !other->attached ||
+				strcmp(other->sub->stream, l->sub->stream) != 0 ||
+				(stream.found && stream.created_ns == other->stream_created))
+				continue;
+			note_problem(other, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was deleted or made again; attaching anew",
+						 other->sub->stream);
+			detach(other);
+		}
 	}
 }
 
@@ -1833,7 +1875,6 @@ lane_turn(Lane *l)
 		return hold_step(l);
 	if (l->outbox_pending && GetCurrentTimestamp() >= l->next_outbox_try)
 		drain_outbox(l);
-	maybe_refresh(l);
 	if (!l->attached)
 		return false;
 
@@ -1887,8 +1928,6 @@ lane_wants_turn(Lane *l, TimestampTz now)
 	if (l->nheld > 0)
 		return now >= l->next_probe || now >= l->next_progress;
 	if (l->outbox_pending && now >= l->next_outbox_try)
-		return true;
-	if (now >= l->next_refresh)
 		return true;
 	if (!reliq_puller_active(l->puller))
 		return now >= l->pull_after;
@@ -2007,6 +2046,7 @@ reliq_worker_main(Datum main_arg)
 			wait_latch(Max(Min(ms_until(p->retry_at), RELIQ_POLL_MS), 1));
 			continue;
 		}
+		pool_refresh(p);
 		if (!serve_lanes(p))
 		{
 			if (reliq_inbox_pump(p->inbox, idle_wait_ms(p)) < 0)
