@@ -129,8 +129,7 @@ reliq_publish(PG_FUNCTION_ARGS)
 	{
 		span.end_ns = reliq_trace_now_ns();
 		span.stream_seq = seq;
-		reliq_span_text(span.outcome,
-						!published ? "failed" : duplicate ? "duplicate" : "published",
+		reliq_span_text(span.outcome, reliq_publish_outcome(published, duplicate),
 						sizeof(span.outcome));
 		span.error = !published;
 		if (!published)

@@ -914,6 +914,7 @@ record_spans(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 			 const ReliqBatchResult *result, ReliqSpan *batch_span)
 {
 	ReliqSpan  *spans;
+	bool		rolled_back;
 	int			n = 0;
 	int			i;
 
@@ -960,9 +961,9 @@ record_spans(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 	reliq_span_text(batch_span->subscription, state->sub->name,
 					sizeof(batch_span->subscription));
 	batch_span->message_count = nmsgs;
-	reliq_span_text(batch_span->outcome,
-					(result->batch_error || result->stream_changed ||
-					 result->subscription_gone) ? "rolled back" : "committed",
+	rolled_back = result->batch_error || result->stream_changed ||
+		result->subscription_gone;
+	reliq_span_text(batch_span->outcome, rolled_back ? "rolled back" : "committed",
 					sizeof(batch_span->outcome));
 	if (result->batch_error)
 	{

@@ -199,8 +199,7 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 			span->end_ns = reliq_trace_now_ns();
 			span->stream_seq = ok ? seq : 0;
 			span->error = !ok;
-			reliq_span_text(span->outcome,
-							!ok ? "failed" : duplicate ? "duplicate" : "published",
+			reliq_span_text(span->outcome, reliq_publish_outcome(ok, duplicate),
 							sizeof(span->outcome));
 			if (!ok)
 				reliq_span_text(span->error_message, reliq_nats_last_error(),

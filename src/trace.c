@@ -531,6 +531,15 @@ reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
 											  JsonbPGetDatum(headers), added));
 }
 
+/* reliq.outcome of a publish span. */
+const char *
+reliq_publish_outcome(bool published, bool duplicate)
+{
+	if (!published)
+		return "failed";
+	return duplicate ? "duplicate" : "published";
+}
+
 /* Copy src into a span's text field, cut to fit. */
 void
 reliq_span_text(char *dst, const char *src, size_t size)

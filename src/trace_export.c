@@ -135,9 +135,11 @@ append_span(StringInfo buf, const ReliqSpan *s)
 	}
 	appendStringInfoString(buf, ",\"name\":");
 	escape_json(buf, name);
-	appendStringInfo(buf, ",\"kind\":%d,\"startTimeUnixNano\":\"" INT64_FORMAT
-					 "\",\"endTimeUnixNano\":\"" INT64_FORMAT "\",\"attributes\":[",
-					 kind, s->start_ns, Max(s->end_ns, s->start_ns));
+	appendStringInfo(buf, ",\"kind\":%d", kind);
+	appendStringInfo(buf, ",\"startTimeUnixNano\":\"" INT64_FORMAT "\"", s->start_ns);
+	appendStringInfo(buf, ",\"endTimeUnixNano\":\"" INT64_FORMAT "\"",
+					 Max(s->end_ns, s->start_ns));
+	appendStringInfoString(buf, ",\"attributes\":[");
 	pfree(name);
 
 	attr_string(buf, &first, "messaging.system", "nats");
