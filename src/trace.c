@@ -665,7 +665,7 @@ reliq_trace_count_export(uint64 exported, uint64 dropped, const char *error)
 		strlcpy(ts->last_error, error, sizeof(ts->last_error));
 		ts->last_error_at = now;
 	}
-	else
+	else if (exported > 0)
 		ts->last_export_at = now;
 	SpinLockRelease(&ts->mutex);
 }

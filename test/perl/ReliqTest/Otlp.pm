@@ -22,10 +22,13 @@ it receives as a line of JSON
 
   my $url = ReliqTest::Otlp::refusing_url();   # a port nobody listens on
 
+  # outside the PostgreSQL::Test framework (the demo):
+  ReliqTest::Otlp->new(file => $path, free_port => \&ReliqTest::Local::free_port);
+
 =head1 DESCRIPTION
 
 The receiver is a forked process listening on 127.0.0.1 on a free port
-(PostgreSQL::Test::Cluster::get_free_port); the listening socket is made
+(PostgreSQL::Test::Cluster::get_free_port, unless free_port is given); the listening socket is made
 before the fork, so it accepts as soon as start() returns.  It answers
 POST /v1/traces (any path, in fact) with 200 and C<{}>, one request per
 connection (C<Connection: close>).
@@ -36,6 +39,9 @@ parentSpanId, name, kind, start, end (unix nanoseconds, numbers),
 attributes => { key => value } (stringValue, intValue as a number,
 boolValue, doubleValue), links => [{traceId, spanId}], status,
 resource => { key => value }, scope, headers => { lower-case name => value } }.
+
+Mode C<discard> answers 200 without decoding or writing anything (the
+benchmark: the receiver takes next to no CPU).
 
 Mode C<hang> accepts connections and never answers: an exporter waits
 until its timeout.  stop() kills the process by its PID.
@@ -50,8 +56,6 @@ use Carp;
 use IO::Socket::INET;
 use JSON::PP;
 use POSIX ();
-use PostgreSQL::Test::Cluster;
-use PostgreSQL::Test::Utils;
 
 my $json = JSON::PP->new->canonical;
 
@@ -59,12 +63,18 @@ sub new
 {
 	my ($class, %o) = @_;
 	my $self = {
-		mode => $o{mode} // 'ok',
-		file => $o{file} // (PostgreSQL::Test::Utils::tempdir() . '/spans.jsonl'),
-		port => undef,
-		pid  => undef,
+		mode      => $o{mode} // 'ok',
+		file      => $o{file},
+		free_port => $o{free_port} // \&_free_port,
+		port      => undef,
+		pid       => undef,
 	};
-	croak "unknown mode $self->{mode}" unless $self->{mode} =~ /^(ok|hang)$/;
+	if (!defined $self->{file})
+	{
+		require PostgreSQL::Test::Utils;
+		$self->{file} = PostgreSQL::Test::Utils::tempdir() . '/spans.jsonl';
+	}
+	croak "unknown mode $self->{mode}" unless $self->{mode} =~ /^(ok|hang|discard)$/;
 	return bless $self, $class;
 }
 
@@ -73,10 +83,16 @@ sub port { return $_[0]->{port}; }
 sub pid  { return $_[0]->{pid}; }
 sub file { return $_[0]->{file}; }
 
+sub _free_port
+{
+	require PostgreSQL::Test::Cluster;
+	return PostgreSQL::Test::Cluster::get_free_port();
+}
+
 # A URL on a free port with no listener: connections are refused.
 sub refusing_url
 {
-	return 'http://127.0.0.1:' . PostgreSQL::Test::Cluster::get_free_port();
+	return 'http://127.0.0.1:' . _free_port();
 }
 
 sub start
@@ -85,7 +101,7 @@ sub start
 	my $listener;
 	for my $try (1 .. 5)
 	{
-		$self->{port} = PostgreSQL::Test::Cluster::get_free_port();
+		$self->{port} = $self->{free_port}->();
 		$listener = IO::Socket::INET->new(
 			LocalAddr => '127.0.0.1',
 			LocalPort => $self->{port},
@@ -175,8 +191,11 @@ sub _handle
 		}
 	}
 	my $status = '200 OK';
-	eval { $self->_record($json->decode($body), \%h); 1 }
-	  or $status = '400 Bad Request';
+	if ($self->{mode} eq 'ok')
+	{
+		eval { $self->_record($json->decode($body), \%h); 1 }
+		  or $status = '400 Bad Request';
+	}
 	my $reply = $status =~ /^200/ ? '{}' : '{"error":"bad request"}';
 	syswrite($conn,
 		    "HTTP/1.1 $status\r\nContent-Type: application/json\r\n"
