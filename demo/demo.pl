@@ -176,7 +176,7 @@ sub print_trace
 	  foreach sort { $a->{start} <=> $b->{start} } @mine;
 	my ($first) = grep { $_->{name} eq 'process user.onboarding.completed' } @mine;
 	my $user = $first ? $first->{attributes}{'reliq.stream_seq'} : '?';
-	print "The trace of one user ($trace, onboarding event at stream sequence $user):\n";
+	print "The trace of one user ($trace; its onboarding event is stream sequence $user):\n";
 	my $walk;
 	$walk = sub {
 		my ($span, $prefix, $last) = @_;
