@@ -368,18 +368,24 @@ reliq_trace_format(const ReliqTraceContext *ctx, char *buf)
 	format_hex(buf + 53, &ctx->flags, 1);
 }
 
-/* A random id, never all zero; the generator is seeded once per process. */
+/* The generator of ids and draws, seeded once per process. */
+static void
+ensure_seeded(void)
+{
+	if (prng_seeded)
+		return;
+	if (!pg_prng_strong_seed(&prng))
+		pg_prng_seed(&prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
+	prng_seeded = true;
+}
+
+/* A random id, never all zero. */
 void
 reliq_trace_new_id(uint8 *id, int len)
 {
 	int			i;
 
-	if (!prng_seeded)
-	{
-		if (!pg_prng_strong_seed(&prng))
-			pg_prng_seed(&prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
-		prng_seeded = true;
-	}
+	ensure_seeded();
 	do
 	{
 		for (i = 0; i < len; i += 8)
@@ -391,17 +397,15 @@ reliq_trace_new_id(uint8 *id, int len)
 	} while (all_zero(id, len));
 }
 
+/* Whether a message without a context is traced: reliq.trace_sample_rate. */
 bool
 reliq_trace_draw_sample(void)
 {
-	uint8		dummy[8];
-
 	if (reliq_trace_sample_rate >= 1.0)
 		return true;
 	if (reliq_trace_sample_rate <= 0.0)
 		return false;
-	if (!prng_seeded)
-		reliq_trace_new_id(dummy, sizeof(dummy));
+	ensure_seeded();
 	return pg_prng_double(&prng) < reliq_trace_sample_rate;
 }
 
@@ -468,7 +472,8 @@ Jsonb *
 reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
 							ReliqSpan *publish_span)
 {
-	char		traceparent[RELIQ_TRACEPARENT_LEN];
+	char		formatted[RELIQ_TRACEPARENT_LEN];
+	const char *traceparent;
 	const char *tracestate = NULL;
 	StringInfoData json;
 	Datum		added;
@@ -484,14 +489,15 @@ reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
 		if (!have_current)
 			return headers;
 		if (current.traced)
-			reliq_trace_format(&current.span, traceparent);
-		else if (current.traceparent != NULL)
-			strlcpy(traceparent, current.traceparent, sizeof(traceparent));
+		{
+			reliq_trace_format(&current.span, formatted);
+			traceparent = formatted;
+		}
+		else if (current.traceparent != NULL &&
+				 strlen(current.traceparent) <= RELIQ_TRACESTATE_MAX)
+			traceparent = current.traceparent;	/* passed on as it came */
 		else
 			return headers;
-		if (!current.traced && current.traceparent != NULL &&
-			strlen(current.traceparent) >= sizeof(traceparent))
-			return headers;		/* a long future-version one: not cut */
 		tracestate = current.tracestate;
 	}
 	else
@@ -503,7 +509,8 @@ reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
 		reliq_trace_new_id(ctx.trace_id, RELIQ_TRACE_ID_LEN);
 		reliq_trace_new_id(ctx.span_id, RELIQ_SPAN_ID_LEN);
 		ctx.flags = reliq_trace_draw_sample() ? 0x01 : 0x00;
-		reliq_trace_format(&ctx, traceparent);
+		reliq_trace_format(&ctx, formatted);
+		traceparent = formatted;
 		if (ctx.flags & 0x01)
 		{
 			memset(publish_span, 0, sizeof(*publish_span));

@@ -166,7 +166,7 @@ foreach my $t (sort keys %root_traces)
 # The attributes of a processing span, a publish span and the batch span.
 SKIP:
 {
-	skip 'no trace to look at', 14 unless @first;
+	skip 'no trace to look at', 15 unless @first;
 	my ($p1, $p2, $p3, $u1) = @first;
 	my $a = $p1->{attributes};
 	is($p1->{kind}, 5, 'a processing span is of kind CONSUMER');
@@ -180,6 +180,7 @@ SKIP:
 	is($a->{'reliq.outcome'}, 'applied', 'reliq.outcome');
 	is($p1->{resource}{'service.name'}, 'reliq-test', 'service.name from reliq.service_name');
 	is($p1->{headers}{authorization}, 'Bearer s3cret', 'reliq.otlp_headers are sent');
+	is($p1->{path}, '/v1/traces', 'to /v1/traces of an endpoint given without a path');
 	is($u1->{kind}, 4, 'a publish span is of kind PRODUCER');
 	like($u1->{attributes}{'messaging.message.id'}, qr/^reliq:\d+:/, 'with the Nats-Msg-Id it was published with');
 	my ($link) = @{ $p1->{links} };
@@ -262,6 +263,21 @@ is($node->safe_psql('postgres', q{
 like($node->safe_psql('postgres', 'SELECT reliq.metrics()'),
 	qr/^reliq_trace_spans_dropped_total\{reason="export_failed"\} [1-9]/m,
 	'the metric counts the dropped spans');
+
+# Tracing off: the incoming context is passed on as it came, no span made.
+reload_with({ 'reliq.otlp_endpoint' => '' });
+my $off_tp = '00-' . ('7' x 32) . '-' . ('c7' x 8) . '-01';
+my $recorded = $node->safe_psql('postgres', 'SELECT spans_recorded FROM reliq.trace_stats()');
+$nats->publish('user.onboarding.completed', count => 1, start => 400,
+	payload => '{"user_id":%d,"email":"u@example.com"}',
+	headers => [ [ 'traceparent', $off_tp ], [ 'tracestate', 'k=v' ] ]);
+ok(wait_for($node, q{SELECT ready FROM app.users WHERE id = 400}, 60), 'user 400 is ready (tracing off)');
+my ($m400) = grep { $_->{subject} eq 'plan.generation.requested' && $_->{data} =~ /"user_id":\s*400\b/ }
+  @{ $nats->stream_messages('EVENTS') };
+is($m400 && $m400->{headers}{traceparent}[0], $off_tp, 'tracing off: traceparent passed on unchanged');
+is($m400 && $m400->{headers}{tracestate}[0], 'k=v', 'tracing off: tracestate passed on unchanged');
+is($node->safe_psql('postgres', "SELECT NOT tracing AND spans_recorded = $recorded FROM reliq.trace_stats()"),
+	't', 'tracing off: no span recorded');
 
 # A fast stop while the exporter may be waiting on the hanging receiver.
 reload_with({ 'reliq.otlp_endpoint' => $hang->url, 'reliq.otlp_timeout' => '60s' });

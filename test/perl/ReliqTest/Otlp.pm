@@ -38,7 +38,8 @@ defines it and appends one line per span to the file: { traceId, spanId,
 parentSpanId, name, kind, start, end (unix nanoseconds, numbers),
 attributes => { key => value } (stringValue, intValue as a number,
 boolValue, doubleValue), links => [{traceId, spanId}], status,
-resource => { key => value }, scope, headers => { lower-case name => value } }.
+resource => { key => value }, scope, headers => { lower-case name => value },
+path (of the request) }.
 
 Mode C<discard> answers 200 without decoding or writing anything (the
 benchmark: the receiver takes next to no CPU).
@@ -176,6 +177,7 @@ sub _handle
 	my ($top, $rest) = split /\r\n\r\n/, $head, 2;
 	my @lines = split /\r\n/, $top;
 	my $request_line = shift @lines;
+	my ($method, $path) = split / /, $request_line // '';
 	my %h;
 	foreach my $l (@lines)
 	{
@@ -193,7 +195,7 @@ sub _handle
 	my $status = '200 OK';
 	if ($self->{mode} eq 'ok')
 	{
-		eval { $self->_record($json->decode($body), \%h); 1 }
+		eval { $self->_record($json->decode($body), \%h, $path); 1 }
 		  or $status = '400 Bad Request';
 	}
 	my $reply = $status =~ /^200/ ? '{}' : '{"error":"bad request"}';
@@ -223,7 +225,7 @@ sub _attributes
 
 sub _record
 {
-	my ($self, $req, $headers) = @_;
+	my ($self, $req, $headers, $path) = @_;
 	my @out;
 	foreach my $rs (@{ $req->{resourceSpans} // [] })
 	{
@@ -251,6 +253,7 @@ sub _record
 						resource => $resource,
 						scope    => $ss->{scope}{name},
 						headers  => $headers,
+						path     => $path,
 					});
 			}
 		}
