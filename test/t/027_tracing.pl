@@ -72,12 +72,23 @@ my $t6 = '6' x 32;
 $nats->publish('user.onboarding.completed', count => 1, start => 6,
 	payload => '{"user_id":%d,"email":"u@example.com"}',
 	headers => [ [ 'traceparent', "00-$t6-" . ('b6' x 8) . "-00" ] ]);
+# User 9: a later version of traceparent, read by its first four fields;
+# user 10: an invalid one (upper-case hex): a new trace.
+my $t9 = '9' x 32;
+my $p9 = 'a9' x 8;
+$nats->publish('user.onboarding.completed', count => 1, start => 9,
+	payload => '{"user_id":%d,"email":"u@example.com"}',
+	headers => [ [ 'traceparent', "cc-$t9-$p9-01-what-comes-next" ] ]);
+my $t10 = 'A' x 32;
+$nats->publish('user.onboarding.completed', count => 1, start => 10,
+	payload => '{"user_id":%d,"email":"u@example.com"}',
+	headers => [ [ 'traceparent', "00-$t10-" . ('B1' x 8) . "-01" ] ]);
 # A message its handler refuses (no user_id): failed, then dead-lettered.
 $nats->publish('user.onboarding.completed', count => 1, start => 0,
 	payload => '{"email":"nobody@example.com","n":%d}');
 
-ok(wait_for($node, q{SELECT count(*) = 6 FROM app.users WHERE ready}, 120),
-	'users 1 to 6 went through the three steps');
+ok(wait_for($node, q{SELECT count(*) = 8 FROM app.users WHERE ready}, 120),
+	'users 1 to 6, 9 and 10 went through the three steps');
 ok(wait_for($node, q{SELECT count(*) = 1 FROM reliq.dead_letter}, 60),
 	'the refused message is dead-lettered');
 
@@ -154,8 +165,8 @@ foreach my $t (keys %by_trace)
 		  && $s->{attributes}{'reliq.outcome'} eq 'applied';
 	}
 }
-# users 1, 2, 3 and 8 start a trace of their own
-is(scalar(keys %root_traces), 4, 'four traces start at an onboarding message without context');
+# users 1, 2, 3, 8 and 10 (invalid context) start a trace of their own
+is(scalar(keys %root_traces), 5, 'five traces start at an onboarding message without a valid context');
 my @first;
 foreach my $t (sort keys %root_traces)
 {
@@ -212,6 +223,13 @@ is($p5span && $p5span->{parentSpanId}, $p5, 'user 5: the first processing span h
 is($carried{5}{tracestate}, 'vendor=abc', 'user 5: tracestate is carried on');
 like($carried{5}{traceparent}, qr/^00-$t5-[0-9a-f]{16}-01$/, 'user 5: the carried traceparent continues the trace');
 
+# User 9: a later version's context is continued.
+check_flow('user 9', $t9);
+my ($p9span) = grep { $_->{name} eq 'process user.onboarding.completed' } @{ $by_trace{$t9} // [] };
+is($p9span && $p9span->{parentSpanId}, $p9, 'user 9: a later version of traceparent is read by its first four fields');
+like($carried{9}{traceparent}, qr/^00-$t9-[0-9a-f]{16}-01$/, 'user 9: and carried on as version 00');
+unlike($carried{10}{traceparent}, qr/^00-$t10/i, 'user 10: an invalid traceparent starts a new trace');
+
 # User 6 (incoming not sampled) and user 7 (rate 0): carried, no span.
 like($carried{6}{traceparent}, qr/^00-$t6-[0-9a-f]{16}-00$/, 'user 6: the unsampled context is carried on, unsampled');
 ok(!$by_trace{$t6}, 'user 6: no span of an unsampled trace');
@@ -243,7 +261,7 @@ $hang->start;
 reload_with({ 'reliq.otlp_endpoint' => $hang->url, 'reliq.otlp_timeout' => '300ms' });
 $nats->publish('user.onboarding.completed', count => 20, start => 100,
 	payload => '{"user_id":%d,"email":"u@example.com"}');
-ok(wait_for($node, q{SELECT count(*) = 20 FROM app.users WHERE id >= 100 AND ready}, 120),
+ok(wait_for($node, q{SELECT count(*) = 20 FROM app.users WHERE id BETWEEN 100 AND 119 AND ready}, 120),
 	'with a hanging receiver, every user goes through');
 ok(wait_for($node, q{SELECT spans_dropped_export_failed > 0 AND export_errors > 0 FROM reliq.trace_stats()}, 60),
 	'spans whose export timed out are dropped and counted');
@@ -252,7 +270,7 @@ reload_with({ 'reliq.otlp_endpoint' => ReliqTest::Otlp::refusing_url() });
 my $errors = $node->safe_psql('postgres', 'SELECT export_errors FROM reliq.trace_stats()');
 $nats->publish('user.onboarding.completed', count => 20, start => 200,
 	payload => '{"user_id":%d,"email":"u@example.com"}');
-ok(wait_for($node, q{SELECT count(*) = 20 FROM app.users WHERE id >= 200 AND ready}, 120),
+ok(wait_for($node, q{SELECT count(*) = 20 FROM app.users WHERE id BETWEEN 200 AND 219 AND ready}, 120),
 	'with a refusing receiver, every user goes through');
 ok(wait_for($node, "SELECT export_errors > $errors AND last_error LIKE '%Couldn''t connect%' FROM reliq.trace_stats()", 60),
 	'refused exports are counted, with the error');
@@ -283,7 +301,7 @@ is($node->safe_psql('postgres', "SELECT NOT tracing AND spans_recorded = $record
 reload_with({ 'reliq.otlp_endpoint' => $hang->url, 'reliq.otlp_timeout' => '60s' });
 $nats->publish('user.onboarding.completed', count => 5, start => 300,
 	payload => '{"user_id":%d,"email":"u@example.com"}');
-ok(wait_for($node, q{SELECT count(*) = 5 FROM app.users WHERE id >= 300 AND ready}, 120),
+ok(wait_for($node, q{SELECT count(*) = 5 FROM app.users WHERE id BETWEEN 300 AND 304 AND ready}, 120),
 	'users go through while an export hangs');
 my $t0 = time;
 $node->stop('fast');
