@@ -127,14 +127,8 @@ reliq_publish(PG_FUNCTION_ARGS)
 								   &duplicate);
 	if (span.type != 0)
 	{
-		span.end_ns = reliq_trace_now_ns();
-		span.stream_seq = seq;
-		reliq_span_text(span.outcome, reliq_publish_outcome(published, duplicate),
-						sizeof(span.outcome));
-		span.error = !published;
-		if (!published)
-			reliq_span_text(span.error_message, reliq_nats_last_error(),
-							sizeof(span.error_message));
+		reliq_trace_end_publish(&span, published, duplicate, seq,
+								reliq_nats_last_error());
 		reliq_trace_record(&span, 1);
 	}
 	if (!published)

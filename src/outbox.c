@@ -196,14 +196,8 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 								header_msg_id ? NULL : msg_id, &seq, &duplicate);
 		if (span->type != 0)
 		{
-			span->end_ns = reliq_trace_now_ns();
-			span->stream_seq = ok ? seq : 0;
-			span->error = !ok;
-			reliq_span_text(span->outcome, reliq_publish_outcome(ok, duplicate),
-							sizeof(span->outcome));
-			if (!ok)
-				reliq_span_text(span->error_message, reliq_nats_last_error(),
-								sizeof(span->error_message));
+			reliq_trace_end_publish(span, ok, duplicate, seq,
+									reliq_nats_last_error());
 			nspans++;
 		}
 		if (ok)

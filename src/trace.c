@@ -538,13 +538,22 @@ reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
 											  JsonbPGetDatum(headers), added));
 }
 
-/* reliq.outcome of a publish span. */
-const char *
-reliq_publish_outcome(bool published, bool duplicate)
+/* A publish span's end: its outcome, and the error if it failed. */
+void
+reliq_trace_end_publish(ReliqSpan *span, bool published, bool duplicate,
+						int64 seq, const char *error)
 {
+	span->end_ns = reliq_trace_now_ns();
+	span->stream_seq = published ? seq : 0;
+	span->error = !published;
 	if (!published)
-		return "failed";
-	return duplicate ? "duplicate" : "published";
+	{
+		reliq_span_text(span->outcome, "failed", sizeof(span->outcome));
+		reliq_span_text(span->error_message, error, sizeof(span->error_message));
+	}
+	else
+		reliq_span_text(span->outcome, duplicate ? "duplicate" : "published",
+						sizeof(span->outcome));
 }
 
 /* Copy src into a span's text field, cut to fit. */

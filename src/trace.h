@@ -148,7 +148,9 @@ extern void reliq_trace_count_export(uint64 exported, uint64 dropped,
 									 const char *error);
 extern void reliq_trace_stats(ReliqTraceStats *stats);
 extern void reliq_span_text(char *dst, const char *src, size_t size);
-extern const char *reliq_publish_outcome(bool published, bool duplicate);
+extern void reliq_trace_end_publish(ReliqSpan *span, bool published,
+									bool duplicate, int64 seq,
+									const char *error);
 extern void reliq_trace_publish_span(ReliqSpan *span, const char *subject,
 									 const char **keys, const char **values,
 									 int nheaders, const char *msg_id);

@@ -34,6 +34,7 @@
 #include "storage/pmsignal.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
@@ -85,15 +86,65 @@ append_hex(StringInfo buf, const uint8 *id, int len)
 	appendBinaryStringInfo(buf, text, 2 * len + 2);
 }
 
+/* A string literal, its length known at compile time. */
+#define APPEND_LITERAL(buf, lit) appendBinaryStringInfo((buf), (lit), sizeof(lit) - 1)
+
+/* Needs value escaping in JSON? (most values do not: a quick scan first) */
+static bool
+needs_escape(const char *value)
+{
+	const unsigned char *p;
+
+	for (p = (const unsigned char *) value; *p != '\0'; p++)
+		if (*p < 0x20 || *p == '"' || *p == '\\')
+			return true;
+	return false;
+}
+
+/* A JSON string: prefix (a literal of ours) followed by value. */
+static void
+append_text(StringInfo buf, const char *prefix, const char *value)
+{
+	if (!needs_escape(value))
+	{
+		appendStringInfoChar(buf, '"');
+		appendStringInfoString(buf, prefix);
+		appendStringInfoString(buf, value);
+		appendStringInfoChar(buf, '"');
+	}
+	else
+	{
+		char	   *joined = psprintf("%s%s", prefix, value);
+
+		escape_json(buf, joined);
+		pfree(joined);
+	}
+}
+
+/* A decimal integer as a JSON string, as OTLP writes int64 and fixed64. */
+static void
+append_int_text(StringInfo buf, int64 value)
+{
+	char		number[MAXINT8LEN + 1];
+	int			len = pg_lltoa(value, number);
+
+	appendStringInfoChar(buf, '"');
+	appendBinaryStringInfo(buf, number, len);
+	appendStringInfoChar(buf, '"');
+}
+
 /*
- * Attributes.  Keys are literals of reliq's that need no escaping (a few
- * thousand spans a second go through here: the exporter's CPU is taken
- * from the same machine as the workers').
+ * Attributes.  Keys are literals of reliq's that need no escaping.  A few
+ * thousand spans a second may go through here, on the workers' machine:
+ * no formatting functions, one scan of each value.
  */
 static void
 attr_key(StringInfo buf, bool *first, const char *key)
 {
-	appendStringInfoString(buf, *first ? "{\"key\":\"" : ",{\"key\":\"");
+	if (*first)
+		APPEND_LITERAL(buf, "{\"key\":\"");
+	else
+		APPEND_LITERAL(buf, ",{\"key\":\"");
 	appendStringInfoString(buf, key);
 	*first = false;
 }
@@ -102,62 +153,55 @@ static void
 attr_string(StringInfo buf, bool *first, const char *key, const char *value)
 {
 	attr_key(buf, first, key);
-	appendStringInfoString(buf, "\",\"value\":{\"stringValue\":");
-	escape_json(buf, value);
-	appendStringInfoString(buf, "}}");
+	APPEND_LITERAL(buf, "\",\"value\":{\"stringValue\":");
+	append_text(buf, "", value);
+	APPEND_LITERAL(buf, "}}");
 }
 
 static void
 attr_int(StringInfo buf, bool *first, const char *key, int64 value)
 {
-	char		number[32];
-
 	attr_key(buf, first, key);
-	appendStringInfoString(buf, "\",\"value\":{\"intValue\":\"");
-	snprintf(number, sizeof(number), INT64_FORMAT, value);
-	appendStringInfoString(buf, number);
-	appendStringInfoString(buf, "\"}}");
+	APPEND_LITERAL(buf, "\",\"value\":{\"intValue\":");
+	append_int_text(buf, value);
+	APPEND_LITERAL(buf, "}}");
 }
 
 static void
 append_span(StringInfo buf, const ReliqSpan *s)
 {
 	bool		first = true;
-	char	   *name;
-	int			kind;
 
-	switch (s->type)
-	{
-		case RELIQ_SPAN_PROCESS:
-			name = psprintf("process %s", s->subject);
-			kind = OTLP_KIND_CONSUMER;
-			break;
-		case RELIQ_SPAN_BATCH:
-			name = psprintf("reliq batch %s", s->subscription);
-			kind = OTLP_KIND_INTERNAL;
-			break;
-		default:
-			name = psprintf("publish %s", s->subject);
-			kind = OTLP_KIND_PRODUCER;
-			break;
-	}
-	appendStringInfoString(buf, "{\"traceId\":");
+	APPEND_LITERAL(buf, "{\"traceId\":");
 	append_hex(buf, s->trace_id, RELIQ_TRACE_ID_LEN);
-	appendStringInfoString(buf, ",\"spanId\":");
+	APPEND_LITERAL(buf, ",\"spanId\":");
 	append_hex(buf, s->span_id, RELIQ_SPAN_ID_LEN);
 	if (s->has_parent)
 	{
-		appendStringInfoString(buf, ",\"parentSpanId\":");
+		APPEND_LITERAL(buf, ",\"parentSpanId\":");
 		append_hex(buf, s->parent_id, RELIQ_SPAN_ID_LEN);
 	}
-	appendStringInfoString(buf, ",\"name\":");
-	escape_json(buf, name);
-	appendStringInfo(buf, ",\"kind\":%d", kind);
-	appendStringInfo(buf, ",\"startTimeUnixNano\":\"" INT64_FORMAT "\"", s->start_ns);
-	appendStringInfo(buf, ",\"endTimeUnixNano\":\"" INT64_FORMAT "\"",
-					 Max(s->end_ns, s->start_ns));
-	appendStringInfoString(buf, ",\"attributes\":[");
-	pfree(name);
+	APPEND_LITERAL(buf, ",\"name\":");
+	switch (s->type)
+	{
+		case RELIQ_SPAN_PROCESS:
+			append_text(buf, "process ", s->subject);
+			APPEND_LITERAL(buf, ",\"kind\":" CppAsString2(OTLP_KIND_CONSUMER));
+			break;
+		case RELIQ_SPAN_BATCH:
+			append_text(buf, "reliq batch ", s->subscription);
+			APPEND_LITERAL(buf, ",\"kind\":" CppAsString2(OTLP_KIND_INTERNAL));
+			break;
+		default:
+			append_text(buf, "publish ", s->subject);
+			APPEND_LITERAL(buf, ",\"kind\":" CppAsString2(OTLP_KIND_PRODUCER));
+			break;
+	}
+	APPEND_LITERAL(buf, ",\"startTimeUnixNano\":");
+	append_int_text(buf, s->start_ns);
+	APPEND_LITERAL(buf, ",\"endTimeUnixNano\":");
+	append_int_text(buf, Max(s->end_ns, s->start_ns));
+	APPEND_LITERAL(buf, ",\"attributes\":[");
 
 	attr_string(buf, &first, "messaging.system", "nats");
 	switch (s->type)
@@ -195,16 +239,16 @@ append_span(StringInfo buf, const ReliqSpan *s)
 
 	if (s->has_link)
 	{
-		appendStringInfoString(buf, ",\"links\":[{\"traceId\":");
+		APPEND_LITERAL(buf, ",\"links\":[{\"traceId\":");
 		append_hex(buf, s->link_trace_id, RELIQ_TRACE_ID_LEN);
-		appendStringInfoString(buf, ",\"spanId\":");
+		APPEND_LITERAL(buf, ",\"spanId\":");
 		append_hex(buf, s->link_span_id, RELIQ_SPAN_ID_LEN);
-		appendStringInfoString(buf, "}]");
+		APPEND_LITERAL(buf, "}]");
 	}
 	if (s->error)
 	{
-		appendStringInfo(buf, ",\"status\":{\"code\":%d,\"message\":", OTLP_STATUS_ERROR);
-		escape_json(buf, s->error_message);
+		APPEND_LITERAL(buf, ",\"status\":{\"code\":" CppAsString2(OTLP_STATUS_ERROR) ",\"message\":");
+		append_text(buf, "", s->error_message);
 		appendStringInfoChar(buf, '}');
 	}
 	appendStringInfoChar(buf, '}');
