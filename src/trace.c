@@ -466,7 +466,8 @@ reliq_trace_set_current(const ReliqMessageTrace *trace)
  * handler with tracing on: a new trace whose parent is the publish's own
  * span, described in *publish_span for the caller to record once the
  * publish is done (publish_span->type is 0 when there is none to record).
- * Headers that give a traceparent are returned as they are.
+ * Headers that give a traceparent are returned as they are; a tracestate
+ * they give is kept.
  */
 Jsonb *
 reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
@@ -534,8 +535,9 @@ reliq_trace_publish_headers(Jsonb *headers, bool in_handler,
 	pfree(json.data);
 	if (headers == NULL)
 		return DatumGetJsonbP(added);
-	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
-											  JsonbPGetDatum(headers), added));
+	/* the caller's keys win: a tracestate of its own is kept */
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, added,
+											  JsonbPGetDatum(headers)));
 }
 
 /* A publish span's end: its outcome, and the error if it failed. */
