@@ -15,7 +15,7 @@ EXTENSION = reliq
 DATA = reliq--0.1.sql reliq--0.1--0.2.sql
 PGFILEDESC = "reliq - NATS JetStream consumer in PostgreSQL"
 
-SHLIB_LINK = -lnats
+SHLIB_LINK = -lnats -lcurl
 PG_CPPFLAGS = -I$(srcdir)/src
 
 # pg_regress: the SQL surface.  "make installcheck" runs against the

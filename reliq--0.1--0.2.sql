@@ -629,3 +629,33 @@ $$;
 
 COMMENT ON COLUMN reliq.subscription.handler IS 'Function (reliq.message) RETURNS void, as schema.name(reliq.message), or a set-based handler (reliq.message[]) RETURNS void called once per batch; NULL when target is set';
 -- ---- end of Set-based handlers ----
+
+/*
+ * ======================================================================
+ * Tracing (issue 12)
+ * ======================================================================
+ * Spans go from the workers through a ring in shared memory to the
+ * exporter process "reliq trace exporter" (src/trace.c,
+ * src/trace_export.c), which sends them over OTLP/HTTP to
+ * reliq.otlp_endpoint.  trace_stats() shows the ring and the exporter:
+ * spans recorded, exported, dropped because the ring was full or because
+ * their export failed, and the last error.
+ */
+CREATE FUNCTION reliq.trace_stats(
+    OUT tracing boolean,
+    OUT spans_recorded bigint,
+    OUT spans_exported bigint,
+    OUT spans_dropped_buffer_full bigint,
+    OUT spans_dropped_export_failed bigint,
+    OUT export_errors bigint,
+    OUT buffered_spans integer,
+    OUT last_export_at timestamptz,
+    OUT last_error_at timestamptz,
+    OUT last_error text)
+RETURNS record
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'reliq_trace_stats_sql';
+COMMENT ON FUNCTION reliq.trace_stats() IS 'Spans recorded, exported and dropped (ring full, export failed), and the exporter''s last error';
+REVOKE ALL ON FUNCTION reliq.trace_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.trace_stats() TO reliq_admin, pg_monitor;
+-- ---- end of Tracing ----

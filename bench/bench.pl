@@ -65,6 +65,9 @@
 #   BENCH_POOL_STALL (30): seconds without progress before a pool run stops
 #   waiting and reports what was not served
 #   BENCH_KEEP=1          keep the directory (logs, data)
+#   (key tracing: the per-message handler, batch 100, concurrency 1, with
+#   reliq.otlp_endpoint off and on at reliq.trace_sample_rate 1.0, to an
+#   OTLP receiver that answers without decoding; $repeat runs of each)
 use strict;
 use warnings;
 use FindBin;
@@ -73,7 +76,8 @@ use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(time sleep);
-use ReliqTest::Local qw(stop_pid start_site stop_site site_query);
+use ReliqTest::Local qw(free_port stop_pid start_site stop_site site_query);
+use ReliqTest::Otlp;
 
 $| = 1;
 my $section    = $ENV{BENCH} || 'all';
@@ -630,6 +634,109 @@ sub reliq_row
 	}
 	my $r = $result{$key};
 	done_line($what, sprintf('%8.0f msgs/s median (%s)', $r->{rate}, runs_text($r))) if $repeat > 1;
+}
+
+# CPU seconds (user + system) a process has used, from /proc; 0 if gone.
+sub cpu_seconds
+{
+	my ($pid) = @_;
+	open(my $fh, '<', "/proc/$pid/stat") or return 0;
+	my $stat = <$fh>;
+	close $fh;
+	$stat =~ s/^.*\) //;    # after the command name, which may hold blanks
+	my @f = split ' ', $stat;
+	return ($f[11] + $f[12]) / 100;    # utime, stime (fields 14, 15) in ticks
+}
+
+sub worker_pids
+{
+	return split /\n/, sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'reliq worker'");
+}
+
+# The trace exporter's PID: the postmaster's child of that title.
+sub exporter_pid
+{
+	open(my $fh, '<', "$site{pgdata}/postmaster.pid") or return undef;
+	my $postmaster = <$fh> + 0;
+	close $fh;
+	foreach my $stat (glob '/proc/[0-9]*/stat')
+	{
+		my ($pid) = $stat =~ m{/proc/(\d+)/};
+		open(my $s, '<', $stat) or next;
+		my $line = <$s> // '';
+		close $s;
+		next unless $line =~ /\) \S+ (\d+) / && $1 == $postmaster;
+		open(my $c, '<', "/proc/$pid/cmdline") or next;
+		my $cmd = <$c> // '';
+		close $c;
+		return $pid if $cmd =~ /reliq trace exporter/;
+	}
+	return undef;
+}
+
+# Tracing off and on (rate 1.0), in turns, $repeat times each: the
+# per-message handler drains the backlog; the spans go to a receiver that
+# answers 200 without decoding them (ReliqTest::Otlp, mode discard).
+sub tracing_row
+{
+	my ($batch, $concurrency) = @_;
+	return unless want('tracing');
+	my $otlp = ReliqTest::Otlp->new(mode => 'discard', file => "$dir/spans.jsonl",
+		free_port => \&free_port);
+	$otlp->start;
+	for my $run (1 .. $repeat)
+	{
+		# off first in odd runs, on first in even ones: no order favoured
+		for my $on ($run % 2 ? (0, 1) : (1, 0))
+		{
+			my $what = sprintf('reliq handler batch %3d, concurrency %d, tracing %s', $batch,
+				$concurrency, $on ? 'on (rate 1.0)' : 'off');
+			sql("ALTER SYSTEM SET reliq.otlp_endpoint = '" . ($on ? $otlp->url : '') . "'");
+			sql("ALTER SYSTEM SET reliq.trace_sample_rate = 1.0");
+			sql('SELECT pg_reload_conf()');
+			sleep 1;
+			my $name = 'run' . ++$runs;
+			sql('TRUNCATE bench.events; CHECKPOINT');
+			my $before = sql('SELECT spans_recorded FROM reliq.trace_stats()');
+			my $exporter = exporter_pid();
+			my $exporter_cpu = $exporter ? cpu_seconds($exporter) : 0;
+			my %worker_cpu = map { $_ => cpu_seconds($_) } worker_pids();
+			my $t0 = time;
+			sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.events',
+			       $how{handler}, batch_size => $batch, concurrency => $concurrency)");
+			my $done = wait_processed("$what, run $run", $name, $N);
+			my $p = commit_profile('bench.events', $t0);
+			# the workers' CPU over the run (pool workers outlive it)
+			my $worker_cpu = 0;
+			$worker_cpu += cpu_seconds($_) - ($worker_cpu{$_} // 0) for worker_pids();
+			sleep 1.5;    # the exporter's last round
+			$exporter_cpu = $exporter ? cpu_seconds($exporter) - $exporter_cpu : 0;
+			sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
+			check_rows("$what, run $run", 'bench.events', $N) if $done >= $N;
+			report_gaps("$what, run $run", $p);
+			my $spans = sql('SELECT spans_recorded FROM reliq.trace_stats()') - $before;
+			keep_run("tracing/$on", rate => ($done >= $N ? $p->{rate} : 0));
+			push @{ $result{"tracing/$on"}{worker_us} }, 1e6 * $worker_cpu / $N;
+			push @{ $result{"tracing/$on"}{exporter_us} }, 1e6 * $exporter_cpu / $N;
+			done_line("$what, run $run", sprintf('%8.0f msgs/s, %d spans; CPU per message: workers %.1f µs, exporter %.1f µs',
+				$p->{rate}, $spans, 1e6 * $worker_cpu / $N, 1e6 * $exporter_cpu / $N));
+		}
+	}
+	sql("ALTER SYSTEM RESET reliq.otlp_endpoint");
+	sql("ALTER SYSTEM RESET reliq.trace_sample_rate");
+	sql('SELECT pg_reload_conf()');
+	$otlp->stop;
+	my ($off, $on) = map { $result{"tracing/$_"}{rate} } 0, 1;
+	my $stats = sql("SELECT spans_exported || ' exported, ' || spans_dropped_buffer_full || ' dropped (ring full), '
+	                        || spans_dropped_export_failed || ' dropped (export failed)' FROM reliq.trace_stats()");
+	my ($w_off, $w_on) = map { median(@{ $result{"tracing/$_"}{worker_us} }) } 0, 1;
+	my $e_on = median(@{ $result{"tracing/1"}{exporter_us} });
+	$result{tracing} = { off => $off, on => $on, ratio => $off ? $on / $off : 0, batch => $batch,
+		conc => $concurrency, stats => $stats, w_off => $w_off, w_on => $w_on, e_on => $e_on };
+	done_line('tracing on / off', sprintf('%.0f / %.0f msgs/s = %.2f; spans: %s', $on, $off,
+		$result{tracing}{ratio}, $stats));
+	done_line('tracing CPU per message (medians)', sprintf('workers %.1f µs off, %.1f µs on; exporter %.1f µs on',
+		$w_off, $w_on, $e_on));
 }
 
 # The Node.js consumers: the seed-style baseline and the strong peer.
@@ -1288,6 +1395,7 @@ if ($section ne 'pool')
 		peer_row();
 	}
 	streaming_row(500, 2);
+	tracing_row(100, 1);
 	latency_run($_) for @rates;
 	memory_run();
 }
@@ -1495,6 +1603,12 @@ for my $t (['sink', 3], ['handler', 2.5])
 	next unless $best && $peer;
 	my $x = $result{$best}{rate} / $peer;
 	target("$label{$path} ≥ ${want}× the strong peer", sprintf('%.1f× (%s)', $x, $best), $x >= $want);
+}
+if (my $t = $result{tracing})
+{
+	target("per-message handler (batch $t->{batch}) with tracing on at rate 1.0 ≥ 0.9 of tracing off",
+		sprintf('%.2f (%.0f / %.0f msgs/s; CPU per message: workers %.1f → %.1f µs, exporter %.1f µs)',
+			$t->{ratio}, $t->{on}, $t->{off}, $t->{w_off}, $t->{w_on}, $t->{e_on}), $t->{ratio} >= 0.9);
 }
 if ($result{streaming} && $result{streamceiling_combined})
 {

@@ -43,11 +43,11 @@ BEGIN
     INSERT INTO app.users (id, email, onboarded_at)
     VALUES ((event->>'user_id')::bigint, event->>'email', m.published_at);
     -- Inside a handler reliq.publish derives the Nats-Msg-Id from the
-    -- message being handled, so a retried handler publishes no duplicate.
+    -- message being handled, so a retried handler publishes no duplicate,
+    -- and carries the trace context on (traceparent, tracestate).
     PERFORM reliq.publish('plan.generation.requested',
                           jsonb_build_object('user_id', event->'user_id',
-                                             'goal', COALESCE(event->>'goal', 'strength'))::text::bytea,
-                          headers => jsonb_strip_nulls(jsonb_build_object('traceparent', m.headers->>'traceparent')));
+                                             'goal', COALESCE(event->>'goal', 'strength'))::text::bytea);
 END
 $$;
 

@@ -6,7 +6,7 @@
 
 # patroni, etcd-server and python3-etcd: the high-availability tests (019);
 # prometheus: promtool and the Prometheus server of 022.
-RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev nats-server libipc-run-perl make gcc curl openssl patroni etcd-server python3-etcd prometheus"
+RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev libcurl4-openssl-dev nats-server libipc-run-perl make gcc curl openssl patroni etcd-server python3-etcd prometheus"
 # What scripts/package needs to build the Debian package.
 RELIQ_PACKAGE_TOOLS="dpkg-dev debhelper postgresql-server-dev-all libnats-dev make gcc"
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}

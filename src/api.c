@@ -37,6 +37,7 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "spi_safe.h"
+#include "trace.h"
 
 PG_FUNCTION_INFO_V1(reliq_publish);
 PG_FUNCTION_INFO_V1(reliq_create_stream);
@@ -85,6 +86,10 @@ reliq_publish(PG_FUNCTION_ARGS)
 	int			nheaders = 0;
 	int64		seq = 0;
 	bool		duplicate = false;
+	bool		published;
+	bool		in_handler;
+	Jsonb	   *headers;
+	ReliqSpan	span;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -93,20 +98,40 @@ reliq_publish(PG_FUNCTION_ARGS)
 				 errhint("An empty payload is '' (text) or ''::bytea.")));
 	subject = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	data = PG_GETARG_BYTEA_PP(1);
-	if (!PG_ARGISNULL(2))
-		nheaders = reliq_headers_from_jsonb(PG_GETARG_JSONB_P(2), &keys, &values, &msg_id);
+	headers = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	if (headers != NULL)
+		(void) reliq_headers_from_jsonb(headers, &keys, &values, &msg_id);
+
 	/* Inside a handler: published after the batch commits (outbox.c). */
-	if (reliq_handler_publish_msg_id(derived_id, sizeof(derived_id)))
+	in_handler = reliq_handler_publish_msg_id(derived_id, sizeof(derived_id));
+	headers = reliq_trace_publish_headers(headers, in_handler, &span);
+	if (in_handler)
 	{
-		reliq_outbox_defer(subject, data,
-						   PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
+		reliq_outbox_defer(subject, data, headers,
 						   msg_id ? msg_id : derived_id);
 		PG_RETURN_NULL();
 	}
 
-	if (!reliq_nats_publish(reliq_nats_session_connection(), subject,
-							VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-							keys, values, nheaders, msg_id, &seq, &duplicate))
+	if (headers != NULL)
+		nheaders = reliq_headers_from_jsonb(headers, &keys, &values, &msg_id);
+	if (span.type == 0)			/* an explicit traceparent, if sampled */
+		reliq_trace_publish_span(&span, subject, keys, values, nheaders, msg_id);
+	else
+	{
+		reliq_span_text(span.subject, subject, sizeof(span.subject));
+		reliq_span_text(span.msg_id, msg_id, sizeof(span.msg_id));
+	}
+	published = reliq_nats_publish(reliq_nats_session_connection(), subject,
+								   VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+								   keys, values, nheaders, msg_id, &seq,
+								   &duplicate);
+	if (span.type != 0)
+	{
+		reliq_trace_end_publish(&span, published, duplicate, seq,
+								reliq_nats_last_error());
+		reliq_trace_record(&span, 1);
+	}
+	if (!published)
 	{
 		if (reliq_nats_last_was_no_responders())
 			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
@@ -349,6 +374,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 	int64		subscription_id;
 	int64		stream_seq;
 	char	   *traceparent;
+	ReliqMessageTrace replay_trace;
 	bool		isnull;
 	volatile bool ok = true;
 	ErrorData  *error = NULL;
@@ -387,6 +413,9 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 
 	handler = reliq_prepare_handler(sub, CurrentMemoryContext);
 
+	/* its publishes carry the stored traceparent on, as it is (no span) */
+	reliq_trace_start_message(&replay_trace, traceparent, NULL, false);
+	reliq_trace_set_current(&replay_trace);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(caller);
 	PG_TRY();
@@ -411,6 +440,7 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 		ok = false;
 	}
 	PG_END_TRY();
+	reliq_trace_set_current(NULL);
 	reliq_free_handler(handler);
 
 	if (!ok)

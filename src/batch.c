@@ -60,6 +60,7 @@
 #include "shmem.h"
 #include "sink.h"
 #include "spi_safe.h"
+#include "trace.h"
 #include "xact.h"
 
 /* SQLSTATE of a message dead-lettered without a handler error. */
@@ -272,10 +273,12 @@ apply_message(ReliqBatchState *state, ReliqMessage *msg)
 	}
 	else
 		argument = reliq_sink_rows(&msg, 1);
+	reliq_trace_set_current(&msg->trace);
 	msg->outboxed = reliq_call_handler(state->sub, state->handler, argument,
-									   reliq_message_header(msg, "traceparent"),
+									   msg->trace.traceparent,
 									   state->sub->id, state->stream_created,
 									   msg->stream_seq);
+	reliq_trace_set_current(NULL);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);
 }
@@ -309,12 +312,20 @@ apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 	}
 	else
 		argument = reliq_sink_rows(msgs, count);
+	/* many messages, no one context to carry on; one: its own */
+	reliq_trace_set_current(count == 1 ? &msgs[0]->trace : NULL);
+	for (i = 0; i < count; i++)
+		msgs[i]->trace.start_ns = reliq_trace_now_ns();
 	msgs[0]->outboxed = reliq_call_handler(state->sub, state->handler, argument,
 										   NULL, state->sub->id,
 										   state->stream_created,
 										   msgs[0]->stream_seq);
+	reliq_trace_set_current(NULL);
 	for (i = 0; i < count; i++)
+	{
 		msgs[i]->outcome = RELIQ_OUTCOME_PROCESSED;
+		msgs[i]->trace.end_ns = reliq_trace_now_ns();
+	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->message_cxt);
 }
@@ -571,6 +582,8 @@ static void
 apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 				MemoryContext batch_cxt)
 {
+	if (msg->trace.sampled)
+		msg->trace.start_ns = reliq_trace_now_ns();
 	if (!fresh)
 		msg->outcome = RELIQ_OUTCOME_DUPLICATE;
 	else if (beyond_delivery_limit(state, msg))
@@ -584,6 +597,8 @@ apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 		apply_message(state, msg);
 		msg->outcome = RELIQ_OUTCOME_PROCESSED;
 	}
+	if (msg->trace.sampled)
+		msg->trace.end_ns = reliq_trace_now_ns();
 }
 
 /*
@@ -748,6 +763,8 @@ run_in_subtransaction(ReliqBatchState *state, ReliqMessage *msgs, int index,
 		MemoryContextReset(state->message_cxt);
 		msg->outcome = RELIQ_OUTCOME_FAILED;
 		msg->error = error;
+		if (msg->trace.sampled)
+			msg->trace.end_ns = reliq_trace_now_ns();
 	}
 	PG_END_TRY();
 }
@@ -834,6 +851,135 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 }
 
 /*
+ * Tracing
+ */
+
+/*
+ * Each message's trace context and, with tracing on, its span ids; the
+ * batch's span, in a trace of its own.  batch_span->type stays 0 when
+ * none of the messages is sampled.
+ */
+static void
+start_traces(ReliqMessage *msgs, int nmsgs, ReliqSpan *batch_span)
+{
+	bool		on = reliq_tracing_on();
+	bool		sampled = false;
+	int			i;
+
+	for (i = 0; i < nmsgs; i++)
+	{
+		reliq_trace_start_message(&msgs[i].trace,
+								  reliq_message_header(&msgs[i], "traceparent"),
+								  reliq_message_header(&msgs[i], "tracestate"),
+								  on);
+		sampled |= msgs[i].trace.sampled;
+	}
+	batch_span->type = 0;
+	if (!sampled)
+		return;
+	memset(batch_span, 0, sizeof(*batch_span));
+	batch_span->type = RELIQ_SPAN_BATCH;
+	reliq_trace_new_id(batch_span->trace_id, RELIQ_TRACE_ID_LEN);
+	reliq_trace_new_id(batch_span->span_id, RELIQ_SPAN_ID_LEN);
+	batch_span->start_ns = reliq_trace_now_ns();
+}
+
+static const char *
+outcome_name(ReliqOutcome outcome)
+{
+	switch (outcome)
+	{
+		case RELIQ_OUTCOME_PROCESSED:
+			return "applied";
+		case RELIQ_OUTCOME_DUPLICATE:
+			return "duplicate";
+		case RELIQ_OUTCOME_FAILED:
+			return "failed";
+		case RELIQ_OUTCOME_DEAD_LETTERED:
+			return "dead_lettered";
+		case RELIQ_OUTCOME_HELD:
+			return "held";
+		case RELIQ_OUTCOME_NONE:
+			break;
+	}
+	return "not_applied";
+}
+
+/*
+ * The spans of a finished batch: one per sampled message, linked to the
+ * batch's, and the batch's; handed to the ring in one go.
+ */
+static void
+record_spans(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
+			 const ReliqBatchResult *result, ReliqSpan *batch_span)
+{
+	ReliqSpan  *spans;
+	bool		rolled_back;
+	int			n = 0;
+	int			i;
+
+	if (batch_span->type == 0)
+		return;
+	batch_span->end_ns = reliq_trace_now_ns();
+	spans = palloc(sizeof(ReliqSpan) * (nmsgs + 1));
+	for (i = 0; i < nmsgs; i++)
+	{
+		ReliqMessage *msg = &msgs[i];
+		ReliqSpan  *s;
+
+		if (!msg->trace.sampled)
+			continue;
+		s = &spans[n++];
+		memset(s, 0, sizeof(*s));
+		s->type = RELIQ_SPAN_PROCESS;
+		memcpy(s->trace_id, msg->trace.span.trace_id, RELIQ_TRACE_ID_LEN);
+		memcpy(s->span_id, msg->trace.span.span_id, RELIQ_SPAN_ID_LEN);
+		s->has_parent = msg->trace.has_parent;
+		if (s->has_parent)
+			memcpy(s->parent_id, msg->trace.parent.span_id, RELIQ_SPAN_ID_LEN);
+		s->has_link = true;
+		memcpy(s->link_trace_id, batch_span->trace_id, RELIQ_TRACE_ID_LEN);
+		memcpy(s->link_span_id, batch_span->span_id, RELIQ_SPAN_ID_LEN);
+		s->start_ns = msg->trace.start_ns ? msg->trace.start_ns : batch_span->start_ns;
+		s->end_ns = msg->trace.end_ns >= s->start_ns ? msg->trace.end_ns : batch_span->end_ns;
+		s->stream_seq = msg->stream_seq;
+		s->delivery_count = msg->delivered;
+		reliq_span_text(s->outcome, outcome_name(msg->outcome), sizeof(s->outcome));
+		reliq_span_text(s->subject, msg->subject, sizeof(s->subject));
+		reliq_span_text(s->subscription, state->sub->name, sizeof(s->subscription));
+		reliq_span_text(s->stream, msg->stream, sizeof(s->stream));
+		reliq_span_text(s->consumer, msg->consumer, sizeof(s->consumer));
+		if (msg->error != NULL)
+		{
+			s->error = true;
+			reliq_span_text(s->sqlstate, unpack_sql_state(msg->error->sqlerrcode),
+							sizeof(s->sqlstate));
+			reliq_span_text(s->error_message, msg->error->message,
+							sizeof(s->error_message));
+		}
+	}
+	reliq_span_text(batch_span->subscription, state->sub->name,
+					sizeof(batch_span->subscription));
+	batch_span->message_count = nmsgs;
+	rolled_back = result->batch_error || result->stream_changed ||
+		result->subscription_gone;
+	reliq_span_text(batch_span->outcome, rolled_back ? "rolled back" : "committed",
+					sizeof(batch_span->outcome));
+	if (result->batch_error)
+	{
+		batch_span->error = true;
+		reliq_span_text(batch_span->sqlstate,
+						unpack_sql_state(result->batch_error->sqlerrcode),
+						sizeof(batch_span->sqlstate));
+		reliq_span_text(batch_span->error_message, result->batch_error->message,
+						sizeof(batch_span->error_message));
+	}
+	spans[n++] = *batch_span;
+	reliq_trace_record(spans, n);
+	pfree(spans);
+}
+
+/*
  * Apply a batch.  Afterwards every message has an outcome, and what the
  * outcomes say has been committed; the caller acks accordingly.  Messages
  * and result live in the caller's (batch) memory context.
@@ -843,12 +989,14 @@ reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				ReliqBatchResult *result)
 {
 	MemoryContext batch_cxt = CurrentMemoryContext;
+	ReliqSpan	batch_span;
 	bool		redo = false;
 	bool		applied;
 	int			i;
 
 	memset(result, 0, sizeof(*result));
 	reset_outcomes(msgs, nmsgs);
+	start_traces(msgs, nmsgs, &batch_span);
 
 	/* a redelivery in the batch fails the plain ledger INSERT: again */
 	applied = run_fast_path(state, msgs, nmsgs, result, batch_cxt, true, &redo);
@@ -898,4 +1046,5 @@ reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 			result->last_failure_seq = msg->stream_seq;
 		}
 	}
+	record_spans(state, msgs, nmsgs, result, &batch_span);
 }

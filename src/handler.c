@@ -37,6 +37,7 @@
 #include "outbox.h"
 #include "sink.h"
 #include "spi_safe.h"
+#include "trace.h"
 
 /* The message whose handler is running, for reliq.publish's message ids. */
 static bool in_handler = false;
@@ -243,6 +244,7 @@ void
 reliq_handler_cleanup(void)
 {
 	in_handler = false;
+	reliq_trace_set_current(NULL);
 	reliq_outbox_discard();
 	if (get_timeout_active(STATEMENT_TIMEOUT))
 		disable_timeout(STATEMENT_TIMEOUT, false);

@@ -14,6 +14,8 @@
 #include "fmgr.h"
 #include "utils/jsonb.h"
 
+#include "trace.h"
+
 /* What became of a message in its batch; decides how it is acknowledged. */
 typedef enum ReliqOutcome
 {
@@ -49,6 +51,7 @@ typedef struct ReliqMessage
 	ReliqOutcome outcome;
 	ErrorData  *error;			/* why the handler failed */
 	int			outboxed;		/* publishes its handler made */
+	ReliqMessageTrace trace;	/* its context and processing span */
 } ReliqMessage;
 
 extern bool reliq_parse_ack_subject(const char *reply, ReliqMessage *msg);

@@ -13,7 +13,8 @@
  *
  * Instance-level series: reliq_build_info{version} (always 1),
  * reliq_nats_connected{worker} per running worker (its slot number), and
- * reliq_dead_letter_backlog{subscription}, the rows of reliq.dead_letter.
+ * reliq_dead_letter_backlog{subscription}, the rows of reliq.dead_letter,
+ * and the reliq_trace_* families of the span ring and its exporter.
  * The HTTP endpoint has no database connection, so the backlog is counted
  * by the monitor, which has one and is in no hurry: at most once per
  * reliq.refresh_interval, in the transaction in which it reads the
@@ -34,6 +35,7 @@
 #include "metrics.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "trace.h"
 #include "version.h"
 
 PG_FUNCTION_INFO_V1(reliq_metrics);
@@ -287,6 +289,40 @@ nats_connected_samples(StringInfo buf)
 	pfree(workers);
 }
 
+/* The span ring and the exporter (trace.c). */
+static void
+trace_samples(StringInfo buf)
+{
+	ReliqTraceStats t;
+
+	reliq_trace_stats(&t);
+	family(buf, "reliq_trace_spans_recorded_total", "counter",
+		   "Spans put in the shared ring for the exporter.");
+	appendStringInfo(buf, "reliq_trace_spans_recorded_total " UINT64_FORMAT "\n", t.recorded);
+	family(buf, "reliq_trace_spans_exported_total", "counter",
+		   "Spans the OTLP endpoint accepted.");
+	appendStringInfo(buf, "reliq_trace_spans_exported_total " UINT64_FORMAT "\n", t.exported);
+	family(buf, "reliq_trace_spans_dropped_total", "counter",
+		   "Spans lost: the ring was full (buffer_full), or their export failed or timed out (export_failed).");
+	appendStringInfo(buf, "reliq_trace_spans_dropped_total{reason=\"buffer_full\"} " UINT64_FORMAT "\n",
+					 t.dropped_buffer_full);
+	appendStringInfo(buf, "reliq_trace_spans_dropped_total{reason=\"export_failed\"} " UINT64_FORMAT "\n",
+					 t.dropped_export_failed);
+	family(buf, "reliq_trace_export_errors_total", "counter",
+		   "Export requests that failed.");
+	appendStringInfo(buf, "reliq_trace_export_errors_total " UINT64_FORMAT "\n", t.export_errors);
+	family(buf, "reliq_trace_buffered_spans", "gauge",
+		   "Spans waiting in the ring.");
+	appendStringInfo(buf, "reliq_trace_buffered_spans %d\n", t.buffered);
+	if (t.last_export_at != 0)
+	{
+		family(buf, "reliq_trace_last_export_timestamp_seconds", "gauge",
+			   "When an export last succeeded, in seconds since the Unix epoch.");
+		appendStringInfo(buf, "reliq_trace_last_export_timestamp_seconds %.3f\n",
+						 unix_seconds(t.last_export_at));
+	}
+}
+
 /* The exposition text, palloc'd in the current memory context. */
 char *
 reliq_metrics_text(void)
@@ -306,6 +342,7 @@ reliq_metrics_text(void)
 		   "Always 1; the label version is the version of the loaded reliq library.");
 	appendStringInfo(&buf, "reliq_build_info{version=\"%s\"} 1\n", RELIQ_VERSION);
 	nats_connected_samples(&buf);
+	trace_samples(&buf);
 
 	for (f = 0; f < lengthof(counters); f++)
 	{

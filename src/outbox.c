@@ -37,6 +37,7 @@
 #include "outbox.h"
 #include "reliq.h"
 #include "spi_safe.h"
+#include "trace.h"
 #include "xact.h"
 
 typedef struct DeferredPublish
@@ -178,6 +179,8 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	Datum		args[2] = {Int64GetDatum(subscription_id), Int32GetDatum(limit)};
 	Datum	   *published;
 	int			npublished = 0;
+	ReliqSpan  *spans;
+	int			nspans = 0;
 	int			rows;
 	int			i;
 	MemoryContext caller;
@@ -196,6 +199,8 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 					  2, argtypes, args, NULL, false, 0, SPI_OK_SELECT);
 	published = palloc(sizeof(Datum) * (SPI_processed + 1));	/* ids of rows published */
 	rows = (int) SPI_processed;
+	/* recorded after COMMIT, when SPI's memory is gone */
+	spans = MemoryContextAlloc(caller, sizeof(ReliqSpan) * (rows + 1));
 
 	for (i = 0; i < rows; i++)
 	{
@@ -211,15 +216,27 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 		const char **values = NULL;
 		const char *header_msg_id = NULL;
 		int			nheaders = 0;
-		int64		seq;
-		bool		duplicate;
+		int64		seq = 0;
+		bool		duplicate = false;
+		bool		ok;
+		ReliqSpan  *span;
 
 		if (!isnull)
 			nheaders = reliq_headers_from_jsonb(DatumGetJsonbP(headers),
 												&keys, &values, &header_msg_id);
-		if (reliq_nats_publish(conn, subject, VARDATA_ANY(data),
-							   VARSIZE_ANY_EXHDR(data), keys, values, nheaders,
-							   header_msg_id ? NULL : msg_id, &seq, &duplicate))
+		span = &spans[nspans];
+		reliq_trace_publish_span(span, subject, keys, values, nheaders,
+								 header_msg_id ? header_msg_id : msg_id);
+		ok = reliq_nats_publish(conn, subject, VARDATA_ANY(data),
+								VARSIZE_ANY_EXHDR(data), keys, values, nheaders,
+								header_msg_id ? NULL : msg_id, &seq, &duplicate);
+		if (span->type != 0)
+		{
+			reliq_trace_end_publish(span, ok, duplicate, seq,
+									reliq_nats_last_error());
+			nspans++;
+		}
+		if (ok)
 			published[npublished++] = Int64GetDatum(id);
 		else
 		{
@@ -245,5 +262,7 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 	}
 	reliq_spi_finish();
 	reliq_xact_commit(caller);
+	reliq_trace_record(spans, nspans);
+	pfree(spans);
 	return *stuck ? 0 : rows;
 }

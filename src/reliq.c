@@ -3,8 +3,8 @@
  * reliq.c
  *	  Module entry point: refuses to load unless preloaded, defines the
  *	  reliq.* settings, reserves shared memory and registers reliq's static
- *	  background workers: the launcher, the monitor and, with
- *	  reliq.metrics_port, the metrics endpoint.
+ *	  background workers: the launcher, the monitor, the trace exporter
+ *	  and, with reliq.metrics_port, the metrics endpoint.
  *
  * Nothing here talks to NATS: the postmaster must never start the NATS
  * client's threads, so every cnats call happens in a worker or a backend.
@@ -26,6 +26,7 @@
 #include "nats_url.h"
 #include "reliq.h"
 #include "shmem.h"
+#include "trace.h"
 
 PG_MODULE_MAGIC;
 
@@ -187,6 +188,8 @@ define_settings(void)
 				  "Private key (PEM) of the client certificate.",
 				  &reliq_nats_tls_key_file, false);
 
+	reliq_trace_define_settings();
+
 	MarkGUCPrefixReserved("reliq");
 }
 
@@ -212,9 +215,11 @@ _PG_init(void)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random instance id for reliq")));
 	reliq_shmem_install_hooks();
+	reliq_trace_install_hooks();
 	reliq_guard_install();
 	reliq_launcher_register();
 	reliq_monitor_register();
+	reliq_trace_exporter_register();
 	if (reliq_metrics_port > 0)
 		reliq_metrics_server_register();
 }

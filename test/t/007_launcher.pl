@@ -99,16 +99,16 @@ ok(wait_for($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_typ
 
 $node->stop;
 
-# max_worker_processes exhausted: the launcher, the monitor and PostgreSQL's
-# logical replication launcher leave room for one reliq worker of three;
-# every subscription is served on it, short of workers.
-my $tight = reliq_node('tight', $nats, conf => "max_worker_processes = 4\nreliq.max_workers = 8");
+# max_worker_processes exhausted: the launcher, the monitor, the trace
+# exporter and PostgreSQL's logical replication launcher leave room for one
+# reliq worker of three; every subscription is served on it, short of workers.
+my $tight = reliq_node('tight', $nats, conf => "max_worker_processes = 5\nreliq.max_workers = 8");
 $tight->safe_psql('postgres', $got_setup);
 $tight->safe_psql('postgres', q{
 	SELECT reliq.create_subscription('t', stream => 'L', subject => 'l.t',
 	       handler => 'got(reliq.message)'::regprocedure, concurrency => 3);
 });
-ok(wait_for($tight, q{SELECT worker_shortfall LIKE '1 of 3 workers running: PostgreSQL refused to start more background workers; raise max_worker_processes (4)%'
+ok(wait_for($tight, q{SELECT worker_shortfall LIKE '1 of 3 workers running: PostgreSQL refused to start more background workers; raise max_worker_processes (5)%'
                       FROM reliq.subscription_stats WHERE subscription_name = 't'}),
 	'a refused worker shows in subscription_stats, with max_worker_processes');
 ok(wait_for($tight, q{SELECT status = 'degraded' AND array_to_string(reasons, ' ') LIKE '%raise max_worker_processes%'
