@@ -85,6 +85,7 @@ my @rates      = split ' ', ($ENV{BENCH_RATES} // '2000 20000');
 my $lat_secs   = $ENV{BENCH_LATENCY_SECONDS} // 10;
 my $only       = $ENV{BENCH_ONLY};
 my $ceilings   = $ENV{BENCH_CEILINGS} // 1;
+my $stall_tries = $ENV{BENCH_STALL_TRIES} // 3;
 my %pool = (
 	subs           => $ENV{BENCH_POOL_SUBS}            // 1000,
 	msgs           => $ENV{BENCH_POOL_MSGS}            // 100,
@@ -630,6 +631,97 @@ sub reliq_row
 	}
 	my $r = $result{$key};
 	done_line($what, sprintf('%8.0f msgs/s median (%s)', $r->{rate}, runs_text($r))) if $repeat > 1;
+}
+
+# The stall of issue 13: a drain through the per-message handler (batch
+# 500 x 2, fresh consumer) right after another subscription of the same
+# stream was paused, $stall_tries times; and a drain across a restart of
+# nats-server.  A gap over one second between two commits fails the bench
+# (for the restart: after the first commit that follows it).
+sub stall_pause_row
+{
+	my $key = 'stall/pause';
+	return unless want($key);
+	my $what = 'stall: drain after a pause';
+	sql('CREATE TABLE IF NOT EXISTS bench.side (LIKE bench.events)');
+	my @secs;
+	for my $try (1 .. $stall_tries)
+	{
+		my $a = 'pausea' . ++$runs;
+		my $b = 'pauseb' . $runs;
+		sql('TRUNCATE bench.events, bench.side; CHECKPOINT');
+		# odd tries pause it while it drains the backlog, even ones while
+		# it idles (its lanes on their long idle pulls)
+		my $busy = $try % 2;
+		sql("SELECT reliq.create_subscription('$a', stream => 'BENCH',
+		       subject => '" . ($busy ? 'bench.events' : 'bench.quiet') . "',
+		       target => 'bench.side'::regclass, batch_size => 500, concurrency => 2)");
+		if ($busy) { wait_processed("$what, try $try: the first", $a, $N / 5); }
+		else { sleep 4; }
+		sql("SELECT reliq.alter_subscription('$a', enabled => false)");
+		my $t0 = time;
+		sql("SELECT reliq.create_subscription('$b', stream => 'BENCH', subject => 'bench.events',
+		       $how{handler}, batch_size => 500, concurrency => 2)");
+		my $done = wait_processed("$what, try $try", $b, $N, 120);
+		my $p = commit_profile('bench.events', $t0);
+		sql("SELECT reliq.drop_subscription('$_', drop_consumer => true)") for $a, $b;
+		check_rows("$what, try $try", 'bench.events', $N) if $done >= $N;
+		push @errors, "$what, try $try: stalled at $done of $N" if $done < $N;
+		report_gaps("$what, try $try", $p);
+		push @errors, "$what, try $try: " . scalar(@{ $p->{gaps} }) . " gap(s) over 1 s" if @{ $p->{gaps} };
+		my $secs = ($p->{last} // time) - $t0;
+		push @secs, $secs;
+		done_line("$what, try $try", sprintf('%s: %d msgs in %.2f s (%.0f msgs/s between commits)%s',
+			$busy ? 'the other paused while draining' : 'the other paused while idle', $done, $secs,
+			$p->{rate}, @{ $p->{gaps} } ? ', ' . scalar(@{ $p->{gaps} }) . ' GAP(S) over 1 s' : ''));
+	}
+	$result{$key} = { secs => \@secs };
+}
+
+sub restart_nats
+{
+	my ($port) = $nats_url =~ /:(\d+)$/;
+	stop_pid($site{nats_pid});
+	$site{nats_pid} = undef;
+	$site{nats_pid} = ReliqTest::Local::start_nats($dir, $port);
+}
+
+sub stall_restart_row
+{
+	my $key = 'stall/restart';
+	return unless want($key);
+	my $what = 'stall: drain across a nats-server restart';
+	my @secs;
+	for my $try (1 .. $stall_tries)
+	{
+		my $b = 'restart' . ++$runs;
+		sql('TRUNCATE bench.events; CHECKPOINT');
+		my $t0 = time;
+		sql("SELECT reliq.create_subscription('$b', stream => 'BENCH', subject => 'bench.events',
+		       $how{handler}, batch_size => 500, concurrency => 2)");
+		# odd tries restart it a third of the way, even ones at the first commit
+		wait_processed("$what, try $try: before", $b, $try % 2 ? $N / 3 : 1);
+		my $t_restart = time;
+		restart_nats();
+		my $t_up = time;
+		my $done = wait_processed("$what, try $try", $b, $N, 120);
+		my ($resumed) = sql("SELECT extract(epoch FROM min(pg_xact_commit_timestamp(xmin))) FROM bench.events
+		  WHERE pg_xact_commit_timestamp(xmin) > to_timestamp($t_up)");
+		my $p = commit_profile('bench.events', $t0);
+		my ($redelivered) = sql("SELECT format('%s retried, %s duplicates, %s slow-path batches', retried, duplicates, slow_path_batches) FROM reliq.subscription_stats WHERE subscription_name = '$b'");
+		sql("SELECT reliq.drop_subscription('$b', drop_consumer => true)");
+		check_rows("$what, try $try", 'bench.events', $N) if $done >= $N;
+		push @errors, "$what, try $try: stalled at $done of $N" if $done < $N;
+		# the gap that spans the restart itself is expected; any later one is not
+		my @late = grep { my ($from) = /from ([\d.]+) s into/; $from + $t0 >= ($resumed || $t_up) - 0.001 } @{ $p->{gaps} };
+		report_gaps("$what, try $try", { gaps => \@late });
+		push @errors, "$what, try $try: " . scalar(@late) . " gap(s) over 1 s after the restart" if @late;
+		push @secs, ($p->{last} // time) - $t0;
+		done_line("$what, try $try", sprintf('%d msgs in %.2f s; restart took %.2f s, first commit %.2f s after it was up; %s%s',
+			$done, $secs[-1], $t_up - $t_restart, ($resumed || $t_up) - $t_up, $redelivered // '?',
+			@late ? ', ' . scalar(@late) . ' GAP(S) over 1 s after it' : ''));
+	}
+	$result{$key} = { secs => \@secs };
 }
 
 # The Node.js consumers: the seed-style baseline and the strong peer.
@@ -1287,6 +1379,8 @@ if ($section ne 'pool')
 		node_run(100, 10);
 		peer_row();
 	}
+	stall_pause_row();
+	stall_restart_row();
 	streaming_row(500, 2);
 	latency_run($_) for @rates;
 	memory_run();
