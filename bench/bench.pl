@@ -310,6 +310,8 @@ BEGIN
 END $$;
 SQL
 
+my $hz = `getconf CLK_TCK` || 100;
+chomp $hz;
 my $cpu = `nproc`;
 chomp $cpu;
 my $cpu_model = (grep { /^model name/ } split /\n/, `cat /proc/cpuinfo`)[0] // '';
@@ -370,6 +372,12 @@ sub wait_pulling
 		sleep 0.1;
 	}
 	print "  (no pull waiting on $stream/$consumer after 60 s; going on)\n";
+}
+
+# The PIDs of reliq's workers (the pool's, not the launcher or monitor).
+sub worker_pids
+{
+	return split /\n/, sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'reliq worker'");
 }
 
 # Private memory of a process, in MB: its anonymous resident pages
@@ -605,6 +613,8 @@ sub reliq_row
 	{
 		my $name = 'run' . ++$runs;
 		sql('TRUNCATE bench.events; CHECKPOINT');
+		my %w0 = map { $_ => cpu_ticks($_) // 0 } worker_pids();
+		my $n0 = cpu_ticks($site{nats_pid}) // 0;
 		my $t0 = time;
 		my ($ok, $err) = sql_try("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.events',
 		       $how{$path}, batch_size => $batch, concurrency => $concurrency)");
@@ -616,6 +626,11 @@ sub reliq_row
 			return;
 		}
 		my $done = wait_processed("$what, run $run", $name, $N);
+		# CPU per message: of reliq's workers, and of nats-server (less
+		# moved by other load on the machine than the rate is)
+		my $wticks = 0;
+		$wticks += (cpu_ticks($_) // 0) - ($w0{$_} // 0) for worker_pids();
+		my $nticks = (cpu_ticks($site{nats_pid}) // 0) - $n0;
 		my $p = commit_profile('bench.events', $t0);
 		my ($slow, $avg) = split /\|/, sql("SELECT slow_path_batches, round(processed::numeric / greatest(batches, 1))
 			FROM reliq.subscription_stats WHERE subscription_name = '$name'");
@@ -623,14 +638,22 @@ sub reliq_row
 		sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
 		check_rows("$what, run $run", 'bench.events', $N) if $done >= $N;
 		report_gaps("$what, run $run", $p);
+		my $wus = $done ? $wticks * 1e6 / $hz / $done : 0;
+		my $nus = $done ? $nticks * 1e6 / $hz / $done : 0;
 		keep_run($key, rate => ($done >= $N ? $p->{rate} : 0), mem => $mb, avg => $avg,
 			batch => $batch, conc => $concurrency, path => $path);
-		done_line("$what, run $run", sprintf('%8.0f msgs/s, %3d per batch, worker %5.1f MB, first commit after %.2f s%s%s',
-			$p->{rate}, $avg, $mb // 0, ($p->{first} // $t0) - $t0, $slow ? ", $slow slow-path batches" : '',
+		my $res = $result{$key};
+		push @{ $res->{wus} }, $wus;
+		push @{ $res->{nus} }, $nus;
+		done_line("$what, run $run", sprintf('%8.0f msgs/s, %3d per batch, worker %5.1f MB, CPU per msg: workers %.1f µs, nats-server %.1f µs, first commit after %.2f s%s%s',
+			$p->{rate}, $avg, $mb // 0, $wus, $nus, ($p->{first} // $t0) - $t0, $slow ? ", $slow slow-path batches" : '',
 			@{ $p->{gaps} } ? ', ' . scalar(@{ $p->{gaps} }) . ' GAP(S) over 1 s' : ''));
 	}
 	my $r = $result{$key};
-	done_line($what, sprintf('%8.0f msgs/s median (%s)', $r->{rate}, runs_text($r))) if $repeat > 1;
+	$r->{wus_median} = median(@{ $r->{wus} });
+	$r->{nus_median} = median(@{ $r->{nus} });
+	done_line($what, sprintf('%8.0f msgs/s median (%s); CPU per msg: workers %.1f µs, nats-server %.1f µs',
+		$r->{rate}, runs_text($r), $r->{wus_median}, $r->{nus_median})) if $repeat > 1;
 }
 
 # The stall of issue 13: a drain through the per-message handler (batch
@@ -1416,23 +1439,23 @@ sub share
 
 if ($section ne 'pool')
 {
-	print "\n| run | batch | conc. | msgs/s (median) | runs | of ceiling | × seed Node | × strong peer | worker MB |\n";
-	print "|---|---:|---:|---:|---|---:|---:|---:|---:|\n";
+	print "\n| run | batch | conc. | msgs/s (median) | runs | of ceiling | × seed Node | × strong peer | worker MB | CPU µs/msg: workers + nats-server |\n";
+	print "|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n";
 	if ($result{copy})
 	{
-		printf "| \\copy (ceiling) | | | %.0f | %s | | | | |\n", $result{copy}{rate}, runs_text($result{copy});
+		printf "| \\copy (ceiling) | | | %.0f | %s | | | | | |\n", $result{copy}{rate}, runs_text($result{copy});
 		for my $batch (10, 100, 500)
 		{
-			printf "| NATS drain, pull + ack only (ceiling) | %d | 1 | %.0f | %s | | | | |\n", $batch,
+			printf "| NATS drain, pull + ack only (ceiling) | %d | 1 | %.0f | %s | | | | | |\n", $batch,
 			  $result{"drain$batch"}{rate}, runs_text($result{"drain$batch"});
-			printf "| combined ceiling 1/(1/copy + 1/drain) | %d | | %.0f | | 100%% | | | |\n", $batch,
+			printf "| combined ceiling 1/(1/copy + 1/drain) | %d | | %.0f | | 100%% | | | | |\n", $batch,
 			  $result{"ceiling$batch"}{rate};
 		}
 		if (my $s = $result{streamceiling})
 		{
-			printf "| NATS drain while publishing, no database (streaming ceiling) | 500 | 1 | %.0f | %s | | | | |\n",
+			printf "| NATS drain while publishing, no database (streaming ceiling) | 500 | 1 | %.0f | %s | | | | | |\n",
 			  $s->{rate}, runs_text($s);
-			printf "| combined streaming ceiling 1/(1/copy + 1/streaming) | 500 | | %.0f | | 100%% | | | |\n",
+			printf "| combined streaming ceiling 1/(1/copy + 1/streaming) | 500 | | %.0f | | 100%% | | | | |\n",
 			  $result{streamceiling_combined}{rate};
 		}
 	}
@@ -1445,31 +1468,32 @@ if ($section ne 'pool')
 				my $r = $result{"$path/$batch/$conc"} or next;
 				if ($r->{skipped})
 				{
-					printf "| %s | %d | %d | skipped: %s | | | | | |\n", $label{$path}, $batch, $conc, $r->{skipped};
+					printf "| %s | %d | %d | skipped: %s | | | | | | |\n", $label{$path}, $batch, $conc, $r->{skipped};
 					next;
 				}
-				printf "| %s | %d | %d | %.0f | %s | %s | %s | %s | %.1f |\n", $label{$path}, $batch, $conc,
+				printf "| %s | %d | %d | %.0f | %s | %s | %s | %s | %.1f | %.1f + %.1f |\n", $label{$path}, $batch, $conc,
 				  $r->{rate}, runs_text($r), share($r->{rate}, $result{"ceiling$batch"}{rate}),
-				  times_of($r->{rate}, $base), times_of($r->{rate}, $peer), $r->{mem} // 0;
+				  times_of($r->{rate}, $base), times_of($r->{rate}, $peer), $r->{mem} // 0,
+				  $r->{wus_median} // 0, $r->{nus_median} // 0;
 			}
 		}
 	}
 	for my $k (grep { $result{$_} } 'node/10/1', 'node/100/1', 'node/100/10')
 	{
 		my $r = $result{$k};
-		printf "| Node.js seed-style (nats + pg), %d insert%s at a time, ack each | %d | 1 | %.0f | | %s | %s | %s | |\n",
+		printf "| Node.js seed-style (nats + pg), %d insert%s at a time, ack each | %d | 1 | %.0f | | %s | %s | %s | | |\n",
 		  $r->{inserts}, $r->{inserts} > 1 ? 's' : '', $r->{fetch}, $r->{rate},
 		  share($r->{rate}, $result{"ceiling$r->{fetch}"}{rate}), times_of($r->{rate}, $base),
 		  times_of($r->{rate}, $peer);
 	}
 	if (my $r = $result{peer})
 	{
-		printf "| Node.js strong peer: 2 loops, 1 transaction per batch, ledger + 1 INSERT | 500 | 2 | %.0f | %s | %s | %s | 1.0× | |\n",
+		printf "| Node.js strong peer: 2 loops, 1 transaction per batch, ledger + 1 INSERT | 500 | 2 | %.0f | %s | %s | %s | 1.0× | | |\n",
 		  $r->{rate}, runs_text($r), share($r->{rate}, $result{ceiling500}{rate}), times_of($r->{rate}, $base);
 	}
 	if (my $s = $result{streaming})
 	{
-		printf "| reliq table sink while publishing (first publish to last commit) | %d | %d | %.0f | %s | %s | %s | %s | |\n",
+		printf "| reliq table sink while publishing (first publish to last commit) | %d | %d | %.0f | %s | %s | %s | %s | | |\n",
 		  $s->{batch}, $s->{conc}, $s->{rate}, runs_text($s),
 		  share($s->{rate}, $result{streamceiling_combined} && $result{streamceiling_combined}{rate}),
 		  times_of($s->{rate}, $base), times_of($s->{rate}, $peer);
