@@ -104,7 +104,6 @@ struct ReliqSink
 	int			ncolumns;		/* insertable columns, in attnum order */
 	char	  **columns;		/* quoted names */
 	char	  **names;			/* names as they are, the JSON keys */
-	AttrNumber *attnums;
 	SinkColumnKind *kinds;
 	int		   *default_index;	/* per column: its bit, or -1 */
 	int			ndefaults;
@@ -192,8 +191,7 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 
 	args[0] = ObjectIdGetDatum(sub->target);
 	reliq_spi_execute("read the columns of a table sink's target",
-					  "SELECT a.attname::text, a.atthasdef OR a.attidentity = 'd',"
-					  "       a.attnum, a.atttypid"
+					  "SELECT a.attname::text, a.atthasdef OR a.attidentity = 'd', a.atttypid"
 					  "  FROM pg_catalog.pg_attribute a"
 					  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
 					  "   AND a.attgenerated = '' AND a.attidentity <> 'a'"
@@ -209,7 +207,6 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 	sink->ncolumns = (int) SPI_processed;
 	sink->columns = palloc0(sizeof(char *) * Max(sink->ncolumns, 1));
 	sink->names = palloc0(sizeof(char *) * Max(sink->ncolumns, 1));
-	sink->attnums = palloc0(sizeof(AttrNumber) * Max(sink->ncolumns, 1));
 	sink->kinds = palloc0(sizeof(SinkColumnKind) * Max(sink->ncolumns, 1));
 	sink->default_index = palloc0(sizeof(int) * Max(sink->ncolumns, 1));
 	sink->default_keys = palloc0(sizeof(char *) * RELIQ_SINK_MAX_DEFAULTS);
@@ -235,18 +232,19 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 		bool		isnull;
 		bool		has_default = DatumGetBool(SPI_getbinval(tuple, SPI_tuptable->tupdesc,
 															 2, &isnull));
-		AttrNumber	attnum = DatumGetInt16(SPI_getbinval(tuple, SPI_tuptable->tupdesc,
-														 3, &isnull));
 		Oid			typid = DatumGetObjectId(SPI_getbinval(tuple, SPI_tuptable->tupdesc,
-														   4, &isnull));
+														   3, &isnull));
 		Oid			base = getBaseType(typid);
 		SinkColumnEntry *entry;
 
 		sink->columns[row] = pstrdup(quote_identifier(name));
 		sink->names[row] = pstrdup(name);
-		sink->attnums[row] = attnum;
-		sink->kinds[row] = base == JSONBOID ? SINK_COLUMN_JSONB :
-			base == JSONOID ? SINK_COLUMN_JSON : SINK_COLUMN_TEXT;
+		if (base == JSONBOID)
+			sink->kinds[row] = SINK_COLUMN_JSONB;
+		else if (base == JSONOID)
+			sink->kinds[row] = SINK_COLUMN_JSON;
+		else
+			sink->kinds[row] = SINK_COLUMN_TEXT;
 		if (!copy_type_ok(typid))
 			sink->copy_ok = false;
 		entry = hash_search(sink->by_name, name, HASH_ENTER, NULL);
@@ -674,39 +672,40 @@ copy_read(void *outbuf, int minread, int maxread)
 }
 
 /*
- * COPY the rows in data (text format) into the target, listing the
- * columns without a default and the defaulted ones in present, with
- * INSERT's privilege checks.
+ * COPY the rows in data (COPY's text format, in the server's encoding)
+ * into the table relid, its columns attnames (a List of String).  With
+ * check_privileges, the current user needs INSERT on those columns, as
+ * for an INSERT listing them.
  */
 static void
-copy_rows(ReliqSink *sink, uint64 present, StringInfo data)
+reliq_copy_text(Oid relid, List *attnames, bool check_privileges,
+				StringInfo data)
 {
 	Relation	rel;
 	ParseState *pstate;
 	ParseNamespaceItem *nsitem;
-	RangeTblEntry *rte;
-	List	   *attnames = NIL;
 	List	   *options;
 	CopyFromState cstate;
-	int			i;
 
-	rel = table_open(sink->relid, RowExclusiveLock);
+	rel = table_open(relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
 	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock,
 										   NULL, false, false);
-	rte = nsitem->p_rte;
-	rte->requiredPerms = ACL_INSERT;
-	for (i = 0; i < sink->ncolumns; i++)
+	if (check_privileges)
 	{
-		int			bit = sink->default_index[i];
+		RangeTblEntry *rte = nsitem->p_rte;
+		ListCell   *lc;
 
-		if (bit >= 0 && (present & (UINT64CONST(1) << bit)) == 0)
-			continue;
-		attnames = lappend(attnames, makeString(sink->names[i]));
-		rte->insertedCols = bms_add_member(rte->insertedCols,
-										   sink->attnums[i] - FirstLowInvalidHeapAttributeNumber);
+		rte->requiredPerms = ACL_INSERT;
+		foreach(lc, attnames)
+		{
+			AttrNumber	attnum = get_attnum(relid, strVal(lfirst(lc)));
+
+			rte->insertedCols = bms_add_member(rte->insertedCols,
+											   attnum - FirstLowInvalidHeapAttributeNumber);
+		}
+		(void) ExecCheckRTPerms(pstate->p_rtable, true);
 	}
-	(void) ExecCheckRTPerms(pstate->p_rtable, true);
 	options = list_make1(makeDefElem("encoding",
 									 (Node *) makeString((char *) GetDatabaseEncodingName()),
 									 -1));
@@ -722,6 +721,28 @@ copy_rows(ReliqSink *sink, uint64 present, StringInfo data)
 	free_parsestate(pstate);
 	table_close(rel, NoLock);
 	CommandCounterIncrement();
+}
+
+/*
+ * COPY the rows in data into the target, listing the columns without a
+ * default and the defaulted ones in present, with INSERT's privilege
+ * checks.
+ */
+static void
+copy_rows(ReliqSink *sink, uint64 present, StringInfo data)
+{
+	List	   *attnames = NIL;
+	int			i;
+
+	for (i = 0; i < sink->ncolumns; i++)
+	{
+		int			bit = sink->default_index[i];
+
+		if (bit >= 0 && (present & (UINT64CONST(1) << bit)) == 0)
+			continue;
+		attnames = lappend(attnames, makeString(sink->names[i]));
+	}
+	reliq_copy_text(sink->relid, attnames, true, data);
 }
 
 /*
