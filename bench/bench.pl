@@ -15,11 +15,18 @@
 #              batch sizes 10, 100, 500 and concurrency 1 and 2, each
 #              draining the same backlog of N messages through a fresh
 #              durable consumer, three times (the median is the figure);
-#              the worker's private memory afterwards;
+#              the worker's private memory afterwards; the CPU per message
+#              of reliq's workers and of nats-server;
 #   Node.js    the seed-style consumer reliq replaces (bench/node/consumer.js:
 #              one INSERT and one ack per message) and the strong peer
 #              (bench/node/peer.js: two loops, fetch 500, one transaction
 #              per batch with a dedup ledger and one INSERT);
+#   stall      the stall of issue 13: a drain through the per-message
+#              handler (batch 500 x 2, fresh consumer) right after another
+#              subscription of the stream was paused (while it drained,
+#              or while it idled), and a drain across a restart of
+#              nats-server, BENCH_STALL_TRIES times each; a gap over 1 s
+#              between commits fails the bench;
 #   streaming  reliq consuming while N messages are being published;
 #   latency    publish -> commit at fixed offered rates (2,000 and 20,000
 #              msg/s), from JetStream's timestamp and the commit timestamp
@@ -47,7 +54,8 @@
 #   BENCH                 all (default), core or pool
 #   BENCH_ONLY            a regex of run keys, e.g. 'sink/500|latency|pool/idle'
 #                         (keys: sink|handler|batch/<batch>/<conc>, node/<fetch>/<k>,
-#                         peer, streaming, latency/<rate>, memory, pool/drain,
+#                         peer, stall/pause, stall/restart, streaming,
+#                         latency/<rate>, memory, pool/drain,
 #                         pool/trickle, pool/idle, pool/busy); ceilings always run
 #                         in core unless BENCH_CEILINGS=0
 #   BENCH_N (100000)      the backlog each throughput run drains
@@ -56,6 +64,7 @@
 #   BENCH_RATES ('2000 20000')  offered rates of the latency runs, msg/s
 #   BENCH_LATENCY_SECONDS (10)
 #   BENCH_MEMORY_N (1000000; 0 skips)
+#   BENCH_STALL_TRIES (3) tries of each stall row
 #   BENCH_SKIP_NODE=1     no Node.js runs
 #   BENCH_POOL_SUBS (1000), BENCH_POOL_MSGS (100): the pool drain
 #   BENCH_POOL_TRICKLE_SUBS (200), BENCH_POOL_TRICKLE_RATE (200 msg/s in all),
