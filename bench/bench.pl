@@ -1684,7 +1684,7 @@ print "\nGaps between commits over 1 s: ", (@gaps ? scalar(@gaps) : 'none'), "\n
 print "  $_\n" for @gaps;
 if (@errors)
 {
-	print "\nLOST OR DUPLICATED MESSAGES:\n";
+	print "\nLOST OR DUPLICATED MESSAGES, OR STALLS:\n";
 	print "  $_\n" for @errors;
 }
 printf "\nThe benchmark took %.1f minutes; load average at the end: %s\n", (time - $bench_started) / 60,
