@@ -360,7 +360,9 @@ stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
  * the ledger INSERT and its conflict check, making a sequence look new.
  * The prune raised the floor in the same transaction, and this statement's
  * snapshot is later than the INSERT's: a "new" sequence at or below the
- * floor seen now was applied before.  Undo our row for it.
+ * floor seen now was applied before.  Undo our row for it.  (Not read-only:
+ * SPI would read with the snapshot the transaction began with, older than
+ * the INSERT's, and see no prune the INSERT did not.)
  */
 static void
 forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
@@ -376,7 +378,7 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
 	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
-						   args, NULL, true, 1, SPI_OK_SELECT);
+						   args, NULL, false, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
 	floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -411,7 +413,8 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
  * key's unique check is the one an INSERT makes: a sequence recorded
  * already (or twice in the batch) fails with unique_violation, and a
  * concurrent transaction recording it is waited for.  reliq._ledger has
- * no trigger, no constraint but its primary key, and is reliq's own.
+ * no trigger, no constraint but its primary key, and is reliq's own.  The
+ * floor is read with a snapshot of its own, as the INSERT's subquery was.
  */
 static void
 record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
@@ -430,7 +433,7 @@ record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
 	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
-						   args, NULL, true, 1, SPI_OK_SELECT);
+						   args, NULL, false, 1, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		bool		isnull;
