@@ -15,11 +15,18 @@
 #              batch sizes 10, 100, 500 and concurrency 1 and 2, each
 #              draining the same backlog of N messages through a fresh
 #              durable consumer, three times (the median is the figure);
-#              the worker's private memory afterwards;
+#              the worker's private memory afterwards; the CPU per message
+#              of reliq's workers and of nats-server;
 #   Node.js    the seed-style consumer reliq replaces (bench/node/consumer.js:
 #              one INSERT and one ack per message) and the strong peer
 #              (bench/node/peer.js: two loops, fetch 500, one transaction
 #              per batch with a dedup ledger and one INSERT);
+#   stall      the stall of issue 13: a drain through the per-message
+#              handler (batch 500 x 2, fresh consumer) right after another
+#              subscription of the stream was paused (while it drained,
+#              or while it idled), and a drain across a restart of
+#              nats-server, BENCH_STALL_TRIES times each; a gap over 1 s
+#              between commits fails the bench;
 #   streaming  reliq consuming while N messages are being published;
 #   latency    publish -> commit at fixed offered rates (2,000 and 20,000
 #              msg/s), from JetStream's timestamp and the commit timestamp
@@ -47,7 +54,8 @@
 #   BENCH                 all (default), core or pool
 #   BENCH_ONLY            a regex of run keys, e.g. 'sink/500|latency|pool/idle'
 #                         (keys: sink|handler|batch/<batch>/<conc>, node/<fetch>/<k>,
-#                         peer, streaming, latency/<rate>, memory, pool/drain,
+#                         peer, stall/pause, stall/restart, streaming,
+#                         latency/<rate>, memory, pool/drain,
 #                         pool/trickle, pool/idle, pool/busy); ceilings always run
 #                         in core unless BENCH_CEILINGS=0
 #   BENCH_N (100000)      the backlog each throughput run drains
@@ -56,6 +64,7 @@
 #   BENCH_RATES ('2000 20000')  offered rates of the latency runs, msg/s
 #   BENCH_LATENCY_SECONDS (10)
 #   BENCH_MEMORY_N (1000000; 0 skips)
+#   BENCH_STALL_TRIES (3) tries of each stall row
 #   BENCH_SKIP_NODE=1     no Node.js runs
 #   BENCH_POOL_SUBS (1000), BENCH_POOL_MSGS (100): the pool drain
 #   BENCH_POOL_TRICKLE_SUBS (200), BENCH_POOL_TRICKLE_RATE (200 msg/s in all),
@@ -89,6 +98,7 @@ my @rates      = split ' ', ($ENV{BENCH_RATES} // '2000 20000');
 my $lat_secs   = $ENV{BENCH_LATENCY_SECONDS} // 10;
 my $only       = $ENV{BENCH_ONLY};
 my $ceilings   = $ENV{BENCH_CEILINGS} // 1;
+my $stall_tries = $ENV{BENCH_STALL_TRIES} // 3;
 my %pool = (
 	subs           => $ENV{BENCH_POOL_SUBS}            // 1000,
 	msgs           => $ENV{BENCH_POOL_MSGS}            // 100,
@@ -313,6 +323,8 @@ BEGIN
 END $$;
 SQL
 
+my $hz = `getconf CLK_TCK` || 100;
+chomp $hz;
 my $cpu = `nproc`;
 chomp $cpu;
 my $cpu_model = (grep { /^model name/ } split /\n/, `cat /proc/cpuinfo`)[0] // '';
@@ -373,6 +385,12 @@ sub wait_pulling
 		sleep 0.1;
 	}
 	print "  (no pull waiting on $stream/$consumer after 60 s; going on)\n";
+}
+
+# The PIDs of reliq's workers (the pool's, not the launcher or monitor).
+sub worker_pids
+{
+	return split /\n/, sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'reliq worker'");
 }
 
 # Private memory of a process, in MB: its anonymous resident pages
@@ -608,6 +626,8 @@ sub reliq_row
 	{
 		my $name = 'run' . ++$runs;
 		sql('TRUNCATE bench.events; CHECKPOINT');
+		my %w0 = map { $_ => cpu_ticks($_) // 0 } worker_pids();
+		my $n0 = cpu_ticks($site{nats_pid}) // 0;
 		my $t0 = time;
 		my ($ok, $err) = sql_try("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.events',
 		       $how{$path}, batch_size => $batch, concurrency => $concurrency)");
@@ -619,6 +639,11 @@ sub reliq_row
 			return;
 		}
 		my $done = wait_processed("$what, run $run", $name, $N);
+		# CPU per message: of reliq's workers, and of nats-server (less
+		# moved by other load on the machine than the rate is)
+		my $wticks = 0;
+		$wticks += (cpu_ticks($_) // 0) - ($w0{$_} // 0) for worker_pids();
+		my $nticks = (cpu_ticks($site{nats_pid}) // 0) - $n0;
 		my $p = commit_profile('bench.events', $t0);
 		my ($slow, $avg) = split /\|/, sql("SELECT slow_path_batches, round(processed::numeric / greatest(batches, 1))
 			FROM reliq.subscription_stats WHERE subscription_name = '$name'");
@@ -626,14 +651,113 @@ sub reliq_row
 		sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
 		check_rows("$what, run $run", 'bench.events', $N) if $done >= $N;
 		report_gaps("$what, run $run", $p);
+		my $wus = $done ? $wticks * 1e6 / $hz / $done : 0;
+		my $nus = $done ? $nticks * 1e6 / $hz / $done : 0;
 		keep_run($key, rate => ($done >= $N ? $p->{rate} : 0), mem => $mb, avg => $avg,
 			batch => $batch, conc => $concurrency, path => $path);
-		done_line("$what, run $run", sprintf('%8.0f msgs/s, %3d per batch, worker %5.1f MB, first commit after %.2f s%s%s',
-			$p->{rate}, $avg, $mb // 0, ($p->{first} // $t0) - $t0, $slow ? ", $slow slow-path batches" : '',
+		my $res = $result{$key};
+		push @{ $res->{wus} }, $wus;
+		push @{ $res->{nus} }, $nus;
+		done_line("$what, run $run", sprintf('%8.0f msgs/s, %3d per batch, worker %5.1f MB, CPU per msg: workers %.1f µs, nats-server %.1f µs, first commit after %.2f s%s%s',
+			$p->{rate}, $avg, $mb // 0, $wus, $nus, ($p->{first} // $t0) - $t0, $slow ? ", $slow slow-path batches" : '',
 			@{ $p->{gaps} } ? ', ' . scalar(@{ $p->{gaps} }) . ' GAP(S) over 1 s' : ''));
 	}
 	my $r = $result{$key};
-	done_line($what, sprintf('%8.0f msgs/s median (%s)', $r->{rate}, runs_text($r))) if $repeat > 1;
+	$r->{wus_median} = median(@{ $r->{wus} });
+	$r->{nus_median} = median(@{ $r->{nus} });
+	done_line($what, sprintf('%8.0f msgs/s median (%s); CPU per msg: workers %.1f µs, nats-server %.1f µs',
+		$r->{rate}, runs_text($r), $r->{wus_median}, $r->{nus_median})) if $repeat > 1;
+}
+
+# The stall of issue 13: a drain through the per-message handler (batch
+# 500 x 2, fresh consumer) right after another subscription of the same
+# stream was paused, $stall_tries times; and a drain across a restart of
+# nats-server.  A gap over one second between two commits fails the bench
+# (for the restart: after the first commit that follows it).
+sub stall_pause_row
+{
+	my $key = 'stall/pause';
+	return unless want($key);
+	my $what = 'stall: drain after a pause';
+	sql('CREATE TABLE IF NOT EXISTS bench.side (LIKE bench.events)');
+	my @secs;
+	for my $try (1 .. $stall_tries)
+	{
+		my $a = 'pausea' . ++$runs;
+		my $b = 'pauseb' . $runs;
+		sql('TRUNCATE bench.events, bench.side; CHECKPOINT');
+		# odd tries pause it while it drains the backlog, even ones while
+		# it idles (its lanes on their long idle pulls)
+		my $busy = $try % 2;
+		sql("SELECT reliq.create_subscription('$a', stream => 'BENCH',
+		       subject => '" . ($busy ? 'bench.events' : 'bench.quiet') . "',
+		       target => 'bench.side'::regclass, batch_size => 500, concurrency => 2)");
+		if ($busy) { wait_processed("$what, try $try: the first", $a, $N / 5); }
+		else { sleep 4; }
+		sql("SELECT reliq.alter_subscription('$a', enabled => false)");
+		my $t0 = time;
+		sql("SELECT reliq.create_subscription('$b', stream => 'BENCH', subject => 'bench.events',
+		       $how{handler}, batch_size => 500, concurrency => 2)");
+		my $done = wait_processed("$what, try $try", $b, $N, 120);
+		my $p = commit_profile('bench.events', $t0);
+		sql("SELECT reliq.drop_subscription('$_', drop_consumer => true)") for $a, $b;
+		check_rows("$what, try $try", 'bench.events', $N) if $done >= $N;
+		push @errors, "$what, try $try: stalled at $done of $N" if $done < $N;
+		report_gaps("$what, try $try", $p);
+		push @errors, "$what, try $try: " . scalar(@{ $p->{gaps} }) . " gap(s) over 1 s" if @{ $p->{gaps} };
+		my $secs = ($p->{last} // time) - $t0;
+		push @secs, $secs;
+		done_line("$what, try $try", sprintf('%s: %d msgs in %.2f s (%.0f msgs/s between commits)%s',
+			$busy ? 'the other paused while draining' : 'the other paused while idle', $done, $secs,
+			$p->{rate}, @{ $p->{gaps} } ? ', ' . scalar(@{ $p->{gaps} }) . ' GAP(S) over 1 s' : ''));
+	}
+	$result{$key} = { secs => \@secs };
+}
+
+sub restart_nats
+{
+	my ($port) = $nats_url =~ /:(\d+)$/;
+	stop_pid($site{nats_pid});
+	$site{nats_pid} = undef;
+	$site{nats_pid} = ReliqTest::Local::start_nats($dir, $port);
+}
+
+sub stall_restart_row
+{
+	my $key = 'stall/restart';
+	return unless want($key);
+	my $what = 'stall: drain across a nats-server restart';
+	my @secs;
+	for my $try (1 .. $stall_tries)
+	{
+		my $b = 'restart' . ++$runs;
+		sql('TRUNCATE bench.events; CHECKPOINT');
+		my $t0 = time;
+		sql("SELECT reliq.create_subscription('$b', stream => 'BENCH', subject => 'bench.events',
+		       $how{handler}, batch_size => 500, concurrency => 2)");
+		# odd tries restart it a third of the way, even ones at the first commit
+		wait_processed("$what, try $try: before", $b, $try % 2 ? $N / 3 : 1);
+		my $t_restart = time;
+		restart_nats();
+		my $t_up = time;
+		my $done = wait_processed("$what, try $try", $b, $N, 120);
+		my ($resumed) = sql("SELECT extract(epoch FROM min(pg_xact_commit_timestamp(xmin))) FROM bench.events
+		  WHERE pg_xact_commit_timestamp(xmin) > to_timestamp($t_up)");
+		my $p = commit_profile('bench.events', $t0);
+		my ($redelivered) = sql("SELECT format('%s retried, %s duplicates, %s slow-path batches', retried, duplicates, slow_path_batches) FROM reliq.subscription_stats WHERE subscription_name = '$b'");
+		sql("SELECT reliq.drop_subscription('$b', drop_consumer => true)");
+		check_rows("$what, try $try", 'bench.events', $N) if $done >= $N;
+		push @errors, "$what, try $try: stalled at $done of $N" if $done < $N;
+		# the gap that spans the restart itself is expected; any later one is not
+		my @late = grep { my ($from) = /from ([\d.]+) s into/; $from + $t0 >= ($resumed || $t_up) - 0.001 } @{ $p->{gaps} };
+		report_gaps("$what, try $try", { gaps => \@late });
+		push @errors, "$what, try $try: " . scalar(@late) . " gap(s) over 1 s after the restart" if @late;
+		push @secs, ($p->{last} // time) - $t0;
+		done_line("$what, try $try", sprintf('%d msgs in %.2f s; restart took %.2f s, first commit %.2f s after it was up; %s%s',
+			$done, $secs[-1], $t_up - $t_restart, ($resumed || $t_up) - $t_up, $redelivered // '?',
+			@late ? ', ' . scalar(@late) . ' GAP(S) over 1 s after it' : ''));
+	}
+	$result{$key} = { secs => \@secs };
 }
 
 # CPU seconds (user + system) a process has used, from /proc; 0 if gone.
@@ -1394,6 +1518,8 @@ if ($section ne 'pool')
 		node_run(100, 10);
 		peer_row();
 	}
+	stall_pause_row();
+	stall_restart_row();
 	streaming_row(500, 2);
 	tracing_row(100, 1);
 	latency_run($_) for @rates;
@@ -1430,23 +1556,23 @@ sub share
 
 if ($section ne 'pool')
 {
-	print "\n| run | batch | conc. | msgs/s (median) | runs | of ceiling | × seed Node | × strong peer | worker MB |\n";
-	print "|---|---:|---:|---:|---|---:|---:|---:|---:|\n";
+	print "\n| run | batch | conc. | msgs/s (median) | runs | of ceiling | × seed Node | × strong peer | worker MB | CPU µs/msg: workers + nats-server |\n";
+	print "|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n";
 	if ($result{copy})
 	{
-		printf "| \\copy (ceiling) | | | %.0f | %s | | | | |\n", $result{copy}{rate}, runs_text($result{copy});
+		printf "| \\copy (ceiling) | | | %.0f | %s | | | | | |\n", $result{copy}{rate}, runs_text($result{copy});
 		for my $batch (10, 100, 500)
 		{
-			printf "| NATS drain, pull + ack only (ceiling) | %d | 1 | %.0f | %s | | | | |\n", $batch,
+			printf "| NATS drain, pull + ack only (ceiling) | %d | 1 | %.0f | %s | | | | | |\n", $batch,
 			  $result{"drain$batch"}{rate}, runs_text($result{"drain$batch"});
-			printf "| combined ceiling 1/(1/copy + 1/drain) | %d | | %.0f | | 100%% | | | |\n", $batch,
+			printf "| combined ceiling 1/(1/copy + 1/drain) | %d | | %.0f | | 100%% | | | | |\n", $batch,
 			  $result{"ceiling$batch"}{rate};
 		}
 		if (my $s = $result{streamceiling})
 		{
-			printf "| NATS drain while publishing, no database (streaming ceiling) | 500 | 1 | %.0f | %s | | | | |\n",
+			printf "| NATS drain while publishing, no database (streaming ceiling) | 500 | 1 | %.0f | %s | | | | | |\n",
 			  $s->{rate}, runs_text($s);
-			printf "| combined streaming ceiling 1/(1/copy + 1/streaming) | 500 | | %.0f | | 100%% | | | |\n",
+			printf "| combined streaming ceiling 1/(1/copy + 1/streaming) | 500 | | %.0f | | 100%% | | | | |\n",
 			  $result{streamceiling_combined}{rate};
 		}
 	}
@@ -1459,31 +1585,32 @@ if ($section ne 'pool')
 				my $r = $result{"$path/$batch/$conc"} or next;
 				if ($r->{skipped})
 				{
-					printf "| %s | %d | %d | skipped: %s | | | | | |\n", $label{$path}, $batch, $conc, $r->{skipped};
+					printf "| %s | %d | %d | skipped: %s | | | | | | |\n", $label{$path}, $batch, $conc, $r->{skipped};
 					next;
 				}
-				printf "| %s | %d | %d | %.0f | %s | %s | %s | %s | %.1f |\n", $label{$path}, $batch, $conc,
+				printf "| %s | %d | %d | %.0f | %s | %s | %s | %s | %.1f | %.1f + %.1f |\n", $label{$path}, $batch, $conc,
 				  $r->{rate}, runs_text($r), share($r->{rate}, $result{"ceiling$batch"}{rate}),
-				  times_of($r->{rate}, $base), times_of($r->{rate}, $peer), $r->{mem} // 0;
+				  times_of($r->{rate}, $base), times_of($r->{rate}, $peer), $r->{mem} // 0,
+				  $r->{wus_median} // 0, $r->{nus_median} // 0;
 			}
 		}
 	}
 	for my $k (grep { $result{$_} } 'node/10/1', 'node/100/1', 'node/100/10')
 	{
 		my $r = $result{$k};
-		printf "| Node.js seed-style (nats + pg), %d insert%s at a time, ack each | %d | 1 | %.0f | | %s | %s | %s | |\n",
+		printf "| Node.js seed-style (nats + pg), %d insert%s at a time, ack each | %d | 1 | %.0f | | %s | %s | %s | | |\n",
 		  $r->{inserts}, $r->{inserts} > 1 ? 's' : '', $r->{fetch}, $r->{rate},
 		  share($r->{rate}, $result{"ceiling$r->{fetch}"}{rate}), times_of($r->{rate}, $base),
 		  times_of($r->{rate}, $peer);
 	}
 	if (my $r = $result{peer})
 	{
-		printf "| Node.js strong peer: 2 loops, 1 transaction per batch, ledger + 1 INSERT | 500 | 2 | %.0f | %s | %s | %s | 1.0× | |\n",
+		printf "| Node.js strong peer: 2 loops, 1 transaction per batch, ledger + 1 INSERT | 500 | 2 | %.0f | %s | %s | %s | 1.0× | | |\n",
 		  $r->{rate}, runs_text($r), share($r->{rate}, $result{ceiling500}{rate}), times_of($r->{rate}, $base);
 	}
 	if (my $s = $result{streaming})
 	{
-		printf "| reliq table sink while publishing (first publish to last commit) | %d | %d | %.0f | %s | %s | %s | %s | |\n",
+		printf "| reliq table sink while publishing (first publish to last commit) | %d | %d | %.0f | %s | %s | %s | %s | | |\n",
 		  $s->{batch}, $s->{conc}, $s->{rate}, runs_text($s),
 		  share($s->{rate}, $result{streamceiling_combined} && $result{streamceiling_combined}{rate}),
 		  times_of($s->{rate}, $base), times_of($s->{rate}, $peer);
@@ -1671,7 +1798,7 @@ print "\nGaps between commits over 1 s: ", (@gaps ? scalar(@gaps) : 'none'), "\n
 print "  $_\n" for @gaps;
 if (@errors)
 {
-	print "\nLOST OR DUPLICATED MESSAGES:\n";
+	print "\nLOST OR DUPLICATED MESSAGES, OR STALLS:\n";
 	print "  $_\n" for @errors;
 }
 printf "\nThe benchmark took %.1f minutes; load average at the end: %s\n", (time - $bench_started) / 60,

@@ -6,9 +6,9 @@
  *	  breaker.  Each message itself is applied by handler.c.
  *
  * The fast path runs the whole batch in a single transaction with no
- * subtransaction: ledger rows first (one INSERT ... RETURNING for the
- * batch; if a sequence is there already, the batch starts again with
- * INSERT ... ON CONFLICT DO NOTHING RETURNING, which finds the
+ * subtransaction: ledger rows first (written for the whole batch as COPY
+ * writes rows; if a sequence is there already, the batch starts again
+ * with INSERT ... ON CONFLICT DO NOTHING RETURNING, which finds the
  * duplicates), then each handler, or one call of a set-based handler
  * with the fresh messages, or one INSERT for a table sink, then
  * COMMIT.  Only if anything fails is the batch redone on the
@@ -36,8 +36,12 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -68,8 +72,9 @@
 
 /*
  * Record a batch's sequences; those at or below the acknowledged floor
- * are duplicates and not recorded.  Followed by ON CONFLICT DO NOTHING
- * (duplicates are the rows not returned) or not (see ensure_plans).
+ * are duplicates and not recorded.  Followed by ON CONFLICT DO NOTHING:
+ * duplicates are the rows not returned.  (The plain first try of a batch
+ * is record_plain.)
  */
 #define LEDGER_INSERT \
 	"INSERT INTO reliq._ledger (subscription_id, stream_created, stream_seq)" \
@@ -97,7 +102,7 @@ reliq_batch_init(ReliqBatchState *state)
 void
 reliq_batch_free(ReliqBatchState *state)
 {
-	SPIPlanPtr *plans[] = {&state->ledger_plan, &state->ledger_plain_plan,
+	SPIPlanPtr *plans[] = {&state->ledger_plan,
 		&state->floor_plan, &state->unrecord_plan, &state->identity_plan,
 	&state->dead_letter_plan};
 	int			i;
@@ -209,14 +214,13 @@ ensure_plans(ReliqBatchState *state)
 												3, ledger_args);
 
 		/*
-		 * The first try of a batch: a plain INSERT costs about half as much
-		 * as one with ON CONFLICT (no pre-check of the index, no
-		 * speculative insertion), and it fails with unique_violation only
-		 * when a message is a redelivery.  It waits for a concurrent
-		 * transaction recording the same sequence just the same.
+		 * The first try of a batch is plain (record_plain): it costs a
+		 * fraction of an INSERT with ON CONFLICT (no pre-check of the index,
+		 * no speculative insertion, no executor, rows written a page at a
+		 * time), and it fails with unique_violation only when a message is
+		 * a redelivery.  It waits for a concurrent transaction recording the
+		 * same sequence just the same.
 		 */
-		state->ledger_plain_plan = reliq_prepare_kept(LEDGER_INSERT " RETURNING stream_seq",
-													  3, ledger_args);
 		state->floor_plan = reliq_prepare_kept(
 										 "SELECT ack_floor FROM reliq._stream_floor"
 										 " WHERE subscription_id = $1 AND stream_created = $2",
@@ -367,7 +371,9 @@ stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
  * the ledger INSERT and its conflict check, making a sequence look new.
  * The prune raised the floor in the same transaction, and this statement's
  * snapshot is later than the INSERT's: a "new" sequence at or below the
- * floor seen now was applied before.  Undo our row for it.
+ * floor seen now was applied before.  Undo our row for it.  (Not read-only:
+ * SPI would read with the snapshot the transaction began with, older than
+ * the INSERT's, and see no prune the INSERT did not.)
  */
 static void
 forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
@@ -383,7 +389,7 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
 	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
-						   args, NULL, true, 1, SPI_OK_SELECT);
+						   args, NULL, false, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
 	floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -411,20 +417,109 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 }
 
 /*
+ * The plain first try of a batch's ledger rows: those above the
+ * acknowledged floor, all fresh, written as COPY writes rows (the heap a
+ * page at a time with table_multi_insert, one WAL record per page, then
+ * each index entry), not through the executor row by row.  The primary
+ * key's unique check is the one an INSERT makes: a sequence recorded
+ * already (or twice in the batch) fails with unique_violation, and a
+ * concurrent transaction recording it is waited for.  reliq._ledger has
+ * no trigger, no constraint but its primary key, and is reliq's own.  The
+ * floor is read with a snapshot of its own, as the INSERT's subquery was.
+ */
+static void
+record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
+			 int count, bool *fresh)
+{
+	Datum		args[2];
+	int64		floor = 0;
+	int			n = 0;
+	int			i;
+	Relation	rel;
+	TupleDesc	desc;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot **slots;
+
+	args[0] = Int64GetDatum(state->sub->id);
+	args[1] = Int64GetDatum(state->stream_created);
+	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
+						   args, NULL, false, 1, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	rel = table_open(get_relname_relid("_ledger", get_namespace_oid("reliq", false)),
+					 RowExclusiveLock);
+	/* a copy: slots of it pin nothing in the resource owner */
+	desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	slots = palloc(sizeof(TupleTableSlot *) * Max(count, 1));
+	for (i = 0; i < count; i++)
+	{
+		TupleTableSlot *slot;
+
+		fresh[indexes[i]] = msgs[indexes[i]].stream_seq > floor;
+		if (!fresh[indexes[i]])
+			continue;
+		slot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+		slot->tts_values[0] = Int64GetDatum(state->sub->id);
+		slot->tts_values[1] = Int64GetDatum(state->stream_created);
+		slot->tts_values[2] = Int64GetDatum(msgs[indexes[i]].stream_seq);
+		memset(slot->tts_isnull, false, sizeof(bool) * desc->natts);
+		ExecStoreVirtualTuple(slot);
+		slots[n++] = slot;
+	}
+	if (n > 0)
+	{
+		estate = CreateExecutorState();
+		rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(rri, rel, 1, NULL, 0);
+		ExecOpenIndices(rri, false);
+		ledger_insert_running = true;
+		table_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+		for (i = 0; i < n; i++)
+			list_free(ExecInsertIndexTuples(rri, slots[i], estate, false,
+											false, NULL, NIL));
+		ledger_insert_running = false;
+		ExecCloseIndices(rri);
+		FreeExecutorState(estate);
+		CommandCounterIncrement();
+	}
+	for (i = 0; i < n; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	pfree(slots);
+	FreeTupleDesc(desc);
+	table_close(rel, NoLock);
+	forget_pruned(state, msgs, indexes, count, fresh);
+}
+
+/*
  * Record msgs[i] for every i in indexes; mark fresh[i] for those recorded
  * now.  A sequence present twice in one batch is recorded once: the second
- * copy stays not fresh, a duplicate.
+ * copy stays not fresh, a duplicate.  The plain first try (record_plain)
+ * fails instead on a sequence recorded before.
  */
 static void
 record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 				 const int *indexes, int count, bool *fresh, bool plain)
 {
-	Datum	   *seqs = palloc(sizeof(Datum) * Max(count, 1));
+	Datum	   *seqs;
 	Datum		args[3];
 	ArrayType  *array;
 	uint64		row;
 	int			i;
 
+	if (plain)
+	{
+		record_plain(state, msgs, indexes, count, fresh);
+		return;
+	}
+	seqs = palloc(sizeof(Datum) * Max(count, 1));
 	for (i = 0; i < count; i++)
 	{
 		seqs[i] = Int64GetDatum(msgs[indexes[i]].stream_seq);
@@ -435,11 +530,8 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
 	args[2] = PointerGetDatum(array);
-	ledger_insert_running = plain;
-	reliq_spi_execute_plan("write reliq._ledger",
-						   plain ? state->ledger_plain_plan : state->ledger_plan,
+	reliq_spi_execute_plan("write reliq._ledger", state->ledger_plan,
 						   args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
-	ledger_insert_running = false;
 
 	/*
 	 * RETURNING gives the rows in the order of the array, so each returned

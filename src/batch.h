@@ -48,7 +48,6 @@ typedef struct ReliqBatchState
 	Oid			message_type;
 	TupleDesc	message_tupdesc;
 	SPIPlanPtr	ledger_plan;	/* ... ON CONFLICT DO NOTHING */
-	SPIPlanPtr	ledger_plain_plan;	/* the same without ON CONFLICT */
 	SPIPlanPtr	floor_plan;
 	SPIPlanPtr	unrecord_plan;
 	SPIPlanPtr	identity_plan;

@@ -22,7 +22,7 @@ extern void reliq_sink_free(ReliqSink *sink);
 /* True after the target table changed: prepare the sink again. */
 extern bool reliq_sink_is_stale(void);
 
-/* Payloads as the jsonb[] that reliq_sink_insert takes. */
+/* Payloads as reliq_sink_insert takes them (an opaque pointer datum). */
 extern Datum reliq_sink_rows(ReliqMessage **msgs, int count);
 extern Datum reliq_sink_row_from_bytea(bytea *payload);
 

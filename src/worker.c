@@ -1544,44 +1544,62 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 }
 
 /*
- * Apply what was collected.  First deliveries go in one batch; each
- * redelivery goes in a transaction of its own, so that a message whose
- * handler kills the worker (each time, before COMMIT) takes only itself
- * towards max_deliver, not the messages that shared its first batch.
- * Redeliveries are rare when all is well: after a failure, a crash or an
- * expired ack_wait.
+ * Apply what was collected.  First deliveries go in one batch, and first
+ * redeliveries (delivered = 2) in another; each later redelivery goes in a
+ * transaction of its own, so that a message whose handler kills the
+ * worker (each time, before COMMIT) takes the messages that shared its
+ * first batch down twice at most, then only itself, towards max_deliver.
+ *
+ * Redeliveries come in bulk after a restart of nats-server or of the
+ * worker, a lost connection (their acks lost), a lane given up, or an
+ * expired ack_wait.  Applied one per transaction, each with its commit
+ * flush and its ack round trip, a thousand of them took seconds, and the
+ * messages pulled meanwhile waited: when that wait passed ack_wait they
+ * came again, as redeliveries too, and a subscription drained about one
+ * message per transaction until it caught up (issue 13).
  */
 static void
 apply_collected(Lane *l, ReliqMessage *msgs, int n)
 {
 	Pool	   *p = l->pool;
-	ReliqMessage *first = palloc(sizeof(ReliqMessage) * n);
-	int			nfirst = 0;
+	ReliqMessage *group = palloc(sizeof(ReliqMessage) * n);
+	bool	   *tried = palloc0(sizeof(bool) * n);
+	int			ngroup;
+	int			pass;
 	int			i;
 
 	p->applying_lane = l;
 	p->applying = msgs;
 	p->napplying = n;
-	for (i = 0; i < n; i++)
-		if (msgs[i].delivered <= 1)
-			first[nfirst++] = msgs[i];
-	if (nfirst > 0)
-		process_batch(l, first, nfirst, false);
+	for (pass = 1; pass <= 2 && l->attached && l->nheld == 0; pass++)
+	{
+		ngroup = 0;
+		for (i = 0; i < n; i++)
+			if (Max(msgs[i].delivered, 1) == pass)
+			{
+				group[ngroup++] = msgs[i];
+				tried[i] = true;
+			}
+		if (ngroup > 0)
+			process_batch(l, group, ngroup, false);
+	}
 	for (i = 0; i < n && l->attached && l->nheld == 0; i++)
-		if (msgs[i].delivered > 1)
+		if (msgs[i].delivered > 2)
 		{
+			tried[i] = true;
 			p->applying_alone = msgs[i].stream_seq;
 			process_batch(l, &msgs[i], 1, false);
 			p->applying_alone = 0;
 		}
 	/* what a failing state or a detach left unapplied comes again later */
-	for (; i < n; i++)
-		if (msgs[i].delivered > 1 && msgs[i].outcome == RELIQ_OUTCOME_NONE && p->conn)
+	for (i = 0; i < n; i++)
+		if (!tried[i] && msgs[i].delivered > 1 && p->conn)
 			(void) reliq_nats_ack(p->conn, msgs[i].reply, RELIQ_NAK, 0);
 	p->applying_lane = NULL;
 	p->applying = NULL;
 	p->napplying = 0;
-	pfree(first);
+	pfree(tried);
+	pfree(group);
 }
 
 /*

@@ -77,6 +77,47 @@ is($stats->{processed}, 1200, 'stats count every row as processed');
 is($stats->{failed}, 0, 'no failures');
 is($stats->{slow_path_batches}, 0, 'every batch applied in bulk, none redone message by message');
 
+# A batch goes in the way COPY does: each value must be what
+# jsonb_populate_record gives (numbers as jsonb prints them, nested values
+# as text, json and jsonb columns, escapes, a key given twice, null).
+$nats->stream_create('TYPED', ['ty.>']);
+$node->safe_psql('postgres', q{
+	CREATE DOMAIN app.posint AS int CHECK (VALUE > 0);
+	CREATE TABLE app.typed (k int, i int, n numeric, t text, b bool, j json, jb jsonb,
+		ts timestamptz, d date, p app.posint, t2 text, dflt text DEFAULT 'dv');
+	CREATE TABLE app.payloads (k int, payload text);
+	INSERT INTO app.payloads VALUES
+	  (1, '{"k":1,"i":1e2,"n":-0,"t":"tab\there\\\\back\nnl","b":true,"j":{"b":1, "a":[1,2]},"jb":{"z":1,"y":"s"},"ts":"2024-01-01T00:00:00Z","d":"2024-02-03","p":3}'),
+	  (2, '{"k":2,"t":{"nested" : "obj"},"j":"a string","jb":"str","n":1.50,"i":7,"i":8,"p":1E1}'),
+	  (3, '{"k":3,"t":12.5e-1,"j":42,"jb":null,"n":null,"t2":"\u00e9\u0041\\\\N","unknown":[1]}'),
+	  (4, '{"k":4,"t":[1, 2 ,3],"j":[ 1,{"x" : 2}],"jb":[1],"b":false,"n":-0.00}'),
+	  (5, '{"k":5}'),
+	  (6, '{"k":6,"dflt":null,"t":"a\"quote\r","t2":"\\\\."}');
+	SELECT count(reliq.publish('ty.x', convert_to(payload, 'UTF8'))) FROM app.payloads;
+	SELECT reliq.create_subscription('typed', stream => 'TYPED', subject => 'ty.>',
+	       target => 'app.typed'::regclass, batch_size => 100);
+});
+ok(wait_for($node, q{SELECT count(*) = 6 FROM app.typed}), 'the typed messages are inserted');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM (
+	  (SELECT (k, i, n, t, b, j, jb, ts, d, p, t2)::text FROM app.typed
+	   EXCEPT ALL
+	   SELECT (r.k, r.i, r.n, r.t, r.b, r.j, r.jb, r.ts, r.d, r.p, r.t2)::text
+	     FROM app.payloads, jsonb_populate_record(NULL::app.typed, payload::jsonb) r)
+	  UNION ALL
+	  (SELECT (r.k, r.i, r.n, r.t, r.b, r.j, r.jb, r.ts, r.d, r.p, r.t2)::text
+	     FROM app.payloads, jsonb_populate_record(NULL::app.typed, payload::jsonb) r
+	   EXCEPT ALL
+	   SELECT (k, i, n, t, b, j, jb, ts, d, p, t2)::text FROM app.typed)) d}),
+	'0', 'every value as jsonb_populate_record gives it');
+is($node->safe_psql('postgres', q{SELECT string_agg(k || '=' || coalesce(dflt, 'NULL'), ',' ORDER BY k) FROM app.typed}),
+	'1=dv,2=dv,3=dv,4=dv,5=dv,6=NULL', 'a missing key takes the default, a null one NULL');
+$stats = reliq_stats($node, 'typed');
+is(($stats->{batches} < 6 ? 'fewer batches than messages' : "$stats->{batches} batches")
+	  . "|$stats->{slow_path_batches}|$stats->{failed}",
+	'fewer batches than messages|0|0', 'in bulk (a batch of several), no failure');
+$node->safe_psql('postgres', q{SELECT reliq.drop_subscription('typed', drop_consumer => true)});
+
 # Messages that do not fit: each fails alone, good ones of the same batch
 # are inserted, and after max_deliver the bad ones are dead letters.
 $nats->publish('ev.mixed', count => 50, start => 1001, payload => '{"seq":%d,"amount":1}');
