@@ -176,9 +176,24 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		listed = palloc(sizeof(ReliqConsumerInfo) * n);
 		if (!reliq_nats_consumer_infos(conn, watched[i].stream, names, n, listed))
 		{
-			note_failure(psprintf("could not list the consumers of stream \"%s\"",
-								  watched[i].stream));
-			return;				/* the connection is likely gone: next round */
+			/*
+			 * A cluster with a server down may not answer a listing (the
+			 * meta leader waits for every peer of the stream) while each
+			 * consumer's leader still answers for its consumer: ask them
+			 * one by one.
+			 */
+			for (j = 0; j < n; j++)
+			{
+				CHECK_FOR_INTERRUPTS();
+				heartbeat_if_due(conn);
+				if (!reliq_nats_consumer_info(conn, watched[i].stream, names[j],
+											  &listed[j]))
+				{
+					note_failure(psprintf("could not ask NATS about consumer \"%s\"",
+										  names[j]));
+					return; /* the connection is likely gone: next round */
+				}
+			}
 		}
 		for (j = 0; j < n; j++)
 			infos[index[j]] = listed[j];

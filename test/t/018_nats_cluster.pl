@@ -19,8 +19,11 @@ use Time::HiRes qw(sleep time);
 use ReliqTest::NatsCluster;
 use ReliqTest::Node;
 
-my $total     = 12000;
-my $rate      = 250;          # messages/s: about 48 s of publishing
+# Publishing must outlast the three kills and, after the last, a lease_ttl
+# and the wait for more consumption: about 80 s (at 48 s, a slow leader
+# election in the second kill left nothing to consume after the third).
+my $total     = 20000;
+my $rate      = 250;          # messages/s
 my $inflight  = 2 * 50;       # concurrency x batch_size
 
 my $cluster = ReliqTest::NatsCluster->new(name => 'ncl');
