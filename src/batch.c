@@ -58,6 +58,7 @@
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
+#include "pg_compat.h"
 #include "batch.h"
 #include "outbox.h"
 #include "reliq.h"
@@ -483,8 +484,7 @@ record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 		ledger_insert_running = true;
 		table_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
 		for (i = 0; i < n; i++)
-			list_free(ExecInsertIndexTuples(rri, slots[i], estate, false,
-											false, NULL, NIL));
+			list_free(reliq_insert_index_tuples(rri, slots[i], estate));
 		ledger_insert_running = false;
 		ExecCloseIndices(rri);
 		FreeExecutorState(estate);

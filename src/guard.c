@@ -114,7 +114,6 @@
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
-#include "storage/sinvaladt.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -125,6 +124,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "pg_compat.h"
 #include "catalog.h"
 #include "guard.h"
 #include "reliq.h"
@@ -502,7 +502,7 @@ stop_workers(List **terminated)
 		n = pgstat_fetch_stat_numbackends();
 		for (i = 1; i <= n; i++)
 		{
-			LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+			LocalPgBackendStatus *local = reliq_local_backend_status(i);
 			PgBackendStatus *status = local ? &local->backendStatus : NULL;
 			PGPROC	   *proc;
 			pid_t		pid;
@@ -593,7 +593,7 @@ lock_relation_ending_workers(Oid relid, List **terminated)
 		for (holder = GetLockConflicts(&tag, AccessExclusiveLock, NULL);
 			 VirtualTransactionIdIsValid(*holder); holder++)
 		{
-			PGPROC	   *proc = BackendIdGetProc(holder->backendId);
+			PGPROC	   *proc = reliq_vxid_proc(holder);
 			pid_t		pid = proc ? proc->pid : 0;
 
 			if (pid == 0 || !is_reliq_worker(pid))

@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/timeout.h"
 
+#include "pg_compat.h"
 #include "handler.h"
 #include "outbox.h"
 #include "sink.h"
@@ -128,13 +129,13 @@ resolve_handler_function(const ReliqSubscription *sub, ReliqHandler *handler)
 	AclResult	aclresult;
 	int			nest;
 
-	if (handler->checked_lxid == MyProc->lxid && OidIsValid(handler->function))
+	if (handler->checked_lxid == RELIQ_MY_LXID && OidIsValid(handler->function))
 		return;
 	nest = reliq_enter_safe_search_path();
 	function = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
 													CStringGetDatum(sub->handler)));
 	reliq_leave_safe_search_path(nest);
-	aclresult = pg_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
+	aclresult = reliq_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(function));
 	if (function != handler->function)
@@ -142,7 +143,7 @@ resolve_handler_function(const ReliqSubscription *sub, ReliqHandler *handler)
 		fmgr_info_cxt(function, &handler->flinfo, handler->cxt);
 		handler->function = function;
 	}
-	handler->checked_lxid = MyProc->lxid;
+	handler->checked_lxid = RELIQ_MY_LXID;
 }
 
 /*

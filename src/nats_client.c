@@ -411,9 +411,9 @@ build_options(natsOptions *opts, const char *client_name,
 													NULL);
 	if (s == NATS_OK && is_set(reliq_nats_token))
 	{
-		char	   *token = secret_value(reliq_nats_token, "reliq.nats_token");
+		char	   *secret = secret_value(reliq_nats_token, "reliq.nats_token");
 
-		s = token ? natsOptions_SetToken(opts, token) : NATS_INVALID_ARG;
+		s = secret ? natsOptions_SetToken(opts, secret) : NATS_INVALID_ARG;
 	}
 	if (s == NATS_OK && is_set(reliq_nats_user))
 	{

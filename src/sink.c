@@ -68,6 +68,7 @@
 #include "utils/snapmgr.h"
 #include "utils/typcache.h"
 
+#include "pg_compat.h"
 #include "reliq.h"
 #include "sink.h"
 #include "spi_safe.h"
@@ -454,7 +455,7 @@ typedef struct SinkValue
 {
 	SinkValueKind kind;
 	char	   *token;			/* a scalar's token (a string de-escaped) */
-	char	   *raw;			/* the value's JSON text, in the payload */
+	const char *raw;			/* the value's JSON text, in the payload */
 	int			raw_len;
 } SinkValue;
 
@@ -465,13 +466,13 @@ typedef struct SinkParse
 	int			depth;
 	bool		is_object;
 	int			column;			/* of the current top-level key, or -1 */
-	char	   *raw_start;
+	const char *raw_start;
 	SinkValueKind kind;
 	char	   *token;
 	SinkValue  *values;			/* per column */
 } SinkParse;
 
-static void
+static RELIQ_JSON_CB
 parse_object_start(void *state)
 {
 	SinkParse  *p = state;
@@ -479,27 +480,30 @@ parse_object_start(void *state)
 	if (p->depth == 0)
 		p->is_object = true;
 	p->depth++;
+	return RELIQ_JSON_OK;
 }
 
-static void
+static RELIQ_JSON_CB
 parse_end(void *state)
 {
 	((SinkParse *) state)->depth--;
+	return RELIQ_JSON_OK;
 }
 
-static void
+static RELIQ_JSON_CB
 parse_array_start(void *state)
 {
 	((SinkParse *) state)->depth++;
+	return RELIQ_JSON_OK;
 }
 
-static void
+static RELIQ_JSON_CB
 parse_field_start(void *state, char *fname, bool isnull)
 {
 	SinkParse  *p = state;
 
 	if (p->depth != 1)
-		return;
+		return RELIQ_JSON_OK;
 	p->column = -1;
 	if (strlen(fname) < NAMEDATALEN)
 	{
@@ -512,30 +516,32 @@ parse_field_start(void *state, char *fname, bool isnull)
 	p->raw_start = p->lex->token_start;
 	p->kind = SINK_NESTED;
 	p->token = NULL;
+	return RELIQ_JSON_OK;
 }
 
-static void
+static RELIQ_JSON_CB
 parse_field_end(void *state, char *fname, bool isnull)
 {
 	SinkParse  *p = state;
 	SinkValue  *v;
 
 	if (p->depth != 1 || p->column < 0)
-		return;
+		return RELIQ_JSON_OK;
 	v = &p->values[p->column];
 	v->kind = isnull ? SINK_NULL : p->kind;
 	v->token = p->token;
 	v->raw = p->raw_start;
 	v->raw_len = p->lex->prev_token_terminator - p->raw_start;
+	return RELIQ_JSON_OK;
 }
 
-static void
+static RELIQ_JSON_CB
 parse_scalar(void *state, char *token, JsonTokenType tokentype)
 {
 	SinkParse  *p = state;
 
 	if (p->depth != 1)
-		return;
+		return RELIQ_JSON_OK;
 	switch (tokentype)
 	{
 		case JSON_TOKEN_STRING:
@@ -552,6 +558,7 @@ parse_scalar(void *state, char *token, JsonTokenType tokentype)
 			break;
 	}
 	p->token = token;
+	return RELIQ_JSON_OK;
 }
 
 /* Parse one payload into values (one per column of the sink). */
@@ -567,7 +574,7 @@ parse_payload(ReliqSink *sink, char *data, int len, SinkValue *values)
 	p.sink = sink;
 	p.values = values;
 	p.column = -1;
-	p.lex = makeJsonLexContextCstringLen(data, len, GetDatabaseEncoding(), true);
+	p.lex = reliq_json_lexer(data, len, GetDatabaseEncoding());
 	sem.semstate = &p;
 	sem.object_start = parse_object_start;
 	sem.object_end = parse_end;
@@ -693,18 +700,17 @@ reliq_copy_text(Oid relid, List *attnames, bool check_privileges,
 										   NULL, false, false);
 	if (check_privileges)
 	{
-		RangeTblEntry *rte = nsitem->p_rte;
+		Bitmapset  *columns = NULL;
 		ListCell   *lc;
 
-		rte->requiredPerms = ACL_INSERT;
 		foreach(lc, attnames)
 		{
 			AttrNumber	attnum = get_attnum(relid, strVal(lfirst(lc)));
 
-			rte->insertedCols = bms_add_member(rte->insertedCols,
-											   attnum - FirstLowInvalidHeapAttributeNumber);
+			columns = bms_add_member(columns,
+									 attnum - FirstLowInvalidHeapAttributeNumber);
 		}
-		(void) ExecCheckRTPerms(pstate->p_rtable, true);
+		reliq_check_insert_permissions(pstate, nsitem, columns);
 	}
 	options = list_make1(makeDefElem("encoding",
 									 (Node *) makeString((char *) GetDatabaseEncodingName()),

@@ -373,6 +373,11 @@ problem_is_new(char *current, const char *message)
 	return true;
 }
 
+static void note_problem(Lane *l, int elevel, int sqlerrcode,
+						 const char *fmt,...) pg_attribute_printf(4, 5);
+static void note_pool_problem(Pool *p, int elevel, int sqlerrcode,
+							  const char *fmt,...) pg_attribute_printf(4, 5);
+
 /*
  * Log a problem of a lane once, when it starts or changes, and show it in
  * last_error; the same problem again stays quiet.
