@@ -9,8 +9,20 @@
 RELIQ_PACKAGES="postgresql-15 postgresql-server-dev-15 libnats-dev libcurl4-openssl-dev nats-server libipc-run-perl make gcc curl openssl patroni etcd-server python3-etcd prometheus"
 # What scripts/package needs to build the Debian package.
 RELIQ_PACKAGE_TOOLS="dpkg-dev debhelper postgresql-server-dev-all libnats-dev make gcc"
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-export PG_CONFIG=${PG_CONFIG:-$PG_BINDIR/pg_config}
+#
+# PG_CONFIG chooses the PostgreSQL to build and test against (Debian 12's
+# PostgreSQL 15 by default; scripts/platforms pg18 prints another), and
+# RELIQ_NATS_SERVER the nats-server binary (Debian's by default; see
+# scripts/platforms nats-server).  Everything else follows from them.
+RELIQ_DEBIAN_PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+export PG_CONFIG=${PG_CONFIG:-$RELIQ_DEBIAN_PG_CONFIG}
+if [ -x "$PG_CONFIG" ]; then
+	PG_BINDIR=$("$PG_CONFIG" --bindir)
+else
+	PG_BINDIR=$(dirname "$PG_CONFIG")
+fi
+# The test harness (ReliqTest::Local, ReliqTest::Patroni) reads these.
+export PG_BINDIR RELIQ_PG_BINDIR=$PG_BINDIR
 
 reliq_root() {
 	cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd
@@ -30,8 +42,10 @@ as_root() {
 
 reliq_missing_packages() {
 	local missing=""
-	[ -x "$PG_BINDIR/initdb" ] || missing="$missing postgresql-15"
-	[ -x "$PG_CONFIG" ] && [ -f /usr/include/postgresql/15/server/postgres.h ] || missing="$missing postgresql-server-dev-15"
+	# Debian's PostgreSQL 15 is always installed: the packaging, the demo's
+	# defaults and the upgrade test use it besides another PG_CONFIG.
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
+	[ -x "$RELIQ_DEBIAN_PG_CONFIG" ] && [ -f /usr/include/postgresql/15/server/postgres.h ] || missing="$missing postgresql-server-dev-15"
 	[ -f /usr/include/nats/nats.h ] || missing="$missing libnats-dev"
 	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$missing nats-server"
 	perl -MIPC::Run -e 1 2>/dev/null || missing="$missing libipc-run-perl"
@@ -49,13 +63,38 @@ reliq_missing_packages() {
 reliq_ensure_packages() {
 	local missing
 	missing=$(reliq_missing_packages)
-	[ -z "$missing" ] && return 0
+	if [ -z "$missing" ]; then
+		reliq_check_pg_config
+		return
+	fi
 	echo "reliq: installing Debian packages:$missing"
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $RELIQ_PACKAGES >/dev/null
 	missing=$(reliq_missing_packages)
 	if [ -n "$missing" ]; then
 		echo "reliq: still missing after apt-get:$missing" >&2
+		return 1
+	fi
+	reliq_check_pg_config
+}
+
+# A PG_CONFIG given by the user must be a PostgreSQL reliq supports.
+reliq_check_pg_config() {
+	local version
+	if [ ! -x "$PG_CONFIG" ]; then
+		echo "reliq: PG_CONFIG=$PG_CONFIG is not an executable pg_config" >&2
+		return 1
+	fi
+	version=$("$PG_CONFIG" --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
+	case "$version" in
+	15 | 16 | 17 | 18) ;;
+	*)
+		echo "reliq: $PG_CONFIG is $("$PG_CONFIG" --version); reliq supports PostgreSQL 15 to 18" >&2
+		return 1
+		;;
+	esac
+	if [ ! -x "$PG_BINDIR/initdb" ] || [ ! -x "$PG_BINDIR/pg_ctl" ]; then
+		echo "reliq: $PG_BINDIR has no initdb or pg_ctl: the tests and the demo need the server's programs beside $PG_CONFIG" >&2
 		return 1
 	fi
 }

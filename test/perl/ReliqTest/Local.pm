@@ -33,6 +33,7 @@ sub free_port
 
 sub nats_server_path
 {
+	return $ENV{RELIQ_NATS_SERVER} if $ENV{RELIQ_NATS_SERVER};
 	for my $dir (split(/:/, $ENV{PATH} // ''), '/usr/sbin', '/usr/bin')
 	{
 		return "$dir/nats-server" if -x "$dir/nats-server";
