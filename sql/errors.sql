@@ -69,6 +69,12 @@ SELECT try($$SELECT reliq.create_subscription('e1', stream => 'NOPE', subject =>
                                                handler => 'app.ok_handler(reliq.message)'::regprocedure)$$);
 SELECT try($$SELECT reliq.create_subscription('e1', stream => 'REGRESS', subject => 'elsewhere.>',
                                                handler => 'app.ok_handler(reliq.message)'::regprocedure)$$);
+-- reliq checks it itself (nats-server 2.10 and later would accept it):
+-- wider than the stream's subjects, or a wildcard where it has a literal.
+SELECT split_part(try($$SELECT reliq.create_subscription('e1', stream => 'REGRESS', subject => '>',
+                                               handler => 'app.ok_handler(reliq.message)'::regprocedure)$$), E'\n', 2) AS wider;
+SELECT split_part(try($$SELECT reliq.create_subscription('e1', stream => 'REGRESS', subject => '*.e1',
+                                               handler => 'app.ok_handler(reliq.message)'::regprocedure)$$), E'\n', 2) AS wildcard;
 SELECT count(*) AS subscriptions_made FROM reliq.subscription;
 
 -- Duplicates.

@@ -21,7 +21,8 @@ SELECT try($$SELECT reliq.create_subscription('mallory', stream => 'REGRESS', su
                                                handler => 'app.who_am_i(reliq.message)'::regprocedure)$$);
 SELECT try($$SELECT reliq.publish('regress.m', 'x'::bytea)$$);
 SELECT try($$SELECT * FROM reliq.dead_letter$$);
-SELECT try($$SHOW reliq.nats_token$$);
+-- (The message differs between PostgreSQL majors; the SQLSTATE does not.)
+SELECT left(try($$SHOW reliq.nats_token$$), 5) AS sqlstate;
 RESET ROLE;
 
 -- A member may create, but not with a handler it may not execute.

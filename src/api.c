@@ -37,6 +37,7 @@
 #include "reliq.h"
 #include "shmem.h"
 #include "spi_safe.h"
+#include "subject.h"
 #include "trace.h"
 
 PG_FUNCTION_INFO_V1(reliq_publish);
@@ -194,6 +195,19 @@ reliq_create_stream(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(created ? "created" : "updated"));
 }
 
+/* The stream's subjects, comma-separated, for a message. */
+static char *
+subject_list(const ReliqStreamInfo *stream)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < stream->nsubjects; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", stream->subjects[i]);
+	return buf.data;
+}
+
 /*
  * reliq._ensure_consumer(stream, consumer, subject, ack_wait,
  * max_ack_pending, start, description): create or update the durable
@@ -222,6 +236,22 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	spec.max_ack_pending = PG_GETARG_INT64(4);
 	spec.deliver_from = strcmp(start, "new") == 0 ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
 	spec.description = text_to_cstring(PG_GETARG_TEXT_PP(6));
+
+	/* Where it is known, the stream's subjects must cover the filter. */
+	if (!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
+								&stream))
+		stream.found = false;
+	if (stream.found && stream.nsubjects > 0 &&
+		!reliq_subject_within_any(spec.filter_subject,
+								  (const char *const *) stream.subjects,
+								  stream.nsubjects))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not set up consumer \"%s\" on stream \"%s\"",
+						spec.consumer, spec.stream),
+				 errdetail("The subject \"%s\" is not within the stream's subjects (%s): the consumer would never receive a message.",
+						   spec.filter_subject, subject_list(&stream)),
+				 errhint("Choose a subject within the stream's subjects, or add the subject to the stream.")));
 
 	if (!reliq_nats_ensure_consumer(reliq_nats_session_connection(), &spec,
 									&info, &created))
@@ -259,7 +289,8 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	values[3] = Int64GetDatum(created ?
 							  Max(info.ack_floor_stream_seq, info.delivered_stream_seq) :
 							  info.ack_floor_stream_seq);
-	if (!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
+	if (!stream.found &&
+		!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
 								&stream))
 		stream.found = false;
 	nulls[4] = nulls[5] = !stream.found;

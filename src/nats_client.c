@@ -648,6 +648,15 @@ reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
 	info->last_seq = (int64) si->State.LastSeq;
 	info->messages = (int64) si->State.Msgs;
 	info->replicas = si->Config ? (int) si->Config->Replicas : 1;
+	if (si->Config && si->Config->SubjectsLen > 0)
+	{
+		int			i;
+
+		info->nsubjects = si->Config->SubjectsLen;
+		info->subjects = palloc(sizeof(char *) * info->nsubjects);
+		for (i = 0; i < info->nsubjects; i++)
+			info->subjects[i] = pstrdup(si->Config->Subjects[i]);
+	}
 	switch (si->Config ? si->Config->Retention : js_LimitsPolicy)
 	{
 		case js_InterestPolicy:

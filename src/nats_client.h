@@ -56,6 +56,8 @@ typedef struct ReliqStreamInfo
 	bool		redelivers;		/* limits retention: acked messages stay */
 	const char *retention;		/* "limits", "interest" or "workqueue" */
 	int			replicas;
+	int			nsubjects;		/* its subjects (none: a mirror or sourced) */
+	char	  **subjects;		/* palloc'd in the caller's context */
 } ReliqStreamInfo;
 
 typedef enum ReliqDeliverFrom
