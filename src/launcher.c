@@ -86,12 +86,6 @@ clear_launcher(int code, Datum arg)
 	reliq_set_launcher(0, NULL);
 }
 
-void
-reliq_launcher_register(void)
-{
-	reliq_register_static_worker("reliq launcher", "reliq_launcher_main", true, 5);
-}
-
 /*
  * Statement trigger on reliq.subscription: wake the launcher when the
  * change commits, not before (it would not see it yet).

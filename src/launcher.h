@@ -10,7 +10,6 @@
 
 #include "fmgr.h"
 
-extern void reliq_launcher_register(void);
 extern PGDLLEXPORT void reliq_launcher_main(Datum main_arg);
 
 #endif							/* RELIQ_LAUNCHER_H */

@@ -276,13 +276,16 @@ nats_connected_samples(StringInfo buf)
 	ReliqWorkerSnapshot *workers;
 	int			n = reliq_workers_snapshot(&workers);
 	int			i;
+	int			last = -1;
 
 	family(buf, "reliq_nats_connected", "gauge",
 		   "1 while the worker is connected to NATS, 0 while it is not (fenced workers are left out).");
+	/* one row per lane, a worker's rows together: one sample per worker */
 	for (i = 0; i < n; i++)
 	{
-		if (workers[i].state == RELIQ_WORKER_FENCED)
+		if (workers[i].state == RELIQ_WORKER_FENCED || workers[i].slot == last)
 			continue;
+		last = workers[i].slot;
 		appendStringInfo(buf, "reliq_nats_connected{worker=\"%d\"} %d\n",
 						 workers[i].slot, workers[i].connected ? 1 : 0);
 	}

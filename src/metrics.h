@@ -14,9 +14,7 @@
 
 extern char *reliq_metrics_text(void);
 extern void reliq_metrics_count_dead_letters(void);
-extern bool reliq_metrics_path_check(char **newval, void **extra, GucSource source);
 
-extern void reliq_metrics_server_register(void);
 extern PGDLLEXPORT void reliq_metrics_server_main(Datum main_arg);
 
 #endif							/* RELIQ_METRICS_H */

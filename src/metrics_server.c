@@ -36,12 +36,6 @@
 
 #define REQUEST_LIMIT 8192
 
-void
-reliq_metrics_server_register(void)
-{
-	reliq_register_static_worker("reliq metrics", "reliq_metrics_server_main", false, 10);
-}
-
 static int
 open_listener(void)
 {
@@ -150,31 +144,6 @@ respond(int fd, const char *status, const char *content_type,
 
 	send_all(fd, head, strlen(head), deadline);
 	send_all(fd, body, strlen(body), deadline);
-}
-
-/*
- * reliq.metrics_path: an absolute path of printable characters without
- * spaces or a query, as the request line carries it.
- */
-bool
-reliq_metrics_path_check(char **newval, void **extra, GucSource source)
-{
-	const char *p = *newval;
-
-	if (p == NULL || p[0] != '/')
-	{
-		GUC_check_errdetail("The path of the Prometheus endpoint must start with \"/\".");
-		return false;
-	}
-	for (; *p; p++)
-	{
-		if (*p <= ' ' || *p >= 127 || *p == '?' || *p == '#')
-		{
-			GUC_check_errdetail("The path of the Prometheus endpoint may not contain spaces, control characters, \"?\" or \"#\".");
-			return false;
-		}
-	}
-	return true;
 }
 
 /* Does the request target (after "GET ") name reliq.metrics_path? */

@@ -49,12 +49,6 @@
 
 static char last_problem[RELIQ_ERROR_LEN];
 
-void
-reliq_monitor_register(void)
-{
-	reliq_register_static_worker("reliq monitor", "reliq_monitor_main", true, 10);
-}
-
 /*
  * A NATS failure (what: "could not ..."): logged when it starts or
  * changes, nothing while it persists.

@@ -11,7 +11,6 @@
 
 #include "fmgr.h"
 
-extern void reliq_monitor_register(void);
 extern PGDLLEXPORT void reliq_monitor_main(Datum main_arg);
 
 #endif							/* RELIQ_MONITOR_H */

@@ -156,7 +156,6 @@ extern void reliq_trace_publish_span(ReliqSpan *span, const char *subject,
 									 int nheaders, const char *msg_id);
 
 /* The exporter (trace_export.c) */
-extern void reliq_trace_exporter_register(void);
 extern PGDLLEXPORT void reliq_trace_exporter_main(Datum arg);
 
 #endif							/* RELIQ_TRACE_H */

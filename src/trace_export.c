@@ -57,13 +57,6 @@ static char *export_url = NULL;
 static char response[256];
 static size_t response_len = 0;
 
-void
-reliq_trace_exporter_register(void)
-{
-	reliq_register_static_worker("reliq trace exporter",
-								 "reliq_trace_exporter_main", false, 10);
-}
-
 /*
  * JSON
  */

@@ -61,6 +61,14 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM reliq.subscription_stats
 	'6', 'every subscription running, with no shortfall');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM reliq.health() WHERE status <> 'ok'}),
 	'0', 'health() ok for all');
+# A worker with three lanes is one series of reliq_nats_connected, and no
+# series appears twice (Prometheus rejects a scrape that repeats one).
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE line LIKE 'reliq_nats_connected{%'), count(*) - count(DISTINCT series)
+	  FROM (SELECT line, split_part(line, ' ', 1) AS series
+	          FROM regexp_split_to_table(reliq.metrics(), E'\n') AS line
+	         WHERE line <> '' AND line NOT LIKE '#%') s}),
+	'2|0', 'metrics: one reliq_nats_connected series per worker, no series twice');
 
 # Which worker serves what, to see that nothing moves below.
 my $lanes_before = $node->safe_psql('postgres', q{
