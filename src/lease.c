@@ -30,7 +30,24 @@
  *	   same revision for a whole lease_ttl on its own clock (the owner
  *	   sent that revision before it was first seen, so it stopped consuming
  *	   before), or marked released (a clean shutdown, below).  No clocks
- *	   are compared across machines.
+ *	   are compared across machines.  The heartbeat carries the lease_ttl
+ *	   its owner renews with, and the taker waits for the longer of that
+ *	   and its own: two clusters configured differently cannot shorten
+ *	   each other's lease.
+ *	 - An owner key naming an earlier run of this very server (same
+ *	   lineage, machine boot and data directory, another postmaster) is
+ *	   taken at once, with the rewind: PostgreSQL starts no postmaster
+ *	   while a process of the former remains attached to its shared
+ *	   memory, as every reliq process is.  A restart in place (a crash, an
+ *	   immediate stop) waits for no lease_ttl; a copy elsewhere does.
+ *	 - An owner key is written "acquiring" (with the wait before consuming)
+ *	   until the rewind is done, then plainly.  A monitor or server that
+ *	   restarts meanwhile acquires again, wait and rewind included, instead
+ *	   of consuming from the former owner's position.
+ *	 - Ownership is confirmed by writes, never by a read alone: after its
+ *	   heartbeat was written over, an owner writes each owner key still
+ *	   naming it at the revision it read; a taker's write at the same
+ *	   revision then fails, or the owner's does.
  *	 - Before taking a consumer, the taker writes over the former owner's
  *	   heartbeat ("revoked"), by compare-and-set on the revision it saw.
  *	   If that fails, the owner is alive: nothing is taken.  If it
@@ -64,6 +81,7 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "access/xlog.h"
@@ -94,6 +112,8 @@ typedef struct LeaseTrack
 	TimestampTz consume_after;	/* ACQUIRING: the former holder is done */
 	bool		present;		/* still a subscription (this round) */
 	bool		no_rewind_noted;
+	bool		recheck;		/* held: confirm the owner key (by a write) */
+	TimestampTz acquiring_since;	/* fenced by an earlier run of ours */
 	ReliqLeaseView view;
 } LeaseTrack;
 
@@ -130,26 +150,88 @@ reliq_lease_renew_interval_ms(void)
 	return Max(reliq_lease_ttl / 4, 10);
 }
 
-/* The lease value naming this instance (JSON), made once. */
+/*
+ * This boot of the machine's kernel ("" if unknown): two processes that
+ * see the same boot id run on one machine, in one boot.
+ */
+static void
+read_boot_id(char *buf, size_t size)
+{
+	FILE	   *file = AllocateFile("/proc/sys/kernel/random/boot_id", "r");
+
+	buf[0] = '\0';
+	if (file == NULL)
+		return;
+	if (fgets(buf, size, file) == NULL)
+		buf[0] = '\0';
+	buf[strcspn(buf, "\n\"\\")] = '\0';
+	FreeFile(file);
+}
+
+/*
+ * The data directory as the file system knows it (device and inode), ""
+ * if unknown: a copy of it is another directory, whatever its path.
+ */
+static void
+read_data_directory(char *buf, size_t size)
+{
+	struct stat st;
+
+	if (stat(DataDir, &st) != 0)
+		buf[0] = '\0';
+	else
+		snprintf(buf, size, "%llu:%llu",
+				 (unsigned long long) st.st_dev, (unsigned long long) st.st_ino);
+}
+
+/*
+ * The lease value naming this instance (JSON), made once.  Besides who it
+ * is for people (host, port, database), it says which cluster lineage it
+ * is (system identifier, timeline), which run (instance, drawn by the
+ * postmaster) and where that run lives (boot of the machine, data
+ * directory), so that a later run of this very server can tell that the
+ * holder was its own earlier run (holder_is_earlier_run).
+ */
 static char *
 my_identity_value(void)
 {
 	char		host[128];
+	char		boot[64];
+	char		datadir[64];
 
 	if (my_identity != NULL)
 		return my_identity;
 	if (gethostname(host, sizeof(host)) != 0)
 		strlcpy(host, "unknown", sizeof(host));
 	host[sizeof(host) - 1] = '\0';
+	host[strcspn(host, "\"\\")] = '\0';
+	read_boot_id(boot, sizeof(boot));
+	read_data_directory(datadir, sizeof(datadir));
 	snprintf(my_instance, sizeof(my_instance), "%016llx",
 			 (unsigned long long) reliq_instance_id);
 	my_identity = MemoryContextStrdup(TopMemoryContext,
 									  psprintf("{\"instance\":\"%s\",\"system\":\"" UINT64_FORMAT "\","
-											   "\"timeline\":%u,\"host\":\"%s\",\"port\":%d,\"database\":\"%s\"}",
+											   "\"timeline\":%u,\"host\":\"%s\",\"port\":%d,\"database\":\"%s\","
+											   "\"boot\":\"%s\",\"datadir\":\"%s\"}",
 											   my_instance, GetSystemIdentifier(),
 											   GetWALInsertionTimeLine(), host,
-											   PostPortNumber, reliq_database_name));
+											   PostPortNumber, reliq_database_name,
+											   boot, datadir));
 	return my_identity;
+}
+
+/*
+ * This instance's heartbeat: its identity and the lease_ttl it renews
+ * with now (a setting that may differ between two clusters and change on
+ * reload), so that a taker waits for the owner's ttl, not only its own.
+ */
+static char *
+heartbeat_value(void)
+{
+	const char *identity = my_identity_value();
+
+	return psprintf("%.*s,\"ttl_ms\":%d}", (int) strlen(identity) - 1, identity,
+					reliq_lease_ttl);
 }
 
 /* A string field of a lease value; "" if absent.  Values are ours. */
@@ -181,6 +263,43 @@ holder_is_same_lineage(const char *value)
 				  psprintf(UINT64_FORMAT, GetSystemIdentifier())) == 0 &&
 		strcmp(field(value, "timeline"),
 			   psprintf("%u", GetWALInsertionTimeLine())) == 0;
+}
+
+/*
+ * An earlier run of this very server, already gone?  Same lineage, same
+ * boot of the same machine, same data directory, another postmaster.
+ * PostgreSQL runs one postmaster per data directory (postmaster.pid), and
+ * a new one does not start while a process of the former is still
+ * attached to its shared memory, as every reliq process is: the holder's
+ * workers have all exited.  A copy elsewhere, or this server after a
+ * reboot, differs in boot or data directory and waits as any other.
+ */
+static bool
+holder_is_earlier_run(const char *value)
+{
+	const char *mine = my_identity_value();
+	char	   *boot = field(value, "boot");
+	char	   *datadir = field(value, "datadir");
+
+	return holder_is_same_lineage(value) &&
+		strcmp(field(value, "instance"), my_instance) != 0 &&
+		boot[0] != '\0' && datadir[0] != '\0' &&
+		strcmp(boot, field(mine, "boot")) == 0 &&
+		strcmp(datadir, field(mine, "datadir")) == 0 &&
+		strcmp(field(value, "host"), field(mine, "host")) == 0;
+}
+
+/*
+ * How long a heartbeat must stay unchanged before its owner is known to
+ * have stopped: the longer of this cluster's lease_ttl and the one the
+ * owner renews with (absent in the heartbeats of reliq 0.2).
+ */
+static int
+owner_wait_ms(const char *heartbeat)
+{
+	int			theirs = atoi(field(heartbeat, "ttl_ms"));
+
+	return Max(reliq_lease_ttl, theirs);
 }
 
 static void
@@ -390,46 +509,91 @@ revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
 	return true;
 }
 
+/*
+ * Held by another instance whose heartbeat has not run out.  Fenced; but
+ * where the holder is most likely this server before a reboot (same
+ * lineage, same host and data directory, another boot), "acquiring" for
+ * at most two of its ttls: a heartbeat that still moves after that belongs
+ * to something alive, and this server is fenced.
+ */
 static void
 become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
 {
+	const char *mine = my_identity_value();
+	bool		same_place = holder_is_same_lineage(value) &&
+		strcmp(field(value, "host"), field(mine, "host")) == 0 &&
+		strcmp(field(value, "datadir"), field(mine, "datadir")) == 0;
+
 	describe_holder(t, value);
 	t->view.valid_until = 0;
-
-	/*
-	 * An earlier run of this server whose heartbeat has not run out yet:
-	 * say "acquiring" (then something else is alive there, a copy of this
-	 * server, and this one is fenced).
-	 */
-	if (t->view.state == RELIQ_LEASE_UNKNOWN && holder_is_same_lineage(value))
+	if (t->view.state == RELIQ_LEASE_UNKNOWN && same_place)
+	{
 		t->view.state = RELIQ_LEASE_ACQUIRING;
-	else if (t->view.state != RELIQ_LEASE_ACQUIRING || !holder_is_same_lineage(value))
+		t->acquiring_since = now;
+	}
+	else if (t->view.state != RELIQ_LEASE_ACQUIRING || !same_place ||
+			 now - t->acquiring_since >= (int64) 2 * owner_wait_ms(value) * 1000)
 		t->view.state = RELIQ_LEASE_FENCED;
 }
 
-/* This instance has just written the owner key. */
-static void
-acquired(LeaseTrack *t, uint64 revision, TimestampTz consume_after)
+/*
+ * Write the owner key over revision (0: it must not exist) as an
+ * acquisition: this instance consumes wait_ms later, after the rewind.
+ * Until the rewind is done the key says "acquiring_wait_ms", so that a
+ * monitor or server that restarts meanwhile waits and rewinds again
+ * rather than consume from the former owner's position (settle_owner
+ * writes the plain identity afterwards).
+ */
+static char *
+acquiring_value(int wait_ms)
 {
-	t->held = revision;
-	t->consume_after = consume_after;
-	t->view.state = RELIQ_LEASE_ACQUIRING;
-	t->view.valid_until = alive_valid_until;
-	describe_me(t);
+	const char *identity = my_identity_value();
+
+	return psprintf("%.*s,\"acquiring_wait_ms\":%d}",
+					(int) strlen(identity) - 1, identity, Max(wait_ms, 0));
 }
 
-/* Write the owner key over revision (0: it must not exist). */
 static bool
 write_owner(ReliqNatsConnection *conn, LeaseTrack *t, uint64 revision,
-			TimestampTz consume_after)
+			int wait_ms, TimestampTz now)
 {
 	uint64		written;
 
-	if (reliq_nats_kv_put(conn, t->key, my_identity_value(), revision,
+	if (reliq_nats_kv_put(conn, t->key, acquiring_value(wait_ms),
+						  revision, &written) != RELIQ_KV_OK)
+		return false;
+	t->held = written;
+	t->consume_after = TimestampTzPlusMilliseconds(now, Max(wait_ms, 0));
+	t->view.state = RELIQ_LEASE_ACQUIRING;
+	t->view.valid_until = alive_valid_until;
+	describe_me(t);
+	return true;
+}
+
+/*
+ * The rewind is done: the owner key names this instance plainly (written
+ * at the revision held, so a take-over meanwhile wins).  True if written.
+ */
+static bool
+settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
+{
+	uint64		written;
+
+	if (reliq_nats_kv_put(conn, t->key, my_identity_value(), t->held,
 						  &written) != RELIQ_KV_OK)
 		return false;
-	acquired(t, written, consume_after);
+	t->held = written;
 	return true;
+}
+
+/* An owner key written by an acquisition whose rewind is not done: its wait. */
+static bool
+owner_unsettled(const char *value, int *wait_ms)
+{
+	char	   *wait = field(value, "acquiring_wait_ms");
+
+	*wait_ms = atoi(wait);
+	return wait[0] != '\0';
 }
 
 /*
@@ -445,22 +609,55 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	char	   *value;
 	char	   *owner;
 	Heartbeat  *h;
+	bool		unsettled;
+	int			wait_ms;
 
 	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
 		return;
 	if (revision == 0)
 	{
-		(void) write_owner(conn, t, 0, now);
+		(void) write_owner(conn, t, 0, 0, now);
 		return;
 	}
 	owner = field(value, "instance");
+	unsettled = owner_unsettled(value, &wait_ms);
 	if (strcmp(owner, my_instance) == 0)
 	{
-		/* the monitor restarted under the same postmaster: still ours */
-		t->held = revision;
-		t->view.state = RELIQ_LEASE_OWNED;
-		t->view.valid_until = alive_valid_until;
-		describe_me(t);
+		/*
+		 * The monitor restarted under the same postmaster.  In the middle
+		 * of an acquisition (its rewind not done; a take-over's former
+		 * owner perhaps still consuming): acquire again, wait included.
+		 * Otherwise it is ours as it was: confirmed by a write.
+		 */
+		if (unsettled)
+			(void) write_owner(conn, t, revision, wait_ms, now);
+		else
+		{
+			t->held = revision;
+			if (settle_owner(conn, t))
+			{
+				t->view.state = RELIQ_LEASE_OWNED;
+				t->view.valid_until = alive_valid_until;
+				describe_me(t);
+			}
+			else
+				t->held = 0;
+		}
+		return;
+	}
+	if (holder_is_earlier_run(value))
+	{
+		/*
+		 * This server restarted in place (a crash, an immediate stop): at
+		 * once, with the rewind (a restore in place is older than its
+		 * consumer); after the wait of an acquisition it had not finished.
+		 */
+		if (write_owner(conn, t, revision, unsettled ? wait_ms : 0, now))
+			ereport(LOG,
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq subscription \"%s\": took over consumer \"%s\" at once from this server's earlier run",
+							w->name, w->consumer),
+					 errdetail("The holder ran in this data directory on this machine since its last boot, and PostgreSQL starts no postmaster while a process of the former one remains.")));
 		return;
 	}
 	h = heartbeat_of(conn, owner, now);
@@ -469,20 +666,20 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	if (h->released)
 	{
 		/* its owner shut down cleanly, after its workers had exited */
-		if (write_owner(conn, t, revision, now))
+		if (write_owner(conn, t, revision, 0, now))
 			ereport(LOG,
 					(errmsg("reliq subscription \"%s\": took over consumer \"%s\", released by %s at its shutdown",
 							w->name, w->consumer, value)));
 		return;
 	}
-	if (now - h->seen_at >= (int64) reliq_lease_ttl * 1000)
+	if (now - h->seen_at >= (int64) owner_wait_ms(h->value) * 1000)
 	{
-		/* unrenewed for a whole lease_ttl: its owner has stopped */
-		if (revoke_heartbeat(conn, h) && write_owner(conn, t, revision, now))
+		/* unrenewed for a whole lease_ttl, its own and ours: it has stopped */
+		if (revoke_heartbeat(conn, h) && write_owner(conn, t, revision, 0, now))
 		{
 			ereport(LOG,
 					(errmsg("reliq subscription \"%s\": took over consumer \"%s\" from %s, whose heartbeat had not moved for %d ms",
-							w->name, w->consumer, value, reliq_lease_ttl)));
+							w->name, w->consumer, value, owner_wait_ms(h->value))));
 			return;
 		}
 	}
@@ -497,22 +694,25 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	uint64		revision;
 	char	   *value;
 	Heartbeat  *h = NULL;
+	int			wait_ms = reliq_lease_ttl;
 
 	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
 		goto retry;
 	if (revision != 0 && strcmp(field(value, "instance"), my_instance) != 0)
 	{
 		h = heartbeat_of(conn, field(value, "instance"), now);
-		if (h == NULL || (h->revision != 0 && !revoke_heartbeat(conn, h)))
+		if (h == NULL)
+			goto retry;
+		wait_ms = owner_wait_ms(h->value);	/* read before the revoke */
+		if (h->revision != 0 && !revoke_heartbeat(conn, h))
 			goto retry;
 	}
-	if (!write_owner(conn, t, revision,
-					 TimestampTzPlusMilliseconds(now, reliq_lease_ttl)))
+	if (!write_owner(conn, t, revision, wait_ms, now))
 		goto retry;
 	ereport(LOG,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq subscription \"%s\": taking over consumer \"%s\" from %s; consuming in %d ms",
-					w->name, w->consumer, revision ? value : "nobody", reliq_lease_ttl),
+					w->name, w->consumer, revision ? value : "nobody", wait_ms),
 			 errdetail("The former owner stops within that time, when its own heartbeat runs out.")));
 	return;
 
@@ -535,17 +735,52 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 	}
 	if (revision != 0 && strcmp(field(value, "instance"), my_instance) == 0)
 	{
-		t->held = revision;
-		t->view.valid_until = alive_valid_until;
-		return;
+		/*
+		 * Confirmed by a write, not by the read: a taker revokes the
+		 * heartbeat, then writes the owner key at the revision it read.
+		 * Read between the two, the key still names us; writing it at that
+		 * revision makes exactly one of us win.  (The read may also be an
+		 * older replica's answer: the write is the leader's.)  The value
+		 * is of the same kind: an acquisition stays one.
+		 */
+		uint64		written;
+		char	   *mine = t->view.state == RELIQ_LEASE_ACQUIRING ?
+			acquiring_value((int) ((t->consume_after - now) / 1000)) :
+			my_identity_value();
+
+		switch (reliq_nats_kv_put(conn, t->key, mine, revision, &written))
+		{
+			case RELIQ_KV_OK:
+				t->held = written;
+				t->view.valid_until = alive_valid_until;
+				t->recheck = false;
+				return;
+			case RELIQ_KV_ERROR:
+				t->view.valid_until = 0;	/* unknown: not usable this round */
+				return;
+			case RELIQ_KV_CONFLICT:
+				break;			/* it moved: read it again */
+		}
+		if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+		{
+			t->view.valid_until = 0;
+			return;
+		}
+		if (revision != 0 && strcmp(field(value, "instance"), my_instance) == 0)
+		{
+			t->view.valid_until = 0;	/* ours, unconfirmed: next round */
+			return;
+		}
 	}
 	if (revision == 0)
 	{
 		/* gone (deleted by hand, or the bucket was lost): take it again */
 		t->held = 0;
-		(void) write_owner(conn, t, 0, now);
+		t->recheck = false;
+		(void) write_owner(conn, t, 0, 0, now);
 		return;
 	}
+	t->recheck = false;
 	ereport(WARNING,
 			(errcode(ERRCODE_OBJECT_IN_USE),
 			 errmsg("reliq subscription \"%s\": another cluster took over consumer \"%s\"; this cluster stops consuming it",
@@ -563,14 +798,26 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, true, w->name);
 	TimestampTz now = GetCurrentTimestamp();
 
+	if (entry != NULL && t->view.state == RELIQ_LEASE_UNKNOWN && t->view.epoch == 0)
+	{
+		ReliqLeaseView before;
+
+		/* a restarted monitor goes on from the epoch the workers know */
+		reliq_lease_read(entry, &before);
+		t->view.epoch = before.epoch;
+	}
+
 	if (entry != NULL && t->held == 0 &&
 		pg_atomic_exchange_u32(&entry->take_over_requested, 0) != 0)
 		take_over(conn, w, t, entry, now);
 	else if (entry != NULL && t->held != 0)
 		pg_atomic_write_u32(&entry->take_over_requested, 0);	/* ours already */
 
-	if (t->held != 0 && rescan)
+	if (t->held != 0 && (rescan || t->recheck))
+	{
+		t->recheck = true;
 		check_still_mine(conn, w, t, now);
+	}
 	else if (t->held != 0)
 		t->view.valid_until = alive_valid_until;
 	else
@@ -580,8 +827,17 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 		GetCurrentTimestamp() >= t->consume_after &&
 		rewind_consumer(conn, w, t))
 	{
-		t->view.state = RELIQ_LEASE_OWNED;
-		t->view.epoch++;
+		if (settle_owner(conn, t))
+		{
+			t->view.state = RELIQ_LEASE_OWNED;
+			t->view.epoch++;
+		}
+		else
+		{
+			/* taken meanwhile, or unknown: read it again next round */
+			t->view.valid_until = 0;
+			t->recheck = true;
+		}
 	}
 	if (entry != NULL)
 		reliq_lease_publish(entry, &t->view);
@@ -602,7 +858,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	char	   *value;
 	int			i;
 
-	switch (reliq_nats_kv_put(conn, key, my_identity_value(),
+	switch (reliq_nats_kv_put(conn, key, heartbeat_value(),
 							  alive_revision, &written))
 	{
 		case RELIQ_KV_OK:
@@ -633,7 +889,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	if (!reliq_nats_kv_get(conn, key, &value, &revision))
 		return false;
 	sent = GetCurrentTimestamp();
-	if (reliq_nats_kv_put(conn, key, my_identity_value(), revision,
+	if (reliq_nats_kv_put(conn, key, heartbeat_value(), revision,
 						  &written) != RELIQ_KV_OK)
 		return false;
 	alive_revision = written;
@@ -817,9 +1073,9 @@ reliq_lease_release_all(ReliqNatsConnection *conn)
 		alive_revision == 0 ||
 		!server_stopping() || !workers_gone(Min(reliq_nats_timeout, 2000)))
 		return;
-	released = psprintf("%.*s,\"released\":true}",
-						(int) strlen(my_identity_value()) - 1,
-						my_identity_value());
+	released = heartbeat_value();
+	released = psprintf("%.*s,\"released\":true}", (int) strlen(released) - 1,
+						released);
 	if (reliq_nats_kv_put(conn, heartbeat_key(my_instance), released,
 						  alive_revision, &revision) == RELIQ_KV_OK)
 		alive_revision = 0;
