@@ -159,7 +159,10 @@ is($node->safe_psql('postgres', "SELECT reliq.discard_dead_letter($bobs)", extra
 
 # Secrets.
 ($ret, $out, $err) = $node->psql('postgres', 'SHOW reliq.nats_password', extra_params => ['-U', 'alice']);
-like($err, qr/must be superuser or have privileges of pg_read_all_settings/,
+# (PostgreSQL 15: "must be superuser or have privileges of
+# pg_read_all_settings ..."; 16 and later: "permission denied to examine
+# ...", with the role in the detail.)
+like($err, qr/must be superuser or have privileges of pg_read_all_settings|permission denied to examine "reliq.nats_password"/,
 	'a secret setting cannot be read by a non-superuser');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_settings
                                    WHERE name IN ('reliq.nats_password', 'reliq.nats_token', 'reliq.nats_user',
