@@ -24,7 +24,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # shared_preload_libraries.  With a nats-server -- test/with-nats (and so
 # scripts/test) writes RELIQ_TEMP_CONFIG -- everything runs on a temporary
 # instance configured for it, TAP suite included.
-REGRESS_LOCAL = edges
+REGRESS_LOCAL = edges ack_subject
 REGRESS_NATS = setup subscription_api errors one_source dead_letter privileges topology publish
 ifdef RELIQ_TEMP_CONFIG
 REGRESS = $(REGRESS_LOCAL) $(REGRESS_NATS)

@@ -1382,43 +1382,18 @@ consumer_key(char *key, const char *stream, const char *consumer)
 
 /*
  * The consumer a JetStream reply subject names, as a key; false if it is
- * not one.  9 tokens after "$JS." on nats-server 2.9, 11 or more (domain
- * and account first) on later servers.
+ * not one (reliq_ack_subject_parse: either layout).
  */
 static bool
 ack_subject_key(const char *reply, char *key)
 {
-	const char *tokens[16];
-	int			lengths[16];
-	int			ntokens = 0;
-	const char *p;
-	const char *start;
-	int			first;
+	ReliqAckSubject ack;
 
-	if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
-		return false;
-	start = reply + 8;
-	for (p = start;; p++)
-	{
-		if (*p == '.' || *p == '\0')
-		{
-			if (ntokens == lengthof(tokens))
-				return false;
-			tokens[ntokens] = start;
-			lengths[ntokens] = p - start;
-			ntokens++;
-			if (*p == '\0')
-				break;
-			start = p + 1;
-		}
-	}
-	first = reliq_ack_stream_token(ntokens);
-	if (first < 0)
-		return false;
-	if (lengths[first] + lengths[first + 1] + 2 > RELIQ_CONSUMER_KEY_LEN)
+	if (!reliq_ack_subject_parse(reply, &ack) ||
+		ack.stream.len + ack.consumer.len + 2 > RELIQ_CONSUMER_KEY_LEN)
 		return false;
 	snprintf(key, RELIQ_CONSUMER_KEY_LEN, "%.*s %.*s",
-			 lengths[first], tokens[first], lengths[first + 1], tokens[first + 1]);
+			 ack.stream.len, ack.stream.str, ack.consumer.len, ack.consumer.str);
 	return true;
 }
 
@@ -1502,8 +1477,9 @@ reliq_inbox_destroy(ReliqInbox *inbox)
 
 		while (natsSubscription_NextMsg(&m, inbox->sub, 0) == NATS_OK)
 		{
-			if (natsMsg_GetReply(m) != NULL &&
-				strncmp(natsMsg_GetReply(m), "$JS.ACK.", 8) == 0)
+			ReliqAckSubject ack;
+
+			if (reliq_ack_subject_parse(natsMsg_GetReply(m), &ack))
 				give_back(inbox, m, 0);	/* the connection closes next */
 			natsMsg_Destroy(m);
 		}
