@@ -77,6 +77,9 @@ typedef struct ReliqConsumerSpec
 	ReliqDeliverFrom deliver_from;	/* used only when creating */
 	int64		start_seq;
 	int64		start_time_ns;	/* Unix nanoseconds */
+	/* Owner written to the consumer's metadata (nats-server 2.10+). */
+	const char *owner_instance; /* NULL: none */
+	uint64		owner_epoch;
 } ReliqConsumerSpec;
 
 typedef struct ReliqConsumerInfo
@@ -112,6 +115,8 @@ extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   const char *stream, const char *consumer,
 									   bool *existed);
+extern bool reliq_nats_server_at_least(ReliqNatsConnection *conn,
+									   int major, int minor);
 
 /*
  * A key-value bucket, for the leases (lease.c).  Revisions are the
