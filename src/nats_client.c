@@ -79,6 +79,9 @@ struct ReliqNatsConnection
 extern bool natsConn_srvVersionAtLeast(natsConnection *nc, int major,
 									   int minor, int update);
 
+/* How long "paused" lasts on the server: until resumed, in practice. */
+#define RELIQ_PAUSE_UNTIL "2100-01-01T00:00:00Z"
+
 static char last_error[512];
 static int	last_js_error = 0;
 static int	last_sqlerrcode = 0;
@@ -800,6 +803,17 @@ json_int_at(JsonbContainer *object, const char *key)
 											 NumericGetDatum(v.val.numeric)));
 }
 
+/* A boolean of an object; false when absent. */
+static bool
+json_bool_at(JsonbContainer *object, const char *key)
+{
+	JsonbValue	v;
+
+	return object != NULL &&
+		getKeyJsonValueFromContainer(object, key, strlen(key), &v) != NULL &&
+		v.type == jbvBool && v.val.boolean;
+}
+
 /* An object field of an object, or NULL. */
 static JsonbContainer *
 json_object_at(JsonbContainer *object, const char *key)
@@ -930,6 +944,9 @@ reliq_nats_consumer_infos(ReliqNatsConnection *conn, const char *stream,
 			info->num_redelivered = json_int_at(ci, "num_redelivered");
 			info->num_waiting = json_int_at(ci, "num_waiting");
 			info->max_ack_pending = json_int_at(json_object_at(ci, "config"), "max_ack_pending");
+			/* 2.11+ says "paused": true; absent means not paused */
+			info->paused_known = true;
+			info->paused = json_bool_at(ci, "paused");
 		}
 		if (n == 0)
 			break;
@@ -1111,6 +1128,32 @@ set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec)
 		return js_api_request(conn, request, body.data,
 							  "updating the consumer's metadata") != NULL;
 	}
+}
+
+/*
+ * Pause the consumer on the server until far in the future, or resume it
+ * (nats-server 2.11+: $JS.API.CONSUMER.PAUSE.<stream>.<consumer>; an empty
+ * request resumes).  The caller checks the server's version.
+ */
+bool
+reliq_nats_pause_consumer(ReliqNatsConnection *conn, const char *stream,
+						  const char *consumer, bool pause)
+{
+	Jsonb	   *answer;
+
+	answer = js_api_request(conn, psprintf("$JS.API.CONSUMER.PAUSE.%s.%s",
+										   stream, consumer),
+							pause ? "{\"pause_until\":\"" RELIQ_PAUSE_UNTIL "\"}" : "",
+							pause ? "pausing the consumer" : "resuming the consumer");
+	if (answer == NULL)
+		return false;
+	if (json_bool_at(&answer->root, "paused") != pause)
+	{
+		remember_message(pause ? "the server did not pause the consumer" :
+						 "the server did not resume the consumer");
+		return false;
+	}
+	return true;
 }
 
 /*

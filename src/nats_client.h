@@ -93,6 +93,8 @@ typedef struct ReliqConsumerInfo
 	int64		num_redelivered;
 	int64		num_waiting;
 	int64		max_ack_pending;
+	bool		paused_known;	/* the answer says (nats-server 2.11+) */
+	bool		paused;			/* paused on the server */
 } ReliqConsumerInfo;
 
 extern bool reliq_nats_stream_info(ReliqNatsConnection *conn,
@@ -117,6 +119,9 @@ extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   bool *existed);
 extern bool reliq_nats_server_at_least(ReliqNatsConnection *conn,
 									   int major, int minor);
+extern bool reliq_nats_pause_consumer(ReliqNatsConnection *conn,
+									  const char *stream, const char *consumer,
+									  bool pause);
 
 /*
  * A key-value bucket, for the leases (lease.c).  Revisions are the
