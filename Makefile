@@ -12,7 +12,7 @@ MODULE_big = reliq
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 
 EXTENSION = reliq
-DATA = reliq--0.1.sql reliq--0.1--0.2.sql
+DATA = reliq--0.1.sql reliq--0.1--0.2.sql reliq--0.2--0.3.sql
 PGFILEDESC = "reliq - NATS JetStream consumer in PostgreSQL"
 
 SHLIB_LINK = -lnats -lcurl
@@ -24,7 +24,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # shared_preload_libraries.  With a nats-server -- test/with-nats (and so
 # scripts/test) writes RELIQ_TEMP_CONFIG -- everything runs on a temporary
 # instance configured for it, TAP suite included.
-REGRESS_LOCAL = edges
+REGRESS_LOCAL = edges ack_subject
 REGRESS_NATS = setup subscription_api errors one_source dead_letter privileges topology publish
 ifdef RELIQ_TEMP_CONFIG
 REGRESS = $(REGRESS_LOCAL) $(REGRESS_NATS)

@@ -151,6 +151,20 @@ reliq_lease_renew_interval_ms(void)
 }
 
 /*
+ * This instance's id as leases name it: the random id the postmaster drew
+ * at start, in hex.  Also written into the metadata of the consumers it
+ * owns (nats-server 2.10+).
+ */
+const char *
+reliq_lease_instance(void)
+{
+	if (my_instance[0] == '\0')
+		snprintf(my_instance, sizeof(my_instance), "%016llx",
+				 (unsigned long long) reliq_instance_id);
+	return my_instance;
+}
+
+/*
  * This boot of the machine's kernel ("" if unknown): two processes that
  * see the same boot id run on one machine, in one boot.
  */
@@ -207,8 +221,7 @@ my_identity_value(void)
 	host[strcspn(host, "\"\\")] = '\0';
 	read_boot_id(boot, sizeof(boot));
 	read_data_directory(datadir, sizeof(datadir));
-	snprintf(my_instance, sizeof(my_instance), "%016llx",
-			 (unsigned long long) reliq_instance_id);
+	(void) reliq_lease_instance();
 	my_identity = MemoryContextStrdup(TopMemoryContext,
 									  psprintf("{\"instance\":\"%s\",\"system\":\"" UINT64_FORMAT "\","
 											   "\"timeline\":%u,\"host\":\"%s\",\"port\":%d,\"database\":\"%s\","
@@ -411,6 +424,8 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 	}
 	else
 		spec.deliver_from = RELIQ_DELIVER_ALL;
+	spec.owner_instance = reliq_lease_instance();
+	spec.owner_epoch = t->view.epoch + 1;	/* step() moves it on success */
 
 	if (!reliq_nats_delete_consumer(conn, sub->stream, sub->consumer, &existed) ||
 		!reliq_nats_ensure_consumer(conn, &spec, &info, &created))

@@ -17,5 +17,6 @@ extern void reliq_lease_round(ReliqNatsConnection *conn,
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
 extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);
 extern long reliq_lease_renew_interval_ms(void);
+extern const char *reliq_lease_instance(void);
 
 #endif							/* RELIQ_LEASE_H */

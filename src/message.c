@@ -29,90 +29,121 @@
 #include "reliq.h"
 
 PG_FUNCTION_INFO_V1(reliq_parse_ack_subject_sql);
+PG_FUNCTION_INFO_V1(reliq_ack_subject_sql);
 
 #define RELIQ_ACK_PREFIX "$JS.ACK."
 #define RELIQ_MAX_ACK_TOKENS 16
 
+/* A number of an ack subject: digits only, at most PG_INT64_MAX. */
 static bool
-parse_uint64(const char *token, int64 *result)
+parse_count(const ReliqToken *token, int64 *result)
 {
-	char	   *end;
-	unsigned long long value;
+	uint64		value = 0;
+	int			i;
 
-	if (*token < '0' || *token > '9')
+	if (token->len == 0)
 		return false;
-	errno = 0;
-	value = strtoull(token, &end, 10);
-	if (errno != 0 || *end != '\0' || value > PG_INT64_MAX)
-		return false;
+	for (i = 0; i < token->len; i++)
+	{
+		char		c = token->str[i];
+
+		if (c < '0' || c > '9' ||
+			value > ((uint64) PG_INT64_MAX - (c - '0')) / 10)
+			return false;
+		value = value * 10 + (c - '0');
+	}
 	*result = (int64) value;
 	return true;
 }
 
 /*
- * Which token after "$JS.ACK." names the stream (the consumer follows),
- * given how many tokens there are; -1 if neither layout (below).
+ * The one parser of JetStream ack subjects (the reply subject of every
+ * delivery, which names its consumer and carries its metadata).  Layouts,
+ * in tokens after "$JS.ACK.":
+ *
+ *	 7: <stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+ *		(nats-server 2.9 and what later servers send to older clients)
+ *	 9: <domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+ *	10: the same and a random token
+ *
+ * "_" as domain means none.  Tokens after the tenth are ignored, as the
+ * NATS clients do, so that a server appending one more does not stop
+ * consumption.  Pure: no allocation, no error raised, so the inbox code
+ * may sort deliveries with it; ack's strings point into reply.
  */
-int
-reliq_ack_stream_token(int ntokens)
+bool
+reliq_ack_subject_parse(const char *reply, ReliqAckSubject *ack)
 {
+	ReliqToken	tokens[RELIQ_MAX_ACK_TOKENS];
+	int			ntokens = 0;
+	const char *start;
+	const char *p;
+	int			first;
+	int64		delivered;
+
+	memset(ack, 0, sizeof(*ack));
+	if (reply == NULL || strncmp(reply, RELIQ_ACK_PREFIX,
+								 strlen(RELIQ_ACK_PREFIX)) != 0)
+		return false;
+	start = reply + strlen(RELIQ_ACK_PREFIX);
+	for (p = start;; p++)
+	{
+		if (*p != '.' && *p != '\0')
+			continue;
+		if (ntokens == RELIQ_MAX_ACK_TOKENS || p == start)
+			return false;		/* too long, or an empty token */
+		tokens[ntokens].str = start;
+		tokens[ntokens].len = p - start;
+		ntokens++;
+		if (*p == '\0')
+			break;
+		start = p + 1;
+	}
+
 	if (ntokens == 7)
-		return 0;
-	if (ntokens >= 9)
-		return 2;
-	return -1;
+		first = 0;
+	else if (ntokens >= 9)
+	{
+		first = 2;
+		if (!(tokens[0].len == 1 && tokens[0].str[0] == '_'))
+			ack->domain = tokens[0];
+		ack->account = tokens[1];
+		if (ntokens >= 10)
+			ack->token = tokens[9];
+	}
+	else
+		return false;
+
+	ack->stream = tokens[first];
+	ack->consumer = tokens[first + 1];
+	if (!parse_count(&tokens[first + 2], &delivered) || delivered > PG_INT32_MAX ||
+		!parse_count(&tokens[first + 3], &ack->stream_seq) ||
+		!parse_count(&tokens[first + 4], &ack->consumer_seq) ||
+		!parse_count(&tokens[first + 5], &ack->published_ns) ||
+		!parse_count(&tokens[first + 6], &ack->pending))
+		return false;
+	ack->delivered = (int) delivered;
+	return true;
 }
 
 /*
- * Parse a JetStream ack subject into msg.  Two layouts exist:
- *	 $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
- *	 $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>[...]
- * (nats-server 2.9 sends the first; later servers the second, where "_"
- * stands for no domain).  Returns false when reply is neither.
+ * Fill msg's metadata from its reply subject; false when that is not an
+ * ack subject.  The strings are palloc'd.
  */
 bool
 reliq_parse_ack_subject(const char *reply, ReliqMessage *msg)
 {
-	char	   *copy;
-	char	   *tokens[RELIQ_MAX_ACK_TOKENS];
-	int			ntokens = 0;
-	int			first;
-	char	   *p;
-	int64		delivered;
+	ReliqAckSubject ack;
 
-	if (reply == NULL || strncmp(reply, RELIQ_ACK_PREFIX,
-								 strlen(RELIQ_ACK_PREFIX)) != 0)
+	if (!reliq_ack_subject_parse(reply, &ack))
 		return false;
-
-	copy = pstrdup(reply + strlen(RELIQ_ACK_PREFIX));
-	tokens[ntokens++] = copy;
-	for (p = copy; *p; p++)
-	{
-		if (*p == '.')
-		{
-			if (ntokens == RELIQ_MAX_ACK_TOKENS)
-				return false;
-			*p = '\0';
-			tokens[ntokens++] = p + 1;
-		}
-	}
-
-	first = reliq_ack_stream_token(ntokens);
-	if (first < 0)
-		return false;
-
-	if (tokens[first][0] == '\0' || tokens[first + 1][0] == '\0')
-		return false;
-	if (!parse_uint64(tokens[first + 2], &delivered) || delivered > PG_INT32_MAX ||
-		!parse_uint64(tokens[first + 3], &msg->stream_seq) ||
-		!parse_uint64(tokens[first + 4], &msg->consumer_seq) ||
-		!parse_uint64(tokens[first + 5], &msg->published_ns) ||
-		!parse_uint64(tokens[first + 6], &msg->pending))
-		return false;
-
-	msg->stream = tokens[first];
-	msg->consumer = tokens[first + 1];
-	msg->delivered = (int) delivered;
+	msg->stream = pnstrdup(ack.stream.str, ack.stream.len);
+	msg->consumer = pnstrdup(ack.consumer.str, ack.consumer.len);
+	msg->delivered = ack.delivered;
+	msg->stream_seq = ack.stream_seq;
+	msg->consumer_seq = ack.consumer_seq;
+	msg->published_ns = ack.published_ns;
+	msg->pending = ack.pending;
 	return true;
 }
 
@@ -394,5 +425,47 @@ reliq_parse_ack_subject_sql(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum(msg.consumer_seq);
 	values[5] = TimestampTzGetDatum(reliq_unix_ns_to_timestamptz(msg.published_ns));
 	values[6] = Int64GetDatum(msg.pending);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+static Datum
+token_datum(const ReliqToken *token, bool *isnull)
+{
+	*isnull = (token->str == NULL);
+	if (*isnull)
+		return (Datum) 0;
+	return PointerGetDatum(reliq_text_from_wire(token->str, token->len));
+}
+
+/*
+ * reliq._ack_subject(text): every part of an ack subject, in either
+ * layout; NULL when the subject is not one (reliq_ack_subject_parse).
+ */
+Datum
+reliq_ack_subject_sql(PG_FUNCTION_ARGS)
+{
+	char	   *subject = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ReliqAckSubject ack;
+	TupleDesc	tupdesc;
+	Datum		values[10];
+	bool		nulls[10] = {false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
+	if (!reliq_ack_subject_parse(subject, &ack))
+		PG_RETURN_NULL();
+
+	values[0] = token_datum(&ack.domain, &nulls[0]);
+	values[1] = token_datum(&ack.account, &nulls[1]);
+	values[2] = token_datum(&ack.stream, &nulls[2]);
+	values[3] = token_datum(&ack.consumer, &nulls[3]);
+	values[4] = Int32GetDatum(ack.delivered);
+	values[5] = Int64GetDatum(ack.stream_seq);
+	values[6] = Int64GetDatum(ack.consumer_seq);
+	values[7] = TimestampTzGetDatum(reliq_unix_ns_to_timestamptz(ack.published_ns));
+	values[8] = Int64GetDatum(ack.pending);
+	values[9] = token_datum(&ack.token, &nulls[9]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -54,8 +54,30 @@ typedef struct ReliqMessage
 	ReliqMessageTrace trace;	/* its context and processing span */
 } ReliqMessage;
 
+/* A part of a string, not terminated. */
+typedef struct ReliqToken
+{
+	const char *str;			/* NULL: absent */
+	int			len;
+} ReliqToken;
+
+/* A JetStream ack subject's parts (reliq_ack_subject_parse). */
+typedef struct ReliqAckSubject
+{
+	ReliqToken	domain;			/* absent: none (2.9 layout, or "_") */
+	ReliqToken	account;		/* account hash; absent in the 2.9 layout */
+	ReliqToken	stream;
+	ReliqToken	consumer;
+	ReliqToken	token;			/* the random token at the end, if any */
+	int			delivered;
+	int64		stream_seq;
+	int64		consumer_seq;
+	int64		published_ns;	/* nanoseconds since the Unix epoch */
+	int64		pending;
+} ReliqAckSubject;
+
+extern bool reliq_ack_subject_parse(const char *reply, ReliqAckSubject *ack);
 extern bool reliq_parse_ack_subject(const char *reply, ReliqMessage *msg);
-extern int	reliq_ack_stream_token(int ntokens);
 extern TimestampTz reliq_unix_ns_to_timestamptz(int64 ns);
 extern int64 reliq_timestamptz_to_unix_ns(TimestampTz t);
 extern Datum reliq_message_headers_jsonb(const ReliqMessage *msg);

@@ -12,6 +12,13 @@
  * and records a floor only for a subscription whose lease this cluster
  * holds: the server's ack floor speaks for this database only then.
  *
+ * And it owns the server-side pause (nats-server 2.11+): the consumer of a
+ * paused subscription is paused on the server too, and resumed with the
+ * subscription, by the lease holder only, so that a paused subscription
+ * stays paused whichever cluster consumes next.  The catalog's enabled is
+ * the truth: a consumer paused by hand is resumed while its subscription
+ * is enabled.
+ *
  * It is not a worker on purpose: when every worker of a subscription is
  * stuck in a handler -- the usual reason a subscription stalls -- the
  * figures that show the stall (ack_pending at max_ack_pending, a backlog
@@ -27,6 +34,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -48,6 +56,7 @@
 #include "xact.h"
 
 static char last_problem[RELIQ_ERROR_LEN];
+static char last_pause_problem[RELIQ_ERROR_LEN];
 
 /*
  * A NATS failure (what: "could not ..."): logged when it starts or
@@ -118,6 +127,49 @@ heartbeat_if_due(ReliqNatsConnection *conn)
 		return;
 	next_heartbeat = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
 	reliq_lease_heartbeat(conn);
+}
+
+/*
+ * Pause or resume w's consumer on the server (2.11+) to match w->enabled,
+ * when this cluster holds its lease and the listing said how it stands.
+ * A failure is logged when it starts or changes; the next round tries
+ * again.
+ */
+static void
+sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
+				  const ReliqConsumerInfo *info)
+{
+	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
+	ReliqLeaseView lease;
+	bool		pause = !w->enabled;
+	char	   *problem;
+
+	if (entry == NULL || !info->found || !info->paused_known ||
+		info->paused == pause)
+		return;
+	reliq_lease_read(entry, &lease);
+	if (!reliq_lease_usable(&lease, GetCurrentTimestamp()))
+		return;
+	heartbeat_if_due(conn);
+	if (reliq_nats_pause_consumer(conn, w->stream, w->consumer, pause))
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": consumer \"%s\" %s on the server",
+						w->name, w->consumer, pause ? "paused" : "resumed")));
+		last_pause_problem[0] = '\0';
+		return;
+	}
+	problem = psprintf("%s %s: %s", w->name, pause ? "pause" : "resume",
+					   reliq_nats_last_error());
+	if (strcmp(problem, last_pause_problem) != 0)
+	{
+		reliq_nats_report(LOG, 0,
+						  psprintf("reliq subscription \"%s\": could not %s consumer \"%s\" on the server",
+								   w->name, pause ? "pause" : "resume", w->consumer),
+						  NULL, "");
+		strlcpy(last_pause_problem, problem, sizeof(last_pause_problem));
+	}
 }
 
 /*
@@ -245,6 +297,11 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			record_floor(w, infos[i].ack_floor_stream_seq);
 		}
 	}
+
+	/* a standby's catalog is the primary's: the primary's monitor acts */
+	if (reliq_nats_server_at_least(conn, 2, 11) && !RecoveryInProgress())
+		for (i = 0; i < count; i++)
+			sync_server_pause(conn, &watched[i], &infos[i]);
 	note_success();
 }
 

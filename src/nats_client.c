@@ -40,6 +40,7 @@
 #include "storage/ipc.h"
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -68,6 +69,18 @@ struct ReliqNatsConnection
 	ConnectionEvents *events;
 	uint32		settings_hash;	/* of the settings it was made with */
 };
+
+/*
+ * cnats 3.4.1 (and 3.10) has no public way to read the server's version
+ * from its INFO.  It makes the same decisions with this function (which
+ * consumer-create subject to use, whether the server knows a feature),
+ * exported by libnats with this signature since 2.x.
+ */
+extern bool natsConn_srvVersionAtLeast(natsConnection *nc, int major,
+									   int minor, int update);
+
+/* How long "paused" lasts on the server: until resumed, in practice. */
+#define RELIQ_PAUSE_UNTIL "2100-01-01T00:00:00Z"
 
 static char last_error[512];
 static int	last_js_error = 0;
@@ -799,6 +812,17 @@ json_int_at(JsonbContainer *object, const char *key)
 											 NumericGetDatum(v.val.numeric)));
 }
 
+/* A boolean of an object; false when absent. */
+static bool
+json_bool_at(JsonbContainer *object, const char *key)
+{
+	JsonbValue	v;
+
+	return object != NULL &&
+		getKeyJsonValueFromContainer(object, key, strlen(key), &v) != NULL &&
+		v.type == jbvBool && v.val.boolean;
+}
+
 /* An object field of an object, or NULL. */
 static JsonbContainer *
 json_object_at(JsonbContainer *object, const char *key)
@@ -929,11 +953,215 @@ reliq_nats_consumer_infos(ReliqNatsConnection *conn, const char *stream,
 			info->num_redelivered = json_int_at(ci, "num_redelivered");
 			info->num_waiting = json_int_at(ci, "num_waiting");
 			info->max_ack_pending = json_int_at(json_object_at(ci, "config"), "max_ack_pending");
+			/* 2.11+ says "paused": true; absent means not paused */
+			info->paused_known = true;
+			info->paused = json_bool_at(ci, "paused");
 		}
 		if (n == 0)
 			break;
 		offset += n;
 	} while (offset < total);
+	return true;
+}
+
+/*
+ * Is the server this connection is connected to (as its INFO said) of
+ * this version or newer?  Features of newer servers are used only then.
+ */
+bool
+reliq_nats_server_at_least(ReliqNatsConnection *conn, int major, int minor)
+{
+	return conn != NULL && reliq_nats_is_connected(conn) &&
+		natsConn_srvVersionAtLeast(conn->nc, major, minor, 0);
+}
+
+/*
+ * A request to the JetStream API whose answer is a JSON object; NULL
+ * (reason remembered) when there is no answer or it is an error.
+ */
+static Jsonb *
+js_api_request(ReliqNatsConnection *conn, const char *subject,
+			   const char *body, const char *what)
+{
+	natsMsg    *reply = NULL;
+	natsStatus	s;
+	sigset_t	saved;
+	char	   *text;
+	Jsonb	   *answer;
+	JsonbContainer *error;
+
+	BLOCK_SIGNALS(saved);
+	s = natsConnection_Request(&reply, conn->nc, subject, body, strlen(body),
+							   reliq_nats_timeout);
+	RESTORE_SIGNALS(saved);
+	if (s != NATS_OK)
+	{
+		remember_error(what, s, 0);
+		return NULL;
+	}
+	text = pnstrdup(natsMsg_GetData(reply), natsMsg_GetDataLength(reply));
+	natsMsg_Destroy(reply);
+	answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	if (!JB_ROOT_IS_OBJECT(answer))
+	{
+		remember_message(psprintf("%s: the answer is not a JSON object", what));
+		return NULL;
+	}
+	error = json_object_at(&answer->root, "error");
+	if (error != NULL)
+	{
+		JsonbValue	v;
+		int64		code = json_int_at(error, "err_code");
+		char	   *description = "";
+
+		if (getKeyJsonValueFromContainer(error, "description", 11, &v) != NULL &&
+			v.type == jbvString)
+			description = pnstrdup(v.val.string.val, v.val.string.len);
+		remember_failure(code == RELIQ_JS_CONSUMER_NOT_FOUND ||
+						 code == RELIQ_JS_STREAM_NOT_FOUND ?
+						 ERRCODE_UNDEFINED_OBJECT : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+						 psprintf("%s: %s [JetStream error " INT64_FORMAT "]",
+								  what, description, code));
+		last_js_error = (int) code;
+		return NULL;
+	}
+	return answer;
+}
+
+/*
+ * Name the owning instance and its lease epoch in the consumer's metadata
+ * (nats-server 2.10+), so that whoever looks at the consumer on the server
+ * sees which cluster consumes it.  cnats 3.4.1 knows no metadata: the
+ * consumer's configuration as the server has it is sent back with the
+ * metadata changed, through the same create-or-update request cnats uses.
+ * The server's own "_nats." keys are left to the server.  Nothing is sent
+ * when the metadata already says so.
+ */
+static bool
+set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec)
+{
+	const char *keys[] = {"reliq.instance", "reliq.epoch"};
+	const char *values[2];
+	Jsonb	   *info;
+	JsonbValue	config_value;
+	JsonbContainer *config;
+	JsonbContainer *metadata;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	StringInfoData body;
+	bool		same = true;
+	bool		first = true;
+	int			i;
+
+	values[0] = spec->owner_instance;
+	values[1] = psprintf(UINT64_FORMAT, spec->owner_epoch);
+	info = js_api_request(conn, psprintf("$JS.API.CONSUMER.INFO.%s.%s",
+										 spec->stream, spec->consumer),
+						  "", "looking up the consumer");
+	if (info == NULL)
+		return false;
+	if (getKeyJsonValueFromContainer(&info->root, "config", 6, &config_value) == NULL ||
+		config_value.type != jbvBinary ||
+		!JsonContainerIsObject(config_value.val.binary.data))
+	{
+		remember_message("the consumer information has no configuration");
+		return false;
+	}
+	config = config_value.val.binary.data;
+	metadata = json_object_at(config, "metadata");
+	for (i = 0; i < lengthof(keys); i++)
+	{
+		if (metadata == NULL ||
+			getKeyJsonValueFromContainer(metadata, keys[i], strlen(keys[i]), &v) == NULL ||
+			v.type != jbvString || v.val.string.len != strlen(values[i]) ||
+			memcmp(v.val.string.val, values[i], v.val.string.len) != 0)
+			same = false;
+	}
+	if (same)
+		return true;
+
+	/* the metadata: the user's keys as they are, then ours */
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{");
+	if (metadata != NULL)
+	{
+		char	   *key = NULL;
+
+		it = JsonbIteratorInit(metadata);
+		while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (token == WJB_KEY)
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+			else if (token == WJB_VALUE && v.type == jbvString &&
+					 strncmp(key, "_nats.", 6) != 0 &&
+					 strcmp(key, keys[0]) != 0 && strcmp(key, keys[1]) != 0)
+			{
+				if (!first)
+					appendStringInfoChar(&body, ',');
+				escape_json(&body, key);
+				appendStringInfoChar(&body, ':');
+				escape_json(&body, pnstrdup(v.val.string.val, v.val.string.len));
+				first = false;
+			}
+		}
+	}
+	for (i = 0; i < lengthof(keys); i++)
+	{
+		if (!first)
+			appendStringInfoChar(&body, ',');
+		escape_json(&body, keys[i]);
+		appendStringInfoChar(&body, ':');
+		escape_json(&body, values[i]);
+		first = false;
+	}
+	appendStringInfoChar(&body, '}');
+
+	{
+		Jsonb	   *config_jsonb;
+		Jsonb	   *with_metadata;
+		char	   *request;
+
+		config_jsonb = JsonbValueToJsonb(&config_value);
+		with_metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+														   JsonbPGetDatum(config_jsonb),
+														   DirectFunctionCall1(jsonb_in,
+																			   CStringGetDatum(psprintf("{\"metadata\":%s}", body.data)))));
+		resetStringInfo(&body);
+		appendStringInfoString(&body, "{\"stream_name\":");
+		escape_json(&body, spec->stream);
+		appendStringInfo(&body, ",\"config\":%s}",
+						 JsonbToCString(NULL, &with_metadata->root, VARSIZE(with_metadata)));
+		request = psprintf("$JS.API.CONSUMER.CREATE.%s.%s", spec->stream,
+						   spec->consumer);
+		return js_api_request(conn, request, body.data,
+							  "updating the consumer's metadata") != NULL;
+	}
+}
+
+/*
+ * Pause the consumer on the server until far in the future, or resume it
+ * (nats-server 2.11+: $JS.API.CONSUMER.PAUSE.<stream>.<consumer>; an empty
+ * request resumes).  The caller checks the server's version.
+ */
+bool
+reliq_nats_pause_consumer(ReliqNatsConnection *conn, const char *stream,
+						  const char *consumer, bool pause)
+{
+	Jsonb	   *answer;
+
+	answer = js_api_request(conn, psprintf("$JS.API.CONSUMER.PAUSE.%s.%s",
+										   stream, consumer),
+							pause ? "{\"pause_until\":\"" RELIQ_PAUSE_UNTIL "\"}" : "",
+							pause ? "pausing the consumer" : "resuming the consumer");
+	if (answer == NULL)
+		return false;
+	if (json_bool_at(&answer->root, "paused") != pause)
+	{
+		remember_message(pause ? "the server did not pause the consumer" :
+						 "the server did not resume the consumer");
+		return false;
+	}
 	return true;
 }
 
@@ -1080,6 +1308,13 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 			break;
 	}
 	RESTORE_SIGNALS(saved);
+	if (ok && spec->owner_instance != NULL &&
+		reliq_nats_server_at_least(conn, 2, 10) &&
+		!set_owner_metadata(conn, spec))
+		reliq_nats_report(WARNING, 0,
+						  psprintf("could not write the owner into the metadata of consumer \"%s\" of stream \"%s\"",
+								   spec->consumer, spec->stream),
+						  NULL, "");
 	return ok;
 }
 
@@ -1391,43 +1626,18 @@ consumer_key(char *key, const char *stream, const char *consumer)
 
 /*
  * The consumer a JetStream reply subject names, as a key; false if it is
- * not one.  9 tokens after "$JS." on nats-server 2.9, 11 or more (domain
- * and account first) on later servers.
+ * not one (reliq_ack_subject_parse: either layout).
  */
 static bool
 ack_subject_key(const char *reply, char *key)
 {
-	const char *tokens[16];
-	int			lengths[16];
-	int			ntokens = 0;
-	const char *p;
-	const char *start;
-	int			first;
+	ReliqAckSubject ack;
 
-	if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
-		return false;
-	start = reply + 8;
-	for (p = start;; p++)
-	{
-		if (*p == '.' || *p == '\0')
-		{
-			if (ntokens == lengthof(tokens))
-				return false;
-			tokens[ntokens] = start;
-			lengths[ntokens] = p - start;
-			ntokens++;
-			if (*p == '\0')
-				break;
-			start = p + 1;
-		}
-	}
-	first = reliq_ack_stream_token(ntokens);
-	if (first < 0)
-		return false;
-	if (lengths[first] + lengths[first + 1] + 2 > RELIQ_CONSUMER_KEY_LEN)
+	if (!reliq_ack_subject_parse(reply, &ack) ||
+		ack.stream.len + ack.consumer.len + 2 > RELIQ_CONSUMER_KEY_LEN)
 		return false;
 	snprintf(key, RELIQ_CONSUMER_KEY_LEN, "%.*s %.*s",
-			 lengths[first], tokens[first], lengths[first + 1], tokens[first + 1]);
+			 ack.stream.len, ack.stream.str, ack.consumer.len, ack.consumer.str);
 	return true;
 }
 
@@ -1511,8 +1721,9 @@ reliq_inbox_destroy(ReliqInbox *inbox)
 
 		while (natsSubscription_NextMsg(&m, inbox->sub, 0) == NATS_OK)
 		{
-			if (natsMsg_GetReply(m) != NULL &&
-				strncmp(natsMsg_GetReply(m), "$JS.ACK.", 8) == 0)
+			ReliqAckSubject ack;
+
+			if (reliq_ack_subject_parse(natsMsg_GetReply(m), &ack))
 				give_back(inbox, m, 0);	/* the connection closes next */
 			natsMsg_Destroy(m);
 		}

@@ -79,6 +79,9 @@ typedef struct ReliqConsumerSpec
 	ReliqDeliverFrom deliver_from;	/* used only when creating */
 	int64		start_seq;
 	int64		start_time_ns;	/* Unix nanoseconds */
+	/* Owner written to the consumer's metadata (nats-server 2.10+). */
+	const char *owner_instance; /* NULL: none */
+	uint64		owner_epoch;
 } ReliqConsumerSpec;
 
 typedef struct ReliqConsumerInfo
@@ -92,6 +95,8 @@ typedef struct ReliqConsumerInfo
 	int64		num_redelivered;
 	int64		num_waiting;
 	int64		max_ack_pending;
+	bool		paused_known;	/* the answer says (nats-server 2.11+) */
+	bool		paused;			/* paused on the server */
 } ReliqConsumerInfo;
 
 extern bool reliq_nats_stream_info(ReliqNatsConnection *conn,
@@ -114,6 +119,11 @@ extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   const char *stream, const char *consumer,
 									   bool *existed);
+extern bool reliq_nats_server_at_least(ReliqNatsConnection *conn,
+									   int major, int minor);
+extern bool reliq_nats_pause_consumer(ReliqNatsConnection *conn,
+									  const char *stream, const char *consumer,
+									  bool pause);
 
 /*
  * A key-value bucket, for the leases (lease.c).  Revisions are the

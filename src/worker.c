@@ -84,6 +84,7 @@
 
 #include "batch.h"
 #include "catalog.h"
+#include "lease.h"
 #include "nats_client.h"
 #include "outbox.h"
 #include "reliq.h"
@@ -762,6 +763,8 @@ ensure_attached(Lane *l)
 	}
 	else
 		spec.deliver_from = l->sub->start_new ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
+	spec.owner_instance = reliq_lease_instance();
+	spec.owner_epoch = l->lease_epoch;
 
 	if (!reliq_nats_ensure_consumer(p->conn, &spec, &info, &created))
 	{

@@ -109,10 +109,10 @@ my $refused = 0;
 for (1 .. 150)
 {
 	last if ($refused = slurp_file($node->logfile) =~
-		/extension "reliq" is installed at version 0\.1, but the loaded library is version 0\.2/);
+		/extension "reliq" is installed at version 0\.1, but the loaded library is version 0\.3/);
 	sleep 0.2;
 }
-ok($refused, 'a 0.2 library refuses a 0.1 catalog');
+ok($refused, 'a 0.3 library refuses a 0.1 catalog');
 like(slurp_file($node->logfile), qr/HINT:\s+Run ALTER EXTENSION reliq UPDATE in database "postgres"/,
 	'the hint names ALTER EXTENSION reliq UPDATE');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM handled'), '100',
@@ -122,7 +122,7 @@ sleep 1;
 $node->safe_psql('postgres', 'ALTER EXTENSION reliq UPDATE');
 is($node->safe_psql('postgres',
 		q{SELECT extversion || ' ' || reliq.version() FROM pg_extension WHERE extname = 'reliq'}),
-	'0.2 0.2', 'updated to 0.2; reliq.version() agrees');
+	'0.3 0.3', 'updated to 0.3; reliq.version() agrees');
 is($node->safe_psql('postgres', 'SELECT id, stream_seq, error_message FROM reliq.dead_letter WHERE id <= 2 ORDER BY id'),
 	$old_dead_letters, "0.1's dead letters are kept");
 
