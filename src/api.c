@@ -44,6 +44,7 @@ PG_FUNCTION_INFO_V1(reliq_publish);
 PG_FUNCTION_INFO_V1(reliq_create_stream);
 PG_FUNCTION_INFO_V1(reliq_ensure_consumer);
 PG_FUNCTION_INFO_V1(reliq_delete_consumer);
+PG_FUNCTION_INFO_V1(reliq_stream_retention);
 PG_FUNCTION_INFO_V1(reliq_wait_idle);
 PG_FUNCTION_INFO_V1(reliq_replay_dead_letter);
 PG_FUNCTION_INFO_V1(reliq_subscription_stats_reset);
@@ -297,6 +298,25 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum(stream.created_ns);
 	values[5] = nulls[5] ? (Datum) 0 : CStringGetTextDatum(stream.retention);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * reliq._stream_retention(stream) (0.3): "limits", "interest" or
+ * "workqueue"; NULL if the stream does not exist.
+ */
+Datum
+reliq_stream_retention(PG_FUNCTION_ARGS)
+{
+	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ReliqStreamInfo info;
+
+	if (!reliq_nats_stream_info(reliq_nats_session_connection(), stream, &info))
+		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+						  psprintf("could not look up stream \"%s\"", stream),
+						  NULL, NULL);
+	if (!info.found)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(info.retention));
 }
 
 /* reliq._delete_consumer(stream, consumer): false if it did not exist. */

@@ -13,6 +13,8 @@
 #      and a start of the same server.  Its earlier run is gone (the same
 #      data directory, machine and boot), so the lease is taken at once
 #      with a rewind, not after 60 s.
+#   d. reliq.take_over() on a work-queue stream: refused (its consumer
+#      cannot be rewound), with the loss named; force => true takes it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -135,6 +137,23 @@ ok(wait_idle($node, 'inplace', 60), 'c: idle');
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT id) FROM applied'),
 	'200|200', 'c: each exactly once');
 $node->stop;
+
+# d. A work-queue stream cannot be rewound: take_over refused unless forced.
+$nats->stream_create('WQ', ['wq.>'], retention => 'workqueue');
+my $wq = reliq_node('workqueue', $nats);
+$wq->safe_psql('postgres', sprintf($setup, 'wq', 'WQ', 'wq'));
+my ($ret, $out, $err) = $wq->psql('postgres', "SELECT reliq.take_over('wq')");
+isnt($ret, 0, 'd: take_over on a work-queue stream is refused');
+like($err, qr/has workqueue retention: a take-over cannot bring its consumer back/,
+	'd: ... saying why');
+like($err, qr/whatever the former owner acknowledged and this database has not applied is gone/,
+	'd: ... naming the loss');
+like($err, qr/reliq\.take_over\('wq', force => true\)/, 'd: ... and how to accept it');
+like($wq->safe_psql('postgres', "SELECT reliq.take_over('wq', force => true)"),
+	qr/^subscription wq: this cluster takes the lease/, 'd: forced, it is taken');
+publish('wq.a', 1, 20);
+ok(wait_for($wq, 'SELECT count(*) = 20 FROM applied'), 'd: and consumed');
+$wq->stop;
 
 $nats->stop;
 done_testing();
