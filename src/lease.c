@@ -127,6 +127,7 @@ static char my_instance[32];
 static uint64 alive_revision = 0;	/* as written last; 0: not yet */
 static TimestampTz alive_valid_until = 0;	/* consume until then */
 static bool rescan = true;		/* read the owner keys of held leases */
+static bool renewal_failed = false; /* the last write of the heartbeat */
 
 /* Other instances' heartbeats, as this monitor has seen them. */
 typedef struct Heartbeat
@@ -879,8 +880,10 @@ renew_heartbeat(ReliqNatsConnection *conn)
 		case RELIQ_KV_OK:
 			alive_revision = written;
 			alive_valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
+			renewal_failed = false;
 			return true;
 		case RELIQ_KV_ERROR:
+			renewal_failed = true;
 			return false;		/* unrenewed, the leases lapse by themselves */
 		case RELIQ_KV_CONFLICT:
 			break;
@@ -901,12 +904,14 @@ renew_heartbeat(ReliqNatsConnection *conn)
 		ereport(LOG,
 				(errmsg("reliq monitor: this cluster's heartbeat was written over (a consumer was taken over, or the lease bucket was lost); checking which consumers are still its own")));
 	rescan = true;
+	renewal_failed = true;
 	if (!reliq_nats_kv_get(conn, key, &value, &revision))
 		return false;
 	sent = GetCurrentTimestamp();
 	if (reliq_nats_kv_put(conn, key, heartbeat_value(), revision,
 						  &written) != RELIQ_KV_OK)
 		return false;
+	renewal_failed = false;
 	alive_revision = written;
 	alive_valid_until = TimestampTzPlusMilliseconds(sent, reliq_lease_ttl * 3 / 4);
 	return false;				/* held leases wait for the next round */
@@ -954,13 +959,18 @@ key_in_use(const char *key)
 
 /*
  * One round over every subscription (enabled or paused: a paused one stays
- * owned).  The owner keys of dropped subscriptions are deleted.
+ * owned).  The owner keys of dropped subscriptions are deleted.  Returns
+ * false when the heartbeat could not be written (the bucket's leader gone
+ * in an election, the connection down): the monitor then tries again soon,
+ * not a renewal period later, so that a new leader is used as soon as it
+ * answers and the leases do not lapse meanwhile.
  */
-void
+bool
 reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 				  int count)
 {
 	int			i;
+	bool		renewed;
 
 	if (reliq_lease_ttl == 0)
 	{
@@ -977,7 +987,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 				reliq_lease_publish(entry, &off);
 		}
 		ntracks = 0;
-		return;
+		return true;
 	}
 	if (!reliq_nats_kv_open(conn, reliq_lease_bucket))
 	{
@@ -985,13 +995,14 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 						  psprintf("reliq monitor: could not open the lease bucket \"%s\"",
 								   reliq_lease_bucket),
 						  NULL, NULL);
-		return;
+		return false;
 	}
 	(void) my_identity_value();
 	round_number++;
 	(void) renew_heartbeat(conn);
+	renewed = !renewal_failed;
 	if (alive_revision == 0)
-		return;					/* no heartbeat yet: own nothing */
+		return false;			/* no heartbeat yet: own nothing */
 
 	for (i = 0; i < ntracks; i++)
 		tracks[i].present = false;
@@ -1018,6 +1029,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 		else
 			i++;
 	}
+	return renewed;
 }
 
 /* Is the postmaster shutting down (not merely restarting a process)? */

@@ -9,10 +9,18 @@
 #ifndef RELIQ_LEASE_H
 #define RELIQ_LEASE_H
 
+/*
+ * After a heartbeat that could not be written (a NATS election, a
+ * reconnect), the next try: soon, so that renewal resumes as soon as the
+ * bucket's new leader answers, well within the validity left (3/4 of
+ * reliq.lease_ttl from the last renewal, less a renewal period).
+ */
+#define RELIQ_LEASE_RETRY_MS	250
+
 #include "catalog.h"
 #include "nats_client.h"
 
-extern void reliq_lease_round(ReliqNatsConnection *conn,
+extern bool reliq_lease_round(ReliqNatsConnection *conn,
 							  const ReliqWatched *subscriptions, int count);
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
 extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);

@@ -364,8 +364,11 @@ reliq_monitor_main(Datum main_arg)
 			int			count = read_watched(&watched, cxt);
 
 			next_lease = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+			if (!reliq_lease_round(conn, watched, count))
+				next_lease = Min(next_lease,
+								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															 RELIQ_LEASE_RETRY_MS));
 			next_heartbeat = next_lease;
-			reliq_lease_round(conn, watched, count);
 		}
 		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_watch)
 		{
