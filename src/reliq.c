@@ -4,7 +4,8 @@
  *	  Module entry point: refuses to load unless preloaded, defines the
  *	  reliq.* settings, reserves shared memory and registers reliq's static
  *	  background workers: the launcher, the monitor, the trace exporter
- *	  and, with reliq.metrics_port, the metrics endpoint.
+ *	  and, with reliq.metrics_port, the metrics endpoint (none under
+ *	  pg_upgrade, in binary-upgrade mode).
  *
  * Nothing here talks to NATS: the postmaster must never start the NATS
  * client's threads, so every cnats call happens in a worker or a backend.
@@ -196,6 +197,14 @@ define_settings(void)
 void
 _PG_init(void)
 {
+	/*
+	 * pg_upgrade checks that the new installation can LOAD every library
+	 * the old cluster's functions name, in a server started in
+	 * binary-upgrade mode (-b).  That is not a server reliq runs in, so
+	 * such a LOAD succeeds without doing anything.
+	 */
+	if (!process_shared_preload_libraries_in_progress && IsBinaryUpgrade)
+		return;
 	if (!process_shared_preload_libraries_in_progress)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -217,6 +226,17 @@ _PG_init(void)
 	reliq_shmem_install_hooks();
 	reliq_trace_install_hooks();
 	reliq_guard_install();
+
+	/*
+	 * pg_upgrade starts both clusters in binary-upgrade mode with their own
+	 * postgresql.conf.  No worker may run there: in the old cluster a
+	 * commit would hand the new one rows whose transaction ids pg_upgrade
+	 * gives out again (it has read the next one already), in the new one
+	 * the launcher's connection makes pg_restore's DROP DATABASE of
+	 * reliq.database_name fail, and neither may touch a lease.
+	 */
+	if (IsBinaryUpgrade)
+		return;
 	reliq_launcher_register();
 	reliq_monitor_register();
 	reliq_trace_exporter_register();
