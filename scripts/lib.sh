@@ -108,6 +108,22 @@ reliq_build_install() {
 	echo "reliq: built and installed into $($PG_CONFIG --pkglibdir)"
 }
 
+# RELIQ_UPGRADE_PG_CONFIG: the pg_config of a newer PostgreSQL major that
+# test/t/029_pg_upgrade.pl upgrades to; reliq is built and installed there
+# too, from a copy of the tree, so the objects here stay PG_CONFIG's.
+reliq_build_install_upgrade_target() {
+	[ -n "${RELIQ_UPGRADE_PG_CONFIG:-}" ] || return 0
+	local root copy
+	root=$(reliq_root)
+	copy=$(mktemp -d "${TMPDIR:-/tmp}/reliq-upgrade-build.XXXXXX")
+	tar -C "$root" --exclude=./.git --exclude=./tmp_check --exclude=./tmp_check_regress \
+		--exclude=./results --exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$copy" -xf -
+	make -C "$copy" -s PG_CONFIG="$RELIQ_UPGRADE_PG_CONFIG" >/dev/null
+	as_root make -C "$copy" -s PG_CONFIG="$RELIQ_UPGRADE_PG_CONFIG" install >/dev/null
+	rm -rf "$copy"
+	echo "reliq: built and installed into $("$RELIQ_UPGRADE_PG_CONFIG" --pkglibdir) too (the pg_upgrade test's new major)"
+}
+
 # RELIQ_USE_INSTALLED=1: test the extension that is installed already (the
 # Debian package, in CI) instead of building and installing this tree;
 # only the test helper natstool is built.
