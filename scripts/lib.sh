@@ -115,6 +115,12 @@ reliq_build_install_upgrade_target() {
 	[ -n "${RELIQ_UPGRADE_PG_CONFIG:-}" ] || return 0
 	local root copy
 	root=$(reliq_root)
+	# that installation's test lock too (scripts/test), held to the end
+	exec 8>"${TMPDIR:-/tmp}/reliq-test-$(echo "$RELIQ_UPGRADE_PG_CONFIG" | cksum | cut -d' ' -f1).lock"
+	if ! flock -n 8; then
+		echo "reliq: waiting for another test run with $RELIQ_UPGRADE_PG_CONFIG to end"
+		flock 8
+	fi
 	copy=$(mktemp -d "${TMPDIR:-/tmp}/reliq-upgrade-build.XXXXXX")
 	tar -C "$root" --exclude=./.git --exclude=./tmp_check --exclude=./tmp_check_regress \
 		--exclude=./results --exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$copy" -xf -
