@@ -146,14 +146,14 @@ my ($out, $err);
 	# The new cluster has no reliq settings yet: pg_upgrade LOADs the
 	# library without shared_preload_libraries to see that it is there.
 	ok($ok, 'pg_upgrade --check succeeds');
-	unlike("$out$err", qr/reliq/i, 'pg_upgrade --check says nothing about reliq');
+	unlike(without_paths("$out$err"), qr/reliq/i, 'pg_upgrade --check says nothing about reliq');
 
 	$new->append_conf('postgresql.conf', reliq_settings($old));
 	$t0 = time;
 	$ok = IPC::Run::run([ @pg_upgrade, '--copy', '--retain' ], '>', \$out, '2>', \$err);
 	note(sprintf("pg_upgrade --copy: %.1f s\n%s%s", time - $t0, $out, $err));
 	ok($ok, 'pg_upgrade --copy succeeds');
-	unlike("$out$err", qr/reliq/i, 'pg_upgrade says nothing about reliq');
+	unlike(without_paths("$out$err"), qr/reliq/i, 'pg_upgrade says nothing about reliq');
 	chdir $PostgreSQL::Test::Utils::tmp_check;
 }
 # Both clusters had reliq preloaded while pg_upgrade ran them.
@@ -257,6 +257,14 @@ sub strip_attribute_versions
 	  or die "single-user mode failed: $out$err";
 	note('PostgreSQL version skew: pg_attver removed from the old cluster (its pg_dump '
 		  . 'omits it, the new major\'s does not know it)');
+}
+
+# pg_upgrade's words without the paths it prints (which may hold "reliq").
+sub without_paths
+{
+	my ($text) = @_;
+	$text =~ s{\S*/\S*}{}g;
+	return $text;
 }
 
 sub binary_mentions
