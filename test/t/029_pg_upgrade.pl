@@ -109,8 +109,8 @@ note("applied, not acknowledged: h $unacked_h (server ack floor $ci_h->{ack_floo
 ok($ci_h->{num_ack_pending} >= $unacked_h && $ci_s->{num_ack_pending} >= $unacked_s,
 	'the server has no ack for what the old cluster committed last');
 
-# The old major stops cleanly (pg_upgrade requires it); its monitor cannot
-# release the leases, since NATS does not hear it.
+# The old major stops cleanly, as before any pg_upgrade; its monitor
+# cannot release the leases, since NATS does not hear it.
 my $old_sysid = system_identifier($old->data_dir, $old_bindir);
 my $attver = $old->safe_psql('postgres',
 	q{SELECT count(*) FROM pg_attribute WHERE array_to_string(attoptions, ',') LIKE '%pg_attver=%'});
@@ -119,8 +119,8 @@ strip_attribute_versions($old) if $attver > 0 && !binary_mentions("$new_bindir/p
 my $old_next_xid = next_xid($old->data_dir, $old_bindir);
 $proxy->restore;
 
-# 3. The new major: a fresh cluster (no data checksums, as the old one),
-# the same reliq settings.
+# 3. The new major: a fresh cluster (no data checksums, as the old one);
+# the old cluster's reliq settings are added after the first check.
 my $new = PostgreSQL::Test::Cluster->new('pgupgrade_new', install_path => dirname($new_bindir));
 $new->init(extra => ['--no-data-checksums']);
 
