@@ -108,6 +108,28 @@ reliq_build_install() {
 	echo "reliq: built and installed into $($PG_CONFIG --pkglibdir)"
 }
 
+# RELIQ_UPGRADE_PG_CONFIG: the pg_config of a newer PostgreSQL major that
+# test/t/033_pg_upgrade.pl upgrades to; reliq is built and installed there
+# too, from a copy of the tree, so the objects here stay PG_CONFIG's.
+reliq_build_install_upgrade_target() {
+	[ -n "${RELIQ_UPGRADE_PG_CONFIG:-}" ] || return 0
+	local root copy
+	root=$(reliq_root)
+	# that installation's test lock too (scripts/test), held to the end
+	exec 8>"${TMPDIR:-/tmp}/reliq-test-$(echo "$RELIQ_UPGRADE_PG_CONFIG" | cksum | cut -d' ' -f1).lock"
+	if ! flock -n 8; then
+		echo "reliq: waiting for another test run with $RELIQ_UPGRADE_PG_CONFIG to end"
+		flock 8
+	fi
+	copy=$(mktemp -d "${TMPDIR:-/tmp}/reliq-upgrade-build.XXXXXX")
+	tar -C "$root" --exclude=./.git --exclude=./tmp_check --exclude=./tmp_check_regress \
+		--exclude=./results --exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$copy" -xf -
+	make -C "$copy" -s PG_CONFIG="$RELIQ_UPGRADE_PG_CONFIG" >/dev/null
+	as_root make -C "$copy" -s PG_CONFIG="$RELIQ_UPGRADE_PG_CONFIG" install >/dev/null
+	rm -rf "$copy"
+	echo "reliq: built and installed into $("$RELIQ_UPGRADE_PG_CONFIG" --pkglibdir) too (the pg_upgrade test's new major)"
+}
+
 # RELIQ_USE_INSTALLED=1: test the extension that is installed already (the
 # Debian package, in CI) instead of building and installing this tree;
 # only the test helper natstool is built.

@@ -5,7 +5,7 @@
  *	  settings (settings.c), installs the shared-memory and guard hooks and
  *	  registers reliq's static background workers: the launcher, the
  *	  monitor, the trace exporter and, with reliq.metrics_port, the metrics
- *	  endpoint.
+ *	  endpoint (none under pg_upgrade, in binary-upgrade mode).
  *
  * Nothing here talks to NATS: the postmaster must never start the NATS
  * client's threads, so every cnats call happens in a worker or a backend.
@@ -70,6 +70,14 @@ _PG_init(void)
 	int			n = lengthof(static_workers);
 	int			i;
 
+	/*
+	 * pg_upgrade checks that the new installation can LOAD every library
+	 * the old cluster's functions name, in a server started in
+	 * binary-upgrade mode (-b).  That is not a server reliq runs in, so
+	 * such a LOAD succeeds without doing anything.
+	 */
+	if (!process_shared_preload_libraries_in_progress && IsBinaryUpgrade)
+		return;
 	if (!process_shared_preload_libraries_in_progress)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -82,6 +90,17 @@ _PG_init(void)
 	reliq_shmem_install_hooks();
 	reliq_trace_install_hooks();
 	reliq_guard_install();
+
+	/*
+	 * pg_upgrade starts both clusters in binary-upgrade mode with their own
+	 * postgresql.conf.  No worker may run there: in the old cluster a
+	 * commit would hand the new one rows whose transaction ids pg_upgrade
+	 * gives out again (it has read the next one already), in the new one
+	 * the launcher's connection makes pg_restore's DROP DATABASE of
+	 * reliq.database_name fail, and neither may touch a lease.
+	 */
+	if (IsBinaryUpgrade)
+		return;
 
 	/* the metrics endpoint only with reliq.metrics_port */
 	if (reliq_metrics_port == 0)
