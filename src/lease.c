@@ -135,6 +135,8 @@ typedef struct Heartbeat
 	char		instance[32];
 	uint64		revision;		/* 0: no heartbeat key */
 	TimestampTz seen_at;		/* when that revision was first seen */
+	bool		stopped;		/* unchanged for a whole wait, then revoked
+								 * by us: every consumer it held is free */
 	bool		released;
 	char	   *value;			/* in TopMemoryContext */
 	int64		round;			/* read in this round already */
@@ -491,8 +493,10 @@ heartbeat_of(ReliqNatsConnection *conn, const char *instance, TimestampTz now)
 	}
 	else if (revision != h->revision)
 	{
+		/* written since, by its owner or by another taker */
 		h->revision = revision;
 		h->seen_at = now;
+		h->stopped = false;
 	}
 	if (h->value)
 		pfree(h->value);
@@ -513,8 +517,8 @@ revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
 	uint64		written;
 	char	   *value;
 
-	if (h->released)
-		return true;			/* it is gone and said so */
+	if (h->released || h->stopped)
+		return true;			/* it is gone and said so, or we said so */
 	value = psprintf("{\"instance\":\"%s\",\"revoked_by\":\"%s\"}",
 					 h->instance, my_instance);
 	if (reliq_nats_kv_put(conn, heartbeat_key(h->instance), value, h->revision,
@@ -688,14 +692,22 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 							w->name, w->consumer, value)));
 		return;
 	}
-	if (now - h->seen_at >= (int64) owner_wait_ms(h->value) * 1000)
+	if (h->stopped || now - h->seen_at >= (int64) owner_wait_ms(h->value) * 1000)
 	{
-		/* unrenewed for a whole lease_ttl, its own and ours: it has stopped */
-		if (revoke_heartbeat(conn, h) && write_owner(conn, t, revision, 0, now))
+		/*
+		 * Unrenewed for a whole lease_ttl, its own and ours: it has
+		 * stopped, and every consumer it held may be taken at once (not one
+		 * per lease_ttl, as when each revoke started the wait anew).
+		 */
+		int			waited = owner_wait_ms(h->value);
+
+		if (revoke_heartbeat(conn, h))
+			h->stopped = true;
+		if (h->stopped && write_owner(conn, t, revision, 0, now))
 		{
 			ereport(LOG,
 					(errmsg("reliq subscription \"%s\": took over consumer \"%s\" from %s, whose heartbeat had not moved for %d ms",
-							w->name, w->consumer, value, owner_wait_ms(h->value))));
+							w->name, w->consumer, value, waited)));
 			return;
 		}
 	}

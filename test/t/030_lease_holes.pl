@@ -15,6 +15,11 @@
 #      with a rewind, not after 60 s.
 #   d. reliq.take_over() on a work-queue stream: refused (its consumer
 #      cannot be rewound), with the loss named; force => true takes it.
+#   e. an owner of four subscriptions stops without releasing its leases
+#      (an immediate stop) while another cluster waits: once the former
+#      heartbeat has stood still for a lease_ttl, all four are taken in
+#      one go, not one per lease_ttl (each take used to start the wait
+#      anew).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -154,6 +159,33 @@ like($wq->safe_psql('postgres', "SELECT reliq.take_over('wq', force => true)"),
 publish('wq.a', 1, 20);
 ok(wait_for($wq, 'SELECT count(*) = 20 FROM applied'), 'd: and consumed');
 $wq->stop;
+
+# e. Four consumers of one stopped owner, taken together.
+$nats->stream_create('MANY', ['many.>']);
+my @subs = map { "many$_" } 1 .. 4;
+my $many_setup = q{
+	CREATE TABLE applied (id int, seq bigint);
+	CREATE FUNCTION apply(m reliq.message) RETURNS void LANGUAGE sql AS $$
+		INSERT INTO applied (id, seq) VALUES ((reliq.message_json(m)->>'id')::int, m.stream_seq)
+	$$;
+} . join('', map { "SELECT reliq.create_subscription('$_', stream => 'MANY', subject => 'many.$_.>', handler => 'apply(reliq.message)'::regprocedure);\n" } @subs);
+my $first = reliq_node('many_first', $nats, conf => "reliq.lease_ttl = '20s'\n");
+$first->safe_psql('postgres', $many_setup);
+ok(wait_for($first, "SELECT count(*) = 4 FROM reliq.subscription_stats WHERE state = 'running'"),
+	'e: the first cluster runs the four');
+my $second = reliq_node('many_second', $nats, conf => "reliq.lease_ttl = '20s'\n");
+$second->safe_psql('postgres', $many_setup);
+ok(wait_for($second, "SELECT count(*) = 4 FROM reliq.subscription_stats WHERE state = 'fenced'"),
+	'e: the second is fenced for all four');
+$first->stop('immediate');
+ok(wait_for($second, "SELECT count(*) >= 1 FROM reliq.subscription_stats WHERE state = 'running'", 90),
+	'e: the second takes a first consumer once the heartbeat stood still');
+my $t_first = time;
+# One lease_ttl (20 s) apart each, the last would come a minute later.
+ok(wait_for($second, "SELECT count(*) = 4 FROM reliq.subscription_stats WHERE state = 'running'", 15),
+	'e: ... and the other three with it, not a lease_ttl each');
+diag(sprintf('e: all four running %.1f s after the first', time - $t_first));
+$second->stop;
 
 $nats->stop;
 done_testing();
