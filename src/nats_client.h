@@ -3,7 +3,8 @@
  * nats_client.h
  *	  reliq's door to NATS: connections, JetStream management, publishing,
  *	  pulling by hand and acknowledging.  No cnats type appears here;
- *	  nats_client.c is the only file that includes nats.h.
+ *	  only the four files of the client (nats_conn.c, nats_js.c,
+ *	  nats_kv.c, nats_inbox.c) include nats.h, through nats_internal.h.
  *
  * Functions return false on failure and leave the reason in
  * reliq_nats_last_error(); reliq_nats_report() turns it into an ereport,

@@ -5,7 +5,7 @@
  *	  is set (ALTER SYSTEM, or a reload of postgresql.conf keeps the old
  *	  value), instead of surfacing later as a server that seems down.
  *
- * What is accepted is what nats_client.c can use with the NATS C client
+ * What is accepted is what nats_conn.c can use with the NATS C client
  * (3.4.1): servers separated by commas or spaces (at most
  * RELIQ_MAX_NATS_SERVERS), each [nats:// | tls://][user[:password]@]host[:port],
  * the host a name, an IPv4 address or an [IPv6] address, the port 1 to
@@ -176,7 +176,7 @@ is_separator(char c)
 }
 
 /*
- * GUC check hook of reliq.nats_url.  The list is split as nats_client.c
+ * GUC check hook of reliq.nats_url.  The list is split as nats_conn.c
  * splits it: on commas and spaces.
  */
 bool

@@ -10,7 +10,7 @@
 
 #include "utils/guc.h"
 
-/* Most servers reliq.nats_url may list (nats_client.c passes them on). */
+/* Most servers reliq.nats_url may list (nats_conn.c passes them on). */
 #define RELIQ_MAX_NATS_SERVERS 64
 
 extern bool reliq_check_nats_url(char **newval, void **extra, GucSource source);

@@ -6,7 +6,7 @@
  * reliq runs JetStream pull consumers inside PostgreSQL background workers:
  * a launcher (launcher.c) keeps the workers (worker.c) in line with the
  * catalog table reliq.subscription; each worker pulls batches from NATS
- * (nats_client.c) and applies each batch in one transaction (batch.c).
+ * (nats_*.c) and applies each batch in one transaction (batch.c).
  * The monitor (monitor.c) alone asks the server for the consumers'
  * figures, records the acknowledged floor and prunes the ledgers, and
  * keeps the consumers' leases (lease.c).

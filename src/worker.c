@@ -549,7 +549,7 @@ load_subscription(Lane *l)
 /*
  * Stop pulling for the lane's consumer.  A pull still out keeps being
  * answered to our inbox until it runs out; what it brings for a consumer
- * nobody pulls for is given back after a delay (nats_client.c).
+ * nobody pulls for is given back after a delay (nats_inbox.c).
  */
 static void
 detach(Lane *l)
