@@ -37,7 +37,7 @@ else
 REGRESS = $(REGRESS_LOCAL)
 endif
 
-EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs \
+EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs .built-for-* \
 	regression.out test/tools/natstool
 
 PG_CONFIG ?= pg_config
@@ -47,6 +47,17 @@ include $(PGXS)
 # PGXS tracks no header dependencies here (autodepend is off): rebuild
 # every object when any header changes, so struct layouts never disagree.
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
+
+# Nor does it notice objects built for another PostgreSQL: a stamp names
+# the one they were built for, and another PG_CONFIG removes them first.
+# (Done as the Makefile is read: Makefile.global's .SECONDARY would keep a
+# missing stamp from forcing a rebuild as a prerequisite.)
+PG_BUILT_FOR := .built-for-$(shell $(PG_CONFIG) --version | tr -c 'A-Za-z0-9.' '_')
+ifeq ($(filter clean distclean uninstall,$(MAKECMDGOALS)),)
+ifeq ($(wildcard $(PG_BUILT_FOR)),)
+$(shell rm -f .built-for-* $(OBJS) $(patsubst %.o,%.bc,$(OBJS)) $(shlib) && touch $(PG_BUILT_FOR))
+endif
+endif
 
 # After the include: Makefile.global resets these.
 PROVE_TESTS = $(or $(RELIQ_TAP_TESTS),test/t/*.pl)
