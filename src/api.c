@@ -687,7 +687,9 @@ reliq_subscription_status(PG_FUNCTION_ARGS)
 		values[1] = CStringGetTextDatum(reliq_lease_state_name(s->lease.state));
 		values[2] = CStringGetTextDatum(s->lease.holder);
 		nulls[2] = (s->lease.holder[0] == '\0');
-		values[3] = timestamp_or_null(s->lease.valid_until, &nulls[3]);
+		values[3] = timestamp_or_null(s->lease.valid_until == 0 ? 0 :
+									  reliq_lease_wall_time(s->lease.valid_until),
+									  &nulls[3]);
 		values[4] = CStringGetTextDatum(s->retention);
 		nulls[4] = (s->retention[0] == '\0');
 		values[5] = Int32GetDatum(s->workers_allowed);

@@ -44,6 +44,11 @@
  *	   until the rewind is done, then plainly.  A monitor or server that
  *	   restarts meanwhile acquires again, wait and rewind included, instead
  *	   of consuming from the former owner's position.
+ *	 - Lease intervals are measured on clocks no setting of the wall clock
+ *	   moves: an owner's validity on CLOCK_BOOTTIME (reliq_lease_clock,
+ *	   which counts a suspension), a taker's waits on CLOCK_MONOTONIC
+ *	   (which does not: a suspended taker waits longer, never shorter).
+ *	   A heartbeat's "seen" time is taken after the read that saw it.
  *	 - Ownership is confirmed by writes, never by a read alone: after its
  *	   heartbeat was written over, an owner writes each owner key still
  *	   naming it at the revision it read; a taker's write at the same
@@ -82,6 +87,7 @@
 #include "postgres.h"
 
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "access/xlog.h"
@@ -146,6 +152,22 @@ static Heartbeat *heartbeats = NULL;
 static int	nheartbeats = 0;
 static int	maxheartbeats = 0;
 static int64 round_number = 0;
+
+/*
+ * The clock of a taker's waits (a heartbeat unchanged for a ttl, the wait
+ * before consuming): CLOCK_MONOTONIC, which no setting of the wall clock
+ * moves and which stands still while this machine is suspended, so a
+ * suspended taker waits longer, never shorter.  The owner's validity is on
+ * reliq_lease_clock() (shmem.c), which does count a suspension.
+ */
+static TimestampTz
+wait_clock(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (TimestampTz) ts.tv_sec * USECS_PER_SEC + ts.tv_nsec / 1000;
+}
 
 long
 reliq_lease_renew_interval_ms(void)
@@ -462,11 +484,12 @@ heartbeat_key(const char *instance)
  * cluster looks at each former owner once, however many consumers it had).
  */
 static Heartbeat *
-heartbeat_of(ReliqNatsConnection *conn, const char *instance, TimestampTz now)
+heartbeat_of(ReliqNatsConnection *conn, const char *instance)
 {
 	Heartbeat  *h = NULL;
 	char	   *value;
 	uint64		revision;
+	TimestampTz now;
 	int			i;
 
 	for (i = 0; i < nheartbeats; i++)
@@ -476,6 +499,7 @@ heartbeat_of(ReliqNatsConnection *conn, const char *instance, TimestampTz now)
 		return h;
 	if (!reliq_nats_kv_get(conn, heartbeat_key(instance), &value, &revision))
 		return NULL;
+	now = wait_clock();			/* after the read: it was seen by then */
 	if (h == NULL)
 	{
 		if (nheartbeats == maxheartbeats)
@@ -525,7 +549,7 @@ revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
 						  &written) != RELIQ_KV_OK)
 		return false;
 	h->revision = written;
-	h->seen_at = GetCurrentTimestamp();
+	h->seen_at = wait_clock();
 	return true;
 }
 
@@ -680,7 +704,7 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 					 errdetail("The holder ran in this data directory on this machine since its last boot, and PostgreSQL starts no postmaster while a process of the former one remains.")));
 		return;
 	}
-	h = heartbeat_of(conn, owner, now);
+	h = heartbeat_of(conn, owner);
 	if (h == NULL)
 		return;					/* cannot tell now */
 	if (h->released)
@@ -728,7 +752,7 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 		goto retry;
 	if (revision != 0 && strcmp(field(value, "instance"), my_instance) != 0)
 	{
-		h = heartbeat_of(conn, field(value, "instance"), now);
+		h = heartbeat_of(conn, field(value, "instance"));
 		if (h == NULL)
 			goto retry;
 		wait_ms = owner_wait_ms(h->value);	/* read before the revoke */
@@ -824,7 +848,7 @@ static void
 step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 {
 	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, true, w->name);
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now = wait_clock();
 
 	if (entry != NULL && t->view.state == RELIQ_LEASE_UNKNOWN && t->view.epoch == 0)
 	{
@@ -852,7 +876,7 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 		try_acquire(conn, w, t, now);
 
 	if (t->held != 0 && t->view.state == RELIQ_LEASE_ACQUIRING &&
-		GetCurrentTimestamp() >= t->consume_after &&
+		wait_clock() >= t->consume_after &&
 		rewind_consumer(conn, w, t))
 	{
 		if (settle_owner(conn, t))
@@ -880,7 +904,7 @@ static bool
 renew_heartbeat(ReliqNatsConnection *conn)
 {
 	char	   *key = heartbeat_key(my_instance);
-	TimestampTz sent = GetCurrentTimestamp();
+	TimestampTz sent = reliq_lease_clock();
 	uint64		written;
 	uint64		revision;
 	char	   *value;
@@ -919,7 +943,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	renewal_failed = true;
 	if (!reliq_nats_kv_get(conn, key, &value, &revision))
 		return false;
-	sent = GetCurrentTimestamp();
+	sent = reliq_lease_clock();
 	if (reliq_nats_kv_put(conn, key, heartbeat_value(), revision,
 						  &written) != RELIQ_KV_OK)
 		return false;

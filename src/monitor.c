@@ -148,7 +148,7 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 		info->paused == pause)
 		return;
 	reliq_lease_read(entry, &lease);
-	if (!reliq_lease_usable(&lease, GetCurrentTimestamp()))
+	if (!reliq_lease_usable(&lease))
 		return;
 	heartbeat_if_due(conn);
 	if (reliq_nats_pause_consumer(conn, w->stream, w->consumer, pause))
@@ -289,7 +289,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			continue;
 		reliq_stats_set_retention(entry, streams[i].retention);
 		reliq_lease_read(entry, &lease);
-		if (reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
+		if (reliq_lease_usable(&lease) &&
 			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
 			streams[i].created_ns == w->stream_created)
 		{

@@ -49,6 +49,8 @@
  */
 #include "postgres.h"
 
+#include <time.h>
+
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
@@ -920,10 +922,33 @@ reliq_lease_read(ReliqSubscriptionStats *entry, ReliqLeaseView *lease)
 	SpinLockRelease(&entry->mutex);
 }
 
+/*
+ * The clock of a lease's validity, in microseconds: CLOCK_BOOTTIME, which
+ * no setting of the wall clock moves and which goes on while the machine
+ * is suspended (a suspended owner's lease runs out, as the taker's wait
+ * does).  One clock for every process of the machine.
+ */
+TimestampTz
+reliq_lease_clock(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (TimestampTz) ts.tv_sec * USECS_PER_SEC + ts.tv_nsec / 1000;
+}
+
+/* A time of the lease clock as a wall-clock timestamp, for people. */
+TimestampTz
+reliq_lease_wall_time(TimestampTz lease_time)
+{
+	return GetCurrentTimestamp() + (lease_time - reliq_lease_clock());
+}
+
 /* May this cluster consume, and acknowledge, now? */
 bool
-reliq_lease_usable(const ReliqLeaseView *lease, TimestampTz now)
+reliq_lease_usable(const ReliqLeaseView *lease)
 {
 	return lease->state == RELIQ_LEASE_OFF ||
-		(lease->state == RELIQ_LEASE_OWNED && now < lease->valid_until);
+		(lease->state == RELIQ_LEASE_OWNED &&
+		 reliq_lease_clock() < lease->valid_until);
 }

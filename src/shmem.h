@@ -82,7 +82,8 @@ typedef enum ReliqLeaseState
 typedef struct ReliqLeaseView
 {
 	ReliqLeaseState state;
-	TimestampTz valid_until;	/* OWNED: consume and ack only before this */
+	TimestampTz valid_until;	/* OWNED: consume and ack only before this,
+								 * on reliq_lease_clock() */
 	uint64		epoch;			/* bumped at each acquisition (the consumer
 								 * was made again: attach anew) */
 	char		holder[RELIQ_OWNER_LEN];	/* who holds it, for people */
@@ -340,7 +341,9 @@ extern void reliq_lease_publish(ReliqSubscriptionStats *entry,
 								const ReliqLeaseView *lease);
 extern void reliq_lease_read(ReliqSubscriptionStats *entry,
 							 ReliqLeaseView *lease);
-extern bool reliq_lease_usable(const ReliqLeaseView *lease, TimestampTz now);
+extern TimestampTz reliq_lease_clock(void);
+extern TimestampTz reliq_lease_wall_time(TimestampTz lease_time);
+extern bool reliq_lease_usable(const ReliqLeaseView *lease);
 extern const char *reliq_lease_state_name(ReliqLeaseState state);
 extern int	reliq_workers_snapshot(ReliqWorkerSnapshot **workers);
 

@@ -1089,7 +1089,7 @@ lease_current(Lane *l)
 	if (l->stats == NULL || l->stats->subscription_id != l->sub->id)
 		return false;
 	reliq_lease_read(l->stats, &lease);
-	return reliq_lease_usable(&lease, GetCurrentTimestamp()) &&
+	return reliq_lease_usable(&lease) &&
 		(lease.state == RELIQ_LEASE_OFF || lease.epoch == l->lease_epoch);
 }
 
@@ -1134,7 +1134,7 @@ lease_allows(Lane *l)
 	memset(&lease, 0, sizeof(lease));
 	if (l->stats != NULL)
 		reliq_lease_read(l->stats, &lease);
-	if (reliq_lease_usable(&lease, GetCurrentTimestamp()))
+	if (reliq_lease_usable(&lease))
 	{
 		if (lease.state == RELIQ_LEASE_OWNED && lease.epoch != l->lease_epoch)
 		{
