@@ -64,7 +64,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM reliq.health() WHERE stat
 # A worker with three lanes is one series of reliq_nats_connected, and no
 # series appears twice (Prometheus rejects a scrape that repeats one).
 is($node->safe_psql('postgres', q{
-	SELECT count(*) FILTER (WHERE line LIKE 'reliq_nats_connected{%'), count(*) - count(DISTINCT series)
+	SELECT count(*) FILTER (WHERE line LIKE ('reliq_nats_connected' || chr(123) || '%')), count(*) - count(DISTINCT series)
 	  FROM (SELECT line, split_part(line, ' ', 1) AS series
 	          FROM regexp_split_to_table(reliq.metrics(), E'\n') AS line
 	         WHERE line <> '' AND line NOT LIKE '#%') s}),
