@@ -79,6 +79,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -170,6 +171,9 @@ struct Pool
 	char		problem[RELIQ_ERROR_LEN];
 
 	uint64		assignment_seen;
+	int			assignment_retries; /* taking up a lane failed: again at */
+	TimestampTz assignment_retry_at;	/* assignment_retry_at (0: no) */
+	char		assignment_problem[RELIQ_ERROR_LEN];
 	Lane	  **lanes;
 	int			nlanes;
 	int			lanes_capacity;
@@ -489,6 +493,43 @@ exit_if_postmaster_died(void)
 }
 
 /*
+ * Error boundaries
+ *
+ * An ERROR in one lane's work outside batch.c (claiming the stream,
+ * loading the subscription, the outbox, the lease, the acks) ends that
+ * lane's turn, not the worker: in a background worker without a boundary
+ * it becomes FATAL, and the worker restarted with all its lanes.  As the
+ * autovacuum launcher and PostgreSQL's own main loop do, the boundary
+ * logs the error (once while it stays the same: problem), aborts the
+ * transaction if one is open, releases LWLocks, and restores the memory
+ * context and resource owner of before; its caller then puts the lane
+ * back as a restart of the worker would have, and lets it try again
+ * after a backoff.  FATAL (SIGTERM, the postmaster gone) still ends the
+ * worker.  batch.c catches the errors of a batch (handlers, ledger)
+ * itself.  Returns the error's message, in cxt.
+ */
+static char *
+recover_from_error(char *problem, MemoryContext cxt, ResourceOwner owner)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (problem_is_new(problem, edata->message))
+		EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	LWLockReleaseAll();
+	pgstat_report_wait_end();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	RESUME_INTERRUPTS();
+	return edata->message;
+}
+
+/*
  * Subscription settings
  */
 
@@ -514,7 +555,8 @@ load_subscription(Lane *l)
 	MemoryContext caller;
 	ReliqSubscription *sub;
 
-	cxt = AllocSetContextCreate(TopMemoryContext, "reliq subscription",
+	/* under the turn's context until loaded, so that an error frees it */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "reliq subscription",
 								ALLOCSET_SMALL_SIZES);
 	caller = reliq_xact_begin("reliq: reading subscription");
 	MemoryContextSwitchTo(cxt);
@@ -528,6 +570,7 @@ load_subscription(Lane *l)
 		MemoryContextDelete(cxt);
 		return false;
 	}
+	MemoryContextSetParent(cxt, TopMemoryContext);
 	if (l->sub != NULL && consumer_settings_differ(l->sub, sub))
 		detach(l);				/* attach again: updates the consumer */
 	if (l->sub != NULL && l->nheld > 0)
@@ -1664,16 +1707,53 @@ open_status(Lane *l)
 	report_progress(l, l->nheld);
 }
 
+/*
+ * Load a lane's subscription under an error boundary (it is a lane's
+ * failure: see recover_from_error).  On an ERROR the lane keeps what it
+ * had, the problem shows in the subscription's last_error, and the worker
+ * takes up its assignment again after a backoff.  *gone: the subscription
+ * is no longer there.
+ */
+static bool
+load_subscription_guarded(Lane *l, bool *gone)
+{
+	Pool	   *p = l->pool;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool loaded = false;
+	char	   *volatile message = NULL;
+
+	PG_TRY();
+	{
+		loaded = load_subscription(l);
+	}
+	PG_CATCH();
+	{
+		message = recover_from_error(p->assignment_problem, cxt, owner);
+	}
+	PG_END_TRY();
+	*gone = (message == NULL && !loaded);
+	if (message == NULL)
+		return loaded;
+	if (l->stats == NULL)
+		l->stats = reliq_stats_find(l->subscription_id, false, NULL);
+	if (l->stats != NULL)
+		reliq_stats_set_error(l->stats, message);
+	p->assignment_retry_at = next_retry(&p->assignment_retries);
+	return false;
+}
+
 static void
 add_lane(Pool *p, const ReliqAssignment *assignment)
 {
 	Lane	   *l = MemoryContextAllocZero(TopMemoryContext, sizeof(Lane));
+	bool		gone;
 
 	l->pool = p;
 	l->subscription_id = assignment->subscription_id;
 	l->lane_index = assignment->lane_index;
 	reliq_batch_init(&l->batch);
-	if (!load_subscription(l))
+	if (!load_subscription_guarded(l, &gone))
 	{
 		reliq_batch_free(&l->batch);
 		pfree(l);
@@ -1802,8 +1882,10 @@ apply_assignment(Pool *p)
 {
 	ReliqAssignment *assigned;
 	int			nassigned;
+	bool		gone;
 	int			i;
 
+	p->assignment_retry_at = 0;
 	assigned = palloc(sizeof(ReliqAssignment) * Max(reliq_shared->max_subscriptions, 1));
 	LWLockAcquire(reliq_shared->lock, LW_SHARED);
 	nassigned = p->slot->nassigned;
@@ -1831,13 +1913,25 @@ apply_assignment(Pool *p)
 			open_status(l);
 		}
 		l->lane_index = assigned[j].lane_index;
-		if (assigned[j].config_version > l->sub->version && !load_subscription(l))
+		if (assigned[j].config_version > l->sub->version &&
+			!load_subscription_guarded(l, &gone) && gone)
 			begin_leaving(l, false);
 	}
 	for (i = 0; i < nassigned; i++)
 		if (find_lane(p, assigned[i].subscription_id) == NULL)
 			add_lane(p, &assigned[i]);
 	pfree(assigned);
+}
+
+/* Every assigned subscription loaded again after a failure. */
+static void
+clear_assignment_problem(Pool *p)
+{
+	ereport(LOG,
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq worker %d: every subscription assigned to it is loaded", p->index)));
+	p->assignment_problem[0] = '\0';
+	p->assignment_retries = 0;
 }
 
 /* Interrupts, reloads, stop requests and assignment changes. */
@@ -1867,10 +1961,13 @@ check_for_news(Pool *p)
 	if (p->stopping)
 		return;
 	version = pg_atomic_read_u64(&p->slot->assignment_version);
-	if (version != p->assignment_seen)
+	if (version != p->assignment_seen ||
+		(p->assignment_retry_at != 0 && GetCurrentTimestamp() >= p->assignment_retry_at))
 	{
 		p->assignment_seen = version;
 		apply_assignment(p);
+		if (p->assignment_retry_at == 0 && p->assignment_problem[0] != '\0')
+			clear_assignment_problem(p);
 	}
 }
 
@@ -1907,6 +2004,59 @@ lane_turn(Lane *l)
 		return false;
 	apply_collected(l, msgs, n);
 	return true;
+}
+
+/*
+ * A lane's turn raised an ERROR (see recover_from_error): do to the lane
+ * what a restart of the worker did to all of them, and nothing to the
+ * others.  What it was applying and what it held is given back (NAK,
+ * delayed until its pull has run out), its puller dropped; it attaches
+ * again after a backoff.  The problem shows in last_error.
+ */
+static void
+lane_failed(Lane *l, const char *message)
+{
+	Pool	   *p = l->pool;
+	int64		delay = release_delay_ms(l);
+
+	if (p->applying_lane == l)
+	{
+		(void) release_messages(p, p->applying, p->napplying, delay);
+		p->applying_lane = NULL;
+		p->applying = NULL;
+		p->napplying = 0;
+		p->applying_alone = 0;
+	}
+	(void) release_messages(p, l->held, l->nheld, delay);
+	forget_consumer(l);
+	if (l->stats != NULL && !l->leaving)
+		reliq_stats_set_error(l->stats, message);
+	schedule_retry(l);
+	set_state(l, RELIQ_WORKER_BACKING_OFF);
+	report_progress(l, 0);
+}
+
+/* One lane's turn under its own error boundary. */
+static bool
+lane_turn_guarded(Lane *l)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool busy = false;
+	char	   *volatile message = NULL;
+
+	PG_TRY();
+	{
+		busy = lane_turn(l);
+	}
+	PG_CATCH();
+	{
+		message = recover_from_error(l->problem, cxt, owner);
+	}
+	PG_END_TRY();
+	if (message != NULL)
+		lane_failed(l, message);
+	return busy;
 }
 
 /* How long the worker may wait for its inbox before a lane needs it. */
@@ -1985,7 +2135,7 @@ serve_lanes(Pool *p)
 			break;				/* lanes came or went: start a new round */
 		if (reliq_inbox_pump(p->inbox, 0) < 0)
 			return busy;
-		if (lane_turn(l))
+		if (lane_turn_guarded(l))
 		{
 			busy = true;
 			now = GetCurrentTimestamp();
