@@ -401,7 +401,7 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 	p->applying_lane = l;
 	p->applying = msgs;
 	p->napplying = n;
-	for (pass = 1; pass <= 2 && verdict == RELIQ_APPLY_DONE && l->attached; pass++)
+	for (pass = 1; pass <= 2 && verdict == RELIQ_APPLY_DONE && reliq_lane_attached(l); pass++)
 	{
 		ngroup = 0;
 		for (i = 0; i < n; i++)
@@ -413,7 +413,7 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 		if (ngroup > 0)
 			verdict = process_batch(l, group, ngroup, false);
 	}
-	for (i = 0; i < n && verdict == RELIQ_APPLY_DONE && l->attached; i++)
+	for (i = 0; i < n && verdict == RELIQ_APPLY_DONE && reliq_lane_attached(l); i++)
 		if (msgs[i].delivered > 2)
 		{
 			tried[i] = true;

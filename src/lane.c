@@ -14,28 +14,21 @@
  * handler, breaker and held batch, and runs its handlers as its
  * subscription's owner.
  *
- * States of a lane (reliq.worker_status):
- *
- *	 connecting    attaching to the consumer (or the worker is connecting)
- *	 fetching      a pull request is out; waiting for messages
- *	 processing    applying a batch, then acking it
- *	 failing       the subscription fails as a whole: the lane keeps the
- *				   failed batch (sending in-progress acks, so the server
- *				   neither redelivers it nor counts deliveries), pulls
- *				   nothing, and retries the batch after the backoff delays;
- *				   the worker's other lanes go on
- *	 disconnected  the connection dropped; the client reconnects by itself
- *	 backing_off   connecting or attaching failed; waiting to try again
- *	 fenced        this cluster does not hold the consumer's lease (lease.c):
- *				   no pull, no ack; attached anew once it does
- *
- * A lane taken away (pause, drop, fewer workers) leaves: it gives back
- * what it holds unapplied (NAK) and shows no more.
+ * States: one value per lane (ReliqLaneState, worker_internal.h, where
+ * each state lists the states it may be entered from), changed only by
+ * reliq_lane_transition().  reliq.worker_status shows a name derived from
+ * it (lane_shown), or the worker's connection state while that is down.
+ * A failing lane keeps its failed batch (sending in-progress acks, so the
+ * server neither redelivers it nor counts deliveries), pulls nothing, and
+ * retries the batch after the backoff delays; the worker's other lanes go
+ * on.  A lane taken away (pause, drop, fewer workers) leaves: it gives
+ * back what it holds unapplied (NAK) and shows no more.
  *
  * The error boundary: an ERROR in a lane's turn outside batch.c (claiming
  * the stream, loading the subscription, the outbox, the lease, the acks)
- * ends that turn, not the worker.  In a background worker without a
- * boundary it becomes FATAL, and the worker restarted with all its lanes.
+ * ends that turn, not the worker.  Without a boundary of its own, a
+ * background worker's ERROR is caught by PostgreSQL's start-up code,
+ * which reports it and exits: the worker restarted with all its lanes.
  * As the autovacuum launcher and PostgreSQL's own main loop do, the
  * boundary logs the error (once while it stays the same), aborts the
  * transaction if one is open, releases LWLocks and restores the memory
@@ -67,6 +60,97 @@
 #define RELIQ_GAP_US 200		/* a longer silence ends the batch */
 
 static ReliqPuller *adopt_puller(Lane *l);
+
+/*
+ * The lane's states (worker_internal.h): the states each may be entered
+ * from, and what reliq.worker_status shows in each.
+ */
+#define S(state) (1u << (state))
+
+static const uint32 lane_predecessors[] = {
+	[RELIQ_LANE_ATTACHING] = S(RELIQ_LANE_BACKING_OFF) | S(RELIQ_LANE_FETCHING) |
+	S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED) |
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_LEAVING),
+	[RELIQ_LANE_BACKING_OFF] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_FENCED) |
+	S(RELIQ_LANE_LAPSED),
+	[RELIQ_LANE_FETCHING] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_PROCESSING) |
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_LEAVING),
+	[RELIQ_LANE_PROCESSING] = S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING),
+	[RELIQ_LANE_FAILING] = S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_ATTACHING) |
+	S(RELIQ_LANE_LAPSED),
+	[RELIQ_LANE_FENCED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
+	S(RELIQ_LANE_LAPSED),
+	[RELIQ_LANE_LAPSED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
+	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED),
+	[RELIQ_LANE_LEAVING] = ~0u,
+};
+
+static const char *const lane_state_names[] = {
+	[RELIQ_LANE_ATTACHING] = "attaching",
+	[RELIQ_LANE_BACKING_OFF] = "backing off",
+	[RELIQ_LANE_FETCHING] = "fetching",
+	[RELIQ_LANE_PROCESSING] = "processing",
+	[RELIQ_LANE_FAILING] = "failing",
+	[RELIQ_LANE_FENCED] = "fenced",
+	[RELIQ_LANE_LAPSED] = "lapsed",
+	[RELIQ_LANE_LEAVING] = "leaving",
+};
+
+static const ReliqWorkerState lane_shown[] = {
+	[RELIQ_LANE_ATTACHING] = RELIQ_WORKER_CONNECTING,
+	[RELIQ_LANE_BACKING_OFF] = RELIQ_WORKER_BACKING_OFF,
+	[RELIQ_LANE_FETCHING] = RELIQ_WORKER_FETCHING,
+	[RELIQ_LANE_PROCESSING] = RELIQ_WORKER_PROCESSING,
+	[RELIQ_LANE_FAILING] = RELIQ_WORKER_FAILING,
+	[RELIQ_LANE_FENCED] = RELIQ_WORKER_FENCED,
+	[RELIQ_LANE_LAPSED] = RELIQ_WORKER_CONNECTING,
+	[RELIQ_LANE_LEAVING] = RELIQ_WORKER_STOPPED,	/* not shown */
+};
+
+/*
+ * What reliq.worker_status shows for the lane: its state, unless the
+ * worker's connection is down (pool.c, show_link), which every lane shows.
+ */
+void
+reliq_lane_publish(Lane *l)
+{
+	Pool	   *p = l->pool;
+
+	if (l->status == NULL)
+		return;
+	reliq_lane_set_state(p->slot, l->status,
+						 p->link_down ? p->link_state : lane_shown[l->state]);
+}
+
+/*
+ * The one way a lane's state changes.  A change its states do not allow
+ * is a bug: an assertion, and a WARNING in a build without assertions.
+ */
+static void
+reliq_lane_transition(Lane *l, ReliqLaneState next)
+{
+	if (next != l->state && (lane_predecessors[next] & S(l->state)) == 0)
+	{
+		Assert(false);
+		elog(WARNING, "reliq subscription \"%s\": a lane went from %s to %s, which its states do not allow",
+			 l->sub->name, lane_state_names[l->state], lane_state_names[next]);
+	}
+	l->state = next;
+	reliq_lane_publish(l);
+}
+
+/*
+ * Where a lane goes on from a pause (a batch, the lease, leaving): without
+ * a puller it attaches; with one it fetches, or fails while it holds a
+ * batch.
+ */
+static ReliqLaneState
+going_on(Lane *l)
+{
+	if (!reliq_lane_attached(l))
+		return RELIQ_LANE_ATTACHING;
+	return l->nheld > 0 ? RELIQ_LANE_FAILING : RELIQ_LANE_FETCHING;
+}
 
 static void
 schedule_retry(Lane *l)
@@ -125,7 +209,9 @@ reliq_lane_detach(Lane *l)
 		reliq_puller_destroy(l->puller, reliq_ack_release_delay_ms(l->puller));
 		l->puller = NULL;
 	}
-	l->attached = false;
+	if (l->state == RELIQ_LANE_FETCHING || l->state == RELIQ_LANE_PROCESSING ||
+		l->state == RELIQ_LANE_FAILING)
+		reliq_lane_transition(l, RELIQ_LANE_ATTACHING);
 	l->missed_pulls = 0;
 	l->empty_pulls = 0;
 }
@@ -150,12 +236,11 @@ adopt_puller(Lane *l)
 		Lane	   *old = p->lanes[i];
 		ReliqPuller *puller = old->puller;
 
-		if (old == l || !old->leaving || puller == NULL ||
+		if (old == l || !reliq_lane_leaving(old) || puller == NULL ||
 			strcmp(old->sub->stream, l->sub->stream) != 0 ||
 			strcmp(old->sub->consumer, l->sub->consumer) != 0)
 			continue;
 		old->puller = NULL;
-		old->attached = false;
 		ereport(DEBUG1,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq subscription \"%s\": takes over the pull of consumer \"%s\" from a lane given up",
@@ -257,11 +342,11 @@ ensure_attached(Lane *l)
 	char	   *description;
 	MemoryContext caller;
 
-	if (l->attached)
+	if (reliq_lane_attached(l))
 		return true;
 	if (GetCurrentTimestamp() < l->retry_at)
 		return false;
-	reliq_lane_show(l, RELIQ_WORKER_CONNECTING);
+	reliq_lane_transition(l, RELIQ_LANE_ATTACHING);
 
 	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &before))
 	{
@@ -341,7 +426,7 @@ ensure_attached(Lane *l)
 		schedule_retry(l);
 		return false;
 	}
-	l->attached = true;
+	reliq_lane_transition(l, going_on(l));
 	l->missed_pulls = 0;
 	l->empty_pulls = 0;
 	reliq_clear_problem(l, "attached to its consumer again");
@@ -424,7 +509,7 @@ handle_pull_end(Lane *l)
 static void
 take_arrived(Lane *l, ReliqMessage *msgs, int max, int *n)
 {
-	while (*n < max && l->attached)
+	while (*n < max && reliq_lane_attached(l))
 	{
 		ReliqPullEvent event = reliq_puller_next(l->puller, &msgs[*n]);
 
@@ -447,7 +532,7 @@ keep_pulling(Lane *l, int max)
 	bool		idle = l->empty_pulls >= RELIQ_IDLE_AFTER;
 	int			queued;
 
-	if (!l->attached || l->leaving || reliq_puller_active(l->puller) ||
+	if (!reliq_lane_attached(l) || reliq_lane_leaving(l) || reliq_puller_active(l->puller) ||
 		!reliq_nats_is_connected(l->pool->conn) ||
 		GetCurrentTimestamp() < l->pull_after)
 		return;
@@ -478,13 +563,13 @@ collect_batch(Lane *l, ReliqMessage *msgs, int max)
 
 	take_arrived(l, msgs, max, &n);
 	if (n > 0 && n < max && msgs[n - 1].pending > 0 &&
-		l->attached && reliq_puller_active(l->puller))
+		reliq_lane_attached(l) && reliq_puller_active(l->puller))
 	{
 		TimestampTz until = after_ms(RELIQ_LINGER_MS);
 		TimestampTz last_arrival = GetCurrentTimestamp();
 
 		while (n < max && msgs[n - 1].pending > 0 &&
-			   l->attached && reliq_puller_active(l->puller))
+			   reliq_lane_attached(l) && reliq_puller_active(l->puller))
 		{
 			int			before = n;
 			TimestampTz now;
@@ -502,8 +587,6 @@ collect_batch(Lane *l, ReliqMessage *msgs, int max)
 		}
 	}
 	keep_pulling(l, max);
-	if (n == 0 && l->attached)
-		reliq_lane_show(l, RELIQ_WORKER_FETCHING);
 	return n;
 }
 
@@ -543,12 +626,14 @@ lease_allows(Lane *l)
 			forget_consumer(l);
 			l->lease_epoch = lease.epoch;
 		}
+		if (l->state == RELIQ_LANE_FENCED || l->state == RELIQ_LANE_LAPSED)
+			reliq_lane_transition(l, going_on(l));
 		return true;
 	}
 	if (lease.state == RELIQ_LEASE_FENCED || lease.state == RELIQ_LEASE_ACQUIRING)
 	{
 		forget_consumer(l);
-		reliq_lane_show(l, RELIQ_WORKER_FENCED);
+		reliq_lane_transition(l, RELIQ_LANE_FENCED);
 		if (lease.state == RELIQ_LEASE_FENCED)
 			reliq_note_problem(l, LOG, ERRCODE_OBJECT_IN_USE, "fenced: consumer \"%s\" is owned by %s; to move it here: SELECT reliq.take_over('%s')",
 						 l->sub->consumer, lease.holder, l->sub->name);
@@ -556,7 +641,7 @@ lease_allows(Lane *l)
 	else if (l->stats == NULL)
 		reliq_note_problem(l, WARNING, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, "no statistics entry, so no lease: raise reliq.max_subscriptions");
 	else
-		reliq_lane_show(l, RELIQ_WORKER_CONNECTING);	/* until the lease is renewed */
+		reliq_lane_transition(l, RELIQ_LANE_LAPSED);	/* until it is renewed */
 	return false;
 }
 
@@ -570,9 +655,8 @@ after_apply(Lane *l, ReliqApplyVerdict verdict)
 	switch (verdict)
 	{
 		case RELIQ_APPLY_DONE:
-			break;
 		case RELIQ_APPLY_HOLD:
-			reliq_lane_show(l, RELIQ_WORKER_FAILING);
+			reliq_lane_transition(l, going_on(l));
 			break;
 		case RELIQ_APPLY_GONE:
 			reliq_lane_begin_leaving(l, false);
@@ -585,8 +669,6 @@ after_apply(Lane *l, ReliqApplyVerdict verdict)
 			reliq_note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was made again; attaching to the new one",
 							   l->sub->stream);
 			reliq_lane_detach(l);
-			if (l->nheld > 0)
-				reliq_lane_show(l, RELIQ_WORKER_FAILING);
 			break;
 	}
 }
@@ -601,7 +683,6 @@ hold_step(Lane *l)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	reliq_lane_show(l, RELIQ_WORKER_FAILING);
 	if (!reliq_ack_lease_current(l->stats, l->sub->id, l->lease_epoch))
 	{
 		/* no longer ours: give the held batch back to the owner */
@@ -616,7 +697,7 @@ hold_step(Lane *l)
 	}
 	if (now >= l->next_probe)
 	{
-		reliq_lane_show(l, RELIQ_WORKER_PROCESSING);
+		reliq_lane_transition(l, RELIQ_LANE_PROCESSING);
 		after_apply(l, reliq_apply_probe(l));
 		return true;
 	}
@@ -629,6 +710,7 @@ open_status(Lane *l)
 	if (l->status == NULL)
 		l->status = reliq_lane_open(l->pool->slot, l->subscription_id,
 									l->sub->name, l->lane_index);
+	reliq_lane_publish(l);
 	reliq_lane_report_progress(l, l->nheld);
 }
 
@@ -644,6 +726,7 @@ reliq_lane_create(Pool *p, const ReliqAssignment *assignment,
 	Lane	   *l = MemoryContextAllocZero(TopMemoryContext, sizeof(Lane));
 
 	l->pool = p;
+	l->state = RELIQ_LANE_ATTACHING;
 	l->subscription_id = assignment->subscription_id;
 	l->lane_index = assignment->lane_index;
 	reliq_batch_init(&l->batch);
@@ -665,7 +748,7 @@ reliq_lane_create(Pool *p, const ReliqAssignment *assignment,
 void
 reliq_lane_take_back(Lane *l)
 {
-	l->leaving = false;
+	reliq_lane_transition(l, going_on(l));
 	open_status(l);
 }
 
@@ -686,12 +769,12 @@ reliq_lane_begin_leaving(Lane *l, bool closing)
 	int64		delay = closing ? Min(reliq_ack_release_delay_ms(l->puller), 1000) : 0;
 	int			released;
 
-	if (!l->leaving)
+	if (!reliq_lane_leaving(l))
 		ereport(DEBUG1,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq worker %d gives up subscription \"%s\"",
 						l->pool->index, l->sub->name)));
-	l->leaving = true;
+	reliq_lane_transition(l, RELIQ_LANE_LEAVING);
 	released = reliq_ack_release(l->pool->conn, l->held, l->nheld, delay);
 	reliq_apply_drop_held(l);
 	if (closing && l->puller)
@@ -750,28 +833,28 @@ turn(Lane *l)
 	ReliqMessage *msgs;
 	int			n;
 
-	if (l->leaving)
+	if (reliq_lane_leaving(l))
 		return false;
 	if (!lease_allows(l))
 		return false;
 	if (!ensure_attached(l))
 	{
 		if (GetCurrentTimestamp() < l->retry_at)
-			reliq_lane_show(l, RELIQ_WORKER_BACKING_OFF);
+			reliq_lane_transition(l, RELIQ_LANE_BACKING_OFF);
 		return false;
 	}
 	if (l->nheld > 0)
 		return hold_step(l);
 	if (l->outbox_pending && GetCurrentTimestamp() >= l->next_outbox_try)
 		reliq_apply_drain_outbox(l);
-	if (!l->attached)
+	if (!reliq_lane_attached(l))
 		return false;
 
 	msgs = palloc(sizeof(ReliqMessage) * l->sub->batch_size);
 	n = collect_batch(l, msgs, l->sub->batch_size);
 	if (n == 0)
 		return false;
-	reliq_lane_show(l, RELIQ_WORKER_PROCESSING);
+	reliq_lane_transition(l, RELIQ_LANE_PROCESSING);
 	after_apply(l, reliq_apply_collected(l, msgs, n));
 	return true;
 }
@@ -799,10 +882,11 @@ lane_failed(Lane *l, const char *message)
 	}
 	(void) reliq_ack_release(p->conn, l->held, l->nheld, delay);
 	forget_consumer(l);
-	if (l->stats != NULL && !l->leaving)
+	if (l->stats != NULL && !reliq_lane_leaving(l))
 		reliq_stats_set_error(l->stats, message);
 	schedule_retry(l);
-	reliq_lane_show(l, RELIQ_WORKER_BACKING_OFF);
+	if (!reliq_lane_leaving(l))
+		reliq_lane_transition(l, RELIQ_LANE_BACKING_OFF);
 	reliq_lane_report_progress(l, 0);
 }
 
@@ -838,9 +922,9 @@ reliq_lane_turn(Lane *l)
 bool
 reliq_lane_wants_turn(Lane *l, TimestampTz now)
 {
-	if (l->leaving)
+	if (reliq_lane_leaving(l))
 		return false;
-	if (!l->attached || l->puller == NULL)
+	if (!reliq_lane_attached(l))
 		return now >= l->retry_at;
 	if (l->nheld > 0)
 		return now >= l->next_probe || now >= l->next_progress;
@@ -860,7 +944,7 @@ reliq_lane_next_wake(Lane *l, TimestampTz now, TimestampTz next)
 		next = Min(next, l->next_probe);
 		next = Min(next, l->next_progress);
 	}
-	if (!l->attached && l->retry_at > now)
+	if (!reliq_lane_attached(l) && l->retry_at > now)
 		next = Min(next, l->retry_at);
 	if (l->pull_after > now)
 		next = Min(next, l->pull_after);

@@ -196,7 +196,7 @@ note_pool_problem(Pool *p, int elevel, int sqlerrcode, const char *fmt,...)
 				(errcode(sqlerrcode),
 				 errmsg("reliq worker %d: %s", p->index, message)));
 	for (i = 0; i < p->nlanes; i++)
-		if (p->lanes[i]->stats != NULL && !p->lanes[i]->leaving)
+		if (p->lanes[i]->stats != NULL && !reliq_lane_leaving(p->lanes[i]))
 			reliq_stats_set_error(p->lanes[i]->stats, message);
 }
 
@@ -237,14 +237,21 @@ pool_disconnect(Pool *p)
 	}
 }
 
+/*
+ * What every lane shows while the worker's connection is down (connecting,
+ * backing_off, disconnected); link_up: each shows its own state again.
+ */
 static void
-set_all_lanes(Pool *p, ReliqWorkerState state)
+show_link(Pool *p, bool link_up, ReliqWorkerState state)
 {
 	int			i;
 
+	if (p->link_down == !link_up && (link_up || p->link_state == state))
+		return;
+	p->link_down = !link_up;
+	p->link_state = state;
 	for (i = 0; i < p->nlanes; i++)
-		if (!p->lanes[i]->leaving)
-			reliq_lane_show(p->lanes[i], state);
+		reliq_lane_publish(p->lanes[i]);
 }
 
 /*
@@ -272,11 +279,11 @@ pool_connected(Pool *p)
 
 		if (GetCurrentTimestamp() < p->retry_at)
 		{
-			set_all_lanes(p, RELIQ_WORKER_BACKING_OFF);
+			show_link(p, false, RELIQ_WORKER_BACKING_OFF);
 			return false;
 		}
 		reliq_slot_set_state(p->slot, RELIQ_WORKER_CONNECTING);
-		set_all_lanes(p, RELIQ_WORKER_CONNECTING);
+		show_link(p, false, RELIQ_WORKER_CONNECTING);
 		snprintf(name, sizeof(name), "reliq worker #%d", p->index);
 		p->conn = reliq_nats_connect(name);
 		if (p->conn != NULL)
@@ -302,6 +309,7 @@ pool_connected(Pool *p)
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq worker %d connected to NATS at %s",
 						p->index, reliq_nats_redacted_url())));
+		show_link(p, true, RELIQ_WORKER_FETCHING);
 		return true;
 	}
 
@@ -317,7 +325,7 @@ pool_connected(Pool *p)
 		for (i = 0; i < p->nlanes; i++)
 			if (p->lanes[i]->puller)
 				reliq_puller_forget_request(p->lanes[i]->puller);
-		set_all_lanes(p, RELIQ_WORKER_DISCONNECTED);
+		show_link(p, false, RELIQ_WORKER_DISCONNECTED);
 		return false;
 	}
 	reconnects = reliq_nats_reconnect_count(p->conn);
@@ -338,9 +346,10 @@ pool_connected(Pool *p)
 		reliq_slot_set_state(p->slot, RELIQ_WORKER_FETCHING);
 		clear_pool_problem(p, "reconnected to NATS");
 		for (i = 0; i < p->nlanes; i++)
-			if (!p->lanes[i]->leaving && p->lanes[i]->stats)
+			if (!reliq_lane_leaving(p->lanes[i]) && p->lanes[i]->stats)
 				reliq_stats_set_error(p->lanes[i]->stats, "reconnected to NATS");
 	}
+	show_link(p, true, RELIQ_WORKER_FETCHING);
 	return true;
 }
 
@@ -372,12 +381,12 @@ pool_refresh(Pool *p)
 	{
 		Lane	   *l = p->lanes[i];
 
-		if (l->leaving)
+		if (reliq_lane_leaving(l))
 			continue;
 		for (j = 0; j < nwaiting; j++)
 			if (waiting[j] == l->sub->id)
 				l->outbox_pending = true;
-		if (orphans && !orphans_taken && l->attached)
+		if (orphans && !orphans_taken && reliq_lane_attached(l))
 			l->outbox_pending = orphans_taken = true;
 	}
 
@@ -389,10 +398,10 @@ pool_refresh(Pool *p)
 		ReliqStreamInfo stream;
 		bool		seen_before = false;
 
-		if (l->leaving || !l->attached)
+		if (reliq_lane_leaving(l) || !reliq_lane_attached(l))
 			continue;
 		for (j = 0; j < i && !seen_before; j++)
-			seen_before = !p->lanes[j]->leaving && p->lanes[j]->attached &&
+			seen_before = !reliq_lane_leaving(p->lanes[j]) && reliq_lane_attached(p->lanes[j]) &&
 				strcmp(p->lanes[j]->sub->stream, l->sub->stream) == 0;
 		if (seen_before)
 			continue;
@@ -402,7 +411,7 @@ pool_refresh(Pool *p)
 		{
 			Lane	   *other = p->lanes[j];
 
-			if (other->leaving || !other->attached ||
+			if (reliq_lane_leaving(other) || !reliq_lane_attached(other) ||
 				strcmp(other->sub->stream, l->sub->stream) != 0 ||
 				(stream.found && stream.created_ns == other->stream_created))
 				continue;
@@ -435,7 +444,7 @@ remove_finished_lanes(Pool *p)
 	{
 		Lane	   *l = p->lanes[i];
 
-		if (l->leaving && reliq_lane_leaving_done(l))
+		if (reliq_lane_leaving(l) && reliq_lane_leaving_done(l))
 			reliq_lane_free(l);
 		else
 			p->lanes[kept++] = l;
@@ -513,11 +522,11 @@ apply_assignment(Pool *p)
 				break;
 		if (j == nassigned)
 		{
-			if (!l->leaving)
+			if (!reliq_lane_leaving(l))
 				reliq_lane_begin_leaving(l, false);
 			continue;
 		}
-		if (l->leaving)
+		if (reliq_lane_leaving(l))
 		{
 			/* given back before its pull ran out: take it up again */
 			reliq_lane_take_back(l);

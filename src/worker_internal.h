@@ -59,10 +59,51 @@
 
 typedef struct Pool Pool;
 
+/*
+ * A lane's state.  It changes only through reliq_lane_transition()
+ * (lane.c), which asserts that the lane comes from one of the states
+ * written on the new one ("from:"); a change to the same state is always
+ * allowed.  What reliq.worker_status shows is derived from it (lane.c,
+ * shown_state), and from the worker's connection while that is down.
+ */
+typedef enum ReliqLaneState
+{
+	RELIQ_LANE_ATTACHING,		/* no consumer attached; attaches at its turn
+								 * ("connecting").  From: BACKING_OFF, FETCHING,
+								 * PROCESSING, FAILING (detached), FENCED,
+								 * LAPSED (the lease usable again), LEAVING
+								 * (taken back).  A new lane starts here. */
+	RELIQ_LANE_BACKING_OFF,		/* attaching or a turn failed; again at
+								 * retry_at ("backing_off").  From: ATTACHING,
+								 * FENCED, LAPSED */
+	RELIQ_LANE_FETCHING,		/* attached: a pull out, or to send
+								 * ("fetching").  From: ATTACHING (attached),
+								 * PROCESSING (a batch done), LAPSED (renewed),
+								 * LEAVING (taken back) */
+	RELIQ_LANE_PROCESSING,		/* applying a batch, then acking it
+								 * ("processing").  From: FETCHING, FAILING (a
+								 * probe) */
+	RELIQ_LANE_FAILING,			/* failing as a whole: holds its batch,
+								 * probes after the backoff ("failing").  From:
+								 * PROCESSING, ATTACHING (attached with a held
+								 * batch), LAPSED (renewed) */
+	RELIQ_LANE_FENCED,			/* another cluster holds the lease, or this one
+								 * is acquiring it: no puller ("fenced").  From:
+								 * ATTACHING, BACKING_OFF, LAPSED */
+	RELIQ_LANE_LAPSED,			/* this cluster's lease was not renewed: keeps
+								 * its puller, pulls nothing ("connecting").
+								 * From: ATTACHING, BACKING_OFF, FETCHING,
+								 * FAILING, FENCED */
+	RELIQ_LANE_LEAVING			/* no longer assigned: applies nothing, shows
+								 * nothing, until its last pull has ended.
+								 * From: any */
+} ReliqLaneState;
+
 /* One subscription served by this worker. */
 typedef struct Lane
 {
 	Pool	   *pool;
+	ReliqLaneState state;		/* see reliq_lane_transition() */
 	ReliqLaneStatus *status;	/* in the slot; NULL once closed */
 	ReliqSubscriptionStats *stats;
 	int64		subscription_id;
@@ -72,8 +113,7 @@ typedef struct Lane
 	MemoryContext held_cxt;		/* holds the held batch, if any */
 	ReliqBatchState batch;
 
-	ReliqPuller *puller;
-	bool		attached;
+	ReliqPuller *puller;		/* attached to the consumer while set */
 	int64		stream_created;
 	int			missed_pulls;
 	int			empty_pulls;	/* in a row; RELIQ_IDLE_AFTER makes it idle */
@@ -89,7 +129,6 @@ typedef struct Lane
 	TimestampTz next_probe;
 	TimestampTz next_progress;
 
-	bool		leaving;		/* no longer assigned: going */
 	bool		outbox_pending; /* rows may wait in reliq._outbox */
 	TimestampTz next_outbox_try;
 
@@ -108,6 +147,8 @@ struct Pool
 	ReliqNatsConnection *conn;
 	ReliqInbox *inbox;
 	bool		connected;		/* as last reported */
+	bool		link_down;		/* not connected: every lane shows link_state */
+	ReliqWorkerState link_state;	/* connecting, backing_off, disconnected */
 	uint64		reconnects_seen;
 	int			retries;
 	TimestampTz retry_at;
@@ -178,6 +219,19 @@ next_retry(int *retries)
 	return after_ms(Min(delay, reliq_max_retry_interval));
 }
 
+static inline bool
+reliq_lane_leaving(const Lane *l)
+{
+	return l->state == RELIQ_LANE_LEAVING;
+}
+
+/* Attached to its consumer: it has a puller (a leaving lane may, too). */
+static inline bool
+reliq_lane_attached(const Lane *l)
+{
+	return l->puller != NULL;
+}
+
 /* What a lane shows in reliq.worker_status: its batch size, in flight. */
 static inline void
 reliq_lane_report_progress(Lane *l, int in_flight)
@@ -185,13 +239,6 @@ reliq_lane_report_progress(Lane *l, int in_flight)
 	if (l->status != NULL)
 		reliq_lane_set_progress(l->pool->slot, l->status,
 								l->sub ? l->sub->batch_size : 0, in_flight);
-}
-
-static inline void
-reliq_lane_show(Lane *l, ReliqWorkerState state)
-{
-	if (l->status != NULL)
-		reliq_lane_set_state(l->pool->slot, l->status, state);
 }
 
 /* lane.c */
@@ -203,6 +250,7 @@ extern void reliq_lane_begin_leaving(Lane *l, bool closing);
 extern bool reliq_lane_leaving_done(Lane *l);
 extern void reliq_lane_free(Lane *l);
 extern void reliq_lane_detach(Lane *l);
+extern void reliq_lane_publish(Lane *l);
 extern bool reliq_lane_turn(Lane *l);
 extern bool reliq_lane_wants_turn(Lane *l, TimestampTz now);
 extern TimestampTz reliq_lane_next_wake(Lane *l, TimestampTz now,
