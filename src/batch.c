@@ -29,7 +29,7 @@
  * insufficient privilege, lock or statement timeout, out of resources...)
  * may hit every message alike.  When reliq.systemic_failure_threshold
  * distinct messages in a row fail with such errors, the batch's failed
- * messages are held (see worker.c) instead of nacked, so a dropped table
+ * messages are held (see apply.c) instead of nacked, so a dropped table
  * does not dead-letter the backlog.
  *
  *-------------------------------------------------------------------------
@@ -647,7 +647,7 @@ set_delivery_limit_error(ReliqBatchState *state, ReliqMessage *msg,
  * Dead-letter without running the handler?  A message delivered more than
  * max_deliver times yet never failed in a handler: its earlier deliveries
  * died with their worker.  If a worker was seen to die applying it alone
- * (worker.c records that), it is the culprit.  A message that was merely
+ * (apply.c records that), it is the culprit.  A message that was merely
  * received alongside a culprit, and lost with it, has its handler run.
  * Without a record (a crash restart clears shared memory) the limit is
  * doubled, so crash loops end all the same.

@@ -35,7 +35,7 @@ typedef struct ReliqBreaker
 	int			next;
 } ReliqBreaker;
 
-/* Per-worker state kept across batches. */
+/* A lane's state, kept across its batches (lane.c). */
 struct ReliqSubscriptionStats;
 
 typedef struct ReliqBatchState
@@ -43,7 +43,7 @@ typedef struct ReliqBatchState
 	ReliqSubscription *sub;
 	struct ReliqSubscriptionStats *stats;	/* may be NULL */
 	int64		stream_created; /* incarnation of the stream attached to */
-	MemoryContext cxt;			/* lives as long as the worker */
+	MemoryContext cxt;			/* lives as long as the lane */
 	MemoryContext message_cxt;	/* reset after each message */
 	Oid			message_type;
 	TupleDesc	message_tupdesc;

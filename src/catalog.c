@@ -251,7 +251,7 @@ reliq_subscription_backoff_ms(const ReliqSubscription *sub, int delivered)
  * record it as the subscription's current one.  Batches labelled with any
  * other incarnation are then refused.  The last worker to attach wins: a
  * worker that read a stream just deleted finds out when it reads the
- * stream again after setting up the consumer (worker.c), and attaches
+ * stream again after setting up the consumer (lane.c), and attaches
  * anew.  The ledger of other incarnations is kept -- reliq may be pointed
  * back at a server that still has one -- and goes with the subscription.
  * Returns the incarnation now recorded, or 0 if the subscription has been

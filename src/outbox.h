@@ -20,7 +20,7 @@ extern void reliq_outbox_defer(const char *subject, bytea *data,
 extern int	reliq_outbox_write(int64 subscription_id);
 extern void reliq_outbox_discard(void);
 
-/* After COMMIT (worker.c); call outside a transaction. */
+/* After COMMIT (ack_gate.c); call outside a transaction. */
 extern int	reliq_outbox_waiting(int64 **subscription_ids, bool *orphans);
 extern int	reliq_outbox_publish(ReliqNatsConnection *conn,
 								 int64 subscription_id, int limit,

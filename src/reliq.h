@@ -4,8 +4,9 @@
  *	  Names shared by every part of reliq, and its settings (settings.h).
  *
  * reliq runs JetStream pull consumers inside PostgreSQL background workers:
- * a launcher (launcher.c) keeps the workers (worker.c) in line with the
- * catalog table reliq.subscription; each worker pulls batches from NATS
+ * a launcher (launcher.c) keeps a pool of workers (pool.c, lane.c,
+ * apply.c, ack_gate.c) in line with the catalog table reliq.subscription;
+ * each worker serves its subscriptions as lanes, pulls batches from NATS
  * (nats_*.c) and applies each batch in one transaction (batch.c).
  * The monitor (monitor.c) alone asks the server for the consumers'
  * figures, records the acknowledged floor and prunes the ledgers, and

@@ -82,7 +82,6 @@ static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_PROCESSING] = "processing",
 	[RELIQ_WORKER_FAILING] = "failing",
 	[RELIQ_WORKER_DISCONNECTED] = "disconnected",
-	[RELIQ_WORKER_STOPPING] = "stopping",
 	[RELIQ_WORKER_BACKING_OFF] = "backing_off",
 	[RELIQ_WORKER_FENCED] = "fenced",
 	[RELIQ_WORKER_IDLE] = "idle",

@@ -30,7 +30,6 @@ typedef enum ReliqWorkerState
 	RELIQ_WORKER_PROCESSING,	/* inside a batch transaction, or acking */
 	RELIQ_WORKER_FAILING,		/* systemic failure: holding a batch, probing */
 	RELIQ_WORKER_DISCONNECTED,	/* connection lost; the client reconnects */
-	RELIQ_WORKER_STOPPING,		/* asked to stop: finishing its batch */
 	RELIQ_WORKER_BACKING_OFF,	/* waiting to retry connecting or attaching */
 	RELIQ_WORKER_FENCED,		/* this cluster does not hold the lease */
 	RELIQ_WORKER_IDLE			/* a pool worker with no subscription */

@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  A reliq worker: one background worker pulling for one subscription.
+ *	  A reliq pool worker: one background worker serving the subscriptions
+ *	  the launcher assigned to it, each as a lane (pool.c; its files share
+ *	  worker_internal.h).
  *
  *-------------------------------------------------------------------------
  */
