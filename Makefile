@@ -13,6 +13,7 @@ OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 
 EXTENSION = reliq
 DATA = reliq--0.1.sql reliq--0.1--0.2.sql
+DATA += reliq--0.2--0.3.sql
 PGFILEDESC = "reliq - NATS JetStream consumer in PostgreSQL"
 
 SHLIB_LINK = -lnats -lcurl

@@ -14,7 +14,7 @@
 #ifndef RELIQ_VERSION_H
 #define RELIQ_VERSION_H
 
-#define RELIQ_VERSION "0.2"
+#define RELIQ_VERSION "0.3"
 
 extern char *reliq_catalog_version(void);
 extern bool reliq_catalog_version_ok(int elevel);

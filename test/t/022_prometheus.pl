@@ -58,8 +58,8 @@ is(`curl -s -o /dev/null -w '%{http_code}' --max-time 10 $base/metrics`, '404',
 	'/metrics is 404 when reliq.metrics_path names another path');
 my $m = eval { parse_exposition(scalar `curl -sS --max-time 10 $base/reliq/metrics`) };
 ok($m, 'reliq.metrics_path serves valid exposition') or diag($@);
-is(sample_value($m, 'reliq_build_info', version => '0.2'), 1, 'reliq_build_info{version="0.2"} 1');
-is($node->safe_psql('postgres', 'SELECT reliq.version()'), '0.2', 'reliq.version()');
+is(sample_value($m, 'reliq_build_info', version => '0.3'), 1, 'reliq_build_info{version="0.3"} 1');
+is($node->safe_psql('postgres', 'SELECT reliq.version()'), '0.3', 'reliq.version()');
 my ($slot) = map { $_->[1]{worker} } grep { $_->[0] eq 'reliq_nats_connected' } @{ $m->{samples} };
 ok(defined $slot, "a worker's NATS connection is reported (worker $slot)");
 is(sample_value($m, 'reliq_nats_connected', worker => $slot), 1, 'and it is up');
