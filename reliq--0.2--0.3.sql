@@ -17,18 +17,28 @@
  * payload deletes the row with its key.  key is resolved when the
  * subscription is created or altered (by default the target's primary
  * key) and stored.  columns fills columns from the message's subject
- * tokens, headers and metadata, in both modes.
+ * tokens, headers and metadata, in both modes.  newer_than (upsert mode)
+ * names a column: a row is only updated by a message whose value of it is
+ * at least the row's.  on_unknown_keys => 'dead_letter' fails a message
+ * with a key the table has no column for (default 'ignore', as before).
  */
 ALTER TABLE reliq.subscription
     ADD COLUMN mode    text NOT NULL DEFAULT 'insert',
     ADD COLUMN key     text[],
     ADD COLUMN columns jsonb,
+    ADD COLUMN newer_than text,
+    ADD COLUMN on_unknown_keys text NOT NULL DEFAULT 'ignore',
     ADD CONSTRAINT mode_valid CHECK (mode OPERATOR(pg_catalog.=) ANY (ARRAY['insert', 'upsert'])),
     ADD CONSTRAINT sink_settings CHECK (target IS NOT NULL
                                         OR (mode OPERATOR(pg_catalog.=) 'insert' AND key IS NULL AND columns IS NULL)),
-    ADD CONSTRAINT upsert_has_key CHECK ((mode OPERATOR(pg_catalog.=) 'upsert') OPERATOR(pg_catalog.=) (key IS NOT NULL));
+    ADD CONSTRAINT upsert_has_key CHECK ((mode OPERATOR(pg_catalog.=) 'upsert') OPERATOR(pg_catalog.=) (key IS NOT NULL)),
+    ADD CONSTRAINT newer_than_upsert CHECK (newer_than IS NULL OR mode OPERATOR(pg_catalog.=) 'upsert'),
+    ADD CONSTRAINT on_unknown_keys_valid CHECK (on_unknown_keys OPERATOR(pg_catalog.=) ANY (ARRAY['ignore', 'dead_letter'])
+                                                AND (target IS NOT NULL OR on_unknown_keys OPERATOR(pg_catalog.=) 'ignore'));
 COMMENT ON COLUMN reliq.subscription.mode IS 'Table sink: ''insert'' (each message a new row) or ''upsert'' (insert or update by key; deletes)';
 COMMENT ON COLUMN reliq.subscription.key IS 'Table sink in upsert mode: the key columns (a unique index of target has exactly these)';
+COMMENT ON COLUMN reliq.subscription.newer_than IS 'Table sink in upsert mode: a row is only updated by a message whose value of this column is at least the row''s';
+COMMENT ON COLUMN reliq.subscription.on_unknown_keys IS 'Table sink: a message key without a column is ''ignore''d, or fails the message (''dead_letter'')';
 COMMENT ON COLUMN reliq.subscription.columns IS 'Table sink: columns filled from the message, {"column": "$subject[3]" | "$subject" | "$stream" | "$stream_seq" | "$published_at" | "$delivered" | "$header.Name"}';
 
 -- Checks a table sink's mode, key and columns against its target; returns
@@ -131,17 +141,71 @@ BEGIN
                   HINT = format('CREATE UNIQUE INDEX ON %s (%s);', p_target,
                                 (SELECT string_agg(quote_ident(x), ', ') FROM unnest(v_key) x));
     END IF;
-    IF NOT has_table_privilege(p_owner, p_target, 'UPDATE') THEN
+    IF NOT has_table_privilege(p_owner, p_target, 'UPDATE')
+       OR EXISTS (SELECT FROM unnest(v_key) x WHERE NOT has_column_privilege(p_owner, p_target, x, 'SELECT')) THEN
         RAISE EXCEPTION 'role % may not update %', p_owner, p_target
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'An upsert sink inserts and updates with the privileges of the subscription''s owner (deletes need DELETE too).',
-                  HINT = format('GRANT UPDATE, DELETE ON %s TO %s;', p_target, p_owner);
+                  DETAIL = 'An upsert sink inserts and updates with the privileges of the subscription''s owner, reading the key columns (deletes need DELETE too).',
+                  HINT = format('GRANT SELECT (%s), UPDATE, DELETE ON %s TO %s;',
+                                (SELECT string_agg(quote_ident(x), ', ') FROM unnest(v_key) x), p_target, p_owner);
     END IF;
     RETURN v_key;
 END
 $$;
 REVOKE ALL ON FUNCTION reliq._check_sink(regclass, regrole, text, text[], jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq._check_sink(regclass, regrole, text, text[], jsonb) TO reliq_admin;
+
+-- Checks newer_than: a column of the target, not of the key; upsert mode
+-- only.
+CREATE FUNCTION reliq._check_newer_than(p_target regclass, p_mode text, p_key text[], p_column text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_type oid;
+BEGIN
+    IF p_column IS NULL THEN
+        RETURN;
+    END IF;
+    IF p_mode <> 'upsert' THEN
+        RAISE EXCEPTION 'newer_than applies to upsert mode only'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Add mode => ''upsert'', or leave newer_than out.';
+    END IF;
+    SELECT a.atttypid INTO v_type FROM pg_attribute a
+     WHERE a.attrelid = p_target AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attgenerated = '' AND a.attidentity <> 'a';
+    IF v_type IS NULL THEN
+        RAISE EXCEPTION 'newer_than column "%" is not a column of %', p_column, p_target
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = 'newer_than names the column (a version, a timestamp) that says which of two messages of a key is newer.';
+    END IF;
+    IF p_column = ANY (p_key) THEN
+        RAISE EXCEPTION 'newer_than column "%" is a key column', p_column
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'newer_than names the column (a version, a timestamp) that says which of two messages of a key is newer.';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._check_newer_than(regclass, text, text[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._check_newer_than(regclass, text, text[], text) TO reliq_admin;
+
+CREATE FUNCTION reliq._check_on_unknown_keys(p_value text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_value IS NULL OR p_value NOT IN ('ignore', 'dead_letter') THEN
+        RAISE EXCEPTION 'on_unknown_keys must be ''ignore'' or ''dead_letter'', not %', quote_nullable(p_value)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = '''ignore'' writes a message with keys the table has no column for, without them; ''dead_letter'' fails it (retried with the backoff, then a dead letter).';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._check_on_unknown_keys(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._check_on_unknown_keys(text) TO reliq_admin;
 
 -- create_subscription and alter_subscription gain mode, key and columns
 DROP FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval);
@@ -164,7 +228,9 @@ CREATE FUNCTION reliq.create_subscription(
     handler_timeout   interval DEFAULT NULL,
     mode              text DEFAULT 'insert',
     key               text[] DEFAULT NULL,
-    columns           jsonb DEFAULT NULL)
+    columns           jsonb DEFAULT NULL,
+    newer_than        text DEFAULT NULL,
+    on_unknown_keys   text DEFAULT 'ignore')
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -217,8 +283,9 @@ BEGIN
     IF create_subscription.handler IS NOT NULL THEN
         v_handler := reliq._check_handler(create_subscription.handler, v_owner);
         IF create_subscription.mode IS DISTINCT FROM 'insert' OR create_subscription.key IS NOT NULL
-           OR create_subscription.columns IS NOT NULL THEN
-            RAISE EXCEPTION 'mode, key and columns apply to a table sink only'
+           OR create_subscription.columns IS NOT NULL OR create_subscription.newer_than IS NOT NULL
+           OR create_subscription.on_unknown_keys IS DISTINCT FROM 'ignore' THEN
+            RAISE EXCEPTION 'mode, key, columns, newer_than and on_unknown_keys apply to a table sink only'
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Use target => ''app.orders''::regclass instead of a handler, or leave them out.';
         END IF;
@@ -226,6 +293,9 @@ BEGIN
         PERFORM reliq._check_target(create_subscription.target, v_owner);
         v_key := reliq._check_sink(create_subscription.target, v_owner, create_subscription.mode,
                                    create_subscription.key, create_subscription.columns);
+        PERFORM reliq._check_newer_than(create_subscription.target, create_subscription.mode,
+                                        v_key, create_subscription.newer_than);
+        PERFORM reliq._check_on_unknown_keys(create_subscription.on_unknown_keys);
     END IF;
     IF EXISTS (SELECT FROM reliq.subscription s WHERE s.subscription_name = create_subscription.subscription_name) THEN
         RAISE EXCEPTION 'subscription "%" already exists', create_subscription.subscription_name
@@ -253,13 +323,15 @@ BEGIN
 
     INSERT INTO reliq.subscription (subscription_name, stream, subject, consumer, handler, target,
                                     batch_size, concurrency, max_deliver, backoff, ack_wait,
-                                    handler_timeout, start, enabled, owner, mode, key, columns)
+                                    handler_timeout, start, enabled, owner, mode, key, columns, newer_than,
+                                    on_unknown_keys)
     VALUES (create_subscription.subscription_name, create_subscription.stream, create_subscription.subject,
             v_consumer, v_handler, create_subscription.target,
             create_subscription.batch_size, create_subscription.concurrency, create_subscription.max_deliver,
             create_subscription.backoff, create_subscription.ack_wait, create_subscription.handler_timeout,
             create_subscription.start, create_subscription.enabled, v_owner,
-            COALESCE(create_subscription.mode, 'insert'), v_key, create_subscription.columns)
+            COALESCE(create_subscription.mode, 'insert'), v_key, create_subscription.columns,
+            create_subscription.newer_than, COALESCE(create_subscription.on_unknown_keys, 'ignore'))
     RETURNING id INTO v_id;
     -- The subscription's position starts where its consumer stands now
     -- (see reliq._record_start).
@@ -274,7 +346,7 @@ BEGIN
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb)
+COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text)
     IS 'Creates a subscription and its durable consumer; its workers start within a second';
 
 CREATE FUNCTION reliq.alter_subscription(
@@ -290,7 +362,9 @@ CREATE FUNCTION reliq.alter_subscription(
     handler_timeout   interval DEFAULT NULL,
     mode              text DEFAULT NULL,
     key               text[] DEFAULT NULL,
-    columns           jsonb DEFAULT NULL)
+    columns           jsonb DEFAULT NULL,
+    newer_than        text DEFAULT NULL,
+    on_unknown_keys   text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -301,6 +375,7 @@ DECLARE
     v_mode    text;
     v_key     text[];
     v_columns jsonb;
+    v_newer   text;
 BEGIN
     s := reliq._owned_subscription(alter_subscription.subscription_name, 'alter');
     PERFORM reliq._check_settings(s.subscription_name,
@@ -315,24 +390,33 @@ BEGIN
         END IF;
         v_handler := reliq._check_handler(alter_subscription.handler, s.owner);
     END IF;
-    -- a table sink's mode, key and columns: NULL = unchanged, columns => '{}' = none
+    -- a table sink's mode, key, columns, newer_than and on_unknown_keys:
+    -- NULL = unchanged, columns => '{}' and newer_than => '' = none; insert
+    -- mode drops key and newer_than
     v_mode := COALESCE(alter_subscription.mode, s.mode);
     v_columns := NULLIF(COALESCE(alter_subscription.columns, s.columns), '{}'::jsonb);
+    v_newer := NULLIF(CASE WHEN v_mode = 'insert' THEN alter_subscription.newer_than
+                           ELSE COALESCE(alter_subscription.newer_than, s.newer_than) END, '');
     IF s.target IS NULL THEN
         IF alter_subscription.mode IS NOT NULL OR alter_subscription.key IS NOT NULL
-           OR alter_subscription.columns IS NOT NULL THEN
+           OR alter_subscription.columns IS NOT NULL OR alter_subscription.newer_than IS NOT NULL
+           OR alter_subscription.on_unknown_keys IS NOT NULL THEN
             RAISE EXCEPTION 'subscription "%" is not a table sink', s.subscription_name
                 USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'mode, key and columns apply to a table sink only.';
+                      DETAIL = 'mode, key, columns, newer_than and on_unknown_keys apply to a table sink only.';
         END IF;
     ELSIF alter_subscription.mode IS NOT NULL OR alter_subscription.key IS NOT NULL
-          OR alter_subscription.columns IS NOT NULL THEN
+          OR alter_subscription.columns IS NOT NULL OR alter_subscription.newer_than IS NOT NULL THEN
         v_key := reliq._check_sink(s.target, s.owner, v_mode,
                                    CASE WHEN v_mode = 'insert' THEN alter_subscription.key
                                         ELSE COALESCE(alter_subscription.key, s.key) END,
                                    v_columns);
+        PERFORM reliq._check_newer_than(s.target, v_mode, v_key, v_newer);
     ELSE
         v_key := s.key;
+    END IF;
+    IF alter_subscription.on_unknown_keys IS NOT NULL THEN
+        PERFORM reliq._check_on_unknown_keys(alter_subscription.on_unknown_keys);
     END IF;
 
     IF alter_subscription.subject IS DISTINCT FROM NULL AND alter_subscription.subject <> s.subject
@@ -361,17 +445,19 @@ BEGIN
                                   ELSE alter_subscription.handler_timeout END,
            mode            = v_mode,
            key             = v_key,
-           columns         = v_columns
+           columns         = v_columns,
+           newer_than      = v_newer,
+           on_unknown_keys = COALESCE(alter_subscription.on_unknown_keys, t.on_unknown_keys)
      WHERE t.id = s.id;
     IF alter_subscription.concurrency IS NOT NULL OR alter_subscription.enabled THEN
         PERFORM reliq._warn_worker_budget();
     END IF;
 END
 $$;
-COMMENT ON FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb)
+COMMENT ON FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text)
     IS 'Changes a subscription; NULL leaves a setting unchanged; workers pick it up within a second, without restart';
-REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb),
-                       reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
+                       reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) FROM PUBLIC;
 -- they check membership themselves, with a clearer error than EXECUTE's
-GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb),
-                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb) TO reliq_admin, PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
+                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;

@@ -72,5 +72,29 @@ SELECT try($$SELECT reliq.alter_subscription('orders', mode => 'insert', key => 
 SELECT try($$SELECT reliq.alter_subscription('orders', columns => '{"region": "$header."}')$$);
 SELECT mode, key, columns FROM reliq.subscription WHERE subscription_name = 'orders';
 
+-- newer_than: upsert mode only, a column of the table outside the key.
+SELECT reliq.alter_subscription('orders', newer_than => 'seq');
+SELECT mode, key, newer_than FROM reliq.subscription WHERE subscription_name = 'orders';
+SELECT try($$SELECT reliq.alter_subscription('orders', newer_than => 'nope')$$);
+SELECT try($$SELECT reliq.alter_subscription('orders', newer_than => 'order_id')$$);
+SELECT try($$SELECT reliq.alter_subscription('plain', newer_than => 'status')$$);
+SELECT try($$SELECT reliq.create_subscription('e1', stream => 'REGRESS', subject => 'regress.e1',
+       handler => 'app.record_event(reliq.message)'::regprocedure, newer_than => 'x')$$);
+SELECT reliq.alter_subscription('orders', newer_than => '');
+SELECT mode, key, newer_than FROM reliq.subscription WHERE subscription_name = 'orders';
+SELECT reliq.alter_subscription('orders', newer_than => 'seq');
+SELECT reliq.alter_subscription('orders', mode => 'insert');
+SELECT mode, key, newer_than FROM reliq.subscription WHERE subscription_name = 'orders';
+
+-- on_unknown_keys: 'ignore' (default) or 'dead_letter', table sinks only.
+SELECT reliq.alter_subscription('orders', on_unknown_keys => 'dead_letter');
+SELECT mode, on_unknown_keys FROM reliq.subscription WHERE subscription_name = 'orders';
+SELECT try($$SELECT reliq.alter_subscription('orders', on_unknown_keys => 'reject')$$);
+SELECT try($$SELECT reliq.create_subscription('e1', stream => 'REGRESS', subject => 'regress.e1',
+       target => 'app.orders'::regclass, on_unknown_keys => NULL)$$);
+SELECT try($$SELECT reliq.create_subscription('e1', stream => 'REGRESS', subject => 'regress.e1',
+       handler => 'app.record_event(reliq.message)'::regprocedure, on_unknown_keys => 'dead_letter')$$);
+SELECT on_unknown_keys FROM reliq.subscription WHERE subscription_name = 'two';
+
 SELECT reliq.drop_subscription(s, drop_consumer => true) FROM unnest(ARRAY['orders', 'two', 'plain']) s;
 DROP TABLE app.orders, app.no_key, app.two_keys;

@@ -71,7 +71,8 @@ reliq_catalog_load_subscription(int64 id)
 					  "       (extract(epoch FROM ack_wait) * 1000)::int8,"
 					  "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
 					  "       start = 'new', enabled, owner::oid, version, created_at,"
-					  "       mode = 'upsert', key, columns::text"
+					  "       mode = 'upsert', key, columns::text, newer_than,"
+					  "       on_unknown_keys = 'dead_letter'"
 					  "  FROM reliq.subscription WHERE id = $1",
 					  1, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 
@@ -127,6 +128,8 @@ reliq_catalog_load_subscription(int64 id)
 				sub->key[i] = TextDatumGetCString(elems[i]);
 		}
 		sub->columns = reliq_spi_text(t, d, 21);
+		sub->newer_than = reliq_spi_text(t, d, 22);
+		sub->strict_keys = reliq_spi_bool(t, d, 23);
 	}
 	reliq_spi_finish();
 	return sub;

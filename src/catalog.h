@@ -34,6 +34,9 @@ typedef struct ReliqSubscription
 	char	  **key;
 	char	   *columns;		/* table sink: the columns setting (jsonb
 								 * text), or NULL */
+	char	   *newer_than;		/* upsert: the column saying which message is
+								 * newer, or NULL */
+	bool		strict_keys;	/* table sink: on_unknown_keys 'dead_letter' */
 	int			batch_size;
 	int			concurrency;
 	int			max_deliver;

@@ -1,7 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * sink.c
- *	  The table sink: JSON messages inserted as rows of a table, in bulk.
+ *	  The table sink: JSON messages written as rows of a table, in bulk:
+ *	  inserted (mode 'insert'), or upserted and deleted by key (mode
+ *	  'upsert', see "The upsert path" below).  Columns may also be filled
+ *	  from the subject, headers and metadata (the columns setting).
  *
  * The fresh messages of a batch go in with one statement:
  *
@@ -33,7 +36,14 @@
  *
  * A message that is not a JSON object, or does not fit the table, fails
  * (here, or in the statement); batch.c then applies the batch one message per
- * subtransaction, and the message takes the usual failure path.
+ * subtransaction, and the message takes the usual failure path.  A
+ * message written alone has its values checked against their columns'
+ * types first, so that a type error names its column (check_values).
+ *
+ * The columns setting ("$subject[3]", "$header.Tenant"...) gives each
+ * message a few more keys, put into its object (statement and upsert
+ * paths) or over its parsed values (COPY path); they win over the
+ * payload's keys of the same name.
  *
  * Every name in the statements is qualified, so they run the same under
  * any search_path.  A relcache invalidation of the target (ALTER TABLE...)
@@ -150,6 +160,8 @@ struct ReliqSink
 	bool		upsert;			/* mode 'upsert' */
 	int			nkey;
 	int		   *key_columns;	/* indexes into columns */
+	int			newer_column;	/* newer_than, or -1 */
+	bool		strict_keys;	/* on_unknown_keys 'dead_letter' */
 	int			nupserts;
 	SinkUpsert *upserts;
 	SPIPlanPtr	delete_plan;
@@ -231,6 +243,10 @@ reliq_sink_settings_key(const ReliqSubscription *sub)
 	for (i = 0; i < sub->nkey; i++)
 		appendStringInfo(&buf, " %s", quote_identifier(sub->key[i]));
 	appendStringInfo(&buf, " %s", sub->columns ? sub->columns : "");
+	if (sub->newer_than)
+		appendStringInfo(&buf, " newer than %s", quote_identifier(sub->newer_than));
+	if (sub->strict_keys)
+		appendStringInfoString(&buf, " strict");
 	return buf.data;
 }
 
@@ -348,6 +364,16 @@ prepare_key(ReliqSink *sink, const ReliqSubscription *sub)
 					 errhint("Name the key again with reliq.alter_subscription('%s', key => ARRAY[...]).",
 							 sub->name)));
 	}
+	sink->newer_column = -1;
+	if (sub->newer_than != NULL &&
+		(sink->newer_column = column_index(sink, sub->newer_than)) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("newer_than column \"%s\" of subscription \"%s\" is not a column of %s",
+						sub->newer_than, sub->name, sink->table),
+				 errdetail("The table was changed after the subscription was created."),
+				 errhint("Name it again with reliq.alter_subscription('%s', newer_than => ...), or '' for none.",
+						 sub->name)));
 }
 
 /* Read the target's columns; statements are prepared as sets appear. */
@@ -459,6 +485,7 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 			sink->default_keys[sink->ndefaults++] = pstrdup(name);
 		}
 	}
+	sink->strict_keys = sub->strict_keys;
 	if (sub->columns != NULL)
 		prepare_mapped(sink, sub);
 	if (sub->upsert)
@@ -748,6 +775,41 @@ mapped_object(ReliqSink *sink, const SinkMeta *meta)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
+/* on_unknown_keys 'dead_letter': a key the table has no column for. */
+static void
+unknown_key(ReliqSink *sink, const char *key)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("message has the key \"%s\", which is not a column of %s", key, sink->table),
+			 errdetail("The subscription's on_unknown_keys is 'dead_letter': such a message fails, is retried with the backoff, and after max_deliver deliveries becomes a dead letter."),
+			 errhint("Add the column (ALTER TABLE %s ADD COLUMN ...), or let such keys be ignored: reliq.alter_subscription(..., on_unknown_keys => 'ignore').",
+					 sink->table)));
+}
+
+/* With on_unknown_keys 'dead_letter', fail on a key of no column. */
+static void
+check_keys(ReliqSink *sink, Jsonb *object)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+
+	if (!sink->strict_keys)
+		return;
+	it = JsonbIteratorInit(&object->root);
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+
+		if (token != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		if (column_index(sink, key) < 0)
+			unknown_key(sink, key);
+	}
+}
+
 /*
  * Row i as a JSON object: its payload, with the mapped columns put in (a
  * mapped column wins over a key of the payload).  With empty_ok an empty
@@ -768,6 +830,7 @@ row_object(ReliqSink *sink, SinkRows *rows, int i, bool empty_ok)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message is not a JSON object"),
 				 errdetail("A table sink makes a row of each message; its keys are the columns.")));
+	check_keys(sink, object);
 	if (sink->nmapped == 0 || (mapped = mapped_object(sink, &rows->meta[i])) == NULL)
 		return object;
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(object),
@@ -828,6 +891,7 @@ typedef struct SinkParse
 	SinkValueKind kind;
 	char	   *token;
 	SinkValue  *values;			/* per column */
+	char	   *unknown;		/* the first key of no column, or NULL */
 } SinkParse;
 
 static RELIQ_JSON_CB
@@ -871,6 +935,8 @@ parse_field_start(void *state, char *fname, bool isnull)
 		if (entry != NULL)
 			p->column = entry->column;
 	}
+	if (p->column < 0 && p->unknown == NULL)
+		p->unknown = pstrdup(fname);
 	p->raw_start = p->lex->token_start;
 	p->kind = SINK_NESTED;
 	p->token = NULL;
@@ -947,6 +1013,8 @@ parse_payload(ReliqSink *sink, char *data, int len, SinkValue *values)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message is not a JSON object"),
 				 errdetail("A table sink makes a row of each message; its keys are the columns.")));
+	if (sink->strict_keys && p.unknown != NULL)
+		unknown_key(sink, p.unknown);
 }
 
 /* The JSON text as jsonb prints it. */
@@ -1295,6 +1363,8 @@ check_values(ReliqSink *sink, Jsonb *object)
  *
  * per set of columns the collapsed objects name (usually one).  No key
  * appears twice in a statement, so ON CONFLICT never meets a row twice.
+ * With newer_than, DO UPDATE ... WHERE t.col IS NULL OR t.col <=
+ * EXCLUDED.col, and rounds instead of the collapse (upsert_in_rounds).
  */
 
 typedef struct SinkKeyed
@@ -1452,7 +1522,15 @@ upsert_statement(ReliqSink *sink, const char *named)
 		appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "",
 						 sink->columns[sink->key_columns[i]]);
 	if (updates.len > 0)
+	{
 		appendStringInfo(&sql, ") DO UPDATE SET %s", updates.data);
+		/* only a message at least as new as the row overwrites it */
+		if (sink->newer_column >= 0 && named[sink->newer_column] == '1')
+			appendStringInfo(&sql, " WHERE t.%s IS NULL OR t.%s <= EXCLUDED.%s",
+							 sink->columns[sink->newer_column],
+							 sink->columns[sink->newer_column],
+							 sink->columns[sink->newer_column]);
+	}
 	else
 		appendStringInfoString(&sql, ") DO NOTHING");
 
@@ -1522,34 +1600,43 @@ upsert_objects(ReliqSink *sink, Jsonb **objects, int count)
 	}
 }
 
+/* One DELETE of the deletes' keys, then the upserts (no key twice in each). */
 static void
-upsert_rows(ReliqSink *sink, SinkRows *rows)
+write_keyed(ReliqSink *sink, Datum *deletes, int ndeletes, Jsonb **upserts,
+			int nupserts)
 {
-	SinkKeyed  *keyed = palloc(sizeof(SinkKeyed) * rows->count);
-	Datum	   *deletes = palloc(sizeof(Datum) * rows->count);
-	Jsonb	  **upserts = palloc(sizeof(Jsonb *) * rows->count);
+	if (ndeletes > 0)
+	{
+		Datum		arg = PointerGetDatum(construct_array(deletes, ndeletes, JSONBOID,
+														  -1, false, TYPALIGN_INT));
+
+		reliq_spi_check(SPI_execute_plan(delete_statement(sink), &arg, NULL, false, 0),
+						SPI_OK_DELETE, "delete from a table sink's target");
+	}
+	if (nupserts > 0)
+		upsert_objects(sink, upserts, nupserts);
+}
+
+/*
+ * Without newer_than: each key's messages (sorted by key, then stream
+ * order) collapsed into one delete and one upsert at most.
+ */
+static void
+upsert_collapsed(ReliqSink *sink, SinkKeyed *keyed, int count)
+{
+	Datum	   *deletes = palloc(sizeof(Datum) * count);
+	Jsonb	  **upserts = palloc(sizeof(Jsonb *) * count);
 	int			ndeletes = 0;
 	int			nupserts = 0;
 	int			i;
 	int			j;
 
-	for (i = 0; i < rows->count; i++)
-	{
-		keyed[i].delete = is_delete(&rows->meta[i], rows->len[i]);
-		keyed[i].object = row_object(sink, rows, i, keyed[i].delete);
-		keyed[i].key = key_text(sink, keyed[i].object);
-		keyed[i].stream_seq = rows->meta[i].stream_seq;
-		keyed[i].index = i;
-	}
-	if (rows->count > 1)
-		qsort(keyed, rows->count, sizeof(SinkKeyed), compare_keyed);
-
-	for (i = 0; i < rows->count; i = j)
+	for (i = 0; i < count; i = j)
 	{
 		Jsonb	   *merged = NULL;
 		Jsonb	   *deleted = NULL;
 
-		for (j = i; j < rows->count && strcmp(keyed[j].key, keyed[i].key) == 0; j++)
+		for (j = i; j < count && strcmp(keyed[j].key, keyed[i].key) == 0; j++)
 		{
 			if (keyed[j].delete)
 			{
@@ -1568,17 +1655,70 @@ upsert_rows(ReliqSink *sink, SinkRows *rows)
 		if (merged)
 			upserts[nupserts++] = merged;
 	}
+	write_keyed(sink, deletes, ndeletes, upserts, nupserts);
+}
 
-	if (ndeletes > 0)
+/*
+ * With newer_than a merge could apply columns of a message the row's
+ * version would refuse: the messages go in rounds instead, the first
+ * message of every key, then the second..., each round a DELETE and an
+ * upsert whose guard compares with the row as the rounds before left it.
+ * A batch of distinct keys is one round.
+ */
+static void
+upsert_in_rounds(ReliqSink *sink, SinkKeyed *keyed, int count)
+{
+	int		   *rank = palloc(sizeof(int) * count);
+	Datum	   *deletes = palloc(sizeof(Datum) * count);
+	Jsonb	  **upserts = palloc(sizeof(Jsonb *) * count);
+	int			rounds = 0;
+	int			round;
+	int			i;
+
+	for (i = 0; i < count; i++)
 	{
-		Datum		arg = PointerGetDatum(construct_array(deletes, ndeletes, JSONBOID,
-														  -1, false, TYPALIGN_INT));
-
-		reliq_spi_check(SPI_execute_plan(delete_statement(sink), &arg, NULL, false, 0),
-						SPI_OK_DELETE, "delete from a table sink's target");
+		rank[i] = (i > 0 && strcmp(keyed[i].key, keyed[i - 1].key) == 0) ?
+			rank[i - 1] + 1 : 0;
+		rounds = Max(rounds, rank[i] + 1);
 	}
-	if (nupserts > 0)
-		upsert_objects(sink, upserts, nupserts);
+	for (round = 0; round < rounds; round++)
+	{
+		int			ndeletes = 0;
+		int			nupserts = 0;
+
+		for (i = 0; i < count; i++)
+		{
+			if (rank[i] != round)
+				continue;
+			if (keyed[i].delete)
+				deletes[ndeletes++] = JsonbPGetDatum(keyed[i].object);
+			else
+				upserts[nupserts++] = keyed[i].object;
+		}
+		write_keyed(sink, deletes, ndeletes, upserts, nupserts);
+	}
+}
+
+static void
+upsert_rows(ReliqSink *sink, SinkRows *rows)
+{
+	SinkKeyed  *keyed = palloc(sizeof(SinkKeyed) * rows->count);
+	int			i;
+
+	for (i = 0; i < rows->count; i++)
+	{
+		keyed[i].delete = is_delete(&rows->meta[i], rows->len[i]);
+		keyed[i].object = row_object(sink, rows, i, keyed[i].delete);
+		keyed[i].key = key_text(sink, keyed[i].object);
+		keyed[i].stream_seq = rows->meta[i].stream_seq;
+		keyed[i].index = i;
+	}
+	if (rows->count > 1)
+		qsort(keyed, rows->count, sizeof(SinkKeyed), compare_keyed);
+	if (sink->newer_column >= 0)
+		upsert_in_rounds(sink, keyed, rows->count);
+	else
+		upsert_collapsed(sink, keyed, rows->count);
 }
 
 /*

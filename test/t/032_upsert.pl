@@ -3,7 +3,8 @@
 # batches), deletes by header and by empty payload, keys and columns from
 # the subject, the headers and the metadata, a message that does not fit
 # failing alone into the dead letters with its column named, a new column
-# picked up at the next batch, and a redelivered stream applied once.
+# picked up at the next batch, a redelivered stream applied once, and
+# newer_than keeping a row from going back to an older version.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -13,7 +14,7 @@ use ReliqTest::Node;
 
 my $nats = ReliqTest::Nats->new(name => 'upsert');
 $nats->start;
-$nats->stream_create('ORDERS', ['orders.>', 'profiles.>']);
+$nats->stream_create('ORDERS', ['orders.>', 'profiles.>', 'versions.>']);
 
 my $node = reliq_node('upsert', $nats);
 $node->safe_psql('postgres', q{
@@ -106,6 +107,61 @@ $node->safe_psql('postgres', q{
 ok(wait_idle($node, 'profiles'), 'profiles drained');
 is($node->safe_psql('postgres', q{SELECT user_id, name, email FROM app.profiles}),
 	'1|ann|ann@x', 'key from the body; delete with a body');
+
+# newer_than: a row is only overwritten by a message at least as new,
+# within a batch (in stream order) and against the table.
+$node->safe_psql('postgres', q{
+	CREATE TABLE app.versions (id int PRIMARY KEY, v int, val text, note text);
+	INSERT INTO app.versions VALUES (2, 5, 'old', 'kept'), (3, 5, 'old', NULL);
+	SELECT reliq.create_subscription('versions', stream => 'ORDERS', subject => 'versions.>',
+	       target => 'app.versions'::regclass, mode => 'upsert', newer_than => 'v',
+	       columns => '{"id": "$subject[2]"}', batch_size => 100, enabled => false);
+	SELECT reliq.publish('versions.1', '{"v": 2, "val": "a", "note": "n"}'::text);
+	SELECT reliq.publish('versions.1', '{"v": 1, "val": "b"}'::text);
+	SELECT reliq.publish('versions.1', '{"v": 3, "val": "c"}'::text);
+	SELECT reliq.publish('versions.2', '{"v": 4, "val": "stale"}'::text);
+	SELECT reliq.publish('versions.3', '{"v": 5, "val": "same"}'::text);
+	SELECT reliq.publish('versions.3', '{"val": "unversioned"}'::text);
+	SELECT reliq.alter_subscription('versions', enabled => true);
+});
+ok(wait_idle($node, 'versions'), 'versions drained');
+is($node->safe_psql('postgres', q{SELECT string_agg(concat_ws(' ', id, v, val, note), ',' ORDER BY id) FROM app.versions}),
+	'1 3 c n,2 5 old kept,3 5 unversioned',
+	'newer_than: stale messages skipped, as new applied, a message without the column applied');
+
+# on_unknown_keys => 'dead_letter': a message with a key the table lacks
+# fails alone (in upsert mode and in insert mode, whose batches go by
+# COPY); once the column is added, its dead letter replays.
+$node->safe_psql('postgres', q{
+	SELECT reliq.alter_subscription('profiles', on_unknown_keys => 'dead_letter', max_deliver => 1);
+	CREATE TABLE app.log (id int, msg text);
+	SELECT reliq.create_subscription('log', stream => 'ORDERS', subject => 'profiles.>',
+	       target => 'app.log'::regclass, on_unknown_keys => 'dead_letter', max_deliver => 1,
+	       enabled => false);
+	SELECT reliq.publish('profiles.set', '{"user_id": 5, "name": "eve", "nickname": "e"}'::jsonb);
+	SELECT reliq.publish('profiles.set', '{"user_id": 6, "name": "fay"}'::jsonb);
+});
+ok(wait_for($node, q{SELECT count(*) = 1 FROM reliq.dead_letter WHERE subscription = 'profiles'}),
+	'upsert: the message with an unknown key is a dead letter');
+ok(wait_idle($node, 'profiles'), 'profiles drained again');
+is($node->safe_psql('postgres', q{SELECT string_agg(user_id::text, ',' ORDER BY user_id) FROM app.profiles}),
+	'1,6', 'the other message applied');
+like($node->safe_psql('postgres', q{SELECT error_message FROM reliq.dead_letter WHERE subscription = 'profiles'}),
+	qr/message has the key "nickname", which is not a column of app\.profiles/, 'the dead letter names the key');
+$node->safe_psql('postgres', q{
+	ALTER TABLE app.profiles ADD COLUMN nickname text;
+	SELECT reliq.replay_dead_letter(id) FROM reliq.dead_letter WHERE subscription = 'profiles';
+	ALTER TABLE app.log ADD COLUMN user_id int, ADD COLUMN name text, ADD COLUMN email text;
+	SELECT reliq.alter_subscription('log', enabled => true);
+});
+is($node->safe_psql('postgres', q{SELECT nickname FROM app.profiles WHERE user_id = 5}),
+	'e', 'replayed once the column exists');
+ok(wait_idle($node, 'log'), 'log drained');
+is($node->safe_psql('postgres', q{
+	SELECT count(*), string_agg(error_message, '') ~ '"nickname"' FROM reliq.dead_letter WHERE subscription = 'log'}),
+	'1|t', 'insert mode: the message with an unknown key is a dead letter');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM app.log WHERE user_id IS NOT NULL}),
+	'5', 'insert mode: the others inserted');
 
 # A message that does not fit fails alone, and ends as a dead letter that
 # names the column; the others of its batch are applied.
