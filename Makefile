@@ -25,7 +25,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # scripts/test) writes RELIQ_TEMP_CONFIG -- everything runs on a temporary
 # instance configured for it, TAP suite included.
 REGRESS_LOCAL = edges ack_subject
-REGRESS_NATS = setup subscription_api errors one_source dead_letter privileges topology publish
+REGRESS_NATS = setup subscription_api errors one_source dead_letter privileges topology publish upsert
 ifdef RELIQ_TEMP_CONFIG
 REGRESS = $(REGRESS_LOCAL) $(REGRESS_NATS)
 REGRESS_OPTS = --temp-instance=tmp_check_regress \

@@ -75,3 +75,457 @@ $$;
 COMMENT ON FUNCTION reliq.take_over(text, boolean) IS 'Makes this cluster the owner of the subscription''s consumer; it consumes once the former owner has stopped (refused on interest or work-queue streams unless forced)';
 REVOKE ALL ON FUNCTION reliq.take_over(text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq.take_over(text, boolean) TO PUBLIC;  -- checks membership itself
+
+/*
+ * Table sink modes, keys and columns (issue 20)
+ *
+ * mode 'insert' (as before) or 'upsert': INSERT ... ON CONFLICT (key) DO
+ * UPDATE of the columns a message names, one statement per batch; in
+ * upsert mode a message with the header "reliq-op: delete" or an empty
+ * payload deletes the row with its key.  key is resolved when the
+ * subscription is created or altered (by default the target's primary
+ * key) and stored.  columns fills columns from the message's subject
+ * tokens, headers and metadata, in both modes.  newer_than (upsert mode)
+ * names a column: a row is only updated by a message whose value of it is
+ * at least the row's.  on_unknown_keys => 'dead_letter' fails a message
+ * with a key the table has no column for (default 'ignore', as before).
+ */
+ALTER TABLE reliq.subscription
+    ADD COLUMN mode    text NOT NULL DEFAULT 'insert',
+    ADD COLUMN key     text[],
+    ADD COLUMN columns jsonb,
+    ADD COLUMN newer_than text,
+    ADD COLUMN on_unknown_keys text NOT NULL DEFAULT 'ignore',
+    ADD CONSTRAINT mode_valid CHECK (mode OPERATOR(pg_catalog.=) ANY (ARRAY['insert', 'upsert'])),
+    ADD CONSTRAINT sink_settings CHECK (target IS NOT NULL
+                                        OR (mode OPERATOR(pg_catalog.=) 'insert' AND key IS NULL AND columns IS NULL)),
+    ADD CONSTRAINT upsert_has_key CHECK ((mode OPERATOR(pg_catalog.=) 'upsert') OPERATOR(pg_catalog.=) (key IS NOT NULL)),
+    ADD CONSTRAINT newer_than_upsert CHECK (newer_than IS NULL OR mode OPERATOR(pg_catalog.=) 'upsert'),
+    ADD CONSTRAINT on_unknown_keys_valid CHECK (on_unknown_keys OPERATOR(pg_catalog.=) ANY (ARRAY['ignore', 'dead_letter'])
+                                                AND (target IS NOT NULL OR on_unknown_keys OPERATOR(pg_catalog.=) 'ignore'));
+COMMENT ON COLUMN reliq.subscription.mode IS 'Table sink: ''insert'' (each message a new row) or ''upsert'' (insert or update by key; deletes)';
+COMMENT ON COLUMN reliq.subscription.key IS 'Table sink in upsert mode: the key columns (a unique index of target has exactly these)';
+COMMENT ON COLUMN reliq.subscription.newer_than IS 'Table sink in upsert mode: a row is only updated by a message whose value of this column is at least the row''s';
+COMMENT ON COLUMN reliq.subscription.on_unknown_keys IS 'Table sink: a message key without a column is ''ignore''d, or fails the message (''dead_letter'')';
+COMMENT ON COLUMN reliq.subscription.columns IS 'Table sink: columns filled from the message, {"column": "$subject[3]" | "$subject" | "$stream" | "$stream_seq" | "$published_at" | "$delivered" | "$header.Name"}';
+
+-- Checks a table sink's mode, key and columns against its target; returns
+-- the key to store (NULL in insert mode; the primary key by default).
+CREATE FUNCTION reliq._check_sink(p_target regclass, p_owner regrole, p_mode text,
+                                  p_key text[], p_columns jsonb)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key    text[] := p_key;
+    v_column text;
+    v_expr   jsonb;
+    v_hint   constant text := 'An expression is one of $subject, $subject[N] (tokens counted from 1), $stream, $stream_seq, $published_at, $delivered, $header.<name>.';
+BEGIN
+    IF p_mode IS NULL OR p_mode NOT IN ('insert', 'upsert') THEN
+        RAISE EXCEPTION 'mode must be ''insert'' or ''upsert'', not %', quote_nullable(p_mode)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = '''insert'' makes a new row of each message; ''upsert'' inserts or updates the row with the message''s key.';
+    END IF;
+    IF p_columns IS NOT NULL THEN
+        IF jsonb_typeof(p_columns) <> 'object' THEN
+            RAISE EXCEPTION 'columns must be a JSON object'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Its keys name columns of the target; its values say where a column''s value comes from.',
+                      HINT = 'For example: columns => ''{"order_id": "$subject[3]", "tenant": "$header.Tenant"}''::jsonb';
+        END IF;
+        FOR v_column, v_expr IN SELECT e.key, e.value FROM jsonb_each(p_columns) AS e LOOP
+            IF NOT EXISTS (SELECT FROM pg_attribute a
+                            WHERE a.attrelid = p_target AND a.attname = v_column AND a.attnum > 0
+                              AND NOT a.attisdropped AND a.attgenerated = '' AND a.attidentity <> 'a') THEN
+                RAISE EXCEPTION 'column "%" of columns is not a column of %', v_column, p_target
+                    USING ERRCODE = 'undefined_column',
+                          DETAIL = 'The keys of columns name columns of the target that an INSERT may set.',
+                          HINT = format('The columns of %s are: %s.', p_target,
+                                        (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                                           FROM pg_attribute a
+                                          WHERE a.attrelid = p_target AND a.attnum > 0 AND NOT a.attisdropped
+                                            AND a.attgenerated = '' AND a.attidentity <> 'a'));
+            END IF;
+            IF jsonb_typeof(v_expr) <> 'string'
+               OR (v_expr #>> '{}') !~ '^\$(subject(\[[1-9][0-9]{0,2}\])?|stream|stream_seq|published_at|delivered|header\.[!-9;-~]+)$' THEN
+                RAISE EXCEPTION 'invalid expression % for column "%"', v_expr, v_column
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = v_hint;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF p_mode = 'insert' THEN
+        IF p_key IS NOT NULL THEN
+            RAISE EXCEPTION 'key applies to upsert mode only'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Add mode => ''upsert'', or leave key out.';
+        END IF;
+        RETURN NULL;
+    END IF;
+
+    IF v_key IS NULL THEN
+        SELECT array_agg(a.attname::text ORDER BY k.n) INTO v_key
+          FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = p_target AND i.indisprimary AND k.n <= i.indnkeyatts;
+        IF v_key IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', p_target
+                USING ERRCODE = 'invalid_object_definition',
+                      DETAIL = 'An upsert finds the row a message updates by a key: the target''s primary key unless key names other columns.',
+                      HINT = format('Name the columns of a unique index: key => ARRAY[''id''], or add a primary key: ALTER TABLE %s ADD PRIMARY KEY (id);', p_target);
+        END IF;
+    END IF;
+    IF cardinality(v_key) = 0 OR array_position(v_key, NULL) IS NOT NULL
+       OR (SELECT count(DISTINCT x) FROM unnest(v_key) x) <> cardinality(v_key) THEN
+        RAISE EXCEPTION 'key must name one or more distinct columns'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: key => ARRAY[''order_id''].';
+    END IF;
+    FOREACH v_column IN ARRAY v_key LOOP
+        IF NOT EXISTS (SELECT FROM pg_attribute a
+                        WHERE a.attrelid = p_target AND a.attname = v_column AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attgenerated = '' AND a.attidentity <> 'a') THEN
+            RAISE EXCEPTION 'key column "%" is not a column of %', v_column, p_target
+                USING ERRCODE = 'undefined_column',
+                      DETAIL = 'A key column is a column of the target that an INSERT may set (not generated, not GENERATED ALWAYS AS IDENTITY).';
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT FROM pg_index i
+                    WHERE i.indrelid = p_target AND i.indisunique AND i.indimmediate
+                      AND i.indpred IS NULL AND i.indexprs IS NULL
+                      AND i.indnkeyatts = cardinality(v_key)
+                      AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                            WHERE k.n <= i.indnkeyatts)
+                          = (SELECT array_agg(x ORDER BY x) FROM unnest(v_key) x)) THEN
+        RAISE EXCEPTION 'no unique index of % is on exactly the key columns (%)', p_target, array_to_string(v_key, ', ')
+            USING ERRCODE = 'invalid_object_definition',
+                  DETAIL = 'INSERT ... ON CONFLICT needs a unique index (not partial, not deferrable) on exactly the key''s columns to find a message''s row.',
+                  HINT = format('CREATE UNIQUE INDEX ON %s (%s);', p_target,
+                                (SELECT string_agg(quote_ident(x), ', ') FROM unnest(v_key) x));
+    END IF;
+    IF NOT has_table_privilege(p_owner, p_target, 'UPDATE')
+       OR EXISTS (SELECT FROM unnest(v_key) x WHERE NOT has_column_privilege(p_owner, p_target, x, 'SELECT')) THEN
+        RAISE EXCEPTION 'role % may not update %', p_owner, p_target
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'An upsert sink inserts and updates with the privileges of the subscription''s owner, reading the key columns (deletes need DELETE too).',
+                  HINT = format('GRANT SELECT (%s), UPDATE, DELETE ON %s TO %s;',
+                                (SELECT string_agg(quote_ident(x), ', ') FROM unnest(v_key) x), p_target, p_owner);
+    END IF;
+    RETURN v_key;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._check_sink(regclass, regrole, text, text[], jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._check_sink(regclass, regrole, text, text[], jsonb) TO reliq_admin;
+
+-- Checks newer_than: a column of the target, not of the key; upsert mode
+-- only.
+CREATE FUNCTION reliq._check_newer_than(p_target regclass, p_mode text, p_key text[], p_column text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_type oid;
+BEGIN
+    IF p_column IS NULL THEN
+        RETURN;
+    END IF;
+    IF p_mode <> 'upsert' THEN
+        RAISE EXCEPTION 'newer_than applies to upsert mode only'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Add mode => ''upsert'', or leave newer_than out.';
+    END IF;
+    SELECT a.atttypid INTO v_type FROM pg_attribute a
+     WHERE a.attrelid = p_target AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attgenerated = '' AND a.attidentity <> 'a';
+    IF v_type IS NULL THEN
+        RAISE EXCEPTION 'newer_than column "%" is not a column of %', p_column, p_target
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = 'newer_than names the column (a version, a timestamp) that says which of two messages of a key is newer.';
+    END IF;
+    IF p_column = ANY (p_key) THEN
+        RAISE EXCEPTION 'newer_than column "%" is a key column', p_column
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'newer_than names the column (a version, a timestamp) that says which of two messages of a key is newer.';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._check_newer_than(regclass, text, text[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._check_newer_than(regclass, text, text[], text) TO reliq_admin;
+
+CREATE FUNCTION reliq._check_on_unknown_keys(p_value text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_value IS NULL OR p_value NOT IN ('ignore', 'dead_letter') THEN
+        RAISE EXCEPTION 'on_unknown_keys must be ''ignore'' or ''dead_letter'', not %', quote_nullable(p_value)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = '''ignore'' writes a message with keys the table has no column for, without them; ''dead_letter'' fails it (retried with the backoff, then a dead letter).';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._check_on_unknown_keys(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._check_on_unknown_keys(text) TO reliq_admin;
+
+-- create_subscription and alter_subscription gain mode, key and columns
+DROP FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval);
+DROP FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval);
+
+CREATE FUNCTION reliq.create_subscription(
+    subscription_name text,
+    stream            text,
+    subject           text,
+    handler           regprocedure DEFAULT NULL,
+    batch_size        integer DEFAULT 100,
+    concurrency       integer DEFAULT 1,
+    max_deliver       integer DEFAULT 5,
+    backoff           interval[] DEFAULT '{1s,10s,1min}',
+    ack_wait          interval DEFAULT '30s',
+    target            regclass DEFAULT NULL,
+    consumer          text DEFAULT NULL,
+    start             text DEFAULT 'all',
+    enabled           boolean DEFAULT true,
+    handler_timeout   interval DEFAULT NULL,
+    mode              text DEFAULT 'insert',
+    key               text[] DEFAULT NULL,
+    columns           jsonb DEFAULT NULL,
+    newer_than        text DEFAULT NULL,
+    on_unknown_keys   text DEFAULT 'ignore')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_owner    regrole := current_user::regrole;
+    v_consumer text := COALESCE(create_subscription.consumer, 'reliq_' || create_subscription.subscription_name);
+    v_handler  text;
+    v_key      text[];
+    v_id       bigint;
+    c          record;
+BEGIN
+    PERFORM reliq._require_admin('create');
+    IF create_subscription.subscription_name IS NULL
+       OR create_subscription.subscription_name !~ '^[A-Za-z0-9_-]{1,48}$' THEN
+        RAISE EXCEPTION 'invalid subscription name "%"', create_subscription.subscription_name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A subscription name has 1 to 48 letters, digits, "_" or "-"; it names the durable consumer reliq_<name>.';
+    END IF;
+    IF v_consumer !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+        RAISE EXCEPTION 'invalid consumer name "%"', v_consumer
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A durable consumer name has 1 to 64 letters, digits, "_" or "-".';
+    END IF;
+    IF create_subscription.stream IS NULL OR create_subscription.subject IS NULL THEN
+        RAISE EXCEPTION 'stream and subject are required'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'subject is the consumer''s filter subject; wildcards are allowed.';
+    END IF;
+    IF (create_subscription.handler IS NULL) = (create_subscription.target IS NULL) THEN
+        RAISE EXCEPTION 'a subscription needs either a handler or a target, not both'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'handler => ''app.on_event(reliq.message)''::regprocedure, or target => ''app.events''::regclass.';
+    END IF;
+    IF create_subscription.start IS NULL OR create_subscription.start NOT IN ('all', 'new') THEN
+        RAISE EXCEPTION 'start must be ''all'' or ''new'', not %', quote_nullable(create_subscription.start)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = '''all'' processes the stream from its first message, ''new'' from the next message published.';
+    END IF;
+    IF create_subscription.batch_size IS NULL OR create_subscription.concurrency IS NULL
+       OR create_subscription.max_deliver IS NULL OR create_subscription.backoff IS NULL
+       OR create_subscription.ack_wait IS NULL OR create_subscription.enabled IS NULL THEN
+        RAISE EXCEPTION 'batch_size, concurrency, max_deliver, backoff, ack_wait and enabled must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM reliq._check_settings(create_subscription.subscription_name,
+                                  create_subscription.batch_size, create_subscription.concurrency,
+                                  create_subscription.max_deliver, create_subscription.backoff,
+                                  create_subscription.ack_wait, create_subscription.handler_timeout);
+    IF create_subscription.handler IS NOT NULL THEN
+        v_handler := reliq._check_handler(create_subscription.handler, v_owner);
+        IF create_subscription.mode IS DISTINCT FROM 'insert' OR create_subscription.key IS NOT NULL
+           OR create_subscription.columns IS NOT NULL OR create_subscription.newer_than IS NOT NULL
+           OR create_subscription.on_unknown_keys IS DISTINCT FROM 'ignore' THEN
+            RAISE EXCEPTION 'mode, key, columns, newer_than and on_unknown_keys apply to a table sink only'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use target => ''app.orders''::regclass instead of a handler, or leave them out.';
+        END IF;
+    ELSE
+        PERFORM reliq._check_target(create_subscription.target, v_owner);
+        v_key := reliq._check_sink(create_subscription.target, v_owner, create_subscription.mode,
+                                   create_subscription.key, create_subscription.columns);
+        PERFORM reliq._check_newer_than(create_subscription.target, create_subscription.mode,
+                                        v_key, create_subscription.newer_than);
+        PERFORM reliq._check_on_unknown_keys(create_subscription.on_unknown_keys);
+    END IF;
+    IF EXISTS (SELECT FROM reliq.subscription s WHERE s.subscription_name = create_subscription.subscription_name) THEN
+        RAISE EXCEPTION 'subscription "%" already exists', create_subscription.subscription_name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Change it with reliq.alter_subscription, or drop it first with reliq.drop_subscription.';
+    END IF;
+    IF EXISTS (SELECT FROM reliq.subscription s
+                WHERE s.stream = create_subscription.stream AND s.consumer = v_consumer) THEN
+        RAISE EXCEPTION 'consumer "%" of stream "%" is already used by another subscription', v_consumer, create_subscription.stream
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Name another durable consumer with the consumer argument.';
+    END IF;
+
+    SELECT * INTO c FROM reliq._ensure_consumer(create_subscription.stream, v_consumer, create_subscription.subject,
+                                                create_subscription.ack_wait,
+                                                reliq._max_ack_pending(create_subscription.batch_size,
+                                                                       create_subscription.concurrency),
+                                                create_subscription.start,
+                                                'reliq subscription ' || create_subscription.subscription_name);
+    IF NOT c.created THEN
+        RAISE NOTICE 'durable consumer "%" already exists on stream "%": the subscription continues from its position',
+            v_consumer, create_subscription.stream
+            USING DETAIL = format('%s messages are pending and %s await acknowledgement.', c.num_pending, c.num_ack_pending);
+    END IF;
+
+    INSERT INTO reliq.subscription (subscription_name, stream, subject, consumer, handler, target,
+                                    batch_size, concurrency, max_deliver, backoff, ack_wait,
+                                    handler_timeout, start, enabled, owner, mode, key, columns, newer_than,
+                                    on_unknown_keys)
+    VALUES (create_subscription.subscription_name, create_subscription.stream, create_subscription.subject,
+            v_consumer, v_handler, create_subscription.target,
+            create_subscription.batch_size, create_subscription.concurrency, create_subscription.max_deliver,
+            create_subscription.backoff, create_subscription.ack_wait, create_subscription.handler_timeout,
+            create_subscription.start, create_subscription.enabled, v_owner,
+            COALESCE(create_subscription.mode, 'insert'), v_key, create_subscription.columns,
+            create_subscription.newer_than, COALESCE(create_subscription.on_unknown_keys, 'ignore'))
+    RETURNING id INTO v_id;
+    -- The subscription's position starts where its consumer stands now
+    -- (see reliq._record_start).
+    PERFORM reliq._record_start(v_id, c.stream_created, c.ack_floor);
+    IF c.stream_retention IN ('interest', 'workqueue') THEN
+        RAISE WARNING 'stream "%" has % retention: after a failover with asynchronous replication, messages acknowledged by the old primary but not yet on the standby cannot be delivered again',
+            create_subscription.stream, c.stream_retention
+            USING DETAIL = 'The stream deletes messages once acknowledged, so reliq cannot bring the consumer back to the new primary''s position.',
+                  HINT = 'Use synchronous replication (synchronous_standby_names, synchronous_commit = on), or a stream with limits retention.';
+    END IF;
+    PERFORM reliq._warn_worker_budget();
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text)
+    IS 'Creates a subscription and its durable consumer; its workers start within a second';
+
+CREATE FUNCTION reliq.alter_subscription(
+    subscription_name text,
+    batch_size        integer DEFAULT NULL,
+    concurrency       integer DEFAULT NULL,
+    max_deliver       integer DEFAULT NULL,
+    backoff           interval[] DEFAULT NULL,
+    ack_wait          interval DEFAULT NULL,
+    enabled           boolean DEFAULT NULL,
+    handler           regprocedure DEFAULT NULL,
+    subject           text DEFAULT NULL,
+    handler_timeout   interval DEFAULT NULL,
+    mode              text DEFAULT NULL,
+    key               text[] DEFAULT NULL,
+    columns           jsonb DEFAULT NULL,
+    newer_than        text DEFAULT NULL,
+    on_unknown_keys   text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s reliq.subscription;
+    v_handler text;
+    v_mode    text;
+    v_key     text[];
+    v_columns jsonb;
+    v_newer   text;
+BEGIN
+    s := reliq._owned_subscription(alter_subscription.subscription_name, 'alter');
+    PERFORM reliq._check_settings(s.subscription_name,
+                                  alter_subscription.batch_size, alter_subscription.concurrency,
+                                  alter_subscription.max_deliver, alter_subscription.backoff,
+                                  alter_subscription.ack_wait, alter_subscription.handler_timeout);
+    IF alter_subscription.handler IS NOT NULL THEN
+        IF s.target IS NOT NULL THEN
+            RAISE EXCEPTION 'subscription "%" is a table sink', s.subscription_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Drop it and create a subscription with a handler instead.';
+        END IF;
+        v_handler := reliq._check_handler(alter_subscription.handler, s.owner);
+    END IF;
+    -- a table sink's mode, key, columns, newer_than and on_unknown_keys:
+    -- NULL = unchanged, columns => '{}' and newer_than => '' = none; insert
+    -- mode drops key and newer_than
+    v_mode := COALESCE(alter_subscription.mode, s.mode);
+    v_columns := NULLIF(COALESCE(alter_subscription.columns, s.columns), '{}'::jsonb);
+    v_newer := NULLIF(CASE WHEN v_mode = 'insert' THEN alter_subscription.newer_than
+                           ELSE COALESCE(alter_subscription.newer_than, s.newer_than) END, '');
+    IF s.target IS NULL THEN
+        IF alter_subscription.mode IS NOT NULL OR alter_subscription.key IS NOT NULL
+           OR alter_subscription.columns IS NOT NULL OR alter_subscription.newer_than IS NOT NULL
+           OR alter_subscription.on_unknown_keys IS NOT NULL THEN
+            RAISE EXCEPTION 'subscription "%" is not a table sink', s.subscription_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'mode, key, columns, newer_than and on_unknown_keys apply to a table sink only.';
+        END IF;
+    ELSIF alter_subscription.mode IS NOT NULL OR alter_subscription.key IS NOT NULL
+          OR alter_subscription.columns IS NOT NULL OR alter_subscription.newer_than IS NOT NULL THEN
+        v_key := reliq._check_sink(s.target, s.owner, v_mode,
+                                   CASE WHEN v_mode = 'insert' THEN alter_subscription.key
+                                        ELSE COALESCE(alter_subscription.key, s.key) END,
+                                   v_columns);
+        PERFORM reliq._check_newer_than(s.target, v_mode, v_key, v_newer);
+    ELSE
+        v_key := s.key;
+    END IF;
+    IF alter_subscription.on_unknown_keys IS NOT NULL THEN
+        PERFORM reliq._check_on_unknown_keys(alter_subscription.on_unknown_keys);
+    END IF;
+
+    IF alter_subscription.subject IS DISTINCT FROM NULL AND alter_subscription.subject <> s.subject
+       OR alter_subscription.ack_wait IS DISTINCT FROM NULL AND alter_subscription.ack_wait <> s.ack_wait
+       OR COALESCE(alter_subscription.batch_size, s.batch_size) <> s.batch_size
+       OR COALESCE(alter_subscription.concurrency, s.concurrency) <> s.concurrency THEN
+        PERFORM reliq._ensure_consumer(s.stream, s.consumer,
+                                       COALESCE(alter_subscription.subject, s.subject),
+                                       COALESCE(alter_subscription.ack_wait, s.ack_wait),
+                                       reliq._max_ack_pending(COALESCE(alter_subscription.batch_size, s.batch_size),
+                                                              COALESCE(alter_subscription.concurrency, s.concurrency)),
+                                       s.start, 'reliq subscription ' || s.subscription_name);
+    END IF;
+
+    UPDATE reliq.subscription AS t
+       SET batch_size      = COALESCE(alter_subscription.batch_size, t.batch_size),
+           concurrency     = COALESCE(alter_subscription.concurrency, t.concurrency),
+           max_deliver     = COALESCE(alter_subscription.max_deliver, t.max_deliver),
+           backoff         = COALESCE(alter_subscription.backoff, t.backoff),
+           ack_wait        = COALESCE(alter_subscription.ack_wait, t.ack_wait),
+           enabled         = COALESCE(alter_subscription.enabled, t.enabled),
+           handler         = COALESCE(v_handler, t.handler),
+           subject         = COALESCE(alter_subscription.subject, t.subject),
+           handler_timeout = CASE WHEN alter_subscription.handler_timeout IS NULL THEN t.handler_timeout
+                                  WHEN alter_subscription.handler_timeout = '0'::interval THEN NULL
+                                  ELSE alter_subscription.handler_timeout END,
+           mode            = v_mode,
+           key             = v_key,
+           columns         = v_columns,
+           newer_than      = v_newer,
+           on_unknown_keys = COALESCE(alter_subscription.on_unknown_keys, t.on_unknown_keys)
+     WHERE t.id = s.id;
+    IF alter_subscription.concurrency IS NOT NULL OR alter_subscription.enabled THEN
+        PERFORM reliq._warn_worker_budget();
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text)
+    IS 'Changes a subscription; NULL leaves a setting unchanged; workers pick it up within a second, without restart';
+REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
+                       reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) FROM PUBLIC;
+-- they check membership themselves, with a clearer error than EXECUTE's
+GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
+                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;

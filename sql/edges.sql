@@ -4,9 +4,10 @@
 -- dropped, renamed or moved; DROP EXTENSION reliq CASCADE does not take
 -- user functions silently; reliq.nats_url is checked when set;
 -- reliq.publish takes text, jsonb and bytea.  It installs 0.1 and updates
--- it (setup.sql installs the current version afresh), and drops it at the end.
+-- it (setup.sql installs 0.3 afresh), and drops it at the end.
 --
 CREATE EXTENSION reliq VERSION '0.1';
+ALTER EXTENSION reliq UPDATE TO '0.2';
 ALTER EXTENSION reliq UPDATE TO '0.3';
 SELECT extversion FROM pg_extension WHERE extname = 'reliq';
 CREATE SCHEMA edges;

@@ -245,7 +245,7 @@ ensure_plans(ReliqBatchState *state)
 	}
 
 	key = sub->handler ? psprintf("handler %s", sub->handler) :
-		psprintf("target %u", sub->target);
+		reliq_sink_settings_key(sub);
 	if (state->handler == NULL ||
 		strcmp(key, state->handler_key) != 0 ||
 		(sub->handler == NULL && reliq_sink_is_stale()))

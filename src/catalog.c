@@ -30,6 +30,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -69,7 +70,9 @@ reliq_catalog_load_subscription(int64 id)
 					  "               FROM unnest(backoff) WITH ORDINALITY AS u(b, n) ORDER BY n),"
 					  "       (extract(epoch FROM ack_wait) * 1000)::int8,"
 					  "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
-					  "       start = 'new', enabled, owner::oid, version, created_at"
+					  "       start = 'new', enabled, owner::oid, version, created_at,"
+					  "       mode = 'upsert', key, columns::text, newer_than,"
+					  "       on_unknown_keys = 'dead_letter'"
 					  "  FROM reliq.subscription WHERE id = $1",
 					  1, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 
@@ -114,6 +117,19 @@ reliq_catalog_load_subscription(int64 id)
 		sub->owner = DatumGetObjectId(SPI_getbinval(t, d, 16, &isnull));
 		sub->version = reliq_spi_int64(t, d, 17);
 		sub->created_at = DatumGetTimestampTz(SPI_getbinval(t, d, 18, &isnull));
+		sub->upsert = reliq_spi_bool(t, d, 19);
+		if (!heap_attisnull(t, 20, d))
+		{
+			deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(t, d, 20, &isnull)),
+							  TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, NULL, &sub->nkey);
+			sub->key = palloc(sizeof(char *) * Max(sub->nkey, 1));
+			for (i = 0; i < sub->nkey; i++)
+				sub->key[i] = TextDatumGetCString(elems[i]);
+		}
+		sub->columns = reliq_spi_text(t, d, 21);
+		sub->newer_than = reliq_spi_text(t, d, 22);
+		sub->strict_keys = reliq_spi_bool(t, d, 23);
 	}
 	reliq_spi_finish();
 	return sub;

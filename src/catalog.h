@@ -29,6 +29,14 @@ typedef struct ReliqSubscription
 	char	   *handler;		/* "schema.function(reliq.message)" or
 								 * "...(reliq.message[])", or NULL */
 	Oid			target;			/* table sink, or InvalidOid */
+	bool		upsert;			/* table sink: mode 'upsert' (else 'insert') */
+	int			nkey;			/* upsert: the key's columns */
+	char	  **key;
+	char	   *columns;		/* table sink: the columns setting (jsonb
+								 * text), or NULL */
+	char	   *newer_than;		/* upsert: the column saying which message is
+								 * newer, or NULL */
+	bool		strict_keys;	/* table sink: on_unknown_keys 'dead_letter' */
 	int			batch_size;
 	int			concurrency;
 	int			max_deliver;

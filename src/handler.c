@@ -173,20 +173,12 @@ call_handler_function(ReliqHandler *handler, Datum message)
 Datum
 reliq_handler_argument(const ReliqSubscription *sub, Datum message)
 {
-	bool		isnull;
-	Datum		data;
-
 	if (sub->handler != NULL && reliq_handler_is_set_based(sub->handler))
 		return reliq_handler_message_array(&message, 1,
 										   HeapTupleHeaderGetTypeId(DatumGetHeapTupleHeader(message)));
 	if (sub->handler != NULL)
 		return message;
-	data = GetAttributeByName(DatumGetHeapTupleHeader(message), "data", &isnull);
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-				 errmsg("message has no payload to insert")));
-	return reliq_sink_row_from_bytea(DatumGetByteaPP(data));
+	return reliq_sink_row_from_message(DatumGetHeapTupleHeader(message));
 }
 
 /*
@@ -230,7 +222,7 @@ reliq_call_handler(const ReliqSubscription *sub, ReliqHandler *handler,
 	if (handler->sink == NULL)
 		call_handler_function(handler, message);
 	else
-		reliq_sink_insert(handler->sink, message);
+		reliq_sink_write(handler->sink, message);
 	if (sub->handler_timeout_ms > 0)
 		disable_timeout(STATEMENT_TIMEOUT, false);
 	in_handler = false;

@@ -3,9 +3,9 @@
 # as 0.1 left them, messages published all the while, then
 # ALTER EXTENSION reliq UPDATE.  The workers go on with nothing lost and
 # nothing applied twice (0.1's ledger is honoured, its dead letters replay),
-# and the catalog equals a fresh install of 0.2 in another database.
+# and the catalog equals a fresh install of 0.3 in another database.
 #
-# Only one library is installed (0.2), so what a 0.1 worker would have
+# Only one library is installed (the current one), so what a 0.1 worker would have
 # written -- effects, ledger rows and dead letters of the messages it
 # applied, none of them acknowledged yet on the server (as after a crash
 # between COMMIT and the acks) -- is written here by SQL, the way
@@ -122,7 +122,7 @@ sleep 1;
 $node->safe_psql('postgres', 'ALTER EXTENSION reliq UPDATE');
 is($node->safe_psql('postgres',
 		q{SELECT extversion || ' ' || reliq.version() FROM pg_extension WHERE extname = 'reliq'}),
-	'0.3 0.3', 'updated to 0.3; reliq.version() agrees');
+	'0.3 0.3', 'updated through 0.2 to 0.3; reliq.version() agrees');
 is($node->safe_psql('postgres', 'SELECT id, stream_seq, error_message FROM reliq.dead_letter WHERE id <= 2 ORDER BY id'),
 	$old_dead_letters, "0.1's dead letters are kept");
 
@@ -156,7 +156,7 @@ my $s = reliq_stats($node, 's');
 cmp_ok($h->{duplicates}, '>=', 102, "handler: 0.1's ledger absorbed its 102 messages ($h->{duplicates} duplicates)");
 cmp_ok($s->{duplicates}, '>=', 100, "sink: 0.1's ledger absorbed its 100 messages ($s->{duplicates} duplicates)");
 
-# The updated catalog equals a fresh install of 0.2.
+# The updated catalog equals a fresh install of 0.3.
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION reliq');
 my $catalog = q{
@@ -233,7 +233,7 @@ my %in_fresh   = map { $_ => 1 } @fresh;
 my %in_updated = map { $_ => 1 } @updated;
 my @only_updated = grep { !$in_fresh{$_} } @updated;
 my @only_fresh   = grep { !$in_updated{$_} } @fresh;
-ok(!@only_updated && !@only_fresh, 'the updated catalog equals a fresh install of 0.2')
+ok(!@only_updated && !@only_fresh, 'the updated catalog equals a fresh install of 0.3')
   or diag("only after the update:\n", join("\n", @only_updated),
 	"\nonly in the fresh install:\n", join("\n", @only_fresh));
 
