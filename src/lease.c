@@ -953,6 +953,34 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	return false;				/* held leases wait for the next round */
 }
 
+/*
+ * Between rounds, when a round of the monitor runs long: renew the
+ * heartbeat, and with it the validity of the leases held (unless it was
+ * written over: then they wait for the next round's reading).
+ */
+void
+reliq_lease_heartbeat(ReliqNatsConnection *conn)
+{
+	int			i;
+
+	if (reliq_lease_ttl == 0 || alive_revision == 0 ||
+		!reliq_nats_kv_open(conn, reliq_lease_bucket) ||
+		!renew_heartbeat(conn))
+		return;
+	for (i = 0; i < ntracks; i++)
+	{
+		LeaseTrack *t = &tracks[i];
+		ReliqSubscriptionStats *entry;
+
+		if (t->held == 0 || t->view.state != RELIQ_LEASE_OWNED)
+			continue;
+		t->view.valid_until = alive_valid_until;
+		entry = reliq_stats_find(t->id, false, NULL);
+		if (entry != NULL)
+			reliq_lease_publish(entry, &t->view);
+	}
+}
+
 /* Does a live subscription use this key (one dropped and made again)? */
 static bool
 key_in_use(const char *key)

@@ -23,6 +23,7 @@
 extern bool reliq_lease_round(ReliqNatsConnection *conn,
 							  const ReliqWatched *subscriptions, int count);
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
+extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);
 extern long reliq_lease_renew_interval_ms(void);
 extern const char *reliq_lease_instance(void);
 

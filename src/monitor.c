@@ -12,12 +12,6 @@
  * and records a floor only for a subscription whose lease this cluster
  * holds: the server's ack floor speaks for this database only then.
  *
- * The leases come first, on their own deadline: a round of figures is
- * done a step at a time (one request to NATS, or one floor, per step), and
- * the main loop renews the leases whenever they are due, between any two
- * steps.  A round over a thousand subscriptions never delays a renewal by
- * more than one request.
- *
  * And it owns the server-side pause (nats-server 2.11+): the consumer of a
  * paused subscription is paused on the server too, and resumed with the
  * subscription, by the lease holder only, so that a paused subscription
@@ -118,6 +112,23 @@ record_floor(const ReliqWatched *w, int64 ack_floor)
 	reliq_xact_commit(caller);
 }
 
+static TimestampTz next_heartbeat = 0;
+
+/*
+ * Renew the lease heartbeat when it is due, even in the middle of a long
+ * round: a thousand subscriptions' figures take longer than lease_ttl / 4.
+ */
+static void
+heartbeat_if_due(ReliqNatsConnection *conn)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now < next_heartbeat)
+		return;
+	next_heartbeat = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+	reliq_lease_heartbeat(conn);
+}
+
 /*
  * Pause or resume w's consumer on the server (2.11+) to match w->enabled,
  * when this cluster holds its lease and the listing said how it stands.
@@ -139,6 +150,7 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 	reliq_lease_read(entry, &lease);
 	if (!reliq_lease_usable(&lease))
 		return;
+	heartbeat_if_due(conn);
 	if (reliq_nats_pause_consumer(conn, w->stream, w->consumer, pause))
 	{
 		ereport(LOG,
@@ -161,228 +173,136 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 }
 
 /*
- * A round of figures, done a step at a time: each step asks NATS one thing
- * (a page of a stream's consumers, a stream), or records one floor, so that
- * the main loop renews the leases on their own deadline between any two
- * steps, however many subscriptions there are.  The consumers are asked
- * first, then each stream once.  A floor is recorded only if the stream is
- * still the incarnation the workers attached to when asked after the
- * consumer (incarnations never come back, so it was that one when the
- * consumer answered too).
+ * One round over every subscription: the consumers first, then each
+ * stream once.  A floor is recorded only if the stream is still the
+ * incarnation the workers attached to when asked after the consumer
+ * (incarnations never come back, so it was that one when the consumer
+ * answered too).
  */
-typedef enum RoundPhase
+static void
+watch(ReliqNatsConnection *conn, MemoryContext cxt)
 {
-	ROUND_IDLE,					/* no round under way */
-	ROUND_CONSUMERS,			/* listing each stream's consumers */
-	ROUND_STREAMS,				/* asking each stream */
-	ROUND_FLOORS,				/* recording floors, the server-side pause */
-} RoundPhase;
-
-typedef struct Round
-{
-	RoundPhase	phase;
-	MemoryContext cxt;			/* the round's, reset when one starts */
 	ReliqWatched *watched;
-	int			count;
 	ReliqConsumerInfo *infos;
 	ReliqStreamInfo *streams;
 	bool	   *asked;
-	int			next;			/* the next subscription to look at */
-} Round;
-
-static Round figures = {ROUND_IDLE};
-
-static void
-round_start(MemoryContext parent)
-{
-	MemoryContext old;
-
-	if (figures.cxt == NULL)
-		figures.cxt = AllocSetContextCreate(parent, "reliq monitor round",
-										  ALLOCSET_DEFAULT_SIZES);
-	MemoryContextReset(figures.cxt);
-	figures.count = read_watched(&figures.watched, figures.cxt);
-	old = MemoryContextSwitchTo(figures.cxt);
-	figures.infos = palloc0(sizeof(ReliqConsumerInfo) * Max(figures.count, 1));
-	figures.streams = palloc0(sizeof(ReliqStreamInfo) * Max(figures.count, 1));
-	figures.asked = palloc0(sizeof(bool) * Max(figures.count, 1));
-	MemoryContextSwitchTo(old);
-	figures.next = 0;
-	figures.phase = ROUND_CONSUMERS;
-}
-
-/*
- * The consumers of the stream of subscription i and of every later one
- * reading it, listed a page of 256 at a time (a thousand subscriptions:
- * four requests, not a thousand).  False if NATS did not answer.
- */
-static bool
-list_consumers(ReliqNatsConnection *conn, int i)
-{
-	const char **names;
-	int		   *index;
-	ReliqConsumerInfo *listed;
-	int			n = 0;
+	int			count = read_watched(&watched, cxt);
+	int			i;
 	int			j;
 
-	names = palloc(sizeof(char *) * figures.count);
-	index = palloc(sizeof(int) * figures.count);
-	for (j = i; j < figures.count; j++)
-		if (!figures.asked[j] &&
-			strcmp(figures.watched[j].stream, figures.watched[i].stream) == 0)
-		{
-			figures.asked[j] = true;
-			index[n] = j;
-			names[n++] = figures.watched[j].consumer;
-		}
-	listed = palloc(sizeof(ReliqConsumerInfo) * n);
-	if (!reliq_nats_consumer_infos(conn, figures.watched[i].stream, names, n, listed))
+	infos = palloc0(sizeof(ReliqConsumerInfo) * Max(count, 1));
+	streams = palloc0(sizeof(ReliqStreamInfo) * Max(count, 1));
+	asked = palloc0(sizeof(bool) * Max(count, 1));
+
+	/*
+	 * The consumers of each stream, listed a page of 256 at a time (a
+	 * thousand subscriptions: four requests, not a thousand); the stream
+	 * is asked after its consumers, below.
+	 */
+	for (i = 0; i < count; i++)
 	{
-		/*
-		 * A cluster with a server down may not answer a listing (the meta
-		 * leader waits for every peer of the stream) while each consumer's
-		 * leader still answers for its consumer: ask them one by one.
-		 */
-		for (j = 0; j < n; j++)
-		{
-			CHECK_FOR_INTERRUPTS();
-			if (!reliq_nats_consumer_info(conn, figures.watched[i].stream, names[j],
-										  &listed[j]))
+		const char **names;
+		int		   *index;
+		ReliqConsumerInfo *listed;
+		int			n = 0;
+
+		if (asked[i])
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		heartbeat_if_due(conn);
+		names = palloc(sizeof(char *) * count);
+		index = palloc(sizeof(int) * count);
+		for (j = i; j < count; j++)
+			if (!asked[j] && strcmp(watched[j].stream, watched[i].stream) == 0)
 			{
-				note_failure(psprintf("could not ask NATS about consumer \"%s\"",
-									  names[j]));
-				return false;
+				asked[j] = true;
+				index[n] = j;
+				names[n++] = watched[j].consumer;
+			}
+		listed = palloc(sizeof(ReliqConsumerInfo) * n);
+		if (!reliq_nats_consumer_infos(conn, watched[i].stream, names, n, listed))
+		{
+			/*
+			 * A cluster with a server down may not answer a listing (the
+			 * meta leader waits for every peer of the stream) while each
+			 * consumer's leader still answers for its consumer: ask them
+			 * one by one.
+			 */
+			for (j = 0; j < n; j++)
+			{
+				CHECK_FOR_INTERRUPTS();
+				heartbeat_if_due(conn);
+				if (!reliq_nats_consumer_info(conn, watched[i].stream, names[j],
+											  &listed[j]))
+				{
+					note_failure(psprintf("could not ask NATS about consumer \"%s\"",
+										  names[j]));
+					return; /* the connection is likely gone: next round */
+				}
 			}
 		}
+		for (j = 0; j < n; j++)
+			infos[index[j]] = listed[j];
 	}
-	for (j = 0; j < n; j++)
-		figures.infos[index[j]] = listed[j];
-	return true;
-}
-
-/* The consumers' figures, into shared memory. */
-static void
-publish_figures(void)
-{
-	int			i;
-
-	for (i = 0; i < figures.count; i++)
+	for (i = 0; i < count; i++)
 	{
-		ReliqWatched *w = &figures.watched[i];
+		ReliqWatched *w = &watched[i];
 		ReliqSubscriptionStats *entry;
 
-		if (!figures.infos[i].found)
+		if (!infos[i].found)
 			continue;			/* the workers make it again when they attach */
 		entry = reliq_stats_find(w->id, false, NULL);
-		reliq_stats_set_consumer_info(entry, figures.infos[i].num_pending,
-									  figures.infos[i].num_ack_pending,
-									  figures.infos[i].num_redelivered,
-									  figures.infos[i].ack_floor_stream_seq,
-									  figures.infos[i].max_ack_pending);
+		reliq_stats_set_consumer_info(entry, infos[i].num_pending,
+									  infos[i].num_ack_pending,
+									  infos[i].num_redelivered,
+									  infos[i].ack_floor_stream_seq,
+									  infos[i].max_ack_pending);
 		if (entry != NULL && w->enabled)
-			reliq_stats_record_lag(entry, figures.infos[i].num_pending);
+			reliq_stats_record_lag(entry, infos[i].num_pending);
 	}
-}
 
-/* Stream i, asked once for every subscription reading it. */
-static void
-ask_stream(ReliqNatsConnection *conn, int i)
-{
-	int			j;
-
-	if (!reliq_nats_stream_info(conn, figures.watched[i].stream, &figures.streams[i]))
-		memset(&figures.streams[i], 0, sizeof(ReliqStreamInfo));
-	figures.asked[i] = true;
-	for (j = i + 1; j < figures.count; j++)
-		if (!figures.asked[j] &&
-			strcmp(figures.watched[j].stream, figures.watched[i].stream) == 0)
-		{
-			figures.streams[j] = figures.streams[i];
-			figures.asked[j] = true;
-		}
-}
-
-/* Subscription i's retention, floor and (2.11+) server-side pause. */
-static void
-settle_subscription(ReliqNatsConnection *conn, int i)
-{
-	ReliqWatched *w = &figures.watched[i];
-	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
-	ReliqLeaseView lease;
-
-	if (entry == NULL || !figures.infos[i].found)
-		return;
-	if (figures.streams[i].found)
+	memset(asked, 0, sizeof(bool) * Max(count, 1));
+	/* each stream once, after its consumers */
+	for (i = 0; i < count; i++)
 	{
-		reliq_stats_set_retention(entry, figures.streams[i].retention);
+		if (asked[i] || !infos[i].found)
+			continue;
+		heartbeat_if_due(conn);
+		if (!reliq_nats_stream_info(conn, watched[i].stream, &streams[i]))
+			memset(&streams[i], 0, sizeof(ReliqStreamInfo));
+		asked[i] = true;
+		for (j = i + 1; j < count; j++)
+			if (!asked[j] && strcmp(watched[j].stream, watched[i].stream) == 0)
+			{
+				streams[j] = streams[i];
+				asked[j] = true;
+			}
+	}
+
+	for (i = 0; i < count; i++)
+	{
+		ReliqWatched *w = &watched[i];
+		ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
+		ReliqLeaseView lease;
+
+		if (entry == NULL || !infos[i].found || !streams[i].found)
+			continue;
+		reliq_stats_set_retention(entry, streams[i].retention);
 		reliq_lease_read(entry, &lease);
 		if (reliq_lease_usable(&lease) &&
-			w->attached && figures.infos[i].ack_floor_stream_seq > w->ack_floor &&
-			figures.streams[i].created_ns == w->stream_created)
-			record_floor(w, figures.infos[i].ack_floor_stream_seq);
+			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
+			streams[i].created_ns == w->stream_created)
+		{
+			heartbeat_if_due(conn);
+			record_floor(w, infos[i].ack_floor_stream_seq);
+		}
 	}
+
 	/* a standby's catalog is the primary's: the primary's monitor acts */
 	if (reliq_nats_server_at_least(conn, 2, 11) && !RecoveryInProgress())
-		sync_server_pause(conn, w, &figures.infos[i]);
-}
-
-/*
- * One step of the round under way; the round is over (ROUND_IDLE) after
- * its last step, or at once when NATS stops answering.
- */
-static void
-round_step(ReliqNatsConnection *conn)
-{
-	MemoryContext old = MemoryContextSwitchTo(figures.cxt);
-
-	while (figures.next < figures.count &&
-		   (figures.phase == ROUND_FLOORS ? false : figures.asked[figures.next]))
-		figures.next++;
-	if (figures.next < figures.count)
-	{
-		switch (figures.phase)
-		{
-			case ROUND_CONSUMERS:
-				if (!list_consumers(conn, figures.next))
-					figures.phase = ROUND_IDLE;	/* likely gone: next round */
-				break;
-			case ROUND_STREAMS:
-				if (figures.infos[figures.next].found)
-					ask_stream(conn, figures.next);
-				else
-					figures.asked[figures.next] = true;
-				break;
-			case ROUND_FLOORS:
-				settle_subscription(conn, figures.next);
-				figures.next++;
-				break;
-			case ROUND_IDLE:
-				break;
-		}
-		MemoryContextSwitchTo(old);
-		return;
-	}
-
-	/* this phase is done: the next */
-	figures.next = 0;
-	switch (figures.phase)
-	{
-		case ROUND_CONSUMERS:
-			publish_figures();
-			memset(figures.asked, 0, sizeof(bool) * Max(figures.count, 1));
-			figures.phase = ROUND_STREAMS;
-			break;
-		case ROUND_STREAMS:
-			figures.phase = ROUND_FLOORS;
-			break;
-		case ROUND_FLOORS:
-			note_success();
-			figures.phase = ROUND_IDLE;
-			break;
-		case ROUND_IDLE:
-			break;
-	}
-	MemoryContextSwitchTo(old);
+		for (i = 0; i < count; i++)
+			sync_server_pause(conn, &watched[i], &infos[i]);
+	note_success();
 }
 
 static ReliqNatsConnection *conn = NULL;
@@ -415,8 +335,6 @@ reliq_monitor_main(Datum main_arg)
 		TimestampTz now;
 		long		secs;
 		int			usecs;
-		long		timeout;
-		bool		connected;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -440,10 +358,8 @@ reliq_monitor_main(Datum main_arg)
 									  reliq_nats_redacted_url()));
 		}
 		now = GetCurrentTimestamp();
-		connected = conn != NULL && reliq_nats_is_connected(conn);
-		if (connected && now >= next_lease)
+		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_lease)
 		{
-			/* the leases first, on their own deadline, ahead of any figure */
 			ReliqWatched *watched;
 			int			count = read_watched(&watched, cxt);
 
@@ -452,30 +368,21 @@ reliq_monitor_main(Datum main_arg)
 				next_lease = Min(next_lease,
 								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															 RELIQ_LEASE_RETRY_MS));
+			next_heartbeat = next_lease;
 		}
-		else if (connected && (figures.phase != ROUND_IDLE || now >= next_watch))
+		if (conn != NULL && reliq_nats_is_connected(conn) && now >= next_watch)
 		{
-			/* then one step of the figures */
-			if (figures.phase == ROUND_IDLE)
-			{
-				next_watch = TimestampTzPlusMilliseconds(now, reliq_refresh_interval);
-				round_start(TopMemoryContext);
-			}
-			round_step(conn);
+			next_watch = TimestampTzPlusMilliseconds(now, reliq_refresh_interval);
+			watch(conn, cxt);
 		}
 
-		if (!connected)
-		{
-			figures.phase = ROUND_IDLE;
+		if (conn == NULL || !reliq_nats_is_connected(conn))
 			next_watch = next_lease =
 				TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
-		}
-		/* a round under way goes on at once, after a look at the latch */
 		TimestampDifference(GetCurrentTimestamp(), Min(next_watch, next_lease),
 							&secs, &usecs);
-		timeout = figures.phase != ROUND_IDLE ? 0 : Max(secs * 1000 + usecs / 1000, 1);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout, PG_WAIT_EXTENSION);
+						 Max(secs * 1000 + usecs / 1000, 1), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
