@@ -529,3 +529,18 @@ REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure,
 -- they check membership themselves, with a clearer error than EXECUTE's
 GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
                           reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;
+
+-- Whose fault a dead letter's error was (the rule is reliq_error_kind in
+-- src/batch.c): 'message' (its data: data exceptions, constraint
+-- violations, a handler's RAISE), 'subscription' (anything else: a missing
+-- function or privilege), 'delivery_limit' (RQ001: its handling never
+-- completed).  Transient errors (lock_timeout, deadlocks, serialization
+-- failures) are never dead-lettered: their messages are held and retried.
+ALTER TABLE reliq.dead_letter ADD COLUMN error_kind text;
+UPDATE reliq.dead_letter
+   SET error_kind = CASE WHEN sqlstate OPERATOR(pg_catalog.=) 'RQ001' THEN 'delivery_limit'
+                         WHEN pg_catalog.left(sqlstate, 2) OPERATOR(pg_catalog.=) ANY (ARRAY['22', '23', 'P0']) THEN 'message'
+                         WHEN pg_catalog.left(sqlstate, 2) OPERATOR(pg_catalog.=) '40' OR sqlstate OPERATOR(pg_catalog.=) '55P03' THEN 'transient'
+                         ELSE 'subscription' END
+ WHERE sqlstate IS NOT NULL;
+COMMENT ON COLUMN reliq.dead_letter.error_kind IS 'Whose fault the error was: message (its data), subscription (anything else), delivery_limit (RQ001), or transient for rows from before 0.3';

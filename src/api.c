@@ -30,6 +30,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
+#include "batch.h"
 #include "catalog.h"
 #include "handler.h"
 #include "nats_client.h"
@@ -496,9 +497,9 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 
 	if (!ok)
 	{
-		Oid			uargtypes[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-		Datum		uargs[5];
-		char		unulls[5] = {' ', ' ', ' ', ' ', ' '};
+		Oid			uargtypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Datum		uargs[6];
+		char		unulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
 		uargs[0] = Int64GetDatum(id);
 		uargs[1] = CStringGetTextDatum(error->message ? error->message : "");
@@ -507,14 +508,15 @@ reliq_replay_dead_letter(PG_FUNCTION_ARGS)
 		uargs[3] = error->context ? CStringGetTextDatum(error->context) : (Datum) 0;
 		unulls[3] = error->context ? ' ' : 'n';
 		uargs[4] = CStringGetTextDatum(unpack_sql_state(error->sqlerrcode));
+		uargs[5] = CStringGetTextDatum(reliq_error_kind_name(reliq_error_kind(error->sqlerrcode)));
 		reliq_spi_execute("record a failed replay",
 						  "UPDATE reliq.dead_letter"
 						  "   SET replay_attempts = replay_attempts + 1,"
 						  "       last_replay_at = now(),"
 						  "       error_message = $2, error_detail = $3,"
-						  "       error_context = $4, sqlstate = $5"
+						  "       error_context = $4, sqlstate = $5, error_kind = $6"
 						  " WHERE id = $1",
-						  5, uargtypes, uargs, unulls, false, 0, SPI_OK_UPDATE);
+						  6, uargtypes, uargs, unulls, false, 0, SPI_OK_UPDATE);
 		ereport(NOTICE,
 				(errcode(error->sqlerrcode),
 				 errmsg("replay of dead letter " INT64_FORMAT " failed: %s", id, error->message),

@@ -32,10 +32,13 @@
  *	  failing state or a lost consumer left it untried) comes back at
  *	  once.
  * 4. Hold and probe.  A subscription failing as a whole (batch.c's
- *	  breaker) holds its failed batch: in-progress acks every ack_wait / 2
- *	  keep it from being redelivered or counted, and it is tried again (a
- *	  probe) after the backoff delay of the probe's number; the first
- *	  success ends the hold.  Nothing is dead-lettered meanwhile.
+ *	  breaker), or messages failing with a transient error (a lock not had
+ *	  within lock_timeout, a deadlock, a serialization failure:
+ *	  reliq_error_kind), hold their failed batch: in-progress acks every
+ *	  ack_wait / 2 keep it from being redelivered or counted, pulls pause,
+ *	  and it is tried again (a probe) after the backoff delay of the
+ *	  probe's number; the first success ends the hold.  Nothing is
+ *	  dead-lettered meanwhile, and the delivery count does not grow.
  *
  * Locks: none held here; the statistics are atomics and short spinlock
  * sections in shmem.c.
@@ -274,24 +277,40 @@ reliq_apply_drop_held(Lane *l)
 	}
 }
 
+/* Why a batch is held, logged when the hold starts (rule 4). */
+static void
+log_hold(Lane *l, const ReliqBatchResult *result)
+{
+	if (result->tripped)
+		ereport(LOG,
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": systemic failure detected; holding %d messages and pausing pulls",
+						l->sub->name, result->held),
+				 errdetail("%d distinct messages in a row failed with errors not specific to them; nothing is dead-lettered meanwhile.",
+						   l->batch.breaker.consecutive),
+				 errhint("Fix the cause shown in reliq.subscription_stats.last_error; reliq retries after the subscription's backoff delays.")));
+	else
+		ereport(LOG,
+				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 errmsg("reliq subscription \"%s\": %d messages failed with a transient error; holding them and pausing pulls",
+						l->sub->name, result->transient),
+				 errdetail("A lock not had within lock_timeout, a deadlock or a serialization failure is the database's state, not the message's: the messages are tried again and never dead-lettered for it."),
+				 errhint("See reliq.subscription_stats.last_error; reliq retries after the subscription's backoff delays.")));
+}
+
 /* Enter or leave the hold after a batch (rule 4). */
 static void
 hold_or_resume(Lane *l, ReliqMessage *msgs, int n, bool was_failing,
 			   const ReliqBatchResult *result)
 {
-	if (result->tripped && result->held > 0)
+	if (result->held > 0 && (result->tripped || result->transient > 0))
 	{
 		if (!was_failing)
 		{
-			ereport(LOG,
-					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
-					 errmsg("reliq subscription \"%s\": systemic failure detected; holding %d messages and pausing pulls",
-							l->sub->name, result->held),
-					 errdetail("%d distinct messages in a row failed with errors not specific to them; nothing is dead-lettered meanwhile.",
-							   l->batch.breaker.consecutive),
-					 errhint("Fix the cause shown in reliq.subscription_stats.last_error; reliq retries after the subscription's backoff delays.")));
+			log_hold(l, result);
 			l->probes = 0;
 		}
+		l->held_transient = !result->tripped;
 		copy_held(l, msgs, n);
 		l->next_probe = after_ms(reliq_subscription_backoff_ms(l->sub, ++l->probes));
 		l->next_progress = GetCurrentTimestamp();
@@ -300,6 +319,9 @@ hold_or_resume(Lane *l, ReliqMessage *msgs, int n, bool was_failing,
 	{
 		ereport(LOG,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+				 l->held_transient ?
+				 errmsg("reliq subscription \"%s\": resumed after a transient error",
+						l->sub->name) :
 				 errmsg("reliq subscription \"%s\": resumed after a systemic failure",
 						l->sub->name)));
 		reliq_apply_drop_held(l);

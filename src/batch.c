@@ -135,14 +135,60 @@ breaker_tripped(const ReliqBatchState *state)
 	return state->breaker.consecutive >= reliq_systemic_failure_threshold;
 }
 
-static bool
-is_message_error(int sqlerrcode)
+/*
+ * Whose fault is an error?  The one rule, shown in reliq.dead_letter's
+ * error_kind.
+ *
+ * - transient: the database was busy (a lock not had within lock_timeout,
+ *	 a deadlock, a serialization failure); the same message succeeds later.
+ *	 Never dead-lettered: the message is held and tried again (apply.c).
+ * - message: the message's own data (data exceptions, constraint
+ *	 violations, an exception raised by a PL/pgSQL handler); retried with
+ *	 the backoff, then dead-lettered.  Does not count towards the breaker.
+ * - subscription: anything else (a missing function or privilege, a full
+ *	 disk): counts towards the breaker, which holds the batch when the
+ *	 subscription fails as a whole.
+ * - delivery_limit: RQ001, a message delivered more than max_deliver times
+ *	 whose handling never completed (crash loops).
+ */
+ReliqErrorKind
+reliq_error_kind(int sqlerrcode)
 {
 	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
 
-	return category == ERRCODE_DATA_EXCEPTION ||
+	if (sqlerrcode == RELIQ_ERRCODE_DELIVERY_LIMIT)
+		return RELIQ_ERROR_DELIVERY_LIMIT;
+	if (category == ERRCODE_TRANSACTION_ROLLBACK ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+		return RELIQ_ERROR_TRANSIENT;
+	if (category == ERRCODE_DATA_EXCEPTION ||
 		category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ||
-		category == ERRCODE_PLPGSQL_ERROR;
+		category == ERRCODE_PLPGSQL_ERROR)
+		return RELIQ_ERROR_MESSAGE;
+	return RELIQ_ERROR_SUBSCRIPTION;
+}
+
+const char *
+reliq_error_kind_name(ReliqErrorKind kind)
+{
+	switch (kind)
+	{
+		case RELIQ_ERROR_MESSAGE:
+			return "message";
+		case RELIQ_ERROR_TRANSIENT:
+			return "transient";
+		case RELIQ_ERROR_SUBSCRIPTION:
+			return "subscription";
+		case RELIQ_ERROR_DELIVERY_LIMIT:
+			return "delivery_limit";
+	}
+	return "subscription";
+}
+
+static bool
+is_message_error(int sqlerrcode)
+{
+	return reliq_error_kind(sqlerrcode) == RELIQ_ERROR_MESSAGE;
 }
 
 static void
@@ -198,9 +244,9 @@ ensure_plans(ReliqBatchState *state)
 	{
 		Oid			ledger_args[3] = {INT8OID, INT8OID, INT8ARRAYOID};
 		Oid			identity_args[1] = {INT8OID};
-		Oid			dead_letter_args[14] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
+		Oid			dead_letter_args[15] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
 			BYTEAOID, JSONBOID, INT8OID, INT4OID, TIMESTAMPTZOID,
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 
 		nest = reliq_enter_safe_search_path();
 
@@ -238,9 +284,9 @@ ensure_plans(ReliqBatchState *state)
 		state->dead_letter_plan = reliq_prepare_kept(
 											   "INSERT INTO reliq.dead_letter (subscription_id, subscription, stream, subject,"
 											   "  data, headers, stream_seq, delivered, published_at, error_message,"
-											   "  error_detail, error_context, sqlstate, traceparent)"
-											   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-											   14, dead_letter_args);
+											   "  error_detail, error_context, sqlstate, traceparent, error_kind)"
+											   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+											   15, dead_letter_args);
 		reliq_leave_safe_search_path(nest);
 	}
 
@@ -590,8 +636,8 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 {
 	MemoryContext old = MemoryContextSwitchTo(state->message_cxt);
 	ErrorData  *error = msg->error;
-	Datum		values[14];
-	char		nulls[14];
+	Datum		values[15];
+	char		nulls[15];
 	bytea	   *data;
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -614,6 +660,8 @@ insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
 	values[12] = nullable_text(error ? unpack_sql_state(error->sqlerrcode) : NULL,
 							   &nulls[12]);
 	values[13] = nullable_text(reliq_message_header(msg, "traceparent"), &nulls[13]);
+	values[14] = nullable_text(error ? reliq_error_kind_name(reliq_error_kind(error->sqlerrcode)) : NULL,
+							   &nulls[14]);
 
 	reliq_spi_execute_plan("write reliq.dead_letter", state->dead_letter_plan,
 						   values, nulls, false, 0, SPI_OK_INSERT);
@@ -904,6 +952,12 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 					continue;
 				if (tripped)
 					msg->outcome = RELIQ_OUTCOME_HELD;
+				else if (reliq_error_kind(msg->error->sqlerrcode) == RELIQ_ERROR_TRANSIENT)
+				{
+					/* busy, not wrong: held and tried again, never a dead letter */
+					msg->outcome = RELIQ_OUTCOME_HELD;
+					result->transient++;
+				}
 				else if (msg->delivered >= state->sub->max_deliver)
 				{
 					/* its ledger row went with its subtransaction */

@@ -67,6 +67,7 @@ typedef struct ReliqBatchResult
 	int			held;
 	int			outboxed;		/* publishes written to reliq._outbox */
 	bool		used_slow_path;
+	int			transient;		/* held for a transient error (lock, deadlock) */
 	bool		tripped;		/* failing as a whole: messages held */
 	bool		stream_changed; /* a newer stream incarnation exists */
 	bool		subscription_gone;	/* dropped: nothing applied */
@@ -75,6 +76,17 @@ typedef struct ReliqBatchResult
 	int64		last_failure_seq;
 } ReliqBatchResult;
 
+/* Whose fault an error is (batch.c); error_kind in reliq.dead_letter. */
+typedef enum ReliqErrorKind
+{
+	RELIQ_ERROR_MESSAGE,		/* the message's data: retried, then dead */
+	RELIQ_ERROR_TRANSIENT,		/* lock, deadlock, serialization: held */
+	RELIQ_ERROR_SUBSCRIPTION,	/* anything else: counts to the breaker */
+	RELIQ_ERROR_DELIVERY_LIMIT, /* RQ001: handling never completed */
+} ReliqErrorKind;
+
+extern ReliqErrorKind reliq_error_kind(int sqlerrcode);
+extern const char *reliq_error_kind_name(ReliqErrorKind kind);
 extern void reliq_batch_init(ReliqBatchState *state);
 extern void reliq_batch_free(ReliqBatchState *state);
 extern void reliq_batch_set_subscription(ReliqBatchState *state,

@@ -125,6 +125,8 @@ typedef struct Lane
 
 	ReliqMessage *held;
 	int			nheld;
+	bool		held_transient; /* held for a transient error, not the
+								 * breaker */
 	int			probes;
 	TimestampTz next_probe;
 	TimestampTz next_progress;
