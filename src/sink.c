@@ -301,7 +301,7 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 
 	args[0] = ObjectIdGetDatum(sub->target);
 	reliq_spi_execute("read the columns of a table sink's target",
-					  "SELECT a.attname::text, a.atthasdef OR a.attidentity = 'd', a.atttypid, a.atttypmod"
+					  "SELECT a.attname::text, a.atthasdef OR a.attidentity = 'd', a.atttypid, a.atttypmod, a.attnotnull"
 					  "  FROM pg_catalog.pg_attribute a"
 					  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
 					  "   AND a.attgenerated = '' AND a.attidentity <> 'a'"
@@ -321,6 +321,7 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 	sink->types = palloc0(sizeof(Oid) * Max(sink->ncolumns, 1));
 	sink->typmods = palloc0(sizeof(int32) * Max(sink->ncolumns, 1));
 	sink->default_index = palloc0(sizeof(int) * Max(sink->ncolumns, 1));
+	sink->required = palloc0(sizeof(bool) * Max(sink->ncolumns, 1));
 	sink->default_keys = palloc0(sizeof(char *) * RELIQ_SINK_MAX_DEFAULTS);
 
 	/* COPY takes plain and partitioned tables; it ignores rules, INSERT does not */
@@ -348,6 +349,8 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 														   3, &isnull));
 		int32		typmod = DatumGetInt32(SPI_getbinval(tuple, SPI_tuptable->tupdesc,
 														 4, &isnull));
+		bool		not_null = DatumGetBool(SPI_getbinval(tuple, SPI_tuptable->tupdesc,
+														  5, &isnull));
 		Oid			base = getBaseType(typid);
 		SinkColumnEntry *entry;
 
@@ -366,6 +369,7 @@ reliq_sink_prepare(const ReliqSubscription *sub, MemoryContext cxt)
 		entry = hash_search(sink->by_name, name, HASH_ENTER, NULL);
 		entry->column = (int) row;
 		sink->default_index[row] = -1;
+		sink->required[row] = not_null && !has_default;
 		if (has_default)
 		{
 			if (sink->ndefaults == RELIQ_SINK_MAX_DEFAULTS)

@@ -69,6 +69,8 @@ typedef struct SinkUpsert
 {
 	char	   *named;
 	SPIPlanPtr	plan;
+	int			left_out;		/* a NOT NULL column without a default the
+								 * set leaves out (an UPDATE, then), or -1 */
 } SinkUpsert;
 
 struct ReliqSink
@@ -83,6 +85,7 @@ struct ReliqSink
 	Oid		   *types;
 	int32	   *typmods;
 	int		   *default_index;	/* per column: its bit, or -1 */
+	bool	   *required;		/* per column: NOT NULL without a default */
 	int			ndefaults;
 	char	  **default_keys;	/* per bit: the column's name, the JSON key */
 	int			nstatements;

@@ -176,21 +176,32 @@ is_key_column(ReliqSink *sink, int column)
 	return false;
 }
 
-/* The upsert listing the columns marked '1' in named; kept. */
-static SPIPlanPtr
-upsert_statement(ReliqSink *sink, const char *named)
+/* The guard of newer_than against the values in rel, if named has it. */
+static void
+append_guard(StringInfo sql, ReliqSink *sink, const char *named,
+			 const char *rel)
+{
+	const char *col;
+
+	if (sink->newer_column < 0 || named[sink->newer_column] != '1')
+		return;
+	col = sink->columns[sink->newer_column];
+	appendStringInfo(sql, " t.%s IS NULL OR t.%s <= %s.%s", col, col, rel, col);
+}
+
+/*
+ * INSERT ... ON CONFLICT DO UPDATE of the named columns: a new key makes a
+ * row (the columns left out take their defaults), an existing one has the
+ * named columns updated.
+ */
+static char *
+insert_on_conflict(ReliqSink *sink, const char *named)
 {
 	StringInfoData sql;
 	StringInfoData values;
 	StringInfoData updates;
-	Oid			argtypes[1] = {JSONBARRAYOID};
-	SPIPlanPtr	plan;
 	int			n = 0;
 	int			i;
-
-	for (i = 0; i < sink->nupserts; i++)
-		if (strcmp(sink->upserts[i].named, named) == 0)
-			return sink->upserts[i].plan;
 
 	initStringInfo(&sql);
 	initStringInfo(&values);
@@ -219,25 +230,121 @@ upsert_statement(ReliqSink *sink, const char *named)
 		appendStringInfo(&sql, ") DO UPDATE SET %s", updates.data);
 		/* only a message at least as new as the row overwrites it */
 		if (sink->newer_column >= 0 && named[sink->newer_column] == '1')
-			appendStringInfo(&sql, " WHERE t.%s IS NULL OR t.%s <= EXCLUDED.%s",
-							 sink->columns[sink->newer_column],
-							 sink->columns[sink->newer_column],
-							 sink->columns[sink->newer_column]);
+		{
+			appendStringInfoString(&sql, " WHERE");
+			append_guard(&sql, sink, named, "EXCLUDED");
+		}
 	}
 	else
 		appendStringInfoString(&sql, ") DO NOTHING");
+	pfree(values.data);
+	pfree(updates.data);
+	return sql.data;
+}
 
-	plan = reliq_prepare_kept(sql.data, 1, argtypes);
+/*
+ * An UPDATE of the named columns, for a set that leaves out a NOT NULL
+ * column without a default: PostgreSQL checks NOT NULL on the row an
+ * INSERT proposes before ON CONFLICT looks for the existing row, so the
+ * upsert would fail for a key that has a row.  Returns how many messages
+ * name a key without a row: those would need an INSERT that cannot be.
+ */
+static char *
+update_only(ReliqSink *sink, const char *named)
+{
+	StringInfoData sql;
+	StringInfoData match;
+	int			n = 0;
+	int			i;
+
+	initStringInfo(&sql);
+	initStringInfo(&match);
+	for (i = 0; i < sink->nkey; i++)
+		appendStringInfo(&match, "%st.%s = m.%s", i > 0 ? " AND " : "",
+						 sink->columns[sink->key_columns[i]],
+						 sink->columns[sink->key_columns[i]]);
+	appendStringInfo(&sql,
+					 "WITH m AS MATERIALIZED (SELECT r.* FROM pg_catalog.unnest($1) AS m(j),"
+					 " LATERAL pg_catalog.jsonb_populate_record(NULL::%s, m.j) AS r),"
+					 " u AS (UPDATE %s AS t SET ",
+					 sink->table, sink->table);
+	for (i = 0; i < sink->ncolumns; i++)
+		if (named[i] == '1' && !is_key_column(sink, i))
+			appendStringInfo(&sql, "%s%s = m.%s", n++ > 0 ? ", " : "",
+							 sink->columns[i], sink->columns[i]);
+	if (n == 0)
+		appendStringInfo(&sql, "%s = m.%s", sink->columns[sink->key_columns[0]],
+						 sink->columns[sink->key_columns[0]]);
+	appendStringInfo(&sql, " FROM m WHERE %s", match.data);
+	if (sink->newer_column >= 0 && named[sink->newer_column] == '1')
+	{
+		appendStringInfoString(&sql, " AND (");
+		append_guard(&sql, sink, named, "m");
+		appendStringInfoChar(&sql, ')');
+	}
+	appendStringInfo(&sql, " RETURNING 1)"
+					 " SELECT pg_catalog.count(*) FROM m WHERE NOT EXISTS (SELECT FROM %s AS t WHERE %s)",
+					 sink->table, match.data);
+	pfree(match.data);
+	return sql.data;
+}
+
+/* The statement for the columns marked '1' in named; kept. */
+static SinkUpsert *
+upsert_statement(ReliqSink *sink, const char *named)
+{
+	Oid			argtypes[1] = {JSONBARRAYOID};
+	SinkUpsert *upsert;
+	char	   *sql;
+	int			left_out = -1;
+	int			i;
+
+	for (i = 0; i < sink->nupserts; i++)
+		if (strcmp(sink->upserts[i].named, named) == 0)
+			return &sink->upserts[i];
+
+	for (i = 0; i < sink->ncolumns && left_out < 0; i++)
+		if (named[i] != '1' && sink->required[i])
+			left_out = i;
+	sql = left_out >= 0 ? update_only(sink, named) : insert_on_conflict(sink, named);
+
 	sink->upserts = sink->nupserts == 0 ?
 		MemoryContextAlloc(sink->cxt, sizeof(SinkUpsert)) :
 		repalloc(sink->upserts, sizeof(SinkUpsert) * (sink->nupserts + 1));
-	sink->upserts[sink->nupserts].named = MemoryContextStrdup(sink->cxt, named);
-	sink->upserts[sink->nupserts].plan = plan;
-	sink->nupserts++;
-	pfree(sql.data);
-	pfree(values.data);
-	pfree(updates.data);
-	return plan;
+	upsert = &sink->upserts[sink->nupserts++];
+	upsert->named = MemoryContextStrdup(sink->cxt, named);
+	upsert->plan = reliq_prepare_kept(sql, 1, argtypes);
+	upsert->left_out = left_out;
+	pfree(sql);
+	return upsert;
+}
+
+/* Run one statement of upsert_objects. */
+static void
+run_upsert(ReliqSink *sink, SinkUpsert *upsert, Datum arg)
+{
+	bool		isnull;
+	int64		homeless;
+
+	if (upsert->left_out < 0)
+	{
+		reliq_spi_check(SPI_execute_plan(upsert->plan, &arg, NULL, false, 0),
+						SPI_OK_INSERT, "upsert into a table sink's target");
+		return;
+	}
+	reliq_spi_check(SPI_execute_plan(upsert->plan, &arg, NULL, false, 0),
+					SPI_OK_SELECT, "update a table sink's target");
+	homeless = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	if (homeless > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("upsert into %s: a message for a key without a row leaves out column %s, which is NOT NULL without a default",
+						sink->table, sink->columns[upsert->left_out]),
+				 errdetail("An upsert updates the columns a message names in the row of its key; a new row needs every NOT NULL column that has no default (" INT64_FORMAT " such messages in this statement).",
+						   homeless),
+				 errhint("Name the column in the message (or in the subscription's columns), or give it a default.")));
 }
 
 /* Which columns an object names: '1' or '0' per column. */
@@ -287,9 +394,7 @@ upsert_objects(ReliqSink *sink, Jsonb **objects, int count)
 			}
 		arg = PointerGetDatum(construct_array(group, n, JSONBOID, -1, false,
 											  TYPALIGN_INT));
-		reliq_spi_check(SPI_execute_plan(upsert_statement(sink, named[i]),
-										 &arg, NULL, false, 0),
-						SPI_OK_INSERT, "upsert into a table sink's target");
+		run_upsert(sink, upsert_statement(sink, named[i]), arg);
 	}
 }
 

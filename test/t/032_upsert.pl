@@ -218,5 +218,32 @@ is($node->safe_psql('postgres', 'SELECT md5(string_agg(o::text, \',\' ORDER BY o
 	$before, 'nothing applied twice');
 is(reliq_stats($node, 'orders')->{processed}, 0, 'no message processed again');
 
+# A NOT NULL column without a default, left out by a message: the row of
+# its key is updated (PostgreSQL checks NOT NULL on the row an INSERT
+# proposes before ON CONFLICT finds the existing one, so an upsert would
+# fail); a key without a row cannot be made and the message is a dead
+# letter of its own, naming the column.
+$node->safe_psql('postgres', q{
+	CREATE TABLE app.accounts (id int PRIMARY KEY, owner text NOT NULL, balance int);
+	SELECT reliq.create_stream('ORDERS', ARRAY['orders.>', 'profiles.>', 'versions.>', 'accounts.>']);
+	SELECT reliq.create_subscription('accounts', stream => 'ORDERS', subject => 'accounts.>',
+	       target => 'app.accounts'::regclass, mode => 'upsert', max_deliver => 1,
+	       columns => '{"id": "$subject[2]"}');
+	SELECT reliq.publish('accounts.1', '{"owner": "ann", "balance": 10}'::text);
+	SELECT reliq.publish('accounts.2', '{"owner": "bob", "balance": 20}'::text);
+});
+ok(wait_for($node, q{SELECT count(*) = 2 FROM app.accounts}), 'two accounts made');
+$node->safe_psql('postgres', q{
+	SELECT reliq.publish('accounts.1', '{"balance": 11}'::text);
+	SELECT reliq.publish('accounts.3', '{"balance": 30}'::text);
+	SELECT reliq.publish('accounts.2', '{"balance": 21}'::text);
+});
+ok(wait_for($node, q{SELECT processed + dead_lettered = 5 FROM reliq.subscription_stats WHERE subscription_name = 'accounts'}),
+	'the accounts drained');
+is($node->safe_psql('postgres', q{SELECT string_agg(id || ':' || owner || ':' || balance, ',' ORDER BY id) FROM app.accounts}),
+	'1:ann:11,2:bob:21', 'a message leaving out a NOT NULL column updates its row');
+like($node->safe_psql('postgres', q{SELECT sqlstate || ' ' || error_message FROM reliq.dead_letter WHERE subject = 'accounts.3'}),
+	qr/^23502 .*leaves out column owner/, 'a new key without the column: a dead letter naming it');
+
 $node->stop;
 done_testing();
