@@ -41,12 +41,21 @@ our @KINDS = qw(pg_immediate worker_kill9 postmaster_kill9 nats_kill9 nats_sigst
   proxy_cut proxy_blackhole lock_timeout statement_timeout);
 
 my $ACK_WAIT = 3;    # seconds; SIGSTOP lasts longer than this
+my $LONGEST_BACKOFF = 1;    # seconds: the subscription's backoff, below
+
+# A probe must be applied within its fault's recovery (until the workers
+# receive again) plus ack_wait (a redelivery of what the fault cut off)
+# plus the longest backoff (a NAK's delay), plus the backlog the fault
+# built up: what was published during the fault and its recovery, drained
+# at no less than BACKLOG_RATE_FACTOR times the publishing rate.
+my $BACKLOG_RATE_FACTOR = 2;
 
 # Longest wait for the reliq processes of a killed postmaster to exit:
 # only to turn one that never does into a failure.
 my $PM_DEATH_WAIT = 30;
 
-# run(messages => N, per_kind => K, seed => S, say => sub { print ... })
+# run(messages => N, per_kind => K, seed => S, kinds => [...],
+#     say => sub { print ... })
 # Returns a hash of figures.
 sub run
 {
@@ -55,6 +64,11 @@ sub run
 	my $messages = $p{messages};
 	my $per_kind = $p{per_kind};
 	my $seed = $p{seed} // time;
+	my @kinds = @{ $p{kinds} // \@KINDS };
+	for my $kind (@kinds)
+	{
+		die "unknown fault kind \"$kind\" (known: @KINDS)\n" unless grep { $_ eq $kind } @KINDS;
+	}
 	srand($seed);
 
 	my $nats = ReliqTest::Nats->new(name => 'faults');
@@ -83,7 +97,7 @@ SELECT reliq.create_subscription('faults', stream => 'FAULTS', subject => 'fault
        handler_timeout => '1s');
 SQL
 
-	my @faults = shuffle((@KINDS) x $per_kind);
+	my @faults = shuffle((@kinds) x $per_kind);
 	# spread the stream over the expected length of the fault sequence
 	my $rate = max(50, int($messages / (scalar(@faults) * 5.5)));
 	$say->(sprintf("fault suite: %d messages at %d/s, %d faults (%d of each kind), seed %d",
@@ -92,6 +106,7 @@ SQL
 		payload => '{"id":%d}', msg_id => 'm-%d', rate => $rate, retry_for => 600);
 
 	my (%count, %recovery, %probe_latency);
+	my @over_bound;    # probes applied later than their bound
 	my $probes = 0;
 	my $kills = 0;
 	my @pm_death_exit;    # seconds until the reliq processes exited
@@ -204,6 +219,13 @@ SQL
 			sleep 0.1;
 		}
 		$resumed //= $applied;
+		my $bound = probe_bound($fault_end - $t0, $resumed, $rate);
+		if (!defined $applied || $applied > $bound)
+		{
+			push @over_bound, sprintf('%d/%d %s: probe applied after %s, bound %.1f s',
+				$i + 1, scalar @faults, $kind,
+				defined $applied ? sprintf('%.1f s', $applied) : 'NEVER', $bound);
+		}
 		$count{$kind}++;
 		$recovery{$kind} = max($recovery{$kind} // 0, $resumed // 999);
 		$probe_latency{$kind} = max($probe_latency{$kind} // 0, $applied // 999);
@@ -248,12 +270,24 @@ SQL
 		longest_recovery     => max(values %recovery),
 		probe_latency        => \%probe_latency,
 		longest_probe        => max(values %probe_latency),
+		probes_over_bound    => \@over_bound,
 	);
 
 	$node->stop;
 	$proxy->stop;
 	$nats->stop;
 	return \%figures;
+}
+
+# The longest a probe may take to be applied after its fault ended: the
+# fault's recovery, ack_wait, the longest backoff, and the backlog of the
+# fault (published during it and its recovery at $rate, drained at least
+# $BACKLOG_RATE_FACTOR times as fast).
+sub probe_bound
+{
+	my ($fault_secs, $resumed, $rate) = @_;
+	my $backlog_secs = ($fault_secs + ($resumed // 0)) / $BACKLOG_RATE_FACTOR;
+	return ($resumed // 0) + $ACK_WAIT + $LONGEST_BACKOFF + $backlog_secs;
 }
 
 # Messages the workers have received (NULL while PostgreSQL restarts).
@@ -290,6 +324,9 @@ sub report
 	}
 	push @lines, sprintf('%-18s %6s %12.1f s %16.1f s', 'longest', '',
 		$f->{longest_recovery}, $f->{longest_probe});
+	push @lines, sprintf('probes over their bound (recovery + ack_wait %d s + backoff %d s + backlog): %d',
+		$ACK_WAIT, $LONGEST_BACKOFF, scalar @{ $f->{probes_over_bound} });
+	push @lines, "  $_" for @{ $f->{probes_over_bound} };
 	return @lines;
 }
 
