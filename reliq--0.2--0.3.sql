@@ -275,7 +275,69 @@ $$;
 REVOKE ALL ON FUNCTION reliq._check_on_unknown_keys(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq._check_on_unknown_keys(text) TO reliq_admin;
 
--- create_subscription and alter_subscription gain mode, key and columns
+/*
+ * ordering (issue 20): 'none' (default); 'key' (the upsert key, its
+ * columns taken from the subject or headers by columns); '$subject[N]';
+ * '$header.Name'.  The messages of one order key are applied in stream
+ * order, through failures and retries (src/ordering.c); concurrency 1.
+ */
+ALTER TABLE reliq.subscription
+    ADD COLUMN ordering text NOT NULL DEFAULT 'none',
+    ADD CONSTRAINT ordering_valid CHECK (ordering OPERATOR(pg_catalog.=) ANY (ARRAY['none', 'key'])
+                                         OR ordering OPERATOR(pg_catalog.~) '^\$subject\[[1-9][0-9]{0,3}\]$'
+                                         OR ordering OPERATOR(pg_catalog.~) '^\$header\..+$'),
+    ADD CONSTRAINT ordering_one_worker CHECK (ordering OPERATOR(pg_catalog.=) 'none' OR concurrency OPERATOR(pg_catalog.=) 1);
+COMMENT ON COLUMN reliq.subscription.ordering IS 'none, or the order key whose messages are applied in stream order through failures and retries: key (the upsert key, from the subject or headers), $subject[N], $header.Name';
+
+-- Checks an ordering setting against the rest; returns what to store.
+CREATE FUNCTION reliq._check_ordering(p_ordering text, p_concurrency integer, p_target regclass,
+                                      p_mode text, p_key text[], p_columns jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_column text;
+    v_expr   text;
+BEGIN
+    IF p_ordering IS NULL OR p_ordering = 'none' THEN
+        RETURN 'none';
+    END IF;
+    IF p_ordering <> 'key' AND p_ordering !~ '^\$subject\[[1-9][0-9]{0,3}\]$' AND p_ordering !~ '^\$header\..+$' THEN
+        RAISE EXCEPTION 'invalid ordering %', quote_literal(p_ordering)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'ordering is ''none'', ''key'' (the upsert key), ''$subject[N]'' (the Nth token of the subject, from 1) or ''$header.Name''.';
+    END IF;
+    IF p_concurrency <> 1 THEN
+        RAISE EXCEPTION 'ordering => % needs concurrency 1, not %', quote_literal(p_ordering), p_concurrency
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'With concurrency above 1 the workers pull disjoint sets of messages and commit independently, so two messages of one key could be applied in either order; keeping the order across workers is not built yet.',
+                  HINT = 'Use concurrency => 1 (one worker keeps each key''s order through failures and retries), or leave ordering out and guard upserts with newer_than.';
+    END IF;
+    IF p_ordering = 'key' THEN
+        IF p_target IS NULL OR p_mode IS DISTINCT FROM 'upsert' THEN
+            RAISE EXCEPTION 'ordering => ''key'' orders by the upsert key: it needs a table sink in upsert mode'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Order by a subject token or a header instead: ordering => ''$subject[3]'' or ''$header.Name''.';
+        END IF;
+        FOREACH v_column IN ARRAY p_key LOOP
+            v_expr := p_columns ->> v_column;
+            IF v_expr IS NULL OR (v_expr !~ '^\$subject\[[1-9][0-9]{0,3}\]$' AND v_expr !~ '^\$header\..+$') THEN
+                RAISE EXCEPTION 'ordering => ''key'' needs key column "%" taken from the subject or a header', v_column
+                    USING ERRCODE = 'invalid_parameter_value',
+                          DETAIL = 'reliq orders messages before it reads their payloads, so the key must come from the subject or the headers.',
+                          HINT = format('Map it in columns, e.g. columns => ''{"%s": "$subject[3]"}'', or order by ''$subject[N]''.', v_column);
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN p_ordering;
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._check_ordering(text, integer, regclass, text, text[], jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._check_ordering(text, integer, regclass, text, text[], jsonb) TO reliq_admin;
+
+-- create_subscription and alter_subscription gain mode, key, columns,
+-- newer_than, on_unknown_keys and ordering
 DROP FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval);
 DROP FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval);
 
@@ -298,7 +360,8 @@ CREATE FUNCTION reliq.create_subscription(
     key               text[] DEFAULT NULL,
     columns           jsonb DEFAULT NULL,
     newer_than        text DEFAULT NULL,
-    on_unknown_keys   text DEFAULT 'ignore')
+    on_unknown_keys   text DEFAULT 'ignore',
+    ordering          text DEFAULT 'none')
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -308,6 +371,7 @@ DECLARE
     v_consumer text := COALESCE(create_subscription.consumer, 'reliq_' || create_subscription.subscription_name);
     v_handler  text;
     v_key      text[];
+    v_ordering text;
     v_id       bigint;
     c          record;
 BEGIN
@@ -365,6 +429,9 @@ BEGIN
                                         v_key, create_subscription.newer_than);
         PERFORM reliq._check_on_unknown_keys(create_subscription.on_unknown_keys);
     END IF;
+    v_ordering := reliq._check_ordering(create_subscription.ordering, create_subscription.concurrency,
+                                        create_subscription.target, create_subscription.mode, v_key,
+                                        create_subscription.columns);
     IF EXISTS (SELECT FROM reliq.subscription s WHERE s.subscription_name = create_subscription.subscription_name) THEN
         RAISE EXCEPTION 'subscription "%" already exists', create_subscription.subscription_name
             USING ERRCODE = 'duplicate_object',
@@ -392,14 +459,15 @@ BEGIN
     INSERT INTO reliq.subscription (subscription_name, stream, subject, consumer, handler, target,
                                     batch_size, concurrency, max_deliver, backoff, ack_wait,
                                     handler_timeout, start, enabled, owner, mode, key, columns, newer_than,
-                                    on_unknown_keys)
+                                    on_unknown_keys, ordering)
     VALUES (create_subscription.subscription_name, create_subscription.stream, create_subscription.subject,
             v_consumer, v_handler, create_subscription.target,
             create_subscription.batch_size, create_subscription.concurrency, create_subscription.max_deliver,
             create_subscription.backoff, create_subscription.ack_wait, create_subscription.handler_timeout,
             create_subscription.start, create_subscription.enabled, v_owner,
             COALESCE(create_subscription.mode, 'insert'), v_key, create_subscription.columns,
-            create_subscription.newer_than, COALESCE(create_subscription.on_unknown_keys, 'ignore'))
+            create_subscription.newer_than, COALESCE(create_subscription.on_unknown_keys, 'ignore'),
+            v_ordering)
     RETURNING id INTO v_id;
     -- The subscription's position starts where its consumer stands now
     -- (see reliq._record_start).
@@ -414,7 +482,7 @@ BEGIN
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text)
+COMMENT ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text, text)
     IS 'Creates a subscription and its durable consumer; its workers start within a second';
 
 CREATE FUNCTION reliq.alter_subscription(
@@ -432,7 +500,8 @@ CREATE FUNCTION reliq.alter_subscription(
     key               text[] DEFAULT NULL,
     columns           jsonb DEFAULT NULL,
     newer_than        text DEFAULT NULL,
-    on_unknown_keys   text DEFAULT NULL)
+    on_unknown_keys   text DEFAULT NULL,
+    ordering          text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -444,6 +513,7 @@ DECLARE
     v_key     text[];
     v_columns jsonb;
     v_newer   text;
+    v_ordering text;
 BEGIN
     s := reliq._owned_subscription(alter_subscription.subscription_name, 'alter');
     PERFORM reliq._check_settings(s.subscription_name,
@@ -486,6 +556,9 @@ BEGIN
     IF alter_subscription.on_unknown_keys IS NOT NULL THEN
         PERFORM reliq._check_on_unknown_keys(alter_subscription.on_unknown_keys);
     END IF;
+    v_ordering := reliq._check_ordering(COALESCE(alter_subscription.ordering, s.ordering),
+                                        COALESCE(alter_subscription.concurrency, s.concurrency),
+                                        s.target, v_mode, v_key, v_columns);
 
     IF alter_subscription.subject IS DISTINCT FROM NULL AND alter_subscription.subject <> s.subject
        OR alter_subscription.ack_wait IS DISTINCT FROM NULL AND alter_subscription.ack_wait <> s.ack_wait
@@ -515,20 +588,21 @@ BEGIN
            key             = v_key,
            columns         = v_columns,
            newer_than      = v_newer,
-           on_unknown_keys = COALESCE(alter_subscription.on_unknown_keys, t.on_unknown_keys)
+           on_unknown_keys = COALESCE(alter_subscription.on_unknown_keys, t.on_unknown_keys),
+           ordering        = v_ordering
      WHERE t.id = s.id;
     IF alter_subscription.concurrency IS NOT NULL OR alter_subscription.enabled THEN
         PERFORM reliq._warn_worker_budget();
     END IF;
 END
 $$;
-COMMENT ON FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text)
+COMMENT ON FUNCTION reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text, text)
     IS 'Changes a subscription; NULL leaves a setting unchanged; workers pick it up within a second, without restart';
-REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
-                       reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text, text),
+                       reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text, text) FROM PUBLIC;
 -- they check membership themselves, with a clearer error than EXECUTE's
-GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
-                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text, text),
+                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text, text) TO reliq_admin, PUBLIC;
 
 -- Whose fault a dead letter's error was (the rule is reliq_error_kind in
 -- src/batch.c): 'message' (its data: data exceptions, constraint

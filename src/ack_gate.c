@@ -243,6 +243,8 @@ reliq_ack_send(ReliqNatsConnection *conn, const ReliqSubscription *sub,
 				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK, 0);
 				break;
 			case RELIQ_OUTCOME_HELD:
+			case RELIQ_OUTCOME_DEFERRED:
+				/* kept by the lane, alive with in-progress acks */
 				break;
 		}
 	}

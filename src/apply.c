@@ -227,7 +227,6 @@ copy_held(Lane *l, ReliqMessage *msgs, int n)
 	MemoryContext cxt;
 	MemoryContext old;
 	int			i;
-	int			j;
 
 	/* A probe's messages point into the current held_cxt: copy, then swap. */
 	cxt = AllocSetContextCreate(TopMemoryContext, "reliq held batch",
@@ -243,21 +242,7 @@ copy_held(Lane *l, ReliqMessage *msgs, int n)
 		if (src->outcome != RELIQ_OUTCOME_HELD)
 			continue;
 		dst = &l->held[l->nheld++];
-		*dst = *src;
-		dst->subject = pstrdup(src->subject);
-		dst->reply = pstrdup(src->reply);
-		dst->stream = pstrdup(src->stream);
-		dst->consumer = pstrdup(src->consumer);
-		dst->data = palloc(src->data_len + 1);
-		memcpy(dst->data, src->data, src->data_len + 1);
-		dst->header_keys = palloc(sizeof(char *) * Max(src->nheaders, 1));
-		dst->header_values = palloc(sizeof(char *) * Max(src->nheaders, 1));
-		for (j = 0; j < src->nheaders; j++)
-		{
-			dst->header_keys[j] = pstrdup(src->header_keys[j]);
-			dst->header_values[j] = pstrdup(src->header_values[j]);
-		}
-		dst->error = NULL;
+		reliq_message_copy(dst, src);
 	}
 	MemoryContextSwitchTo(old);
 	if (l->held_cxt)
@@ -342,17 +327,25 @@ nak_delays(Lane *l, ReliqMessage *msgs, int n)
 }
 
 /*
- * Apply a batch, pass the gate, acknowledge it, count it.  probe: the
- * held batch again (its messages were counted as received already).
+ * Apply a batch, pass the gate, acknowledge it, count it (as received,
+ * the messages not counted before: a probe's and deferred ones were).
  */
-static ReliqApplyVerdict
-process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
+ReliqApplyVerdict
+reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 {
 	ReliqNatsConnection *conn = l->pool->conn;
 	ReliqBatchResult result;
 	bool		was_failing = (l->nheld > 0);
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz committed;
+	int			received = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		received += !msgs[i].counted;
+		msgs[i].counted = true;
+	}
 
 	reliq_lane_report_progress(l, n);
 	pgstat_report_activity(STATE_RUNNING,
@@ -383,7 +376,7 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 		 * once to whoever owns the consumer now (this cluster's ledger, or
 		 * another's, absorbs or applies it).
 		 */
-		count_batch(l, probe ? 0 : n, &result);
+		count_batch(l, received, &result);
 		(void) reliq_ack_release(conn, msgs, n, reliq_ack_release_delay_ms(l->puller));
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return RELIQ_APPLY_LEASE_LOST;
@@ -391,10 +384,12 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 	reliq_apply_drain_outbox(l);
 	reliq_ack_send(conn, l->sub, msgs, nak_delays(l, msgs, n), n,
 				   committed - started < RELIQ_QUICK_BATCH_US);
-	count_batch(l, probe ? 0 : n, &result);
+	count_batch(l, received, &result);
 	time_batch(l, msgs, n, started, committed, &result);
 	report_failures(l, &result);
 	hold_or_resume(l, msgs, n, was_failing, &result);
+	if (l->sub->norder > 0)
+		reliq_ordering_note(l, msgs, n);
 	reliq_lane_report_progress(l, l->nheld);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -420,6 +415,12 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 	int			pass;
 	int			i;
 
+	if (l->sub->norder > 0)
+	{
+		pfree(tried);
+		pfree(group);
+		return reliq_ordering_apply(l, msgs, n);
+	}
 	p->applying_lane = l;
 	p->applying = msgs;
 	p->napplying = n;
@@ -433,14 +434,14 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 				tried[i] = true;
 			}
 		if (ngroup > 0)
-			verdict = process_batch(l, group, ngroup, false);
+			verdict = reliq_apply_batch(l, group, ngroup);
 	}
 	for (i = 0; i < n && verdict == RELIQ_APPLY_DONE && reliq_lane_attached(l); i++)
 		if (msgs[i].delivered > 2)
 		{
 			tried[i] = true;
 			p->applying_alone = msgs[i].stream_seq;
-			verdict = process_batch(l, &msgs[i], 1, false);
+			verdict = reliq_apply_batch(l, &msgs[i], 1);
 			p->applying_alone = 0;
 		}
 	for (i = 0; i < n; i++)
@@ -462,7 +463,7 @@ reliq_apply_probe(Lane *l)
 	int			n = l->nheld;
 
 	memcpy(msgs, l->held, sizeof(ReliqMessage) * n);
-	return process_batch(l, msgs, n, true);
+	return reliq_apply_batch(l, msgs, n);
 }
 
 /*

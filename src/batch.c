@@ -909,6 +909,26 @@ run_in_subtransaction(ReliqBatchState *state, ReliqMessage *msgs, int index,
 	PG_END_TRY();
 }
 
+/*
+ * ordering => 'key': has an earlier message of msgs[i]'s key failed in
+ * this batch (or waited behind one)?  Then msgs[i] waits too, untried: it
+ * is applied after that message (apply.c, ordering.c).
+ */
+static bool
+follows_failure_of_its_key(const ReliqMessage *msgs, int i)
+{
+	int			j;
+
+	if (!msgs[i].ordered)
+		return false;
+	for (j = 0; j < i; j++)
+		if (msgs[j].ordered && msgs[j].order_key == msgs[i].order_key &&
+			(msgs[j].outcome == RELIQ_OUTCOME_FAILED ||
+			 msgs[j].outcome == RELIQ_OUTCOME_DEFERRED))
+			return true;
+	return false;
+}
+
 static void
 run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 			  ReliqBatchResult *result, MemoryContext batch_cxt)
@@ -932,7 +952,10 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 			for (i = 0; i < nmsgs; i++)
 			{
 				CHECK_FOR_INTERRUPTS();
-				run_in_subtransaction(state, msgs, i, batch_cxt);
+				if (follows_failure_of_its_key(msgs, i))
+					msgs[i].outcome = RELIQ_OUTCOME_DEFERRED;
+				else
+					run_in_subtransaction(state, msgs, i, batch_cxt);
 			}
 
 			for (i = 0; i < nmsgs; i++)
@@ -1045,6 +1068,8 @@ outcome_name(ReliqOutcome outcome)
 			return "dead_lettered";
 		case RELIQ_OUTCOME_HELD:
 			return "held";
+		case RELIQ_OUTCOME_DEFERRED:
+			return "deferred";
 		case RELIQ_OUTCOME_NONE:
 			break;
 	}
@@ -1182,6 +1207,9 @@ reliq_batch_run(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				result->held++;
 				if (msg->error)
 					result->failed++;
+				break;
+			case RELIQ_OUTCOME_DEFERRED:
+				result->deferred++;
 				break;
 			case RELIQ_OUTCOME_NONE:
 				break;

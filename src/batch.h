@@ -68,6 +68,7 @@ typedef struct ReliqBatchResult
 	int			outboxed;		/* publishes written to reliq._outbox */
 	bool		used_slow_path;
 	int			transient;		/* held for a transient error (lock, deadlock) */
+	int			deferred;		/* ordering: behind a failure of their key */
 	bool		tripped;		/* failing as a whole: messages held */
 	bool		stream_changed; /* a newer stream incarnation exists */
 	bool		subscription_gone;	/* dropped: nothing applied */

@@ -41,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "ordering.h"
 #include "reliq.h"
 #include "spi_safe.h"
 
@@ -72,7 +73,7 @@ reliq_catalog_load_subscription(int64 id)
 					  "       COALESCE((extract(epoch FROM handler_timeout) * 1000)::int8, 0),"
 					  "       start = 'new', enabled, owner::oid, version, created_at,"
 					  "       mode = 'upsert', key, columns::text, newer_than,"
-					  "       on_unknown_keys = 'dead_letter'"
+					  "       on_unknown_keys = 'dead_letter', ordering"
 					  "  FROM reliq.subscription WHERE id = $1",
 					  1, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 
@@ -130,6 +131,8 @@ reliq_catalog_load_subscription(int64 id)
 		sub->columns = reliq_spi_text(t, d, 21);
 		sub->newer_than = reliq_spi_text(t, d, 22);
 		sub->strict_keys = reliq_spi_bool(t, d, 23);
+		sub->ordering = reliq_spi_text(t, d, 24);
+		reliq_ordering_resolve(sub);
 	}
 	reliq_spi_finish();
 	return sub;

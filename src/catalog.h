@@ -37,6 +37,11 @@ typedef struct ReliqSubscription
 	char	   *newer_than;		/* upsert: the column saying which message is
 								 * newer, or NULL */
 	bool		strict_keys;	/* table sink: on_unknown_keys 'dead_letter' */
+	char	   *ordering;		/* 'none', 'key', '$subject[N]' or
+								 * '$header.Name' */
+	int			norder;			/* ordering: the parts of a message's order
+								 * key (ordering.c); 0 for 'none' */
+	struct ReliqOrderPart *order;
 	int			batch_size;
 	int			concurrency;
 	int			max_deliver;

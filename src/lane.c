@@ -604,6 +604,7 @@ forget_consumer(Lane *l)
 {
 	reliq_lane_detach(l);
 	reliq_apply_drop_held(l);
+	reliq_ordering_forget(l);
 }
 
 /*
@@ -779,6 +780,7 @@ reliq_lane_begin_leaving(Lane *l, bool closing)
 						l->pool->index, l->sub->name)));
 	reliq_lane_transition(l, RELIQ_LANE_LEAVING);
 	released = reliq_ack_release(l->pool->conn, l->held, l->nheld, delay);
+	released += reliq_ordering_release(l, delay);
 	reliq_apply_drop_held(l);
 	if (closing && l->puller)
 		released += reliq_puller_release_queued(l->puller, delay);
@@ -818,6 +820,7 @@ reliq_lane_free(Lane *l)
 		reliq_lane_close(l->pool->slot, l->status);
 	reliq_lane_detach(l);
 	reliq_apply_drop_held(l);
+	reliq_ordering_forget(l);
 	caller = reliq_xact_begin("reliq: giving up a subscription");
 	reliq_batch_free(&l->batch);
 	reliq_xact_commit(caller);
@@ -846,12 +849,22 @@ turn(Lane *l)
 			reliq_lane_transition(l, RELIQ_LANE_BACKING_OFF);
 		return false;
 	}
+	if (l->ndeferred > 0 && l->sub->norder == 0)
+		(void) reliq_ordering_release(l, 0);	/* ordering turned off */
+	reliq_ordering_keep_alive(l);
 	if (l->nheld > 0)
 		return hold_step(l);
 	if (l->outbox_pending && GetCurrentTimestamp() >= l->next_outbox_try)
 		reliq_apply_drain_outbox(l);
 	if (!reliq_lane_attached(l))
 		return false;
+	if (l->ndeferred > 0 && reliq_ordering_ready(l))
+	{
+		/* a key's blocker was finished: what waited for it goes now */
+		reliq_lane_transition(l, RELIQ_LANE_PROCESSING);
+		after_apply(l, reliq_ordering_apply(l, NULL, 0));
+		return true;
+	}
 
 	msgs = palloc(sizeof(ReliqMessage) * l->sub->batch_size);
 	n = collect_batch(l, msgs, l->sub->batch_size);
@@ -884,6 +897,7 @@ lane_failed(Lane *l, const char *message)
 		p->applying_alone = 0;
 	}
 	(void) reliq_ack_release(p->conn, l->held, l->nheld, delay);
+	(void) reliq_ordering_release(l, delay);
 	forget_consumer(l);
 	if (l->stats != NULL && !reliq_lane_leaving(l))
 		reliq_stats_set_error(l->stats, message);
@@ -929,6 +943,8 @@ reliq_lane_wants_turn(Lane *l, TimestampTz now)
 		return false;
 	if (!reliq_lane_attached(l))
 		return now >= l->retry_at;
+	if (l->ndeferred > 0 && now >= l->next_deferred_progress)
+		return true;
 	if (l->nheld > 0)
 		return now >= l->next_probe || now >= l->next_progress;
 	if (l->outbox_pending && now >= l->next_outbox_try)
@@ -947,6 +963,8 @@ reliq_lane_next_wake(Lane *l, TimestampTz now, TimestampTz next)
 		next = Min(next, l->next_probe);
 		next = Min(next, l->next_progress);
 	}
+	if (l->ndeferred > 0)
+		next = Min(next, l->next_deferred_progress);
 	if (!reliq_lane_attached(l) && l->retry_at > now)
 		next = Min(next, l->retry_at);
 	if (l->pull_after > now)

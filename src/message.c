@@ -220,6 +220,32 @@ push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
  * that came several times maps to an array of its values, in order.
  * No headers give '{}'.
  */
+/*
+ * A deep copy of src in the current memory context (the error and the
+ * trace's span are not copied: a kept message is tried again).
+ */
+void
+reliq_message_copy(ReliqMessage *dst, const ReliqMessage *src)
+{
+	int			j;
+
+	*dst = *src;
+	dst->subject = pstrdup(src->subject);
+	dst->reply = pstrdup(src->reply);
+	dst->stream = pstrdup(src->stream);
+	dst->consumer = pstrdup(src->consumer);
+	dst->data = palloc(src->data_len + 1);
+	memcpy(dst->data, src->data, src->data_len + 1);
+	dst->header_keys = palloc(sizeof(char *) * Max(src->nheaders, 1));
+	dst->header_values = palloc(sizeof(char *) * Max(src->nheaders, 1));
+	for (j = 0; j < src->nheaders; j++)
+	{
+		dst->header_keys[j] = pstrdup(src->header_keys[j]);
+		dst->header_values[j] = pstrdup(src->header_values[j]);
+	}
+	dst->error = NULL;
+}
+
 Datum
 reliq_message_headers_jsonb(const ReliqMessage *msg)
 {

@@ -24,7 +24,9 @@ typedef enum ReliqOutcome
 	RELIQ_OUTCOME_DUPLICATE,	/* already in the ledger: +ACK, not handled */
 	RELIQ_OUTCOME_FAILED,		/* handler failed: -NAK with backoff */
 	RELIQ_OUTCOME_DEAD_LETTERED,	/* in reliq.dead_letter: +TERM */
-	RELIQ_OUTCOME_HELD			/* subscription failing: kept for a retry */
+	RELIQ_OUTCOME_HELD,			/* subscription failing: kept for a retry */
+	RELIQ_OUTCOME_DEFERRED		/* ordering => 'key': an earlier message of
+								 * its key failed; kept, tried after it */
 } ReliqOutcome;
 
 typedef struct ReliqMessage
@@ -46,6 +48,11 @@ typedef struct ReliqMessage
 	int			delivered;
 	int64		published_ns;	/* nanoseconds since the Unix epoch */
 	int64		pending;
+
+	/* ordering => 'key' (ordering.c): its order key, if it has one. */
+	bool		ordered;
+	uint64		order_key;
+	bool		counted;		/* counted as received already */
 
 	/* Set while the batch is processed. */
 	ReliqOutcome outcome;
@@ -81,6 +88,7 @@ extern bool reliq_parse_ack_subject(const char *reply, ReliqMessage *msg);
 extern TimestampTz reliq_unix_ns_to_timestamptz(int64 ns);
 extern int64 reliq_timestamptz_to_unix_ns(TimestampTz t);
 extern Datum reliq_message_headers_jsonb(const ReliqMessage *msg);
+extern void reliq_message_copy(ReliqMessage *dst, const ReliqMessage *src);
 extern int	reliq_headers_from_jsonb(Jsonb *headers, const char ***keys,
 									 const char ***values, const char **msg_id);
 extern text *reliq_text_from_wire(const char *str, int len);

@@ -98,6 +98,7 @@ release_unapplied(Pool *p)
 		if (l == p->applying_lane)
 			released += reliq_ack_release(p->conn, p->applying, p->napplying, delay);
 		released += reliq_ack_release(p->conn, l->held, l->nheld, delay);
+		released += reliq_ack_release(p->conn, l->deferred, l->ndeferred, delay);
 		if (l->puller != NULL)
 			released += reliq_puller_release_queued(l->puller, delay);
 	}

@@ -131,6 +131,14 @@ typedef struct Lane
 	TimestampTz next_probe;
 	TimestampTz next_progress;
 
+	/* ordering => 'key' (ordering.c) */
+	struct HTAB *blocked;		/* key -> the oldest unfinished message */
+	ReliqMessage *deferred;		/* behind an unfinished message of their key */
+	int			ndeferred;
+	int			maxdeferred;
+	MemoryContext deferred_cxt;
+	TimestampTz next_deferred_progress;
+
 	bool		outbox_pending; /* rows may wait in reliq._outbox */
 	TimestampTz next_outbox_try;
 
@@ -262,6 +270,7 @@ extern TimestampTz reliq_lane_next_wake(Lane *l, TimestampTz now,
 extern ReliqApplyVerdict reliq_apply_collected(Lane *l, ReliqMessage *msgs,
 											   int n);
 extern ReliqApplyVerdict reliq_apply_probe(Lane *l);
+extern ReliqApplyVerdict reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n);
 extern void reliq_apply_drop_held(Lane *l);
 extern void reliq_apply_drain_outbox(Lane *l);
 extern void reliq_apply_note_death(Pool *p);
@@ -269,6 +278,15 @@ extern bool reliq_problem_is_new(char *current, const char *message);
 extern void reliq_note_problem(Lane *l, int elevel, int sqlerrcode,
 							   const char *fmt,...) pg_attribute_printf(4, 5);
 extern void reliq_clear_problem(Lane *l, const char *resolution);
+
+/* ordering.c */
+extern ReliqApplyVerdict reliq_ordering_apply(Lane *l, ReliqMessage *msgs,
+											  int n);
+extern void reliq_ordering_note(Lane *l, const ReliqMessage *msgs, int n);
+extern bool reliq_ordering_ready(Lane *l);
+extern void reliq_ordering_keep_alive(Lane *l);
+extern int	reliq_ordering_release(Lane *l, int64 delay_ms);
+extern void reliq_ordering_forget(Lane *l);
 
 /* ack_gate.c */
 extern void reliq_worker_wait_latch(long ms);
