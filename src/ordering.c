@@ -53,8 +53,8 @@
 
 typedef struct BlockedKey
 {
-	uint64		key;
-	int64		blocker;		/* stream sequence */
+	uint64 key;
+	int64  blocker; /* stream sequence */
 } BlockedKey;
 
 /*
@@ -64,8 +64,8 @@ typedef struct BlockedKey
 static bool
 parse_part(const char *expr, ReliqOrderPart *part)
 {
-	int			token;
-	char		end;
+	int  token;
+	char end;
 
 	memset(part, 0, sizeof(*part));
 	if (sscanf(expr, "$subject[%d%c", &token, &end) == 2 && end == ']' &&
@@ -87,8 +87,8 @@ parse_part(const char *expr, ReliqOrderPart *part)
 static char *
 mapped_expression(const ReliqSubscription *sub, const char *name)
 {
-	Jsonb	   *columns;
-	JsonbValue	key;
+	Jsonb      *columns;
+	JsonbValue  key;
 	JsonbValue *v;
 
 	if (sub->columns == NULL)
@@ -111,7 +111,7 @@ mapped_expression(const ReliqSubscription *sub, const char *name)
 void
 reliq_ordering_resolve(ReliqSubscription *sub)
 {
-	int			i;
+	int i;
 
 	sub->norder = 0;
 	sub->order = NULL;
@@ -132,7 +132,7 @@ reliq_ordering_resolve(ReliqSubscription *sub)
 	sub->order = palloc(sizeof(ReliqOrderPart) * Max(sub->nkey, 1));
 	for (i = 0; i < sub->nkey; i++)
 	{
-		char	   *expr = mapped_expression(sub, sub->key[i]);
+		char *expr = mapped_expression(sub, sub->key[i]);
 
 		if (expr == NULL || !parse_part(expr, &sub->order[i]))
 			ereport(ERROR,
@@ -172,14 +172,14 @@ subject_token(const char *subject, int n, const char **start, int *len)
 static bool
 order_key(const ReliqSubscription *sub, const ReliqMessage *msg, uint64 *key)
 {
-	uint64		h = 0;
-	int			i;
+	uint64 h = 0;
+	int    i;
 
 	for (i = 0; i < sub->norder; i++)
 	{
 		const ReliqOrderPart *part = &sub->order[i];
-		const char *value;
-		int			len;
+		const char           *value;
+		int                   len;
 
 		if (part->header)
 		{
@@ -200,7 +200,7 @@ order_key(const ReliqSubscription *sub, const ReliqMessage *msg, uint64 *key)
 void
 reliq_ordering_set_keys(const ReliqSubscription *sub, ReliqMessage *msgs, int n)
 {
-	int			i;
+	int i;
 
 	for (i = 0; i < n; i++)
 		msgs[i].ordered = sub->norder > 0 && order_key(sub, &msgs[i], &msgs[i].order_key);
@@ -215,7 +215,7 @@ blocked_keys(Lane *l)
 {
 	if (l->blocked == NULL)
 	{
-		HASHCTL		ctl;
+		HASHCTL ctl;
 
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(uint64);
@@ -244,7 +244,7 @@ static void
 block(Lane *l, const ReliqMessage *msg)
 {
 	BlockedKey *b;
-	bool		found;
+	bool        found;
 
 	if (!msg->ordered)
 		return;
@@ -265,7 +265,7 @@ unblock(Lane *l, const ReliqMessage *msg)
 static bool
 free_to_go(Lane *l, const ReliqMessage *msg)
 {
-	int64		blocker = blocker_of(l, msg);
+	int64 blocker = blocker_of(l, msg);
 
 	return blocker == 0 || blocker >= msg->stream_seq;
 }
@@ -275,7 +275,7 @@ static void
 defer(Lane *l, const ReliqMessage *msgs, int n)
 {
 	MemoryContext old;
-	int			i;
+	int           i;
 
 	if (n == 0)
 		return;
@@ -285,10 +285,9 @@ defer(Lane *l, const ReliqMessage *msgs, int n)
 	old = MemoryContextSwitchTo(l->deferred_cxt);
 	if (l->ndeferred + n > l->maxdeferred)
 	{
-		int			max = Max(2 * l->maxdeferred, l->ndeferred + n);
+		int max = Max(2 * l->maxdeferred, l->ndeferred + n);
 
-		l->deferred = l->deferred ? repalloc(l->deferred, sizeof(ReliqMessage) * max)
-			: palloc(sizeof(ReliqMessage) * max);
+		l->deferred = l->deferred ? repalloc(l->deferred, sizeof(ReliqMessage) * max) : palloc(sizeof(ReliqMessage) * max);
 		l->maxdeferred = max;
 	}
 	for (i = 0; i < n; i++)
@@ -320,7 +319,7 @@ void
 reliq_ordering_forget(Lane *l)
 {
 	MemoryContext cxt;
-	int			n;
+	int           n;
 
 	(void) take_deferred(l, &n, &cxt);
 	if (cxt)
@@ -336,7 +335,7 @@ reliq_ordering_forget(Lane *l)
 int
 reliq_ordering_release(Lane *l, int64 delay_ms)
 {
-	int			released = reliq_ack_release(l->pool->conn, l->deferred, l->ndeferred, delay_ms);
+	int released = reliq_ack_release(l->pool->conn, l->deferred, l->ndeferred, delay_ms);
 
 	reliq_ordering_forget(l);
 	return released;
@@ -358,7 +357,7 @@ reliq_ordering_keep_alive(Lane *l)
 bool
 reliq_ordering_ready(Lane *l)
 {
-	int			i;
+	int i;
 
 	for (i = 0; i < l->ndeferred; i++)
 		if (free_to_go(l, &l->deferred[i]))
@@ -370,7 +369,7 @@ reliq_ordering_ready(Lane *l)
 void
 reliq_ordering_note(Lane *l, const ReliqMessage *msgs, int n)
 {
-	int			i;
+	int i;
 
 	for (i = 0; i < n; i++)
 	{
@@ -397,8 +396,8 @@ reliq_ordering_note(Lane *l, const ReliqMessage *msgs, int n)
 static int
 compare_seq(const void *a, const void *b)
 {
-	int64		x = ((const ReliqMessage *) a)->stream_seq;
-	int64		y = ((const ReliqMessage *) b)->stream_seq;
+	int64 x = ((const ReliqMessage *) a)->stream_seq;
+	int64 y = ((const ReliqMessage *) b)->stream_seq;
 
 	return x < y ? -1 : x > y;
 }
@@ -413,8 +412,8 @@ merge(ReliqMessage *deferred, int ndeferred, ReliqMessage *msgs, int n,
 	  int *count)
 {
 	ReliqMessage *all = palloc(sizeof(ReliqMessage) * Max(ndeferred + n, 1));
-	int			k = 0;
-	int			i;
+	int           k = 0;
+	int           i;
 
 	memcpy(all, msgs, sizeof(ReliqMessage) * n);
 	for (i = 0; i < n; i++)
@@ -422,8 +421,8 @@ merge(ReliqMessage *deferred, int ndeferred, ReliqMessage *msgs, int n,
 	k = n;
 	for (i = 0; i < ndeferred; i++)
 	{
-		int			j;
-		bool		again = false;
+		int  j;
+		bool again = false;
 
 		for (j = 0; j < n && !again; j++)
 			again = msgs[j].stream_seq == deferred[i].stream_seq;
@@ -442,12 +441,12 @@ merge(ReliqMessage *deferred, int ndeferred, ReliqMessage *msgs, int n,
 static ReliqApplyVerdict
 apply_round(Lane *l, ReliqMessage *all, int n, bool *tried, int *ntried)
 {
-	ReliqMessage *group = palloc(sizeof(ReliqMessage) * Max(n, 1));
-	int		   *where = palloc(sizeof(int) * Max(n, 1));
-	bool	   *go = palloc0(sizeof(bool) * Max(n, 1));
+	ReliqMessage     *group = palloc(sizeof(ReliqMessage) * Max(n, 1));
+	int              *where = palloc(sizeof(int) * Max(n, 1));
+	bool             *go = palloc0(sizeof(bool) * Max(n, 1));
 	ReliqApplyVerdict verdict = RELIQ_APPLY_DONE;
-	int			pass;
-	int			i;
+	int               pass;
+	int               i;
 
 	for (i = 0; i < n; i++)
 		if (!tried[i] && all[i].delivered > 1)
@@ -458,12 +457,12 @@ apply_round(Lane *l, ReliqMessage *all, int n, bool *tried, int *ntried)
 	/* first deliveries, then first redeliveries, then each later one alone */
 	for (pass = 1; pass <= 3 && verdict == RELIQ_APPLY_DONE && reliq_lane_attached(l); pass++)
 	{
-		int			ngroup = 0;
-		int			j;
+		int ngroup = 0;
+		int j;
 
 		for (i = 0; i < n; i++)
 		{
-			int			d = Max(all[i].delivered, 1);
+			int d = Max(all[i].delivered, 1);
 
 			if (!go[i] || (pass < 3 ? d != pass : d < 3))
 				continue;
@@ -481,7 +480,7 @@ apply_round(Lane *l, ReliqMessage *all, int n, bool *tried, int *ntried)
 		verdict = reliq_apply_batch(l, group, ngroup);
 		l->pool->applying_alone = 0;
 		for (j = 0; j < ngroup; j++)
-			all[where[j]].counted = true;	/* as reliq_apply_batch did */
+			all[where[j]].counted = true; /* as reliq_apply_batch did */
 		if (pass == 3)
 		{
 			/* the next one alone, if any: go round this pass again */
@@ -506,16 +505,16 @@ apply_round(Lane *l, ReliqMessage *all, int n, bool *tried, int *ntried)
 ReliqApplyVerdict
 reliq_ordering_apply(Lane *l, ReliqMessage *msgs, int n)
 {
-	Pool	   *p = l->pool;
-	MemoryContext deferred_cxt;
-	int			ndeferred;
-	ReliqMessage *deferred = take_deferred(l, &ndeferred, &deferred_cxt);
-	ReliqMessage *all;
-	bool	   *tried;
-	int			ntried = 0;
-	int			count;
+	Pool             *p = l->pool;
+	MemoryContext     deferred_cxt;
+	int               ndeferred;
+	ReliqMessage     *deferred = take_deferred(l, &ndeferred, &deferred_cxt);
+	ReliqMessage     *all;
+	bool             *tried;
+	int               ntried = 0;
+	int               count;
 	ReliqApplyVerdict verdict = RELIQ_APPLY_DONE;
-	int			i;
+	int               i;
 
 	reliq_ordering_set_keys(l->sub, msgs, n);
 	all = merge(deferred, ndeferred, msgs, n, &count);
@@ -527,7 +526,7 @@ reliq_ordering_apply(Lane *l, ReliqMessage *msgs, int n)
 	/* rounds, while a round applies something and unblocks keys */
 	while (verdict == RELIQ_APPLY_DONE && ntried < count && reliq_lane_attached(l))
 	{
-		int			before = ntried;
+		int before = ntried;
 
 		verdict = apply_round(l, all, count, tried, &ntried);
 		if (ntried == before)

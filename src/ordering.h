@@ -16,13 +16,13 @@
 /* One part of an order key: a subject token, or a header's first value. */
 typedef struct ReliqOrderPart
 {
-	bool		header;
-	int			token;			/* subject token, counted from 1 */
-	char	   *name;			/* header name */
+	bool  header;
+	int   token; /* subject token, counted from 1 */
+	char *name;  /* header name */
 } ReliqOrderPart;
 
 extern void reliq_ordering_resolve(ReliqSubscription *sub);
 extern void reliq_ordering_set_keys(const ReliqSubscription *sub,
 									ReliqMessage *msgs, int n);
 
-#endif							/* RELIQ_ORDERING_H */
+#endif /* RELIQ_ORDERING_H */
