@@ -529,3 +529,15 @@ REVOKE ALL ON FUNCTION reliq.create_subscription(text, text, text, regprocedure,
 -- they check membership themselves, with a clearer error than EXECUTE's
 GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
                           reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;
+
+-- The per-step profile of batches, while reliq.profile_batches is on
+-- (superuser only); zeroed by reliq.subscription_stats_reset().
+CREATE FUNCTION reliq.batch_profile(
+    OUT subscription_name text, OUT step text, OUT batches bigint,
+    OUT messages bigint, OUT wall_us double precision, OUT cpu_us double precision)
+RETURNS SETOF record
+LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_batch_profile';
+COMMENT ON FUNCTION reliq.batch_profile()
+    IS 'Where batches'' time went, per subscription and step, in all since reliq.profile_batches was turned on: wall and worker CPU time (µs)';
+REVOKE ALL ON FUNCTION reliq.batch_profile() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.batch_profile() TO reliq_admin, pg_monitor;

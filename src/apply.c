@@ -332,11 +332,13 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz committed;
 
+	reliq_profile_lap(RELIQ_STEP_OTHER);
 	reliq_lane_report_progress(l, n);
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("reliq: applying %d messages of subscription %s", n, l->sub->name));
 
 	reliq_batch_run(&l->batch, msgs, n, &result);
+	reliq_profile_lap(RELIQ_STEP_OTHER);
 	committed = GetCurrentTimestamp();
 	if (result.subscription_gone)
 	{
@@ -367,14 +369,18 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 		return RELIQ_APPLY_LEASE_LOST;
 	}
 	reliq_apply_drain_outbox(l);
+	reliq_profile_lap(RELIQ_STEP_GATE);
 	reliq_ack_send(conn, l->sub, msgs, nak_delays(l, msgs, n), n,
 				   committed - started < RELIQ_QUICK_BATCH_US);
+	reliq_profile_lap(RELIQ_STEP_ACK);
 	count_batch(l, probe ? 0 : n, &result);
 	time_batch(l, msgs, n, started, committed, &result);
 	report_failures(l, &result);
 	hold_or_resume(l, msgs, n, was_failing, &result);
 	reliq_lane_report_progress(l, l->nheld);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_profile_lap(RELIQ_STEP_STATS);
+	reliq_profile_end(l->stats, n);
 
 	if (result.stream_changed)
 		return RELIQ_APPLY_STREAM_CHANGED;

@@ -61,6 +61,7 @@
 #include "pg_compat.h"
 #include "batch.h"
 #include "outbox.h"
+#include "profile.h"
 #include "reliq.h"
 #include "shmem.h"
 #include "sink.h"
@@ -359,6 +360,7 @@ stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
 	recorded = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 							 &isnull);
 	SPI_freetuptable(SPI_tuptable);
+	reliq_profile_lap(RELIQ_STEP_IDENTITY);
 	if (!exists)
 	{
 		result->subscription_gone = true;
@@ -517,6 +519,7 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	if (plain)
 	{
 		record_plain(state, msgs, indexes, count, fresh);
+		reliq_profile_lap(RELIQ_STEP_LEDGER);
 		return;
 	}
 	seqs = palloc(sizeof(Datum) * Max(count, 1));
@@ -560,6 +563,7 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	pfree(array);
 	forget_pruned(state, msgs, indexes, count, fresh);
 	pfree(seqs);
+	reliq_profile_lap(RELIQ_STEP_LEDGER);
 }
 
 static bool
@@ -703,7 +707,9 @@ start_batch_transaction(ReliqBatchState *state)
 {
 	(void) reliq_xact_begin(NULL);
 	reliq_spi_connect();
+	reliq_profile_lap(RELIQ_STEP_BEGIN);
 	ensure_plans(state);
+	reliq_profile_lap(RELIQ_STEP_PLANS);
 }
 
 /*
@@ -721,8 +727,10 @@ abandon_for_new_stream(ReliqBatchResult *result, MemoryContext batch_cxt)
 static void
 finish_batch_transaction(MemoryContext batch_cxt)
 {
+	reliq_profile_lap(RELIQ_STEP_APPLY);
 	reliq_spi_finish();
 	reliq_xact_commit(batch_cxt);
+	reliq_profile_lap(RELIQ_STEP_COMMIT);
 }
 
 /* Copy the error being handled into cxt and clear it. */
