@@ -25,7 +25,6 @@
 
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "portability/instr_time.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
@@ -52,17 +51,18 @@ static const char *const step_names[RELIQ_STEP_COUNT] = {
 
 /* The batch being profiled in this process. */
 static bool started = false;
-static instr_time last_wall;
+static int64 last_wall_ns;
 static int64 last_cpu_ns;
 static int64 wall_ns[RELIQ_STEP_COUNT];
 static int64 cpu_ns[RELIQ_STEP_COUNT];
 
+/* CLOCK_MONOTONIC for wall time, CLOCK_THREAD_CPUTIME_ID for CPU time. */
 static int64
-thread_cpu_ns(void)
+clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+	if (clock_gettime(clock, &ts) != 0)
 		return 0;
 	return (int64) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
@@ -83,15 +83,15 @@ reliq_profile_start_slow(void)
 {
 	memset(wall_ns, 0, sizeof(wall_ns));
 	memset(cpu_ns, 0, sizeof(cpu_ns));
-	INSTR_TIME_SET_CURRENT(last_wall);
-	last_cpu_ns = thread_cpu_ns();
+	last_wall_ns = clock_ns(CLOCK_MONOTONIC);
+	last_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	started = true;
 }
 
 void
 reliq_profile_lap_slow(ReliqProfileStep step)
 {
-	instr_time	now;
+	int64		wall;
 	int64		cpu;
 
 	if (!started)
@@ -99,11 +99,11 @@ reliq_profile_lap_slow(ReliqProfileStep step)
 		reliq_profile_start_slow();
 		return;
 	}
-	INSTR_TIME_SET_CURRENT(now);
-	cpu = thread_cpu_ns();
-	wall_ns[step] += INSTR_TIME_GET_NANOSEC(now) - INSTR_TIME_GET_NANOSEC(last_wall);
+	wall = clock_ns(CLOCK_MONOTONIC);
+	cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	wall_ns[step] += wall - last_wall_ns;
 	cpu_ns[step] += cpu - last_cpu_ns;
-	last_wall = now;
+	last_wall_ns = wall;
 	last_cpu_ns = cpu;
 }
 
