@@ -726,10 +726,13 @@ sub profile_row
 	my $t0 = time;
 	do { sleep 0.01; %before = profile_snapshot($name); }
 	  while (($before{batches} // 0) < 3 && time - $t0 < 60);
-	my %w0 = map { $_ => cpu_ticks($_) // 0 } worker_pids();
+	# the CPU ticks read just before each snapshot, so both windows shift alike
+	my @pids = worker_pids();
+	my %w0 = map { $_ => cpu_ticks($_) // 0 } @pids;
+	%before = profile_snapshot($name);
 	my $done = wait_processed($what, $name, $n);
 	my $wticks = 0;
-	$wticks += (cpu_ticks($_) // 0) - ($w0{$_} // 0) for worker_pids();
+	$wticks += (cpu_ticks($_) // 0) - ($w0{$_} // 0) for @pids;
 	my %after = profile_snapshot($name);
 	my (%wall, %cpu);
 	my $batches = ($after{batches} // 0) - ($before{batches} // 0);
