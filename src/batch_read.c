@@ -120,7 +120,8 @@ lookup(ReliqBatchTable table, const int64 *keys, int nkeys,
 		}
 	}
 	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	/* the lock is kept to the end of the transaction, as a statement's */
+	table_close(rel, NoLock);
 	return found;
 }
 
