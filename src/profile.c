@@ -8,7 +8,7 @@
  *
  * Off by default (reliq.profile_batches, superuser only): then each of the
  * dozen calls a batch makes is one test of a bool.  On, each step boundary
- * reads two clocks (about a microsecond together on a VM) and a batch adds
+ * reads two clocks (the CPU-time one a system call) and a batch adds
  * 2 x RELIQ_STEP_COUNT + 2 atomics to shared memory, no lock.  The laps
  * are kept in the worker process (a pool worker applies one batch at a
  * time), so only the addition at the end touches shared memory.
@@ -72,7 +72,7 @@ reliq_profile_define(void)
 {
 	DefineCustomBoolVariable("reliq.profile_batches",
 							 "Adds up where each batch's time goes, step by step (see reliq.batch_profile()).",
-							 "Costs about a microsecond per step of a batch while on.",
+							 "Reads two clocks per step of a batch while on.",
 							 &reliq_profile_batches, false, PGC_SUSET, 0,
 							 NULL, NULL, NULL);
 }
