@@ -618,3 +618,17 @@ UPDATE reliq.dead_letter
                          ELSE 'subscription' END
  WHERE sqlstate IS NOT NULL;
 COMMENT ON COLUMN reliq.dead_letter.error_kind IS 'Whose fault the error was: message (its data), subscription (anything else), delivery_limit (RQ001), or transient for rows from before 0.3';
+GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
+                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;
+
+-- The per-step profile of batches, while reliq.profile_batches is on
+-- (superuser only); zeroed by reliq.subscription_stats_reset().
+CREATE FUNCTION reliq.batch_profile(
+    OUT subscription_name text, OUT step text, OUT batches bigint,
+    OUT messages bigint, OUT wall_us double precision, OUT cpu_us double precision)
+RETURNS SETOF record
+LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_batch_profile';
+COMMENT ON FUNCTION reliq.batch_profile()
+    IS 'Where batches'' time went, per subscription and step, in all since reliq.profile_batches was turned on: wall and worker CPU time (µs)';
+REVOKE ALL ON FUNCTION reliq.batch_profile() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.batch_profile() TO reliq_admin, pg_monitor;

@@ -31,7 +31,14 @@
 #   latency    publish -> commit at fixed offered rates (2,000 and 20,000
 #              msg/s), from JetStream's timestamp and the commit timestamp
 #              of the row;
-#   memory     the worker's private memory every 100k messages over 1M.
+#   memory     the worker's private memory every 100k messages over 1M;
+#   upsert     the table sink in mode 'upsert' (key id) beside mode 'insert',
+#              on N messages over 10,000 keys, batch 500 x 2 (issue 21);
+#   profile    where a batch's time goes, step by step, from collecting it to
+#              its acks (reliq.profile_batches, reliq.batch_profile()), for
+#              the table sink and the per-message handler at batch 1, 10,
+#              100 and 500; and the small batches' rates (10 x 2, 100 x 2)
+#              as a share of batch 500 x 2's.
 #
 # pool (issue 10), on reliq.max_workers = 4
 #   1,000 subscriptions x 100 messages each: the drain time, every one
@@ -54,6 +61,7 @@
 #   BENCH                 all (default), core or pool
 #   BENCH_ONLY            a regex of run keys, e.g. 'sink/500|latency|pool/idle'
 #                         (keys: sink|handler|batch/<batch>/<conc>, node/<fetch>/<k>,
+#                         kv/insert|upsert/500/2, profile/sink|handler/<batch>,
 #                         peer, stall/pause, stall/restart, streaming,
 #                         latency/<rate>, memory, pool/drain,
 #                         pool/trickle, pool/idle, pool/busy); ceilings always run
@@ -65,6 +73,8 @@
 #   BENCH_LATENCY_SECONDS (10)
 #   BENCH_MEMORY_N (1000000; 0 skips)
 #   BENCH_STALL_TRIES (3) tries of each stall row
+#   BENCH_PROFILE_N (20000) messages of each profile row (a quarter at batch 1)
+#   BENCH_UPSERT_KEYS (10000) keys of the upsert rows' N messages
 #   BENCH_SKIP_NODE=1     no Node.js runs
 #   BENCH_POOL_SUBS (1000), BENCH_POOL_MSGS (100): the pool drain
 #   BENCH_POOL_TRICKLE_SUBS (200), BENCH_POOL_TRICKLE_RATE (200 msg/s in all),
@@ -99,6 +109,8 @@ my $lat_secs   = $ENV{BENCH_LATENCY_SECONDS} // 10;
 my $only       = $ENV{BENCH_ONLY};
 my $ceilings   = $ENV{BENCH_CEILINGS} // 1;
 my $stall_tries = $ENV{BENCH_STALL_TRIES} // 3;
+my $profile_n  = $ENV{BENCH_PROFILE_N} // 20_000;
+my $upsert_keys = $ENV{BENCH_UPSERT_KEYS} // 10_000;
 my %pool = (
 	subs           => $ENV{BENCH_POOL_SUBS}            // 1000,
 	msgs           => $ENV{BENCH_POOL_MSGS}            // 100,
@@ -279,6 +291,8 @@ CREATE EXTENSION reliq;
 CREATE SCHEMA bench;
 CREATE TABLE bench.events (id bigint, kind text, amount int, note text);
 CREATE TABLE bench.latency (stream_seq bigint, published_at timestamptz);
+CREATE TABLE bench.kv (id bigint PRIMARY KEY, kind text, amount int, note text);
+CREATE TABLE bench.kv_insert (id bigint, kind text, amount int, note text);
 CREATE TABLE bench.pool_events (sub int, id bigint, kind text, amount int, note text);
 CREATE TABLE bench.pool_latency (subscription text, stream_seq bigint, published_at timestamptz);
 -- the handler a user would write: parse, insert the row
@@ -669,6 +683,153 @@ sub reliq_row
 		$r->{rate}, runs_text($r), $r->{wus_median}, $r->{nus_median})) if $repeat > 1;
 }
 
+# The per-step profile of a batch (issue 21): a subscription drains
+# $profile_n messages (a quarter of it at batch 1) with
+# reliq.profile_batches on; the first batches are left out (the profile
+# is read after two and subtracted, so plans and set-up are not counted);
+# reliq.batch_profile() gives each step's wall and CPU time (the worker's
+# main thread), and /proc the CPU of the whole worker process (the NATS
+# client's threads too) over the same batches.
+# reliq.batch_profile() of one subscription: batches, messages, and each
+# step's wall and CPU time (µs) in all.
+sub profile_snapshot
+{
+	my ($name) = @_;
+	my %p = (wall => {}, cpu => {});
+	for my $line (split /\n/, sql("SELECT step, batches, messages, wall_us, cpu_us FROM reliq.batch_profile()
+	                                WHERE subscription_name = '$name'"))
+	{
+		my ($step, $b, $m, $w, $c) = split /\|/, $line;
+		@p{qw(batches messages)} = ($b, $m);
+		$p{wall}{$step} = $w;
+		$p{cpu}{$step} = $c;
+	}
+	return %p;
+}
+
+sub profile_row
+{
+	my ($path, $batch) = @_;
+	my $key = "profile/$path/$batch";
+	return unless want($key);
+	my $n = $batch == 1 ? int($profile_n / 4) : $profile_n;
+	$n = $N if $n > $N;
+	my $what = sprintf('profile %-7s batch %3d', $path, $batch);
+	my $name = 'prof' . ++$runs;
+	sql('TRUNCATE bench.events; CHECKPOINT');
+	sql('ALTER SYSTEM SET reliq.profile_batches = on');
+	sql('SELECT pg_reload_conf()');
+	sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.events',
+	       $how{$path}, batch_size => $batch, concurrency => 1)");
+	# leave out the first batches (plans, set-up): from the third on
+	my %before;
+	my $t0 = time;
+	do { sleep 0.01; %before = profile_snapshot($name); }
+	  while (($before{batches} // 0) < 3 && time - $t0 < 60);
+	# the CPU ticks read just before each snapshot, so both windows shift alike
+	my @pids = worker_pids();
+	my %w0 = map { $_ => cpu_ticks($_) // 0 } @pids;
+	%before = profile_snapshot($name);
+	my $done = wait_processed($what, $name, $n);
+	my $wticks = 0;
+	$wticks += (cpu_ticks($_) // 0) - ($w0{$_} // 0) for @pids;
+	my %after = profile_snapshot($name);
+	my (%wall, %cpu);
+	my $batches = ($after{batches} // 0) - ($before{batches} // 0);
+	my $messages = ($after{messages} // 0) - ($before{messages} // 0);
+	for my $step (keys %{ $after{wall} // {} })
+	{
+		$wall{$step} = $after{wall}{$step} - ($before{wall}{$step} // 0);
+		$cpu{$step} = $after{cpu}{$step} - ($before{cpu}{$step} // 0);
+	}
+	sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
+	sql('ALTER SYSTEM RESET reliq.profile_batches');
+	sql('SELECT pg_reload_conf()');
+	if (!$batches)
+	{
+		done_line($what, 'no batch profiled');
+		return;
+	}
+	my $proc_us = $wticks * 1e6 / $hz;
+	$result{$key} = { batch => $batch, path => $path, batches => $batches, messages => $messages,
+		wall => \%wall, cpu => \%cpu, proc_us => $proc_us };
+	my $cpu_sum = 0;
+	$cpu_sum += $_ for values %cpu;
+	my $wall_sum = 0;
+	$wall_sum += $_ for values %wall;
+	done_line($what, sprintf('%d batches of %.1f: wall %.0f µs per batch, CPU %.0f µs per batch (main thread), %.0f µs (process, /proc)',
+		$batches, $messages / $batches, $wall_sum / $batches, $cpu_sum / $batches, $proc_us / $batches));
+}
+
+# The upsert sink beside the insert sink, on the same messages: N
+# messages over $upsert_keys keys (subject bench.kv), drained by a table
+# sink in mode 'insert' (into bench.kv_insert) or 'upsert' (bench.kv,
+# key id).  The rate runs from the first processed message the
+# statistics show to the last (polled every 50 ms): an upsert rewrites
+# rows, so the rows' commit timestamps cannot give it.
+sub publish_kv
+{
+	return if $result{kv_published}++;
+	my $t0 = time;
+	my $left = $N;
+	while ($left > 0)
+	{
+		my $count = $left < $upsert_keys ? $left : $upsert_keys;
+		natstool('publish', 'bench.kv', '--count', $count, '--start', 1, '--payload', $payload);
+		$left -= $count;
+	}
+	done_line("publish $N messages over $upsert_keys keys", sprintf('in %.2f s', time - $t0));
+}
+
+sub kv_row
+{
+	my ($mode, $batch, $concurrency) = @_;
+	my $key = "kv/$mode/$batch/$concurrency";
+	return unless want($key);
+	publish_kv();
+	my $table = $mode eq 'upsert' ? 'bench.kv' : 'bench.kv_insert';
+	my $what = sprintf('reliq %s sink, %d keys, batch %d, concurrency %d', $mode, $upsert_keys, $batch, $concurrency);
+	for my $run (1 .. $repeat)
+	{
+		my $name = 'kv' . ++$runs;
+		sql("TRUNCATE $table; CHECKPOINT");
+		my %w0 = map { $_ => cpu_ticks($_) // 0 } worker_pids();
+		sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.kv',
+		       target => '$table'::regclass" . ($mode eq 'upsert' ? ", mode => 'upsert', key => ARRAY['id']" : '')
+			. ", batch_size => $batch, concurrency => $concurrency)");
+		my ($t_first, $p_first, $t_last, $done) = (undef, 0, undef, 0);
+		my $moved = time;
+		while (1)
+		{
+			my $now = sql("SELECT processed FROM reliq.subscription_stats WHERE subscription_name = '$name'") || 0;
+			my $t = time;
+			($t_first, $p_first) = ($t, $now) if !defined $t_first && $now > 0;
+			$moved = $t if $now != $done;
+			$done = $now;
+			progress("$what, run $run", $done, $N);
+			if ($done >= $N) { $t_last = $t; last; }
+			last if $t - $moved > 300;
+			sleep 0.05;
+		}
+		my $wticks = 0;
+		$wticks += (cpu_ticks($_) // 0) - ($w0{$_} // 0) for worker_pids();
+		sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
+		my $rate = $t_last && $t_last > $t_first ? ($N - $p_first) / ($t_last - $t_first) : 0;
+		my ($rows, $keys) = split /\|/, sql("SELECT count(*), count(DISTINCT id) FROM $table");
+		my $want_rows = $mode eq 'upsert' ? $upsert_keys : $N;
+		if ($rows != $want_rows || $keys != $upsert_keys)
+		{
+			push @errors, "$what, run $run: $rows rows, $keys keys (want $want_rows rows, $upsert_keys keys)";
+			print "    ERROR: $what, run $run: $rows rows, $keys keys\n";
+		}
+		my $wus = $done ? $wticks * 1e6 / $hz / $done : 0;
+		keep_run($key, rate => $rate, batch => $batch, conc => $concurrency, mode => $mode);
+		push @{ $result{$key}{wus} }, $wus;
+		done_line("$what, run $run", sprintf('%8.0f msgs/s, CPU per msg: workers %.1f µs', $rate, $wus));
+	}
+	$result{$key}{wus_median} = median(@{ $result{$key}{wus} });
+}
+
 # The stall of issue 13: a drain through the per-message handler (batch
 # 500 x 2, fresh consumer) right after another subscription of the same
 # stream was paused, $stall_tries times; and a drain across a restart of
@@ -770,11 +931,6 @@ sub cpu_seconds
 	$stat =~ s/^.*\) //;    # after the command name, which may hold blanks
 	my @f = split ' ', $stat;
 	return ($f[11] + $f[12]) / 100;    # utime, stime (fields 14, 15) in ticks
-}
-
-sub worker_pids
-{
-	return split /\n/, sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'reliq worker'");
 }
 
 # The trace exporter's PID: the postmaster's child of that title.
@@ -1508,6 +1664,11 @@ if ($section ne 'pool')
 			reliq_row($path, $batch, $_) for 1, 2;
 		}
 	}
+	kv_row($_, 500, 2) for 'insert', 'upsert';
+	for my $path ('sink', 'handler')
+	{
+		profile_row($path, $_) for 1, 10, 100, 500;
+	}
 	if (!$ENV{BENCH_SKIP_NODE} && (grep { want($_) } 'node/10/1', 'node/100/1', 'node/100/10', 'peer'))
 	{
 		-d "$node_dir/node_modules"
@@ -1632,6 +1793,62 @@ if ($section ne 'pool')
 		printf "Publish → commit at %d msg/s offered (%d messages, stored by JetStream at %.0f msg/s, per-message handler, batch 100, %s per batch): p50 %.2f ms, p99 %.2f ms, max %.1f ms\n",
 		  $rate, $l->{count}, $l->{offered}, $l->{avg} // '-', $l->{p50} // 0, $l->{p99} // 0, $l->{max} // 0;
 	}
+	for my $k (grep { $result{$_} } 'kv/insert/500/2', 'kv/upsert/500/2')
+	{
+		my $r = $result{$k};
+		printf "reliq table sink, mode '%s', N messages over %d keys, batch 500 × 2: %.0f msgs/s (%s), CPU per msg: workers %.1f µs\n",
+		  $r->{mode}, $upsert_keys, $r->{rate}, runs_text($r), $r->{wus_median} // 0;
+	}
+	if ($result{'kv/insert/500/2'} && $result{'kv/upsert/500/2'} && $result{'kv/insert/500/2'}{rate})
+	{
+		printf "Upsert / insert sink: %.2f\n", $result{'kv/upsert/500/2'}{rate} / $result{'kv/insert/500/2'}{rate};
+	}
+	for my $path ('sink', 'handler', 'batch')
+	{
+		my $big = $result{"$path/500/2"};
+		next unless $big && !$big->{skipped} && $big->{rate};
+		for my $batch (10, 100)
+		{
+			my $r = $result{"$path/$batch/2"} or next;
+			next if $r->{skipped};
+			printf "%s, batch %d × 2: %.0f msgs/s, %.2f of batch 500 × 2 (%.0f msgs/s); worker CPU %.0f µs per batch, %.1f µs per message\n",
+			  $label{$path}, $batch, $r->{rate}, $r->{rate} / $big->{rate}, $big->{rate},
+			  ($r->{wus_median} // 0) * ($r->{avg} || $batch), $r->{wus_median} // 0;
+		}
+	}
+	for my $path ('sink', 'handler')
+	{
+		my @p = grep { $result{"profile/$path/$_"} } 1, 10, 100, 500;
+		next unless @p;
+		my @steps = qw(collect begin plans identity ledger apply commit gate ack stats other);
+		print "\nWhere a batch's time goes: $label{$path}, concurrency 1 (reliq.batch_profile(); wall and CPU of the worker's main thread, µs)\n\n";
+		print '| step |', join('', map { " batch $_: wall/batch | CPU/batch | CPU/msg |" } @p), "\n";
+		print '|---|', join('', map { '---:|---:|---:|' } @p), "\n";
+		my (%wsum, %csum);
+		for my $step (@steps)
+		{
+			print "| $step |";
+			for my $b (@p)
+			{
+				my $r = $result{"profile/$path/$b"};
+				my ($w, $c) = ($r->{wall}{$step} // 0, $r->{cpu}{$step} // 0);
+				$wsum{$b} += $w;
+				$csum{$b} += $c;
+				printf ' %.1f | %.1f | %.2f |', $w / $r->{batches}, $c / $r->{batches}, $c / $r->{messages};
+			}
+			print "\n";
+		}
+		print '| total, main thread |';
+		printf ' %.1f | %.1f | %.2f |', $wsum{$_} / $result{"profile/$path/$_"}{batches},
+		  $csum{$_} / $result{"profile/$path/$_"}{batches}, $csum{$_} / $result{"profile/$path/$_"}{messages} for @p;
+		print "\n| worker process CPU (all threads, /proc) | |";
+		printf ' %.1f | %.2f |%s', $result{"profile/$path/$_"}{proc_us} / $result{"profile/$path/$_"}{batches},
+		  $result{"profile/$path/$_"}{proc_us} / $result{"profile/$path/$_"}{messages}, $_ == $p[-1] ? '' : ' |' for @p;
+		print "\n| messages per batch |";
+		printf ' %.1f | | |', $result{"profile/$path/$_"}{messages} / $result{"profile/$path/$_"}{batches} for @p;
+		print "\n";
+	}
+	print "\n";
 	if (my $m = $result{memory})
 	{
 		printf "Worker private memory (MB) every %dk messages over %d (table sink, batch 500): %s\n",
@@ -1730,6 +1947,24 @@ for my $t (['sink', 3], ['handler', 2.5])
 	next unless $best && $peer;
 	my $x = $result{$best}{rate} / $peer;
 	target("$label{$path} ≥ ${want}× the strong peer", sprintf('%.1f× (%s)', $x, $best), $x >= $want);
+}
+# issue 21
+if ($result{'kv/insert/500/2'} && $result{'kv/upsert/500/2'} && $result{'kv/insert/500/2'}{rate})
+{
+	my $x = $result{'kv/upsert/500/2'}{rate} / $result{'kv/insert/500/2'}{rate};
+	target("upsert sink (10,000 keys, 500 × 2) ≥ 0.7 of the insert sink", sprintf('%.2f (%.0f / %.0f msgs/s)', $x,
+		$result{'kv/upsert/500/2'}{rate}, $result{'kv/insert/500/2'}{rate}), $x >= 0.7);
+}
+if (my $r = $result{'sink/10/1'})
+{
+	my $per_batch = ($r->{wus_median} // 0) * ($r->{avg} || 10);
+	target('table sink, batch 10 × 1: worker CPU per batch ≤ 150 µs', sprintf('%.0f µs (%.1f per batch)', $per_batch, $r->{avg} || 10),
+		$per_batch <= 150);
+}
+if (my $r = $result{'sink/500/1'})
+{
+	target('table sink, batch 500 × 1: worker CPU per message ≤ 6 µs', sprintf('%.1f µs', $r->{wus_median} // 0),
+		($r->{wus_median} // 99) <= 6);
 }
 if (my $t = $result{tracing})
 {

@@ -347,11 +347,13 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 		msgs[i].counted = true;
 	}
 
+	reliq_profile_lap(RELIQ_STEP_OTHER);
 	reliq_lane_report_progress(l, n);
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("reliq: applying %d messages of subscription %s", n, l->sub->name));
 
 	reliq_batch_run(&l->batch, msgs, n, &result);
+	reliq_profile_lap(RELIQ_STEP_OTHER);
 	committed = GetCurrentTimestamp();
 	if (result.subscription_gone)
 	{
@@ -382,8 +384,10 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 		return RELIQ_APPLY_LEASE_LOST;
 	}
 	reliq_apply_drain_outbox(l);
+	reliq_profile_lap(RELIQ_STEP_GATE);
 	reliq_ack_send(conn, l->sub, msgs, nak_delays(l, msgs, n), n,
 				   committed - started < RELIQ_QUICK_BATCH_US);
+	reliq_profile_lap(RELIQ_STEP_ACK);
 	count_batch(l, received, &result);
 	time_batch(l, msgs, n, started, committed, &result);
 	report_failures(l, &result);
@@ -392,6 +396,8 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 		reliq_ordering_note(l, msgs, n);
 	reliq_lane_report_progress(l, l->nheld);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	reliq_profile_lap(RELIQ_STEP_STATS);
+	reliq_profile_end(l->stats, n);
 
 	if (result.stream_changed)
 		return RELIQ_APPLY_STREAM_CHANGED;

@@ -60,7 +60,9 @@
 
 #include "pg_compat.h"
 #include "batch.h"
+#include "batch_read.h"
 #include "outbox.h"
+#include "profile.h"
 #include "reliq.h"
 #include "shmem.h"
 #include "sink.h"
@@ -104,7 +106,7 @@ void
 reliq_batch_free(ReliqBatchState *state)
 {
 	SPIPlanPtr *plans[] = {&state->ledger_plan,
-		&state->floor_plan, &state->unrecord_plan, &state->identity_plan,
+		&state->unrecord_plan,
 	&state->dead_letter_plan};
 	int			i;
 
@@ -243,7 +245,6 @@ ensure_plans(ReliqBatchState *state)
 	if (state->ledger_plan == NULL)
 	{
 		Oid			ledger_args[3] = {INT8OID, INT8OID, INT8ARRAYOID};
-		Oid			identity_args[1] = {INT8OID};
 		Oid			dead_letter_args[15] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
 			BYTEAOID, JSONBOID, INT8OID, INT4OID, TIMESTAMPTZOID,
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
@@ -268,19 +269,11 @@ ensure_plans(ReliqBatchState *state)
 		 * a redelivery.  It waits for a concurrent transaction recording the
 		 * same sequence just the same.
 		 */
-		state->floor_plan = reliq_prepare_kept(
-										 "SELECT ack_floor FROM reliq._stream_floor"
-										 " WHERE subscription_id = $1 AND stream_created = $2",
-										 2, ledger_args);
 		state->unrecord_plan = reliq_prepare_kept(
 											"DELETE FROM reliq._ledger"
 											" WHERE subscription_id = $1 AND stream_created = $2"
 											"   AND stream_seq = ANY($3)",
 											3, ledger_args);
-		state->identity_plan = reliq_prepare_kept(
-											"SELECT (SELECT stream_created FROM reliq._stream_identity WHERE subscription_id = $1),"
-											"       EXISTS (SELECT FROM reliq.subscription WHERE id = $1)",
-											1, identity_args);
 		state->dead_letter_plan = reliq_prepare_kept(
 											   "INSERT INTO reliq.dead_letter (subscription_id, subscription, stream, subject,"
 											   "  data, headers, stream_seq, delivered, published_at, error_message,"
@@ -392,25 +385,16 @@ apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 static bool
 stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
 {
-	Datum		arg = Int64GetDatum(state->sub->id);
-	bool		isnull;
-	bool		exists;
-	Datum		recorded;
+	int64		recorded;
+	bool		exists = reliq_read_stream_identity(state->sub->id, &recorded);
 
-	reliq_spi_execute_plan("read reliq._stream_identity", state->identity_plan,
-						   &arg, NULL, true, 1, SPI_OK_SELECT);
-	Assert(SPI_processed == 1);	/* one row of two subqueries */
-	exists = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 2, &isnull));
-	recorded = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-							 &isnull);
-	SPI_freetuptable(SPI_tuptable);
+	reliq_profile_lap(RELIQ_STEP_IDENTITY);
 	if (!exists)
 	{
 		result->subscription_gone = true;
 		return false;
 	}
-	return !isnull && DatumGetInt64(recorded) == state->stream_created;
+	return recorded != 0 && recorded == state->stream_created;
 }
 
 /*
@@ -418,9 +402,9 @@ stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
  * the ledger INSERT and its conflict check, making a sequence look new.
  * The prune raised the floor in the same transaction, and this statement's
  * snapshot is later than the INSERT's: a "new" sequence at or below the
- * floor seen now was applied before.  Undo our row for it.  (Not read-only:
- * SPI would read with the snapshot the transaction began with, older than
- * the INSERT's, and see no prune the INSERT did not.)
+ * floor seen now was applied before.  Undo our row for it.  (With a new
+ * snapshot, batch_read.c: the one the transaction began with is older than
+ * the INSERT's, and would see no prune the INSERT did not.)
  */
 static void
 forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
@@ -429,19 +413,13 @@ forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 	Datum		args[3];
 	Datum	   *seqs;
 	int64		floor;
-	bool		isnull;
 	int			nstale = 0;
 	int			i;
 
+	if (!reliq_read_stream_floor(state->sub->id, state->stream_created, &floor))
+		return;
 	args[0] = Int64GetDatum(state->sub->id);
 	args[1] = Int64GetDatum(state->stream_created);
-	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
-						   args, NULL, false, 1, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		return;
-	floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_freetuptable(SPI_tuptable);
 
 	seqs = palloc(sizeof(Datum) * Max(count, 1));
 	for (i = 0; i < count; i++)
@@ -478,7 +456,6 @@ static void
 record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 			 int count, bool *fresh)
 {
-	Datum		args[2];
 	int64		floor = 0;
 	int			n = 0;
 	int			i;
@@ -488,21 +465,8 @@ record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
 	ResultRelInfo *rri;
 	TupleTableSlot **slots;
 
-	args[0] = Int64GetDatum(state->sub->id);
-	args[1] = Int64GetDatum(state->stream_created);
-	reliq_spi_execute_plan("read reliq._stream_floor", state->floor_plan,
-						   args, NULL, false, 1, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-	{
-		bool		isnull;
-
-		floor = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	SPI_freetuptable(SPI_tuptable);
-
-	rel = table_open(get_relname_relid("_ledger", get_namespace_oid("reliq", false)),
-					 RowExclusiveLock);
+	(void) reliq_read_stream_floor(state->sub->id, state->stream_created, &floor);
+	rel = table_open(reliq_batch_table_oid(RELIQ_TABLE_LEDGER), RowExclusiveLock);
 	/* a copy: slots of it pin nothing in the resource owner */
 	desc = CreateTupleDescCopy(RelationGetDescr(rel));
 	slots = palloc(sizeof(TupleTableSlot *) * Max(count, 1));
@@ -563,6 +527,7 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	if (plain)
 	{
 		record_plain(state, msgs, indexes, count, fresh);
+		reliq_profile_lap(RELIQ_STEP_LEDGER);
 		return;
 	}
 	seqs = palloc(sizeof(Datum) * Max(count, 1));
@@ -606,6 +571,7 @@ record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
 	pfree(array);
 	forget_pruned(state, msgs, indexes, count, fresh);
 	pfree(seqs);
+	reliq_profile_lap(RELIQ_STEP_LEDGER);
 }
 
 static bool
@@ -751,7 +717,9 @@ start_batch_transaction(ReliqBatchState *state)
 {
 	(void) reliq_xact_begin(NULL);
 	reliq_spi_connect();
+	reliq_profile_lap(RELIQ_STEP_BEGIN);
 	ensure_plans(state);
+	reliq_profile_lap(RELIQ_STEP_PLANS);
 }
 
 /*
@@ -769,8 +737,10 @@ abandon_for_new_stream(ReliqBatchResult *result, MemoryContext batch_cxt)
 static void
 finish_batch_transaction(MemoryContext batch_cxt)
 {
+	reliq_profile_lap(RELIQ_STEP_APPLY);
 	reliq_spi_finish();
 	reliq_xact_commit(batch_cxt);
+	reliq_profile_lap(RELIQ_STEP_COMMIT);
 }
 
 /* Copy the error being handled into cxt and clear it. */

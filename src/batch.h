@@ -48,9 +48,7 @@ typedef struct ReliqBatchState
 	Oid			message_type;
 	TupleDesc	message_tupdesc;
 	SPIPlanPtr	ledger_plan;	/* ... ON CONFLICT DO NOTHING */
-	SPIPlanPtr	floor_plan;
 	SPIPlanPtr	unrecord_plan;
-	SPIPlanPtr	identity_plan;
 	SPIPlanPtr	dead_letter_plan;
 	ReliqHandler *handler;
 	char	   *handler_key;	/* what handler was prepared for */

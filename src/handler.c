@@ -30,7 +30,9 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 
 #include "pg_compat.h"
@@ -118,23 +120,52 @@ reliq_free_handler(ReliqHandler *handler)
 }
 
 /*
+ * Bumped by any invalidation of pg_proc, pg_namespace or pg_type: a
+ * handler's name may now mean another function (dropped and made again,
+ * renamed, its schema or argument type renamed), so look it up again.
+ */
+static uint64 names_generation = 1;
+static bool names_callback_registered = false;
+
+static void
+names_invalidated(Datum arg, int cacheid, uint32 hashvalue)
+{
+	names_generation++;
+}
+
+/*
  * Once per transaction, as the owner: find the handler function by its
  * name (a function dropped and made again is found anew) and check that
- * the owner may execute it, as a statement calling it would.
+ * the owner may execute it, as a statement calling it would.  The lookup
+ * by name (regprocedurein: the raw parser for the argument type, a
+ * catalog search, the search_path set and restored) is kept across
+ * transactions until pg_proc, pg_namespace or pg_type is invalidated;
+ * the privilege is checked in every transaction.
  */
 static void
 resolve_handler_function(const ReliqSubscription *sub, ReliqHandler *handler)
 {
-	Oid			function;
+	Oid			function = handler->function;
 	AclResult	aclresult;
 	int			nest;
 
 	if (handler->checked_lxid == RELIQ_MY_LXID && OidIsValid(handler->function))
 		return;
-	nest = reliq_enter_safe_search_path();
-	function = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
-													CStringGetDatum(sub->handler)));
-	reliq_leave_safe_search_path(nest);
+	if (!names_callback_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, names_invalidated, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, names_invalidated, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, names_invalidated, (Datum) 0);
+		names_callback_registered = true;
+	}
+	if (!OidIsValid(function) || handler->names_generation != names_generation)
+	{
+		nest = reliq_enter_safe_search_path();
+		function = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+														CStringGetDatum(sub->handler)));
+		reliq_leave_safe_search_path(nest);
+		handler->names_generation = names_generation;
+	}
 	aclresult = reliq_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(function));

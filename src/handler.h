@@ -25,6 +25,7 @@ typedef struct ReliqHandler
 	Oid			function;		/* the handler as last looked up */
 	FmgrInfo	flinfo;
 	LocalTransactionId checked_lxid;	/* looked up in this transaction */
+	uint64		names_generation;	/* of the lookup by name (handler.c) */
 } ReliqHandler;
 
 extern bool reliq_handler_is_set_based(const char *handler);

@@ -564,6 +564,7 @@ collect_batch(Lane *l, ReliqMessage *msgs, int max)
 {
 	int			n = 0;
 
+	reliq_profile_start();
 	take_arrived(l, msgs, max, &n);
 	if (n > 0 && n < max && msgs[n - 1].pending > 0 &&
 		reliq_lane_attached(l) && reliq_puller_active(l->puller))
@@ -590,6 +591,7 @@ collect_batch(Lane *l, ReliqMessage *msgs, int max)
 		}
 	}
 	keep_pulling(l, max);
+	reliq_profile_lap(RELIQ_STEP_COLLECT);
 	return n;
 }
 

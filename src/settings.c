@@ -16,6 +16,7 @@
 #include "utils/guc.h"
 
 #include "nats_url.h"
+#include "profile.h"
 #include "settings.h"
 #include "trace.h"
 
@@ -180,6 +181,7 @@ reliq_settings_define(void)
 							   "JetStream key-value bucket holding the consumers' leases.",
 							   NULL, &reliq_lease_bucket, "reliq_leases",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	reliq_profile_define();
 
 	define_secret("reliq.nats_credentials_file",
 				  "NATS credentials file (JWT and NKey seed).",

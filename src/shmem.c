@@ -162,6 +162,7 @@ init_stats_entry(ReliqSubscriptionStats *entry, int tranche)
 	pg_atomic_init_u64(&entry->batches, 0);
 	pg_atomic_init_u64(&entry->slow_path_batches, 0);
 	pg_atomic_init_u32(&entry->take_over_requested, 0);
+	reliq_profile_reset(entry, true);
 	entry->dead_letter_backlog = -1;
 	LWLockInitialize(&entry->lock, tranche);
 	SpinLockInit(&entry->mutex);
@@ -356,6 +357,7 @@ reliq_stats_reset(ReliqSubscriptionStats *entry)
 	pg_atomic_write_u64(&entry->duplicates, 0);
 	pg_atomic_write_u64(&entry->batches, 0);
 	pg_atomic_write_u64(&entry->slow_path_batches, 0);
+	reliq_profile_reset(entry, false);
 	reliq_histogram_reset(&entry->batch_duration);
 	reliq_histogram_reset(&entry->commit_latency);
 

@@ -17,6 +17,7 @@
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 
+#include "profile.h"
 #include "reliq.h"
 #include "stats_math.h"
 
@@ -207,6 +208,12 @@ typedef struct ReliqSubscriptionStats
 
 	/* Rows in reliq.dead_letter, counted by the monitor (metrics.c); -1 not yet. */
 	int64		dead_letter_backlog;
+
+	/* The batch profile (profile.c), while reliq.profile_batches is on. */
+	pg_atomic_uint64 profile_batches;
+	pg_atomic_uint64 profile_messages;
+	pg_atomic_uint64 profile_wall_ns[RELIQ_STEP_COUNT];
+	pg_atomic_uint64 profile_cpu_ns[RELIQ_STEP_COUNT];
 } ReliqSubscriptionStats;
 
 /*
