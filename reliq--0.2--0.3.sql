@@ -618,8 +618,6 @@ UPDATE reliq.dead_letter
                          ELSE 'subscription' END
  WHERE sqlstate IS NOT NULL;
 COMMENT ON COLUMN reliq.dead_letter.error_kind IS 'Whose fault the error was: message (its data), subscription (anything else), delivery_limit (RQ001), or transient for rows from before 0.3';
-GRANT EXECUTE ON FUNCTION reliq.create_subscription(text, text, text, regprocedure, integer, integer, integer, interval[], interval, regclass, text, text, boolean, interval, text, text[], jsonb, text, text),
-                          reliq.alter_subscription(text, integer, integer, integer, interval[], interval, boolean, regprocedure, text, interval, text, text[], jsonb, text, text) TO reliq_admin, PUBLIC;
 
 -- The per-step profile of batches, while reliq.profile_batches is on
 -- (superuser only); zeroed by reliq.subscription_stats_reset().
