@@ -61,7 +61,8 @@
 #   BENCH                 all (default), core or pool
 #   BENCH_ONLY            a regex of run keys, e.g. 'sink/500|latency|pool/idle'
 #                         (keys: sink|handler|batch/<batch>/<conc>, node/<fetch>/<k>,
-#                         kv/insert|upsert/500/2, profile/sink|handler/<batch>,
+#                         kv/insert|upsert/500/2, kv/upsert|ordered/500/1,
+#                         profile/sink|handler/<batch>,
 #                         peer, stall/pause, stall/restart, streaming,
 #                         latency/<rate>, memory, pool/drain,
 #                         pool/trickle, pool/idle, pool/busy); ceilings always run
@@ -787,7 +788,11 @@ sub kv_row
 	my $key = "kv/$mode/$batch/$concurrency";
 	return unless want($key);
 	publish_kv();
-	my $table = $mode eq 'upsert' ? 'bench.kv' : 'bench.kv_insert';
+	# 'ordered': the upsert sink with ordering by a subject token (every
+	# message has the same one here: the cost of keeping order when
+	# nothing fails, which does not depend on the keys)
+	my $upsert = $mode eq 'upsert' || $mode eq 'ordered';
+	my $table = $upsert ? 'bench.kv' : 'bench.kv_insert';
 	my $what = sprintf('reliq %s sink, %d keys, batch %d, concurrency %d', $mode, $upsert_keys, $batch, $concurrency);
 	for my $run (1 .. $repeat)
 	{
@@ -795,7 +800,8 @@ sub kv_row
 		sql("TRUNCATE $table; CHECKPOINT");
 		my %w0 = map { $_ => cpu_ticks($_) // 0 } worker_pids();
 		sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.kv',
-		       target => '$table'::regclass" . ($mode eq 'upsert' ? ", mode => 'upsert', key => ARRAY['id']" : '')
+		       target => '$table'::regclass" . ($upsert ? ", mode => 'upsert', key => ARRAY['id']" : '')
+			. ($mode eq 'ordered' ? ", ordering => '\$subject[2]'" : '')
 			. ", batch_size => $batch, concurrency => $concurrency)");
 		my ($t_first, $p_first, $t_last, $done) = (undef, 0, undef, 0);
 		my $moved = time;
@@ -816,7 +822,7 @@ sub kv_row
 		sql("SELECT reliq.drop_subscription('$name', drop_consumer => true)");
 		my $rate = $t_last && $t_last > $t_first ? ($N - $p_first) / ($t_last - $t_first) : 0;
 		my ($rows, $keys) = split /\|/, sql("SELECT count(*), count(DISTINCT id) FROM $table");
-		my $want_rows = $mode eq 'upsert' ? $upsert_keys : $N;
+		my $want_rows = $upsert ? $upsert_keys : $N;
 		if ($rows != $want_rows || $keys != $upsert_keys)
 		{
 			push @errors, "$what, run $run: $rows rows, $keys keys (want $want_rows rows, $upsert_keys keys)";
@@ -1665,6 +1671,7 @@ if ($section ne 'pool')
 		}
 	}
 	kv_row($_, 500, 2) for 'insert', 'upsert';
+	kv_row($_, 500, 1) for 'upsert', 'ordered';
 	for my $path ('sink', 'handler')
 	{
 		profile_row($path, $_) for 1, 10, 100, 500;
@@ -1798,6 +1805,11 @@ if ($section ne 'pool')
 		my $r = $result{$k};
 		printf "reliq table sink, mode '%s', N messages over %d keys, batch 500 × 2: %.0f msgs/s (%s), CPU per msg: workers %.1f µs\n",
 		  $r->{mode}, $upsert_keys, $r->{rate}, runs_text($r), $r->{wus_median} // 0;
+	}
+	for my $k (grep { $result{$_} && $result{$_}{rate} } 'kv/upsert/500/1', 'kv/upsert/500/2')
+	{
+		printf "Ordered upsert (500 x 1) / %s: %.2f\n", $k, $result{'kv/ordered/500/1'}{rate} / $result{$k}{rate}
+		  if $result{'kv/ordered/500/1'};
 	}
 	if ($result{'kv/insert/500/2'} && $result{'kv/upsert/500/2'} && $result{'kv/insert/500/2'}{rate})
 	{
