@@ -166,8 +166,8 @@ schedule_retry(Lane *l)
  * context and resource owner of before.  Returns the error's message, in
  * cxt; the caller puts the lane back.
  */
-static char *
-recover_from_error(char *problem, MemoryContext cxt, ResourceOwner owner)
+char *
+reliq_recover_from_error(char *problem, MemoryContext cxt, ResourceOwner owner)
 {
 	ErrorData  *edata;
 
@@ -310,7 +310,7 @@ reliq_lane_load(Lane *l)
 	}
 	PG_CATCH();
 	{
-		message = recover_from_error(l->pool->assignment_problem, cxt, owner);
+		message = reliq_recover_from_error(l->pool->assignment_problem, cxt, owner);
 	}
 	PG_END_TRY();
 	if (message == NULL)
@@ -813,19 +813,41 @@ reliq_lane_leaving_done(Lane *l)
 	return true;
 }
 
+/*
+ * The lane's kept plans and sink, freed in a transaction of their own.  An
+ * ERROR there (the catalog refusing) is logged and the lane freed all the
+ * same: what a failed free leaves is memory, not work, and the worker and
+ * its other lanes go on.
+ */
+static void
+free_batch_state(Lane *l)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	PG_TRY();
+	{
+		MemoryContext caller = reliq_xact_begin("reliq: giving up a subscription");
+
+		reliq_batch_free(&l->batch);
+		reliq_xact_commit(caller);
+	}
+	PG_CATCH();
+	{
+		(void) reliq_recover_from_error(l->problem, cxt, owner);
+	}
+	PG_END_TRY();
+}
+
 void
 reliq_lane_free(Lane *l)
 {
-	MemoryContext caller;
-
 	if (l->status != NULL)
 		reliq_lane_close(l->pool->slot, l->status);
 	reliq_lane_detach(l);
 	reliq_apply_drop_held(l);
 	reliq_ordering_forget(l);
-	caller = reliq_xact_begin("reliq: giving up a subscription");
-	reliq_batch_free(&l->batch);
-	reliq_xact_commit(caller);
+	free_batch_state(l);
 	if (l->sub_cxt)
 		MemoryContextDelete(l->sub_cxt);
 	pfree(l);
@@ -924,7 +946,7 @@ reliq_lane_turn(Lane *l)
 	}
 	PG_CATCH();
 	{
-		message = recover_from_error(l->problem, cxt, owner);
+		message = reliq_recover_from_error(l->problem, cxt, owner);
 	}
 	PG_END_TRY();
 	if (message != NULL)

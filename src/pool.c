@@ -363,19 +363,14 @@ pool_connected(Pool *p)
  * (monitor.c), which works even while every worker is busy.
  */
 static void
-pool_refresh(Pool *p)
+refresh(Pool *p)
 {
-	TimestampTz now = GetCurrentTimestamp();
 	int64	   *waiting;
 	bool		orphans;
 	int			nwaiting;
 	bool		orphans_taken = false;
 	int			i;
 	int			j;
-
-	if (now < p->next_refresh || p->nlanes == 0)
-		return;
-	p->next_refresh = TimestampTzPlusMilliseconds(now, reliq_refresh_interval);
 
 	nwaiting = reliq_outbox_waiting(&waiting, &orphans);
 	for (i = 0; i < p->nlanes; i++)
@@ -421,6 +416,48 @@ pool_refresh(Pool *p)
 			reliq_lane_detach(other);
 		}
 	}
+}
+
+/*
+ * refresh() under the pool's own error boundary: an ERROR there (the
+ * outbox's table refused, say) is logged once, shown in the lanes'
+ * last_error, and the refresh tried again after a backoff; the worker and
+ * its lanes go on (before, it ended the worker and every lane with it).
+ */
+static void
+pool_refresh(Pool *p)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	if (now < p->next_refresh || p->nlanes == 0)
+		return;
+	p->next_refresh = TimestampTzPlusMilliseconds(now, reliq_refresh_interval);
+	PG_TRY();
+	{
+		refresh(p);
+		if (p->refresh_retries > 0)
+		{
+			ereport(LOG,
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq worker %d: its refresh (the outbox, the streams) works again", p->index)));
+			p->refresh_retries = 0;
+			p->refresh_problem[0] = '\0';
+		}
+	}
+	PG_CATCH();
+	{
+		char	   *message = reliq_recover_from_error(p->refresh_problem, cxt, owner);
+		int			i;
+
+		for (i = 0; i < p->nlanes; i++)
+			if (p->lanes[i]->stats != NULL && !reliq_lane_leaving(p->lanes[i]))
+				reliq_stats_set_error(p->lanes[i]->stats,
+									  psprintf("the worker's refresh failed: %s", message));
+		p->next_refresh = next_retry(&p->refresh_retries);
+	}
+	PG_END_TRY();
 }
 
 static Lane *

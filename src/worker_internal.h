@@ -174,6 +174,9 @@ struct Pool
 	int			next_lane;		/* whose turn comes first next round */
 	TimestampTz next_sweep;		/* every lane gets a turn then */
 	TimestampTz next_refresh;	/* see pool_refresh */
+	int			refresh_retries;	/* pool_refresh failed: again at
+									 * next_refresh, with a backoff */
+	char		refresh_problem[RELIQ_ERROR_LEN];
 	bool		stopping;
 	MemoryContext turn_cxt;		/* reset before each lane's turn */
 
@@ -261,6 +264,8 @@ extern bool reliq_lane_leaving_done(Lane *l);
 extern void reliq_lane_free(Lane *l);
 extern void reliq_lane_detach(Lane *l);
 extern void reliq_lane_publish(Lane *l);
+extern char *reliq_recover_from_error(char *problem, MemoryContext cxt,
+									  ResourceOwner owner);
 extern bool reliq_lane_turn(Lane *l);
 extern bool reliq_lane_wants_turn(Lane *l, TimestampTz now);
 extern TimestampTz reliq_lane_next_wake(Lane *l, TimestampTz now,

@@ -6,12 +6,15 @@
 # committing, the worker keeps its pid, the failing subscription shows the
 # problem in last_error and backs off, and once the trigger is gone it
 # attaches and applies everything.  (Before the boundary, the error became
-# FATAL and restarted the worker with all its lanes.)
+# FATAL and restarted the worker with all its lanes.)  Then the worker's
+# own refresh fails (the outbox's table renamed away): the worker and its
+# lanes go on.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(sleep);
 use ReliqTest::Nats;
 use ReliqTest::Node;
 
@@ -20,7 +23,7 @@ $nats->start;
 $nats->stream_create('LB', ['lb.>']);
 
 my $node = reliq_node('boundary', $nats,
-	conf => "reliq.max_workers = 1\nreliq.max_retry_interval = 1000");
+	conf => "reliq.max_workers = 1\nreliq.max_retry_interval = 1000\nreliq.refresh_interval = 500");
 $node->safe_psql('postgres', q{
 	CREATE TABLE got (sub text, id int);
 	CREATE FUNCTION got(m reliq.message) RETURNS void LANGUAGE sql AS $$
@@ -94,8 +97,35 @@ $node->safe_psql('postgres', q{DROP TRIGGER refuse ON reliq._stream_identity});
 ok(wait_for($node, q{SELECT count(*) = 30 FROM got WHERE sub = 'bad'}, 30),
 	'once the cause is gone, the lane recovers and applies');
 ok(wait_idle($node, 'bad'), 'and drains');
+
+# A failure of the worker's own refresh (the outbox's table gone for a
+# while; pool.c): the worker and its lanes go on, the problem shows in
+# last_error, and the refresh works again once the table is back.
+# (Before the boundary, the error ended the worker with all its lanes.)
+$node->safe_psql('postgres', 'ALTER TABLE reliq._outbox RENAME TO _outbox_away');
+ok(wait_for($node, q{SELECT last_error LIKE '%the worker''s refresh failed%'
+	FROM reliq.subscription_stats WHERE subscription_name = 'n1'}, 30),
+	"the refresh's failure shows in last_error");
+for my $s ('n1', 'n2')
+{
+	$nats->publish("lb.$s", count => 20, start => 9001, payload => '{"id":%d}');
+}
+ok(wait_for($node, q{SELECT count(*) = 40 FROM got WHERE id > 9000}, 30),
+	'the lanes commit while the refresh fails');
+is($node->safe_psql('postgres',
+	q{SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE backend_type = 'reliq worker'}),
+	$pid, 'the same worker process');
+$node->safe_psql('postgres', 'ALTER TABLE reliq._outbox_away RENAME TO _outbox');
+my $again = 0;
+for (1 .. 150)
+{
+	last if ($again = $node->log_contains('its refresh \(the outbox, the streams\) works again'));
+	sleep 0.2;
+}
+ok($again, 'the refresh works again once the table is back');
+
 is($node->safe_psql('postgres', q{SELECT count(*), count(DISTINCT (sub, id)) FROM got}),
-	'250|250', 'everything applied once');
+	'290|290', 'everything applied once');
 is($node->safe_psql('postgres',
 	q{SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE backend_type = 'reliq worker'}),
 	$pid, 'still the same worker process');
