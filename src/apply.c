@@ -50,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "worker_internal.h"
+#include "xact.h"
 
 /* At most one WARNING about failing messages per this many ms. */
 #define RELIQ_WARNING_INTERVAL_MS 10000
@@ -320,6 +321,66 @@ nak_delays(Lane *l, ReliqMessage *msgs, int n)
 }
 
 /*
+ * A batch found duplicates: has the stream lost its tail (monitor.c), its
+ * new messages taking sequences this database applied?  Asked only of a
+ * batch with duplicates (after a restart, a lost ack, a rewind; never on
+ * the steady path): the stream's last sequence (one request) against the
+ * highest sequence applied (an index probe).  If the stream ends below it,
+ * the subscription is diverged at once, before the duplicates are acked,
+ * rather than at the monitor's next round.  When the stream cannot be
+ * asked, the duplicates are acked as before; the monitor still looks.
+ */
+static bool
+stream_lost_tail(Lane *l)
+{
+	ReliqStreamInfo stream;
+	MemoryContext caller;
+	int64		applied;
+
+	if (!reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) ||
+		!stream.found || stream.created_ns != l->stream_created)
+		return false;
+	caller = reliq_xact_begin("reliq: reading the highest sequence applied");
+	applied = reliq_catalog_applied_seq(l->sub->id, l->stream_created);
+	if (stream.last_seq < applied)
+		reliq_catalog_note_divergence(l->sub->id, l->stream_created,
+									  stream.last_seq, applied);
+	reliq_xact_commit(caller);
+	if (stream.last_seq >= applied)
+		return false;
+	ereport(WARNING,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("reliq subscription \"%s\": stream \"%s\" lost its tail: its last sequence is " INT64_FORMAT ", but this database applied up to " INT64_FORMAT,
+					l->sub->name, l->sub->stream, stream.last_seq, applied),
+			 errdetail("A batch met messages at sequences already applied; they may be new messages, so they are not acknowledged, and the subscription consumes nothing meanwhile."),
+			 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
+					 l->sub->name)));
+	if (l->stats != NULL)
+		reliq_stats_note_divergence(l->stats, l->sub->name, l->sub->stream,
+									stream.last_seq, applied);
+	return true;
+}
+
+/*
+ * The stream lost its tail: the batch's duplicates are neither acked nor
+ * counted (they come back after ack_wait to whoever pulls; nobody does
+ * while the subscription is diverged, and accepting the loss rewinds the
+ * consumer).
+ */
+static void
+withhold_duplicates(ReliqMessage *msgs, int n, ReliqBatchResult *result)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (msgs[i].outcome == RELIQ_OUTCOME_DUPLICATE)
+		{
+			msgs[i].outcome = RELIQ_OUTCOME_HELD;
+			result->duplicates--;
+		}
+}
+
+/*
  * Apply a batch, pass the gate, acknowledge it, count it.  probe: the
  * held batch again (its messages were counted as received already).
  */
@@ -329,6 +390,7 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 	ReliqNatsConnection *conn = l->pool->conn;
 	ReliqBatchResult result;
 	bool		was_failing = (l->nheld > 0);
+	bool		diverged = false;
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz committed;
 
@@ -366,6 +428,11 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return RELIQ_APPLY_LEASE_LOST;
 	}
+	if (result.duplicates > 0 && stream_lost_tail(l))
+	{
+		withhold_duplicates(msgs, n, &result);
+		diverged = true;
+	}
 	reliq_apply_drain_outbox(l);
 	reliq_ack_send(conn, l->sub, msgs, nak_delays(l, msgs, n), n,
 				   committed - started < RELIQ_QUICK_BATCH_US);
@@ -378,6 +445,8 @@ process_batch(Lane *l, ReliqMessage *msgs, int n, bool probe)
 
 	if (result.stream_changed)
 		return RELIQ_APPLY_STREAM_CHANGED;
+	if (diverged)
+		return RELIQ_APPLY_DIVERGED;
 	return l->nheld > 0 ? RELIQ_APPLY_HOLD : RELIQ_APPLY_DONE;
 }
 

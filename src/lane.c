@@ -71,18 +71,22 @@ static ReliqPuller *adopt_puller(Lane *l);
 static const uint32 lane_predecessors[] = {
 	[RELIQ_LANE_ATTACHING] = S(RELIQ_LANE_BACKING_OFF) | S(RELIQ_LANE_FETCHING) |
 	S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED) |
-	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_LEAVING),
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_DIVERGED) | S(RELIQ_LANE_LEAVING),
 	[RELIQ_LANE_BACKING_OFF] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_FENCED) |
-	S(RELIQ_LANE_LAPSED),
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_DIVERGED),
 	[RELIQ_LANE_FETCHING] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_PROCESSING) |
 	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_LEAVING),
 	[RELIQ_LANE_PROCESSING] = S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING),
 	[RELIQ_LANE_FAILING] = S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_ATTACHING) |
 	S(RELIQ_LANE_LAPSED),
 	[RELIQ_LANE_FENCED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
-	S(RELIQ_LANE_LAPSED),
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_DIVERGED),
 	[RELIQ_LANE_LAPSED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
-	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED),
+	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED) |
+	S(RELIQ_LANE_DIVERGED),
+	[RELIQ_LANE_DIVERGED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
+	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_FAILING) |
+	S(RELIQ_LANE_FENCED) | S(RELIQ_LANE_LAPSED),
 	[RELIQ_LANE_LEAVING] = ~0u,
 };
 
@@ -94,6 +98,7 @@ static const char *const lane_state_names[] = {
 	[RELIQ_LANE_FAILING] = "failing",
 	[RELIQ_LANE_FENCED] = "fenced",
 	[RELIQ_LANE_LAPSED] = "lapsed",
+	[RELIQ_LANE_DIVERGED] = "diverged",
 	[RELIQ_LANE_LEAVING] = "leaving",
 };
 
@@ -105,6 +110,7 @@ static const ReliqWorkerState lane_shown[] = {
 	[RELIQ_LANE_FAILING] = RELIQ_WORKER_FAILING,
 	[RELIQ_LANE_FENCED] = RELIQ_WORKER_FENCED,
 	[RELIQ_LANE_LAPSED] = RELIQ_WORKER_CONNECTING,
+	[RELIQ_LANE_DIVERGED] = RELIQ_WORKER_DIVERGED,
 	[RELIQ_LANE_LEAVING] = RELIQ_WORKER_STOPPED,	/* not shown */
 };
 
@@ -649,6 +655,34 @@ lease_allows(Lane *l)
 }
 
 /*
+ * May this lane consume?  Not while its stream is diverged (it lost its
+ * tail, monitor.c): a new message at a sequence this database applied
+ * would be taken for a duplicate.  The lane gives back what it holds
+ * (released, neither applied nor dead-lettered), drops its puller and
+ * waits; the monitor rewinds the consumer once reliq.accept_stream_loss()
+ * has moved the floor, and clears the state.  A spinlock read per turn.
+ */
+static bool
+stream_allows(Lane *l)
+{
+	if (l->stats == NULL || !reliq_stats_diverged(l->stats))
+	{
+		if (l->state == RELIQ_LANE_DIVERGED)
+			reliq_lane_transition(l, going_on(l));
+		return true;
+	}
+	if (l->state != RELIQ_LANE_DIVERGED)
+	{
+		(void) reliq_ack_release(l->pool->conn, l->held, l->nheld,
+								 reliq_ack_release_delay_ms(l->puller));
+		forget_consumer(l);
+		reliq_lane_transition(l, RELIQ_LANE_DIVERGED);
+		reliq_lane_report_progress(l, 0);
+	}
+	return false;
+}
+
+/*
  * What applying a batch found (apply.c), acted on: the lane's transitions
  * are made here, not there.
  */
@@ -672,6 +706,9 @@ after_apply(Lane *l, ReliqApplyVerdict verdict)
 			reliq_note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was made again; attaching to the new one",
 							   l->sub->stream);
 			reliq_lane_detach(l);
+			break;
+		case RELIQ_APPLY_DIVERGED:
+			(void) stream_allows(l);
 			break;
 	}
 }
@@ -839,6 +876,8 @@ turn(Lane *l)
 	if (reliq_lane_leaving(l))
 		return false;
 	if (!lease_allows(l))
+		return false;
+	if (!stream_allows(l))
 		return false;
 	if (!ensure_attached(l))
 	{

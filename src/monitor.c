@@ -24,6 +24,22 @@
  * figures that show the stall (ack_pending at max_ack_pending, a backlog
  * growing while nothing is applied) must still be fresh.
  *
+ * A stream that loses its tail (an OS crash before JetStream's fsync, a cut
+ * store) hands out its last sequences again, to new messages.  The ledger
+ * and the floor name messages by sequence, so such a new message would
+ * be taken for a duplicate: acked and never applied.  The monitor watches
+ * for it here, at no cost to the workers: each round it already asks the
+ * stream for its state, and reads each subscription's floor; it also
+ * reads the ledger's highest sequence (an index probe per subscription).
+ * When the stream, the same incarnation, ends below what this database
+ * applied, the subscription is diverged (reliq._stream_divergence): its
+ * workers consume nothing and ack nothing until reliq.accept_stream_loss()
+ * moves the floor back; the monitor then rewinds the consumer to it.  A
+ * worker that meets a duplicate checks the same at once (apply.c), in
+ * case new messages come before this round.  What neither can see: a
+ * stream whose new messages overtook the highest sequence applied before
+ * either looked (no message ids are kept per sequence).
+ *
  * Pruning is safe only for the stream incarnation the workers attached to
  * (reliq._stream_identity): the consumer is asked first, the stream second,
  * and the floor is recorded only if the stream is still that incarnation
@@ -110,6 +126,64 @@ record_floor(const ReliqWatched *w, int64 ack_floor)
 
 	reliq_catalog_advance_floor(w->id, w->stream_created, ack_floor);
 	reliq_xact_commit(caller);
+}
+
+/*
+ * A stream's lost tail (see the file header).  True while the subscription
+ * is diverged, and in the round in which its accepted loss is acted on:
+ * no floor is recorded from the consumer then (it may stand where the
+ * stream's former tail ended).
+ */
+static bool
+watch_stream_tail(ReliqNatsConnection *conn, const ReliqWatched *w,
+				  ReliqSubscriptionStats *entry, const ReliqStreamInfo *stream)
+{
+	MemoryContext caller;
+	int64		last_seq;
+
+	if (w->loss_accepted)
+	{
+		if (reliq_lease_rewind(conn, w))
+		{
+			caller = reliq_xact_begin("reliq monitor: forgetting an accepted stream loss");
+			reliq_catalog_forget_divergence(w->id);
+			reliq_xact_commit(caller);
+			reliq_stats_set_diverged(entry, false);
+			ereport(LOG,
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq subscription \"%s\": consuming again after the accepted loss of stream \"%s\"'s tail",
+							w->name, w->stream)));
+		}
+		return true;
+	}
+	if (!w->diverged && stream->last_seq >= w->applied_seq)
+	{
+		if (reliq_stats_diverged(entry))
+			reliq_stats_set_diverged(entry, false); /* its row deleted by hand */
+		return false;
+	}
+
+	last_seq = w->diverged ? Min(stream->last_seq, w->diverged_last_seq) :
+		stream->last_seq;
+	if (!w->diverged || last_seq < w->diverged_last_seq)
+	{
+		caller = reliq_xact_begin("reliq monitor: recording a stream's lost tail");
+		reliq_catalog_note_divergence(w->id, w->stream_created, last_seq,
+									  w->applied_seq);
+		reliq_xact_commit(caller);
+	}
+	if (!w->diverged)
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("reliq subscription \"%s\": stream \"%s\" lost its tail: its last sequence is " INT64_FORMAT ", but this database applied up to " INT64_FORMAT,
+						w->name, w->stream, last_seq, w->applied_seq),
+				 errdetail("The server may hand out those sequences again to new messages, which would be taken for duplicates; the subscription consumes nothing meanwhile."),
+				 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
+						 w->name)));
+	if (!w->diverged || last_seq < w->diverged_last_seq || !reliq_stats_diverged(entry))
+		reliq_stats_note_divergence(entry, w->name, w->stream, last_seq,
+									w->applied_seq);
+	return true;
 }
 
 static TimestampTz next_heartbeat = 0;
@@ -289,6 +363,13 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			continue;
 		reliq_stats_set_retention(entry, streams[i].retention);
 		reliq_lease_read(entry, &lease);
+		if (reliq_lease_usable(&lease) && w->attached &&
+			streams[i].created_ns == w->stream_created)
+		{
+			heartbeat_if_due(conn);
+			if (watch_stream_tail(conn, w, entry, &streams[i]))
+				continue;
+		}
 		if (reliq_lease_usable(&lease) &&
 			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
 			streams[i].created_ns == w->stream_created)
