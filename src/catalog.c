@@ -457,6 +457,10 @@ reliq_catalog_note_divergence(int64 subscription_id, int64 stream_created,
 	Int64GetDatum(applied_seq)};
 
 	reliq_spi_connect();
+	reliq_spi_execute("forget the lost tail of a former incarnation",
+					  "DELETE FROM reliq._stream_divergence"
+					  " WHERE subscription_id = $1 AND stream_created <> $2",
+					  2, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 	reliq_spi_execute("record a stream's lost tail",
 					  "INSERT INTO reliq._stream_divergence AS d"
 					  " (subscription_id, stream_created, stream_last_seq, applied_seq)"
@@ -469,17 +473,23 @@ reliq_catalog_note_divergence(int64 subscription_id, int64 stream_created,
 	reliq_spi_finish();
 }
 
-/* The accepted loss is behind us: the consumer was rewound. */
+/*
+ * The accepted loss is behind us (accepted_only: the consumer was
+ * rewound), or the stream was made again (a new incarnation has no lost
+ * tail).
+ */
 void
-reliq_catalog_forget_divergence(int64 subscription_id)
+reliq_catalog_forget_divergence(int64 subscription_id, bool accepted_only)
 {
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(subscription_id)};
+	Oid			argtypes[2] = {INT8OID, BOOLOID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	BoolGetDatum(accepted_only)};
 
 	reliq_spi_connect();
-	reliq_spi_execute("forget an accepted stream loss",
+	reliq_spi_execute("forget a stream's lost tail",
 					  "DELETE FROM reliq._stream_divergence"
-					  " WHERE subscription_id = $1 AND accepted_at IS NOT NULL",
-					  1, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+					  " WHERE subscription_id = $1"
+					  "   AND (accepted_at IS NOT NULL OR NOT $2)",
+					  2, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 	reliq_spi_finish();
 }

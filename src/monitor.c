@@ -128,40 +128,63 @@ record_floor(const ReliqWatched *w, int64 ack_floor)
 	reliq_xact_commit(caller);
 }
 
+static TimestampTz next_heartbeat = 0;
+
+/*
+ * Renew the lease heartbeat when it is due, even in the middle of a long
+ * round: a thousand subscriptions' figures take longer than lease_ttl / 4.
+ */
+static void
+heartbeat_if_due(ReliqNatsConnection *conn)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now < next_heartbeat)
+		return;
+	next_heartbeat = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
+	reliq_lease_heartbeat(conn);
+}
+
+/*
+ * reliq.accept_stream_loss() moved the floor of a diverged subscription:
+ * rewind its consumer to it, then forget the loss and let the workers
+ * consume.  Tried again each round until done, whether or not the
+ * consumer exists (a diverged subscription's workers make none).
+ */
+static void
+rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
+				  ReliqSubscriptionStats *entry)
+{
+	MemoryContext caller;
+
+	heartbeat_if_due(conn);
+	if (!reliq_lease_rewind(conn, w))
+		return;
+	caller = reliq_xact_begin("reliq monitor: forgetting an accepted stream loss");
+	reliq_catalog_forget_divergence(w->id, true);
+	reliq_xact_commit(caller);
+	reliq_stats_set_diverged(entry, false);
+	ereport(LOG,
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": consuming again after the accepted loss of stream \"%s\"'s tail",
+					w->name, w->stream)));
+}
+
 /*
  * A stream's lost tail (see the file header).  True while the subscription
- * is diverged, and in the round in which its accepted loss is acted on:
- * no floor is recorded from the consumer then (it may stand where the
- * stream's former tail ended).
+ * is diverged: no floor is recorded from the consumer then (it may stand
+ * where the stream's former tail ended).
  */
 static bool
-watch_stream_tail(ReliqNatsConnection *conn, const ReliqWatched *w,
-				  ReliqSubscriptionStats *entry, const ReliqStreamInfo *stream)
+watch_stream_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry,
+				  const ReliqStreamInfo *stream)
 {
 	MemoryContext caller;
 	int64		last_seq;
 
-	if (w->loss_accepted)
-	{
-		if (reliq_lease_rewind(conn, w))
-		{
-			caller = reliq_xact_begin("reliq monitor: forgetting an accepted stream loss");
-			reliq_catalog_forget_divergence(w->id);
-			reliq_xact_commit(caller);
-			reliq_stats_set_diverged(entry, false);
-			ereport(LOG,
-					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
-					 errmsg("reliq subscription \"%s\": consuming again after the accepted loss of stream \"%s\"'s tail",
-							w->name, w->stream)));
-		}
-		return true;
-	}
 	if (!w->diverged && stream->last_seq >= w->applied_seq)
-	{
-		if (reliq_stats_diverged(entry))
-			reliq_stats_set_diverged(entry, false); /* its row deleted by hand */
-		return false;
-	}
+		return false;			/* a worker's flag stays: its row may be
+								 * newer than this round's reading */
 
 	last_seq = w->diverged ? Min(stream->last_seq, w->diverged_last_seq) :
 		stream->last_seq;
@@ -186,21 +209,24 @@ watch_stream_tail(ReliqNatsConnection *conn, const ReliqWatched *w,
 	return true;
 }
 
-static TimestampTz next_heartbeat = 0;
-
 /*
- * Renew the lease heartbeat when it is due, even in the middle of a long
- * round: a thousand subscriptions' figures take longer than lease_ttl / 4.
+ * A diverged subscription whose stream was made again: the new
+ * incarnation lost nothing, and its workers attach to it as to any new
+ * stream (they claim it when they attach, which a diverged lane does not
+ * do).
  */
 static void
-heartbeat_if_due(ReliqNatsConnection *conn)
+forget_lost_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry)
 {
-	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext caller = reliq_xact_begin("reliq monitor: forgetting a lost tail");
 
-	if (now < next_heartbeat)
-		return;
-	next_heartbeat = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
-	reliq_lease_heartbeat(conn);
+	reliq_catalog_forget_divergence(w->id, false);
+	reliq_xact_commit(caller);
+	reliq_stats_set_diverged(entry, false);
+	ereport(LOG,
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": stream \"%s\" was made again; no longer diverged",
+					w->name, w->stream)));
 }
 
 /*
@@ -359,7 +385,17 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
 		ReliqLeaseView lease;
 
-		if (entry == NULL || !infos[i].found || !streams[i].found)
+		if (entry == NULL)
+			continue;
+		if (w->loss_accepted)
+		{
+			/* no floor from a consumer about to be made again */
+			reliq_lease_read(entry, &lease);
+			if (reliq_lease_usable(&lease) && w->attached)
+				rewind_after_loss(conn, w, entry);
+			continue;
+		}
+		if (!infos[i].found || !streams[i].found)
 			continue;
 		reliq_stats_set_retention(entry, streams[i].retention);
 		reliq_lease_read(entry, &lease);
@@ -367,9 +403,12 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			streams[i].created_ns == w->stream_created)
 		{
 			heartbeat_if_due(conn);
-			if (watch_stream_tail(conn, w, entry, &streams[i]))
+			if (watch_stream_tail(w, entry, &streams[i]))
 				continue;
 		}
+		else if (reliq_lease_usable(&lease) && w->attached &&
+				 (w->diverged || reliq_stats_diverged(entry)))
+			forget_lost_tail(w, entry); /* the stream was made again */
 		if (reliq_lease_usable(&lease) &&
 			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
 			streams[i].created_ns == w->stream_created)
