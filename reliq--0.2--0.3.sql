@@ -558,8 +558,67 @@ SELECT pg_catalog.pg_extension_config_dump('reliq._stream_divergence', '');
 
 -- The state names gain 'diverged' (before 'standby': the metric
 -- reliq_subscription_state lists the states before standby).  The view
--- reads them, so it is made again, as it was.
-DROP VIEW reliq.subscription_stats;
+-- reads them: it is replaced (not dropped, so that views of users on it
+-- stay) by one that spells the three names it uses while the function is
+-- made again, then by itself as it was.
+CREATE OR REPLACE VIEW reliq.subscription_stats AS
+SELECT s.subscription_name,
+       s.enabled,
+       CASE WHEN NOT s.enabled THEN n.paused
+            WHEN pg_catalog.pg_is_in_recovery() THEN n.standby
+            ELSE COALESCE(st.state, n.stopped) END AS state,
+       COALESCE(st.workers, 0) AS workers,
+       s.concurrency,
+       s.batch_size,
+       COALESCE(st.received, 0) AS received,
+       COALESCE(st.processed, 0) AS processed,
+       COALESCE(st.failed, 0) AS failed,
+       COALESCE(st.retried, 0) AS retried,
+       COALESCE(st.dead_lettered, 0) AS dead_lettered,
+       COALESCE(st.duplicates, 0) AS duplicates,
+       COALESCE(st.batches, 0) AS batches,
+       COALESCE(st.slow_path_batches, 0) AS slow_path_batches,
+       COALESCE(st.in_flight, 0) AS in_flight,
+       st.pending,
+       st.ack_pending,
+       st.redelivered,
+       st.ack_floor,
+       st.max_ack_pending,
+       st.last_error,
+       st.last_error_at,
+       st.last_failure_at,
+       st.last_batch_at,
+       COALESCE(st.messages_per_second, 0) AS messages_per_second,
+       st.batch_p50,
+       st.batch_p99,
+       st.latency_p50,
+       st.latency_p99,
+       st.consumer_info_at,
+       st.disconnected_since,
+       COALESCE(st.lag_growing, false) AS lag_growing,
+       st.stats_reset_at,
+       s.stream,
+       s.subject,
+       s.consumer,
+       l.lease_holder,
+       l.lease_valid_until,
+       l.stream_retention,
+       CASE WHEN s.enabled AND NOT pg_catalog.pg_is_in_recovery()
+                 AND COALESCE(st.workers, 0) OPERATOR(pg_catalog.<) s.concurrency
+                 AND (l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency OR l.start_refused)
+            THEN pg_catalog.format('%s of %s workers running: %s',
+                     COALESCE(st.workers, 0), s.concurrency,
+                     CASE WHEN l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency
+                          THEN pg_catalog.format('concurrency is above reliq.max_workers (%s), the size of the worker pool; raise it and restart',
+                                                 pg_catalog.current_setting('reliq.max_workers'))
+                          ELSE pg_catalog.format('PostgreSQL refused to start more background workers; raise max_worker_processes (%s) and restart',
+                                                 pg_catalog.current_setting('max_worker_processes')) END)
+       END AS worker_shortfall
+  FROM reliq.subscription s
+ CROSS JOIN (SELECT 'paused'::text AS paused, 'standby'::text AS standby,
+                    'stopped'::text AS stopped) n
+  LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
+  LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
 DROP FUNCTION reliq._state_names();
 CREATE FUNCTION reliq._state_names(
     OUT running text, OUT paused text, OUT stopped text, OUT failing text,
@@ -571,7 +630,7 @@ COMMENT ON FUNCTION reliq._state_names() IS 'The name of each subscription state
 REVOKE ALL ON FUNCTION reliq._state_names() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq._state_names() TO reliq_admin, pg_monitor;
 
-CREATE VIEW reliq.subscription_stats AS
+CREATE OR REPLACE VIEW reliq.subscription_stats AS
 SELECT s.subscription_name,
        s.enabled,
        CASE WHEN NOT s.enabled THEN n.paused
@@ -628,8 +687,6 @@ SELECT s.subscription_name,
  CROSS JOIN reliq._state_names() n
   LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
   LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
-COMMENT ON VIEW reliq.subscription_stats IS 'One row per subscription: counters since the last reset, worker state and the consumer as the server last reported it';
-GRANT SELECT ON reliq.subscription_stats TO reliq_admin, pg_monitor;
 
 /*
  * health(): a diverged subscription is down, with the figures and the
