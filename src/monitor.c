@@ -203,9 +203,9 @@ watch_stream_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry,
 				 errdetail("The server may hand out those sequences again to new messages, which would be taken for duplicates; the subscription consumes nothing meanwhile."),
 				 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
 						 w->name)));
-	if (!w->diverged || last_seq < w->diverged_last_seq || !reliq_stats_diverged(entry))
-		reliq_stats_note_divergence(entry, w->name, w->stream, last_seq,
-									w->applied_seq);
+	/* each round: last_error says it while it lasts, whatever came between */
+	reliq_stats_note_divergence(entry, w->name, w->stream, last_seq,
+								w->applied_seq);
 	return true;
 }
 
