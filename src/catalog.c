@@ -474,6 +474,28 @@ reliq_catalog_note_divergence(int64 subscription_id, int64 stream_created,
 }
 
 /*
+ * Has this incarnation of the subscription's stream lost its tail (a row,
+ * accepted or not: an accepted loss waits for the monitor's rewind)?
+ */
+bool
+reliq_catalog_diverged(int64 subscription_id, int64 stream_created)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	Int64GetDatum(stream_created)};
+	bool		diverged;
+
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq._stream_divergence",
+					  "SELECT FROM reliq._stream_divergence"
+					  " WHERE subscription_id = $1 AND stream_created = $2",
+					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	diverged = SPI_processed > 0;
+	reliq_spi_finish();
+	return diverged;
+}
+
+/*
  * The accepted loss is behind us (accepted_only: the consumer was
  * rewound), or the stream was made again (a new incarnation has no lost
  * tail).

@@ -104,6 +104,8 @@ extern void reliq_catalog_note_divergence(int64 subscription_id,
 										  int64 stream_created,
 										  int64 stream_last_seq,
 										  int64 applied_seq);
+extern bool reliq_catalog_diverged(int64 subscription_id,
+								   int64 stream_created);
 extern void reliq_catalog_forget_divergence(int64 subscription_id,
 											bool accepted_only);
 

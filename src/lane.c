@@ -346,6 +346,7 @@ ensure_attached(Lane *l)
 	int64		floor;
 	bool		has_history;
 	bool		created;
+	bool		diverged;
 	char	   *description;
 	MemoryContext caller;
 
@@ -372,6 +373,8 @@ ensure_attached(Lane *l)
 	caller = reliq_xact_begin("reliq: attaching to the stream");
 	claimed = reliq_catalog_claim_stream(l->sub->id, before.created_ns,
 										 &floor, &has_history);
+	diverged = claimed != 0 &&
+		reliq_catalog_diverged(l->sub->id, before.created_ns);
 	reliq_xact_commit(caller);
 	if (claimed == 0)
 	{
@@ -380,6 +383,16 @@ ensure_attached(Lane *l)
 		return false;
 	}
 	Assert(claimed == before.created_ns);
+	if (diverged && l->stats != NULL)
+	{
+		/*
+		 * The stream lost its tail (after a restart, before the monitor's
+		 * first round has said so in shared memory): attach to nothing.
+		 */
+		reliq_stats_set_diverged(l->stats, true);
+		schedule_retry(l);
+		return false;
+	}
 
 	description = psprintf("reliq subscription %s", l->sub->name);
 	memset(&spec, 0, sizeof(spec));
