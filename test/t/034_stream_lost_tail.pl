@@ -14,10 +14,11 @@
 #   a. found by the monitor: the subscription is 'diverged' before new
 #      messages come; health() says down, last_error gives the figures,
 #      the metric says so.  New messages at sequences 81.. are neither
-#      applied nor acked as duplicates while it is diverged.
-#      reliq.accept_stream_loss() refuses misuse; accepted, the floor
-#      moves back to 80, the consumer is rewound, and every new message
-#      is applied exactly once, those past the former tail too.
+#      applied nor acked as duplicates while it is diverged, also across
+#      a restart of PostgreSQL.  reliq.accept_stream_loss() refuses
+#      misuse; accepted, the floor moves back to 80, the consumer is
+#      rewound, and every new message is applied exactly once, those past
+#      the former tail too.
 #   b. new messages published at once after the restart (before the
 #      monitor's round, so a worker may meet them first, as duplicates):
 #      diverged all the same, nothing acked as a duplicate.  The stream
@@ -165,6 +166,14 @@ ok(wait_for($node, "SELECT consumer_info_at > '$published'::timestamptz + interv
 is(cell("SELECT count(*) FROM applied WHERE sub = 'taila' AND id > 1000"), '0', 'a: no new message applied while diverged');
 is(stat_of('taila', 'duplicates'), '0', 'a: none acked as a duplicate');
 is(stat_of('taila', 'state'), 'diverged', 'a: still diverged');
+
+# A restart while diverged (shared memory forgets; the catalog does not).
+$node->restart;
+my $restarted = cell('SELECT now()');
+ok(wait_for($node, "SELECT state = 'diverged' AND consumer_info_at > '$restarted'::timestamptz + interval '2 s' FROM reliq.subscription_stats WHERE subscription_name = 'taila'"),
+	'a: diverged after a restart, two rounds of the monitor later');
+is(cell("SELECT count(*) FROM applied WHERE sub = 'taila' AND id > 1000"), '0', 'a: still nothing new applied');
+is(stat_of('taila', 'duplicates'), '0', 'a: nor acked as a duplicate since the restart');
 
 # Misuse of reliq.accept_stream_loss().
 is(error_of("SELECT reliq.accept_stream_loss('nope')"),
