@@ -337,17 +337,23 @@ stream_lost_tail(Lane *l)
 	MemoryContext caller;
 	int64		applied;
 
-	if (!reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) ||
-		!stream.found || stream.created_ns != l->stream_created)
-		return false;
+	/*
+	 * What was applied first, the stream second: every sequence applied
+	 * then was in the stream before the question, so a stream that kept
+	 * its tail answers at least that.  (The other way round, another lane
+	 * could apply a message published in between.)
+	 */
 	caller = reliq_xact_begin("reliq: reading the highest sequence applied");
 	applied = reliq_catalog_applied_seq(l->sub->id, l->stream_created);
-	if (stream.last_seq < applied)
-		reliq_catalog_note_divergence(l->sub->id, l->stream_created,
-									  stream.last_seq, applied);
 	reliq_xact_commit(caller);
-	if (stream.last_seq >= applied)
+	if (!reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) ||
+		!stream.found || stream.created_ns != l->stream_created ||
+		stream.last_seq >= applied)
 		return false;
+	caller = reliq_xact_begin("reliq: recording a stream's lost tail");
+	reliq_catalog_note_divergence(l->sub->id, l->stream_created,
+								  stream.last_seq, applied);
+	reliq_xact_commit(caller);
 	ereport(WARNING,
 			(errcode(ERRCODE_DATA_CORRUPTED),
 			 errmsg("reliq subscription \"%s\": stream \"%s\" lost its tail: its last sequence is " INT64_FORMAT ", but this database applied up to " INT64_FORMAT,
