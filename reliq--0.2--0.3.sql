@@ -630,3 +630,311 @@ COMMENT ON FUNCTION reliq.batch_profile()
     IS 'Where batches'' time went, per subscription and step, in all since reliq.profile_batches was turned on: wall and worker CPU time (µs)';
 REVOKE ALL ON FUNCTION reliq.batch_profile() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq.batch_profile() TO reliq_admin, pg_monitor;
+
+/*
+ * A stream that lost its tail (issue 19, item 7)
+ *
+ * JetStream acknowledges a publish before it is on disk.  After an OS
+ * crash a stream may lose its last messages and hand their sequences out
+ * again to new messages; the ledger and the floor name messages by
+ * sequence, so such a new message would be taken for a duplicate, acked
+ * and never applied.  When the stream (the same incarnation) ends below
+ * the highest sequence a subscription applied, the monitor (or a worker
+ * meeting a duplicate) records it here: the subscription is in state
+ * 'diverged', health() says down, and it consumes and acks nothing until
+ * reliq.accept_stream_loss() moves its floor back to the stream's last
+ * sequence.  The monitor then rewinds the consumer and deletes the row.
+ */
+CREATE TABLE reliq._stream_divergence (
+    subscription_id bigint PRIMARY KEY,
+    stream_created  bigint NOT NULL,
+    stream_last_seq bigint NOT NULL,
+    applied_seq     bigint NOT NULL,
+    detected_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    accepted_at     timestamptz,
+    accepted_by     name
+);
+COMMENT ON TABLE reliq._stream_divergence IS 'Subscriptions whose stream lost its tail: stream_last_seq (the lowest last sequence seen) is below applied_seq (the highest this database applied); accepted by reliq.accept_stream_loss(), then forgotten once the consumer was rewound';
+SELECT pg_catalog.pg_extension_config_dump('reliq._stream_divergence', '');
+
+-- The state names gain 'diverged' (before 'standby': the metric
+-- reliq_subscription_state lists the states before standby).  The view
+-- reads them: it is replaced (not dropped, so that views of users on it
+-- stay) by one that spells the three names it uses while the function is
+-- made again, then by itself as it was.
+CREATE OR REPLACE VIEW reliq.subscription_stats AS
+SELECT s.subscription_name,
+       s.enabled,
+       CASE WHEN NOT s.enabled THEN n.paused
+            WHEN pg_catalog.pg_is_in_recovery() THEN n.standby
+            ELSE COALESCE(st.state, n.stopped) END AS state,
+       COALESCE(st.workers, 0) AS workers,
+       s.concurrency,
+       s.batch_size,
+       COALESCE(st.received, 0) AS received,
+       COALESCE(st.processed, 0) AS processed,
+       COALESCE(st.failed, 0) AS failed,
+       COALESCE(st.retried, 0) AS retried,
+       COALESCE(st.dead_lettered, 0) AS dead_lettered,
+       COALESCE(st.duplicates, 0) AS duplicates,
+       COALESCE(st.batches, 0) AS batches,
+       COALESCE(st.slow_path_batches, 0) AS slow_path_batches,
+       COALESCE(st.in_flight, 0) AS in_flight,
+       st.pending,
+       st.ack_pending,
+       st.redelivered,
+       st.ack_floor,
+       st.max_ack_pending,
+       st.last_error,
+       st.last_error_at,
+       st.last_failure_at,
+       st.last_batch_at,
+       COALESCE(st.messages_per_second, 0) AS messages_per_second,
+       st.batch_p50,
+       st.batch_p99,
+       st.latency_p50,
+       st.latency_p99,
+       st.consumer_info_at,
+       st.disconnected_since,
+       COALESCE(st.lag_growing, false) AS lag_growing,
+       st.stats_reset_at,
+       s.stream,
+       s.subject,
+       s.consumer,
+       l.lease_holder,
+       l.lease_valid_until,
+       l.stream_retention,
+       CASE WHEN s.enabled AND NOT pg_catalog.pg_is_in_recovery()
+                 AND COALESCE(st.workers, 0) OPERATOR(pg_catalog.<) s.concurrency
+                 AND (l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency OR l.start_refused)
+            THEN pg_catalog.format('%s of %s workers running: %s',
+                     COALESCE(st.workers, 0), s.concurrency,
+                     CASE WHEN l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency
+                          THEN pg_catalog.format('concurrency is above reliq.max_workers (%s), the size of the worker pool; raise it and restart',
+                                                 pg_catalog.current_setting('reliq.max_workers'))
+                          ELSE pg_catalog.format('PostgreSQL refused to start more background workers; raise max_worker_processes (%s) and restart',
+                                                 pg_catalog.current_setting('max_worker_processes')) END)
+       END AS worker_shortfall
+  FROM reliq.subscription s
+ CROSS JOIN (SELECT 'paused'::text AS paused, 'standby'::text AS standby,
+                    'stopped'::text AS stopped) n
+  LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
+  LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
+DROP FUNCTION reliq._state_names();
+CREATE FUNCTION reliq._state_names(
+    OUT running text, OUT paused text, OUT stopped text, OUT failing text,
+    OUT backing_off text, OUT disconnected text, OUT connecting text,
+    OUT fenced text, OUT acquiring text, OUT diverged text, OUT standby text)
+RETURNS record
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'reliq_state_names';
+COMMENT ON FUNCTION reliq._state_names() IS 'The name of each subscription state, as reliq''s C code writes it';
+REVOKE ALL ON FUNCTION reliq._state_names() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._state_names() TO reliq_admin, pg_monitor;
+
+CREATE OR REPLACE VIEW reliq.subscription_stats AS
+SELECT s.subscription_name,
+       s.enabled,
+       CASE WHEN NOT s.enabled THEN n.paused
+            WHEN pg_catalog.pg_is_in_recovery() THEN n.standby
+            ELSE COALESCE(st.state, n.stopped) END AS state,
+       COALESCE(st.workers, 0) AS workers,
+       s.concurrency,
+       s.batch_size,
+       COALESCE(st.received, 0) AS received,
+       COALESCE(st.processed, 0) AS processed,
+       COALESCE(st.failed, 0) AS failed,
+       COALESCE(st.retried, 0) AS retried,
+       COALESCE(st.dead_lettered, 0) AS dead_lettered,
+       COALESCE(st.duplicates, 0) AS duplicates,
+       COALESCE(st.batches, 0) AS batches,
+       COALESCE(st.slow_path_batches, 0) AS slow_path_batches,
+       COALESCE(st.in_flight, 0) AS in_flight,
+       st.pending,
+       st.ack_pending,
+       st.redelivered,
+       st.ack_floor,
+       st.max_ack_pending,
+       st.last_error,
+       st.last_error_at,
+       st.last_failure_at,
+       st.last_batch_at,
+       COALESCE(st.messages_per_second, 0) AS messages_per_second,
+       st.batch_p50,
+       st.batch_p99,
+       st.latency_p50,
+       st.latency_p99,
+       st.consumer_info_at,
+       st.disconnected_since,
+       COALESCE(st.lag_growing, false) AS lag_growing,
+       st.stats_reset_at,
+       s.stream,
+       s.subject,
+       s.consumer,
+       l.lease_holder,
+       l.lease_valid_until,
+       l.stream_retention,
+       CASE WHEN s.enabled AND NOT pg_catalog.pg_is_in_recovery()
+                 AND COALESCE(st.workers, 0) OPERATOR(pg_catalog.<) s.concurrency
+                 AND (l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency OR l.start_refused)
+            THEN pg_catalog.format('%s of %s workers running: %s',
+                     COALESCE(st.workers, 0), s.concurrency,
+                     CASE WHEN l.workers_allowed OPERATOR(pg_catalog.<) s.concurrency
+                          THEN pg_catalog.format('concurrency is above reliq.max_workers (%s), the size of the worker pool; raise it and restart',
+                                                 pg_catalog.current_setting('reliq.max_workers'))
+                          ELSE pg_catalog.format('PostgreSQL refused to start more background workers; raise max_worker_processes (%s) and restart',
+                                                 pg_catalog.current_setting('max_worker_processes')) END)
+       END AS worker_shortfall
+  FROM reliq.subscription s
+ CROSS JOIN reliq._state_names() n
+  LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
+  LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
+
+/*
+ * health(): a diverged subscription is down, with the figures and the
+ * function that accepts the loss.
+ */
+CREATE OR REPLACE FUNCTION reliq.health(OUT subscription_name text, OUT status text, OUT reasons text[])
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT s.subscription_name,
+       CASE WHEN bool_or(r.level = 'down') THEN 'down'
+            WHEN bool_or(r.level = 'degraded') THEN 'degraded'
+            ELSE 'ok' END,
+       COALESCE(array_agg(r.reason ORDER BY r.ord) FILTER (WHERE r.reason IS NOT NULL), '{}')
+  FROM reliq.subscription_stats s
+ CROSS JOIN reliq._state_names() n
+  LEFT JOIN LATERAL (VALUES
+      (0, s.state = n.standby, 'ok',
+          'standby: this server is a hot standby; the subscription is consumed after promotion'),
+      (1, NOT s.enabled, 'ok', n.paused),
+      (2, s.enabled AND s.workers = 0 AND s.state NOT IN (n.standby, n.fenced, n.acquiring),
+          'down', 'no worker running'),
+      (3, s.state = n.failing, 'down',
+          'systemic failure: ' || COALESCE(s.last_error, 'unknown error')),
+      (4, s.disconnected_since < now() - current_setting('reliq.health_disconnect_timeout')::interval,
+          'down', format('disconnected from NATS for %s', date_trunc('second', now() - s.disconnected_since))),
+      (5, s.disconnected_since >= now() - current_setting('reliq.health_disconnect_timeout')::interval,
+          'degraded', 'disconnected from NATS, reconnecting'),
+      (6, s.state = n.backing_off, 'degraded',
+          'backing off: ' || COALESCE(s.last_error, 'retrying')),
+      (7, s.max_ack_pending > 0 AND s.ack_pending >= s.max_ack_pending, 'degraded',
+          format('stalled: %s messages await acknowledgement, the consumer''s max_ack_pending', s.ack_pending)),
+      (8, s.lag_growing AND s.state NOT IN (n.standby, n.fenced, n.acquiring, n.diverged), 'degraded',
+          format('lag growing while nothing is processed (%s pending)', s.pending)),
+      (9, s.enabled AND s.workers > 0 AND s.consumer_info_at
+            < now() - 3 * current_setting('reliq.refresh_interval')::interval, 'degraded',
+          format('no consumer information from the server since %s', s.consumer_info_at)),
+      (10, s.state <> n.failing AND s.last_failure_at > now() - interval '1 minute', 'degraded',
+          'messages failed in the last minute: ' || s.last_error),
+      (11, s.state = n.fenced, 'down',
+          format('fenced: another PostgreSQL cluster owns consumer %s (%s); to consume here instead: SELECT reliq.take_over(%L);',
+                 s.consumer, COALESCE(s.lease_holder, 'unknown'), s.subscription_name)),
+      (12, s.state = n.acquiring, 'degraded',
+          format('acquiring the lease of consumer %s, held by %s; consuming once it has run out (reliq.lease_ttl)',
+                 s.consumer, COALESCE(s.lease_holder, 'unknown'))),
+      (14, s.worker_shortfall IS NOT NULL, CASE WHEN s.workers = 0 THEN 'down' ELSE 'degraded' END,
+          'short of workers: ' || s.worker_shortfall),
+      (15, s.state = n.diverged, 'down',
+          COALESCE(s.last_error, format('diverged: stream %s lost its tail', s.stream))
+          || format('; the stream''s last sequence is below what this database applied, so new messages at those sequences would be taken for duplicates; nothing is consumed meanwhile. If the loss is accepted: SELECT reliq.accept_stream_loss(%L); (with last_kept => the stream''s last old sequence, if new messages came before the loss was seen)',
+                    s.subscription_name)),
+      (13, s.stream_retention IN ('interest', 'workqueue'), 'ok',
+          format('stream %s has %s retention: acknowledged messages are deleted, so after a failover with asynchronous replication what the standby had not received cannot be delivered again; use synchronous replication',
+                 s.stream, s.stream_retention))
+  ) AS r(ord, active, level, reason) ON r.active
+ GROUP BY s.subscription_name
+ ORDER BY s.subscription_name
+$$;
+
+/*
+ * reliq.accept_stream_loss(name, last_kept => NULL): the stream lost its
+ * tail, and the messages it no longer has are given up.  The floor moves
+ * back to the stream's last sequence (the lowest seen while diverged, or
+ * last_kept, lower, when new messages came before the loss was seen:
+ * the operator tells where the stream's old history ends), the ledger
+ * forgets the sequences above it (they name messages the stream no longer
+ * has), so that the new messages at those sequences are applied; the
+ * monitor rewinds the consumer to the floor at its next round and the
+ * subscription consumes again.  Owner or superuser, as take_over.
+ */
+-- SECURITY DEFINER: reliq's bookkeeping tables are reliq's alone.  The
+-- caller's right to the subscription is checked by accept_stream_loss,
+-- and again here for the session's user.
+CREATE FUNCTION reliq._accept_stream_loss(p_subscription_id bigint, p_last_kept bigint)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s reliq.subscription;
+    d reliq._stream_divergence;
+    forgotten bigint;
+    kept bigint;
+BEGIN
+    SELECT * INTO s FROM reliq.subscription v WHERE v.id = p_subscription_id;
+    IF NOT FOUND OR NOT pg_has_role(session_user, s.owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of subscription % to accept the loss of its stream''s tail', p_subscription_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT * INTO d FROM reliq._stream_divergence v WHERE v.subscription_id = s.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription "%" is not diverged', s.subscription_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Stream %s has not been seen to end below the highest sequence this database applied: there is no loss to accept.', s.stream),
+                  HINT = 'reliq.subscription_stats shows state diverged when the stream lost its tail.';
+    END IF;
+    IF d.accepted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the loss of stream "%"''s tail was accepted already for subscription "%"', s.stream, s.subscription_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Accepted at %s by %s; the monitor rewinds the consumer within reliq.refresh_interval.', d.accepted_at, d.accepted_by),
+                  HINT = format('SELECT state FROM reliq.subscription_stats WHERE subscription_name = %L; shows when it consumes again.', s.subscription_name);
+    END IF;
+    kept := COALESCE(p_last_kept, d.stream_last_seq);
+    IF kept < 0 OR kept > d.stream_last_seq THEN
+        RAISE EXCEPTION 'last_kept must be between 0 and %, not %', d.stream_last_seq, kept
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Stream %s was seen to end at sequence %s at most after it lost its tail; the messages up to last_kept are the ones this database applied and the stream still has.', s.stream, d.stream_last_seq),
+                  HINT = 'Leave last_kept out to take the lowest last sequence seen.';
+    END IF;
+    DELETE FROM reliq._ledger l
+     WHERE l.subscription_id = s.id AND l.stream_created = d.stream_created
+       AND l.stream_seq > kept;
+    GET DIAGNOSTICS forgotten = ROW_COUNT;
+    UPDATE reliq._stream_floor f
+       SET ack_floor = kept, updated_at = now()
+     WHERE f.subscription_id = s.id AND f.stream_created = d.stream_created
+       AND f.ack_floor > kept;
+    UPDATE reliq._stream_divergence v
+       SET accepted_at = now(), accepted_by = session_user, stream_last_seq = kept
+     WHERE v.subscription_id = s.id;
+    RETURN format('subscription %s: stream %s ends at sequence %s; this database had applied up to %s. The floor is now %s (%s ledger rows above it forgotten); consumer %s starts again after it within reliq.refresh_interval, and new messages from sequence %s on are applied',
+                  s.subscription_name, s.stream, kept, d.applied_seq,
+                  kept, forgotten, s.consumer, kept + 1);
+END
+$$;
+REVOKE ALL ON FUNCTION reliq._accept_stream_loss(bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._accept_stream_loss(bigint, bigint) TO reliq_admin;
+
+CREATE FUNCTION reliq.accept_stream_loss(subscription_name text, last_kept bigint DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s reliq.subscription;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'this server is a hot standby'
+            USING ERRCODE = 'read_only_sql_transaction',
+                  DETAIL = 'A standby consumes nothing; accept the loss on the primary.';
+    END IF;
+    s := reliq._owned_subscription(accept_stream_loss.subscription_name, 'accept the stream loss of');
+    RETURN reliq._accept_stream_loss(s.id, accept_stream_loss.last_kept);
+END
+$$;
+COMMENT ON FUNCTION reliq.accept_stream_loss(text, bigint) IS 'A diverged subscription (its stream lost its tail) accepts the loss: its floor moves back to the stream''s last sequence, so new messages at the sequences lost are applied';
+REVOKE ALL ON FUNCTION reliq.accept_stream_loss(text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq.accept_stream_loss(text, bigint) TO PUBLIC;  -- checks membership and ownership itself

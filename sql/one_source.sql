@@ -11,7 +11,8 @@ SELECT * FROM reliq._state_names();
 SELECT count(*) AS unknown_states
   FROM reliq.subscription_stats s, reliq._state_names() n
  WHERE s.state NOT IN (n.running, n.paused, n.stopped, n.failing, n.backing_off,
-                       n.disconnected, n.connecting, n.fenced, n.acquiring, n.standby);
+                       n.disconnected, n.connecting, n.fenced, n.acquiring, n.diverged,
+                       n.standby);
 
 -- MaxAckPending: room for every worker's batch and the next, at least 1000.
 SELECT reliq._max_ack_pending(100, 1) AS small,

@@ -53,6 +53,7 @@
 #include "utils/timestamp.h"
 
 #include "worker_internal.h"
+#include "xact.h"
 
 /* At most one WARNING about failing messages per this many ms. */
 #define RELIQ_WARNING_INTERVAL_MS 10000
@@ -327,6 +328,72 @@ nak_delays(Lane *l, ReliqMessage *msgs, int n)
 }
 
 /*
+ * A batch found duplicates: has the stream lost its tail (monitor.c), its
+ * new messages taking sequences this database applied?  Asked only of a
+ * batch with duplicates (after a restart, a lost ack, a rewind; never on
+ * the steady path): the stream's last sequence (one request) against the
+ * highest sequence applied (an index probe).  If the stream ends below it,
+ * the subscription is diverged at once, before the duplicates are acked,
+ * rather than at the monitor's next round.  When the stream cannot be
+ * asked, the duplicates are acked as before; the monitor still looks.
+ */
+static bool
+stream_lost_tail(Lane *l)
+{
+	ReliqStreamInfo stream;
+	MemoryContext caller;
+	int64		applied;
+
+	/*
+	 * What was applied first, the stream second: every sequence applied
+	 * then was in the stream before the question, so a stream that kept
+	 * its tail answers at least that.  (The other way round, another lane
+	 * could apply a message published in between.)
+	 */
+	caller = reliq_xact_begin("reliq: reading the highest sequence applied");
+	applied = reliq_catalog_applied_seq(l->sub->id, l->stream_created);
+	reliq_xact_commit(caller);
+	if (!reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) ||
+		!stream.found || stream.created_ns != l->stream_created ||
+		stream.last_seq >= applied)
+		return false;
+	caller = reliq_xact_begin("reliq: recording a stream's lost tail");
+	reliq_catalog_note_divergence(l->sub->id, l->stream_created,
+								  stream.last_seq, applied);
+	reliq_xact_commit(caller);
+	ereport(WARNING,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("reliq subscription \"%s\": stream \"%s\" lost its tail: its last sequence is " INT64_FORMAT ", but this database applied up to " INT64_FORMAT,
+					l->sub->name, l->sub->stream, stream.last_seq, applied),
+			 errdetail("A batch met messages at sequences already applied; they may be new messages, so they are not acknowledged, and the subscription consumes nothing meanwhile."),
+			 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
+					 l->sub->name)));
+	if (l->stats != NULL)
+		reliq_stats_note_divergence(l->stats, l->sub->name, l->sub->stream,
+									stream.last_seq, applied);
+	return true;
+}
+
+/*
+ * The stream lost its tail: the batch's duplicates are neither acked nor
+ * counted (they come back after ack_wait to whoever pulls; nobody does
+ * while the subscription is diverged, and accepting the loss rewinds the
+ * consumer).
+ */
+static void
+withhold_duplicates(ReliqMessage *msgs, int n, ReliqBatchResult *result)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (msgs[i].outcome == RELIQ_OUTCOME_DUPLICATE)
+		{
+			msgs[i].outcome = RELIQ_OUTCOME_HELD;
+			result->duplicates--;
+		}
+}
+
+/*
  * Apply a batch, pass the gate, acknowledge it, count it (as received,
  * the messages not counted before: a probe's and deferred ones were).
  */
@@ -336,6 +403,7 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 	ReliqNatsConnection *conn = l->pool->conn;
 	ReliqBatchResult result;
 	bool		was_failing = (l->nheld > 0);
+	bool		diverged = false;
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz committed;
 	int			received = 0;
@@ -383,6 +451,11 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return RELIQ_APPLY_LEASE_LOST;
 	}
+	if (result.duplicates > 0 && stream_lost_tail(l))
+	{
+		withhold_duplicates(msgs, n, &result);
+		diverged = true;
+	}
 	reliq_apply_drain_outbox(l);
 	reliq_profile_lap(RELIQ_STEP_GATE);
 	reliq_ack_send(conn, l->sub, msgs, nak_delays(l, msgs, n), n,
@@ -401,6 +474,8 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 
 	if (result.stream_changed)
 		return RELIQ_APPLY_STREAM_CHANGED;
+	if (diverged)
+		return RELIQ_APPLY_DIVERGED;
 	return l->nheld > 0 ? RELIQ_APPLY_HOLD : RELIQ_APPLY_DONE;
 }
 

@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -173,8 +174,30 @@ reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list)
 }
 
 /*
- * Every subscription with the stream incarnation its workers attached to
- * and the floor recorded for it, for the monitor.  Allocated in the
+ * What the monitor watches of each subscription; divergence is the table
+ * of lost tails (or a stand-in before the update to 0.3).
+ */
+#define WATCHED_QUERY(divergence) \
+	"SELECT s.id, s.subscription_name, s.stream, s.consumer, s.enabled," \
+	"       i.stream_created, COALESCE(f.ack_floor, 0)," \
+	"       greatest(COALESCE(f.ack_floor, 0)," \
+	"                (SELECT max(l.stream_seq) FROM reliq._ledger l" \
+	"                  WHERE l.subscription_id = s.id" \
+	"                    AND l.stream_created = i.stream_created))," \
+	"       d.subscription_id IS NOT NULL, d.accepted_at IS NOT NULL," \
+	"       COALESCE(d.stream_last_seq, 0)" \
+	"  FROM reliq.subscription s" \
+	"  LEFT JOIN reliq._stream_identity i ON i.subscription_id = s.id" \
+	"  LEFT JOIN reliq._stream_floor f ON f.subscription_id = s.id" \
+	"        AND f.stream_created = i.stream_created" \
+	"  LEFT JOIN " divergence " d ON d.subscription_id = s.id" \
+	"        AND d.stream_created = i.stream_created" \
+	" ORDER BY s.id"
+
+/*
+ * Every subscription with the stream incarnation its workers attached to,
+ * the floor recorded for it, the highest sequence applied and any lost
+ * tail of that incarnation, for the monitor.  Allocated in the
  * caller's memory context.
  */
 int
@@ -184,15 +207,19 @@ reliq_catalog_list_watched(ReliqWatched **list)
 	int			count;
 	uint64		i;
 
+	/*
+	 * Before ALTER EXTENSION reliq UPDATE to 0.3 there is no
+	 * _stream_divergence: read no divergence (workers of another version
+	 * consume nothing anyway).
+	 */
+	bool		divergence = OidIsValid(get_relname_relid("_stream_divergence",
+														  get_namespace_oid("reliq", false)));
+
 	reliq_spi_connect();
 	reliq_spi_execute("read reliq.subscription",
-					  "SELECT s.id, s.subscription_name, s.stream, s.consumer, s.enabled,"
-					  "       i.stream_created, COALESCE(f.ack_floor, 0)"
-					  "  FROM reliq.subscription s"
-					  "  LEFT JOIN reliq._stream_identity i ON i.subscription_id = s.id"
-					  "  LEFT JOIN reliq._stream_floor f ON f.subscription_id = s.id"
-					  "        AND f.stream_created = i.stream_created"
-					  " ORDER BY s.id",
+					  divergence ? WATCHED_QUERY("reliq._stream_divergence") :
+					  WATCHED_QUERY("(SELECT NULL::bigint AS subscription_id, NULL::bigint AS stream_created,"
+									" NULL::timestamptz AS accepted_at, NULL::bigint AS stream_last_seq)"),
 					  0, NULL, NULL, NULL, true, 0, SPI_OK_SELECT);
 
 	count = (int) SPI_processed;
@@ -213,6 +240,10 @@ reliq_catalog_list_watched(ReliqWatched **list)
 		w->attached = !isnull;
 		w->stream_created = reliq_spi_int64(t, d, 6);
 		w->ack_floor = reliq_spi_int64(t, d, 7);
+		w->applied_seq = reliq_spi_int64(t, d, 8);
+		w->diverged = reliq_spi_bool(t, d, 9);
+		w->loss_accepted = reliq_spi_bool(t, d, 10);
+		w->diverged_last_seq = reliq_spi_int64(t, d, 11);
 	}
 	reliq_spi_finish();
 	return count;
@@ -226,6 +257,7 @@ reliq_catalog_forget_dropped(void)
 		"reliq._ledger",
 		"reliq._stream_floor",
 		"reliq._stream_identity",
+		"reliq._stream_divergence",
 	};
 	int			i;
 
@@ -381,5 +413,108 @@ reliq_catalog_advance_floor(int64 subscription_id, int64 stream_created,
 					  " WHERE subscription_id = $1 AND stream_created = $2"
 					  "   AND stream_seq <= $3",
 					  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	reliq_spi_finish();
+}
+
+/*
+ * The highest stream sequence this database applied of that incarnation
+ * of the stream: its floor, or the ledger's highest row above it (0:
+ * none).  An index probe each.
+ */
+int64
+reliq_catalog_applied_seq(int64 subscription_id, int64 stream_created)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	Int64GetDatum(stream_created)};
+	int64		applied;
+
+	reliq_spi_connect();
+	reliq_spi_execute("read the highest sequence applied",
+					  "SELECT greatest((SELECT f.ack_floor FROM reliq._stream_floor f"
+					  "                  WHERE f.subscription_id = $1 AND f.stream_created = $2),"
+					  "                (SELECT max(l.stream_seq) FROM reliq._ledger l"
+					  "                  WHERE l.subscription_id = $1 AND l.stream_created = $2),"
+					  "                0)",
+					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	applied = reliq_spi_int64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	reliq_spi_finish();
+	return applied;
+}
+
+/*
+ * The stream lost its tail: its last sequence is below what this database
+ * applied (see monitor.c).  Remember it, so that the subscription consumes
+ * nothing until reliq.accept_stream_loss() (which reads the row) moves the
+ * floor.  Seen again lower, the lower last sequence is kept: new messages
+ * start right after the lowest one seen.
+ */
+void
+reliq_catalog_note_divergence(int64 subscription_id, int64 stream_created,
+							  int64 stream_last_seq, int64 applied_seq)
+{
+	Oid			argtypes[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
+	Datum		args[4] = {Int64GetDatum(subscription_id),
+		Int64GetDatum(stream_created),
+		Int64GetDatum(stream_last_seq),
+	Int64GetDatum(applied_seq)};
+
+	reliq_spi_connect();
+	reliq_spi_execute("forget the lost tail of a former incarnation",
+					  "DELETE FROM reliq._stream_divergence"
+					  " WHERE subscription_id = $1 AND stream_created <> $2",
+					  2, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	reliq_spi_execute("record a stream's lost tail",
+					  "INSERT INTO reliq._stream_divergence AS d"
+					  " (subscription_id, stream_created, stream_last_seq, applied_seq)"
+					  " VALUES ($1, $2, $3, $4)"
+					  " ON CONFLICT (subscription_id) DO UPDATE"
+					  "   SET stream_last_seq = least(d.stream_last_seq, excluded.stream_last_seq)"
+					  " WHERE d.stream_created = excluded.stream_created"
+					  "   AND d.accepted_at IS NULL",
+					  4, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+	reliq_spi_finish();
+}
+
+/*
+ * Has this incarnation of the subscription's stream lost its tail (a row,
+ * accepted or not: an accepted loss waits for the monitor's rewind)?
+ */
+bool
+reliq_catalog_diverged(int64 subscription_id, int64 stream_created)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	Int64GetDatum(stream_created)};
+	bool		diverged;
+
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq._stream_divergence",
+					  "SELECT FROM reliq._stream_divergence"
+					  " WHERE subscription_id = $1 AND stream_created = $2",
+					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	diverged = SPI_processed > 0;
+	reliq_spi_finish();
+	return diverged;
+}
+
+/*
+ * The accepted loss is behind us (accepted_only: the consumer was
+ * rewound), or the stream was made again (a new incarnation has no lost
+ * tail).
+ */
+void
+reliq_catalog_forget_divergence(int64 subscription_id, bool accepted_only)
+{
+	Oid			argtypes[2] = {INT8OID, BOOLOID};
+	Datum		args[2] = {Int64GetDatum(subscription_id),
+	BoolGetDatum(accepted_only)};
+
+	reliq_spi_connect();
+	reliq_spi_execute("forget a stream's lost tail",
+					  "DELETE FROM reliq._stream_divergence"
+					  " WHERE subscription_id = $1"
+					  "   AND (accepted_at IS NOT NULL OR NOT $2)",
+					  2, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 	reliq_spi_finish();
 }

@@ -78,6 +78,13 @@ typedef struct ReliqWatched
 	bool		attached;		/* a worker has recorded the stream's identity */
 	int64		stream_created;
 	int64		ack_floor;		/* recorded for that identity; 0 if none */
+	int64		applied_seq;	/* the highest sequence this database applied
+								 * of that identity: the floor, or the
+								 * ledger's highest row */
+	bool		diverged;		/* reliq._stream_divergence has a row */
+	bool		loss_accepted;	/* ... which reliq.accept_stream_loss() has
+								 * accepted: the consumer is to be rewound */
+	int64		diverged_last_seq;	/* the row's stream_last_seq */
 } ReliqWatched;
 
 extern bool reliq_catalog_extension_present(void);
@@ -96,5 +103,15 @@ extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 extern int64 reliq_catalog_floor(int64 subscription_id, int64 stream_created);
 extern void reliq_catalog_advance_floor(int64 subscription_id,
 										int64 stream_created, int64 ack_floor);
+extern int64 reliq_catalog_applied_seq(int64 subscription_id,
+									   int64 stream_created);
+extern void reliq_catalog_note_divergence(int64 subscription_id,
+										  int64 stream_created,
+										  int64 stream_last_seq,
+										  int64 applied_seq);
+extern bool reliq_catalog_diverged(int64 subscription_id,
+								   int64 stream_created);
+extern void reliq_catalog_forget_divergence(int64 subscription_id,
+											bool accepted_only);
 
 #endif							/* RELIQ_CATALOG_H */

@@ -71,18 +71,22 @@ static ReliqPuller *adopt_puller(Lane *l);
 static const uint32 lane_predecessors[] = {
 	[RELIQ_LANE_ATTACHING] = S(RELIQ_LANE_BACKING_OFF) | S(RELIQ_LANE_FETCHING) |
 	S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED) |
-	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_LEAVING),
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_DIVERGED) | S(RELIQ_LANE_LEAVING),
 	[RELIQ_LANE_BACKING_OFF] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_FENCED) |
-	S(RELIQ_LANE_LAPSED),
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_DIVERGED),
 	[RELIQ_LANE_FETCHING] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_PROCESSING) |
 	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_LEAVING),
 	[RELIQ_LANE_PROCESSING] = S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING),
 	[RELIQ_LANE_FAILING] = S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_ATTACHING) |
 	S(RELIQ_LANE_LAPSED),
 	[RELIQ_LANE_FENCED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
-	S(RELIQ_LANE_LAPSED),
+	S(RELIQ_LANE_LAPSED) | S(RELIQ_LANE_DIVERGED),
 	[RELIQ_LANE_LAPSED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
-	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED),
+	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_FAILING) | S(RELIQ_LANE_FENCED) |
+	S(RELIQ_LANE_DIVERGED),
+	[RELIQ_LANE_DIVERGED] = S(RELIQ_LANE_ATTACHING) | S(RELIQ_LANE_BACKING_OFF) |
+	S(RELIQ_LANE_FETCHING) | S(RELIQ_LANE_PROCESSING) | S(RELIQ_LANE_FAILING) |
+	S(RELIQ_LANE_FENCED) | S(RELIQ_LANE_LAPSED),
 	[RELIQ_LANE_LEAVING] = ~0u,
 };
 
@@ -94,6 +98,7 @@ static const char *const lane_state_names[] = {
 	[RELIQ_LANE_FAILING] = "failing",
 	[RELIQ_LANE_FENCED] = "fenced",
 	[RELIQ_LANE_LAPSED] = "lapsed",
+	[RELIQ_LANE_DIVERGED] = "diverged",
 	[RELIQ_LANE_LEAVING] = "leaving",
 };
 
@@ -105,6 +110,7 @@ static const ReliqWorkerState lane_shown[] = {
 	[RELIQ_LANE_FAILING] = RELIQ_WORKER_FAILING,
 	[RELIQ_LANE_FENCED] = RELIQ_WORKER_FENCED,
 	[RELIQ_LANE_LAPSED] = RELIQ_WORKER_CONNECTING,
+	[RELIQ_LANE_DIVERGED] = RELIQ_WORKER_DIVERGED,
 	[RELIQ_LANE_LEAVING] = RELIQ_WORKER_STOPPED,	/* not shown */
 };
 
@@ -340,6 +346,7 @@ ensure_attached(Lane *l)
 	int64		floor;
 	bool		has_history;
 	bool		created;
+	bool		diverged;
 	char	   *description;
 	MemoryContext caller;
 
@@ -366,6 +373,8 @@ ensure_attached(Lane *l)
 	caller = reliq_xact_begin("reliq: attaching to the stream");
 	claimed = reliq_catalog_claim_stream(l->sub->id, before.created_ns,
 										 &floor, &has_history);
+	diverged = claimed != 0 &&
+		reliq_catalog_diverged(l->sub->id, before.created_ns);
 	reliq_xact_commit(caller);
 	if (claimed == 0)
 	{
@@ -374,6 +383,16 @@ ensure_attached(Lane *l)
 		return false;
 	}
 	Assert(claimed == before.created_ns);
+	if (diverged && l->stats != NULL)
+	{
+		/*
+		 * The stream lost its tail (after a restart, before the monitor's
+		 * first round has said so in shared memory): attach to nothing.
+		 */
+		reliq_stats_set_diverged(l->stats, true);
+		schedule_retry(l);
+		return false;
+	}
 
 	description = psprintf("reliq subscription %s", l->sub->name);
 	memset(&spec, 0, sizeof(spec));
@@ -652,6 +671,34 @@ lease_allows(Lane *l)
 }
 
 /*
+ * May this lane consume?  Not while its stream is diverged (it lost its
+ * tail, monitor.c): a new message at a sequence this database applied
+ * would be taken for a duplicate.  The lane gives back what it holds
+ * (released, neither applied nor dead-lettered), drops its puller and
+ * waits; the monitor rewinds the consumer once reliq.accept_stream_loss()
+ * has moved the floor, and clears the state.  A spinlock read per turn.
+ */
+static bool
+stream_allows(Lane *l)
+{
+	if (l->stats == NULL || !reliq_stats_diverged(l->stats))
+	{
+		if (l->state == RELIQ_LANE_DIVERGED)
+			reliq_lane_transition(l, going_on(l));
+		return true;
+	}
+	if (l->state != RELIQ_LANE_DIVERGED)
+	{
+		(void) reliq_ack_release(l->pool->conn, l->held, l->nheld,
+								 reliq_ack_release_delay_ms(l->puller));
+		forget_consumer(l);
+		reliq_lane_transition(l, RELIQ_LANE_DIVERGED);
+		reliq_lane_report_progress(l, 0);
+	}
+	return false;
+}
+
+/*
  * What applying a batch found (apply.c), acted on: the lane's transitions
  * are made here, not there.
  */
@@ -675,6 +722,9 @@ after_apply(Lane *l, ReliqApplyVerdict verdict)
 			reliq_note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" was made again; attaching to the new one",
 							   l->sub->stream);
 			reliq_lane_detach(l);
+			break;
+		case RELIQ_APPLY_DIVERGED:
+			(void) stream_allows(l);
 			break;
 	}
 }
@@ -866,6 +916,8 @@ turn(Lane *l)
 	if (reliq_lane_leaving(l))
 		return false;
 	if (!lease_allows(l))
+		return false;
+	if (!stream_allows(l))
 		return false;
 	if (!ensure_attached(l))
 	{

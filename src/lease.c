@@ -393,7 +393,8 @@ track_for(const ReliqWatched *w)
  * is nothing this can do); false to try again next round.
  */
 static bool
-rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
+rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
+				const char *why)
 {
 	ReliqStreamInfo stream;
 	ReliqConsumerSpec spec;
@@ -468,7 +469,44 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 					floor >= 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
 					sub->start_new ? "the subscription's creation" :
 					"the first message of the stream"),
-			 errdetail("This cluster has just acquired the consumer's lease; redeliveries of what this database already applied are absorbed by its ledger.")));
+			 errdetail("%s", why)));
+	return true;
+}
+
+/*
+ * reliq.accept_stream_loss() moved the floor of a subscription whose
+ * stream lost its tail: make its consumer start again right after that
+ * floor, as an acquisition does, and move the epoch, so that a worker
+ * still attached to the consumer as it was attaches anew.  True when done.
+ * (Leases off: no epoch to move; the workers detached when the stream
+ * diverged, and attach again when the state clears.)
+ */
+bool
+reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w)
+{
+	LeaseTrack	untracked;
+	LeaseTrack *t = NULL;
+	ReliqSubscriptionStats *entry;
+	int			i;
+
+	for (i = 0; i < ntracks; i++)
+		if (tracks[i].id == w->id)
+			t = &tracks[i];
+	if (t == NULL)
+	{
+		memset(&untracked, 0, sizeof(untracked));
+		t = &untracked;
+	}
+	if (!rewind_consumer(conn, w, t,
+						 "The stream lost its tail and reliq.accept_stream_loss() moved this database's floor to its last sequence; new messages from there on are applied."))
+		return false;
+	entry = reliq_stats_find(w->id, false, NULL);
+	if (t != &untracked && t->held != 0 && t->view.state == RELIQ_LEASE_OWNED)
+	{
+		t->view.epoch++;
+		if (entry != NULL)
+			reliq_lease_publish(entry, &t->view);
+	}
 	return true;
 }
 
@@ -877,7 +915,8 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 
 	if (t->held != 0 && t->view.state == RELIQ_LEASE_ACQUIRING &&
 		wait_clock() >= t->consume_after &&
-		rewind_consumer(conn, w, t))
+		rewind_consumer(conn, w, t,
+						"This cluster has just acquired the consumer's lease; redeliveries of what this database already applied are absorbed by its ledger."))
 	{
 		if (settle_owner(conn, t))
 		{

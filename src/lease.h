@@ -24,6 +24,8 @@ extern bool reliq_lease_round(ReliqNatsConnection *conn,
 							  const ReliqWatched *subscriptions, int count);
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
 extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);
+extern bool reliq_lease_rewind(ReliqNatsConnection *conn,
+							   const ReliqWatched *w);
 extern long reliq_lease_renew_interval_ms(void);
 extern const char *reliq_lease_instance(void);
 

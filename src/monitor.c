@@ -24,6 +24,22 @@
  * figures that show the stall (ack_pending at max_ack_pending, a backlog
  * growing while nothing is applied) must still be fresh.
  *
+ * A stream that loses its tail (an OS crash before JetStream's fsync, a cut
+ * store) hands out its last sequences again, to new messages.  The ledger
+ * and the floor name messages by sequence, so such a new message would
+ * be taken for a duplicate: acked and never applied.  The monitor watches
+ * for it here, at no cost to the workers: each round it already asks the
+ * stream for its state, and reads each subscription's floor; it also
+ * reads the ledger's highest sequence (an index probe per subscription).
+ * When the stream, the same incarnation, ends below what this database
+ * applied, the subscription is diverged (reliq._stream_divergence): its
+ * workers consume nothing and ack nothing until reliq.accept_stream_loss()
+ * moves the floor back; the monitor then rewinds the consumer to it.  A
+ * worker that meets a duplicate checks the same at once (apply.c), in
+ * case new messages come before this round.  What neither can see: a
+ * stream whose new messages overtook the highest sequence applied before
+ * either looked (no message ids are kept per sequence).
+ *
  * Pruning is safe only for the stream incarnation the workers attached to
  * (reliq._stream_identity): the consumer is asked first, the stream second,
  * and the floor is recorded only if the stream is still that incarnation
@@ -127,6 +143,90 @@ heartbeat_if_due(ReliqNatsConnection *conn)
 		return;
 	next_heartbeat = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
 	reliq_lease_heartbeat(conn);
+}
+
+/*
+ * reliq.accept_stream_loss() moved the floor of a diverged subscription:
+ * rewind its consumer to it, then forget the loss and let the workers
+ * consume.  Tried again each round until done, whether or not the
+ * consumer exists (a diverged subscription's workers make none).
+ */
+static void
+rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
+				  ReliqSubscriptionStats *entry)
+{
+	MemoryContext caller;
+
+	heartbeat_if_due(conn);
+	if (!reliq_lease_rewind(conn, w))
+		return;
+	caller = reliq_xact_begin("reliq monitor: forgetting an accepted stream loss");
+	reliq_catalog_forget_divergence(w->id, true);
+	reliq_xact_commit(caller);
+	reliq_stats_set_diverged(entry, false);
+	ereport(LOG,
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": consuming again after the accepted loss of stream \"%s\"'s tail",
+					w->name, w->stream)));
+}
+
+/*
+ * A stream's lost tail (see the file header).  True while the subscription
+ * is diverged: no floor is recorded from the consumer then (it may stand
+ * where the stream's former tail ended).
+ */
+static bool
+watch_stream_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry,
+				  const ReliqStreamInfo *stream)
+{
+	MemoryContext caller;
+	int64		last_seq;
+
+	if (!w->diverged && stream->last_seq >= w->applied_seq)
+		return false;			/* a worker's flag stays: its row may be
+								 * newer than this round's reading */
+
+	last_seq = w->diverged ? Min(stream->last_seq, w->diverged_last_seq) :
+		stream->last_seq;
+	if (!w->diverged || last_seq < w->diverged_last_seq)
+	{
+		caller = reliq_xact_begin("reliq monitor: recording a stream's lost tail");
+		reliq_catalog_note_divergence(w->id, w->stream_created, last_seq,
+									  w->applied_seq);
+		reliq_xact_commit(caller);
+	}
+	if (!w->diverged)
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("reliq subscription \"%s\": stream \"%s\" lost its tail: its last sequence is " INT64_FORMAT ", but this database applied up to " INT64_FORMAT,
+						w->name, w->stream, last_seq, w->applied_seq),
+				 errdetail("The server may hand out those sequences again to new messages, which would be taken for duplicates; the subscription consumes nothing meanwhile."),
+				 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
+						 w->name)));
+	/* each round: last_error says it while it lasts, whatever came between */
+	reliq_stats_note_divergence(entry, w->name, w->stream, last_seq,
+								w->applied_seq);
+	return true;
+}
+
+/*
+ * A diverged subscription whose stream was made again: the new
+ * incarnation lost nothing, and its workers attach to it as to any new
+ * stream (they claim it when they attach, which a diverged lane does not
+ * do).
+ */
+static void
+forget_lost_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry)
+{
+	MemoryContext caller = reliq_xact_begin("reliq monitor: forgetting a lost tail");
+
+	reliq_catalog_forget_divergence(w->id, false);
+	reliq_xact_commit(caller);
+	reliq_stats_set_diverged(entry, false);
+	ereport(LOG,
+			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+			 errmsg("reliq subscription \"%s\": stream \"%s\" was made again; no longer diverged",
+					w->name, w->stream)));
 }
 
 /*
@@ -285,10 +385,30 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
 		ReliqLeaseView lease;
 
-		if (entry == NULL || !infos[i].found || !streams[i].found)
+		if (entry == NULL)
+			continue;
+		if (w->loss_accepted)
+		{
+			/* no floor from a consumer about to be made again */
+			reliq_lease_read(entry, &lease);
+			if (reliq_lease_usable(&lease) && w->attached)
+				rewind_after_loss(conn, w, entry);
+			continue;
+		}
+		if (!infos[i].found || !streams[i].found)
 			continue;
 		reliq_stats_set_retention(entry, streams[i].retention);
 		reliq_lease_read(entry, &lease);
+		if (reliq_lease_usable(&lease) && w->attached &&
+			streams[i].created_ns == w->stream_created)
+		{
+			heartbeat_if_due(conn);
+			if (watch_stream_tail(w, entry, &streams[i]))
+				continue;
+		}
+		else if (reliq_lease_usable(&lease) && w->attached &&
+				 (w->diverged || reliq_stats_diverged(entry)))
+			forget_lost_tail(w, entry); /* the stream was made again */
 		if (reliq_lease_usable(&lease) &&
 			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
 			streams[i].created_ns == w->stream_created)

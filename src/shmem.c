@@ -85,6 +85,7 @@ static const char *const worker_state_names[] = {
 	[RELIQ_WORKER_BACKING_OFF] = "backing_off",
 	[RELIQ_WORKER_FENCED] = "fenced",
 	[RELIQ_WORKER_IDLE] = "idle",
+	[RELIQ_WORKER_DIVERGED] = "diverged",
 };
 
 /*
@@ -102,6 +103,7 @@ static const char *const subscription_state_names[RELIQ_SUBSCRIPTION_STATES] = {
 	[RELIQ_SUBSCRIPTION_CONNECTING] = "connecting",
 	[RELIQ_SUBSCRIPTION_FENCED] = "fenced",
 	[RELIQ_SUBSCRIPTION_ACQUIRING] = "acquiring",
+	[RELIQ_SUBSCRIPTION_DIVERGED] = "diverged",
 	[RELIQ_SUBSCRIPTION_STANDBY] = "standby",
 };
 
@@ -402,6 +404,7 @@ clear_stats_entry(ReliqSubscriptionStats *entry)
 	entry->retention[0] = '\0';
 	entry->catalog_known = entry->enabled = entry->start_refused = false;
 	entry->concurrency = entry->batch_size = entry->workers_allowed = 0;
+	entry->diverged = false;
 	SpinLockRelease(&entry->mutex);
 }
 
@@ -542,8 +545,9 @@ reliq_slot_set_connected(ReliqWorkerSlot *slot, bool connected)
 /*
  * The state of a subscription in one word, from its settings and its
  * workers and its lease: paused, fenced (another cluster holds the lease),
- * acquiring (this cluster is taking it over), stopped (wanted but no worker
- * runs), failing, backing_off, disconnected, connecting, running.
+ * acquiring (this cluster is taking it over), diverged (the stream lost
+ * its tail), stopped (wanted but no worker runs), failing, backing_off,
+ * disconnected, connecting, running.
  * ("standby" is the view's: a hot standby has no monitor or workers.)
  */
 static ReliqSubscriptionState
@@ -590,6 +594,8 @@ summarize(ReliqStatsSnapshot *s, const ReliqWorkerSnapshot *workers, int nworker
 		return RELIQ_SUBSCRIPTION_FENCED;
 	if (s->lease.state == RELIQ_LEASE_ACQUIRING)
 		return RELIQ_SUBSCRIPTION_ACQUIRING;
+	if (s->diverged)
+		return RELIQ_SUBSCRIPTION_DIVERGED;
 	if (s->workers == 0)
 		return RELIQ_SUBSCRIPTION_STOPPED;
 	if (failing > 0)
@@ -754,6 +760,7 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		memcpy(s->retention, entry->retention, sizeof(s->retention));
 		lag = entry->lag;
 		s->dead_letter_backlog = entry->dead_letter_backlog;
+		s->diverged = entry->diverged;
 		SpinLockRelease(&entry->mutex);
 
 		reliq_samples_percentiles(batch_samples, &s->batch_p50_us, &s->batch_p99_us);
@@ -904,6 +911,50 @@ reliq_stats_set_retention(ReliqSubscriptionStats *entry, const char *retention)
 	SpinLockAcquire(&entry->mutex);
 	strlcpy(entry->retention, retention, sizeof(entry->retention));
 	SpinLockRelease(&entry->mutex);
+}
+
+/*
+ * The stream lost its tail (set by the monitor, or by a worker that met a
+ * duplicate; cleared by the monitor once reliq.accept_stream_loss() has
+ * moved the floor and the consumer was rewound).
+ */
+void
+reliq_stats_set_diverged(ReliqSubscriptionStats *entry, bool diverged)
+{
+	SpinLockAcquire(&entry->mutex);
+	entry->diverged = diverged;
+	SpinLockRelease(&entry->mutex);
+}
+
+/*
+ * The stream lost its tail, with the figures, in last_error: written here
+ * once for the monitor and the workers alike.
+ */
+void
+reliq_stats_note_divergence(ReliqSubscriptionStats *entry,
+							const char *subscription, const char *stream,
+							int64 stream_last_seq, int64 applied_seq)
+{
+	char		message[RELIQ_ERROR_LEN];
+
+	snprintf(message, sizeof(message),
+			 "diverged: stream %s lost its tail: its last sequence is " INT64_FORMAT
+			 ", this database applied up to " INT64_FORMAT
+			 "; nothing is consumed until SELECT reliq.accept_stream_loss('%s')",
+			 stream, stream_last_seq, applied_seq, subscription);
+	reliq_stats_set_diverged(entry, true);
+	reliq_stats_set_error(entry, message);
+}
+
+bool
+reliq_stats_diverged(ReliqSubscriptionStats *entry)
+{
+	bool		diverged;
+
+	SpinLockAcquire(&entry->mutex);
+	diverged = entry->diverged;
+	SpinLockRelease(&entry->mutex);
+	return diverged;
 }
 
 /* The monitor publishes what it holds. */

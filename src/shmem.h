@@ -33,7 +33,9 @@ typedef enum ReliqWorkerState
 	RELIQ_WORKER_DISCONNECTED,	/* connection lost; the client reconnects */
 	RELIQ_WORKER_BACKING_OFF,	/* waiting to retry connecting or attaching */
 	RELIQ_WORKER_FENCED,		/* this cluster does not hold the lease */
-	RELIQ_WORKER_IDLE			/* a pool worker with no subscription */
+	RELIQ_WORKER_IDLE,			/* a pool worker with no subscription */
+	RELIQ_WORKER_DIVERGED		/* the stream went back below what this
+								 * database applied: consumes nothing */
 } ReliqWorkerState;
 
 extern const char *reliq_worker_state_name(ReliqWorkerState state);
@@ -55,6 +57,10 @@ typedef enum ReliqSubscriptionState
 	RELIQ_SUBSCRIPTION_CONNECTING,	/* workers starting or connecting */
 	RELIQ_SUBSCRIPTION_FENCED,	/* another cluster holds the lease */
 	RELIQ_SUBSCRIPTION_ACQUIRING,	/* this cluster is taking the lease */
+	RELIQ_SUBSCRIPTION_DIVERGED,	/* the stream lost its tail: its last
+									 * sequence went below what this database
+									 * applied; waits for
+									 * reliq.accept_stream_loss() */
 	RELIQ_SUBSCRIPTION_STANDBY	/* a hot standby: no workers (SQL only) */
 } ReliqSubscriptionState;
 
@@ -214,6 +220,12 @@ typedef struct ReliqSubscriptionStats
 	pg_atomic_uint64 profile_messages;
 	pg_atomic_uint64 profile_wall_ns[RELIQ_STEP_COUNT];
 	pg_atomic_uint64 profile_cpu_ns[RELIQ_STEP_COUNT];
+	/*
+	 * The stream lost its tail (reliq._stream_divergence, kept by the
+	 * monitor and by a worker that met a duplicate): workers consume
+	 * nothing while set.
+	 */
+	bool		diverged;
 } ReliqSubscriptionStats;
 
 /*
@@ -288,6 +300,7 @@ typedef struct ReliqStatsSnapshot
 	ReliqHistogramCopy batch_duration;
 	ReliqHistogramCopy commit_latency;
 	int64		dead_letter_backlog;	/* -1: not counted yet */
+	bool		diverged;
 } ReliqStatsSnapshot;
 
 typedef struct ReliqShared
@@ -343,6 +356,14 @@ extern void reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq);
 extern int	reliq_stats_deaths(ReliqSubscriptionStats *entry, int64 seq);
 extern void reliq_stats_set_retention(ReliqSubscriptionStats *entry,
 									  const char *retention);
+extern void reliq_stats_set_diverged(ReliqSubscriptionStats *entry,
+									 bool diverged);
+extern void reliq_stats_note_divergence(ReliqSubscriptionStats *entry,
+										const char *subscription,
+										const char *stream,
+										int64 stream_last_seq,
+										int64 applied_seq);
+extern bool reliq_stats_diverged(ReliqSubscriptionStats *entry);
 extern void reliq_lease_publish(ReliqSubscriptionStats *entry,
 								const ReliqLeaseView *lease);
 extern void reliq_lease_read(ReliqSubscriptionStats *entry,

@@ -71,11 +71,12 @@ typedef enum ReliqLaneState
 	RELIQ_LANE_ATTACHING,		/* no consumer attached; attaches at its turn
 								 * ("connecting").  From: BACKING_OFF, FETCHING,
 								 * PROCESSING, FAILING (detached), FENCED,
-								 * LAPSED (the lease usable again), LEAVING
-								 * (taken back).  A new lane starts here. */
+								 * LAPSED (the lease usable again), DIVERGED
+								 * (the loss accepted), LEAVING (taken back).
+								 * A new lane starts here. */
 	RELIQ_LANE_BACKING_OFF,		/* attaching or a turn failed; again at
 								 * retry_at ("backing_off").  From: ATTACHING,
-								 * FENCED, LAPSED */
+								 * FENCED, LAPSED, DIVERGED */
 	RELIQ_LANE_FETCHING,		/* attached: a pull out, or to send
 								 * ("fetching").  From: ATTACHING (attached),
 								 * PROCESSING (a batch done), LAPSED (renewed),
@@ -89,11 +90,16 @@ typedef enum ReliqLaneState
 								 * batch), LAPSED (renewed) */
 	RELIQ_LANE_FENCED,			/* another cluster holds the lease, or this one
 								 * is acquiring it: no puller ("fenced").  From:
-								 * ATTACHING, BACKING_OFF, LAPSED */
+								 * ATTACHING, BACKING_OFF, LAPSED, DIVERGED */
 	RELIQ_LANE_LAPSED,			/* this cluster's lease was not renewed: keeps
 								 * its puller, pulls nothing ("connecting").
 								 * From: ATTACHING, BACKING_OFF, FETCHING,
-								 * FAILING, FENCED */
+								 * FAILING, FENCED, DIVERGED */
+	RELIQ_LANE_DIVERGED,		/* the stream lost its tail (monitor.c): no
+								 * puller, nothing applied or acked, until
+								 * reliq.accept_stream_loss() ("diverged").
+								 * From: ATTACHING, BACKING_OFF, FETCHING,
+								 * PROCESSING, FAILING, FENCED, LAPSED */
 	RELIQ_LANE_LEAVING			/* no longer assigned: applies nothing, shows
 								 * nothing, until its last pull has ended.
 								 * From: any */
@@ -194,8 +200,10 @@ typedef enum ReliqApplyVerdict
 	RELIQ_APPLY_HOLD,			/* failing as a whole: the batch is held */
 	RELIQ_APPLY_GONE,			/* the subscription was dropped: leave */
 	RELIQ_APPLY_LEASE_LOST,		/* committed, not acked: forget the consumer */
-	RELIQ_APPLY_STREAM_CHANGED	/* a new incarnation of the stream: attach
+	RELIQ_APPLY_STREAM_CHANGED,	/* a new incarnation of the stream: attach
 								 * anew */
+	RELIQ_APPLY_DIVERGED		/* the stream lost its tail: its duplicates
+								 * were not acked; stop consuming */
 } ReliqApplyVerdict;
 
 /* Loading a lane's subscription (lane.c). */

@@ -168,7 +168,7 @@ while (time < $deadline)
 	last if $nrules > 0 && $rule_health eq '';
 	sleep 0.5;
 }
-is($nrules, 9, 'Prometheus loaded the 9 alert rules of ops/prometheus/reliq-alerts.yml');
+is($nrules, 10, 'Prometheus loaded the 10 alert rules of ops/prometheus/reliq-alerts.yml');
 is($rule_health, '', 'every rule evaluated without error');
 
 # Every query of the dashboard runs (template variables filled in).
