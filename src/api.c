@@ -371,7 +371,9 @@ lookup_subscription(const char *name, int64 *id, char **stream, char **consumer)
 
 /*
  * reliq.wait_idle(name, timeout): true once the server has nothing
- * pending and nothing unacknowledged for the subscription's consumer.
+ * pending and nothing unacknowledged for the subscription's consumer, on
+ * two readings a poll apart (nats-server 2.9 was seen to report a filtered
+ * consumer with nothing pending just after a publish it had acknowledged).
  * Acks are sent only after commit, so then every delivered message has
  * been committed (or dead-lettered).
  */
@@ -384,6 +386,7 @@ reliq_wait_idle(PG_FUNCTION_ARGS)
 	int64		id;
 	char	   *stream;
 	char	   *consumer;
+	bool		idle_before = false;
 
 	reliq_require_worker_database("reliq.wait_idle");
 	lookup_subscription(name, &id, &stream, &consumer);
@@ -397,7 +400,13 @@ reliq_wait_idle(PG_FUNCTION_ARGS)
 		if (reliq_nats_consumer_info(reliq_nats_session_connection(), stream,
 									 consumer, &info) &&
 			info.found && info.num_pending == 0 && info.num_ack_pending == 0)
-			PG_RETURN_BOOL(true);
+		{
+			if (idle_before)
+				PG_RETURN_BOOL(true);
+			idle_before = true;
+		}
+		else
+			idle_before = false;
 		if (GetCurrentTimestamp() >= deadline)
 			PG_RETURN_BOOL(false);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
