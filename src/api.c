@@ -407,7 +407,8 @@ reliq_wait_idle(PG_FUNCTION_ARGS)
 		}
 		else
 			idle_before = false;
-		if (GetCurrentTimestamp() >= deadline)
+		/* a first idle reading is confirmed by a second, past the deadline too */
+		if (!idle_before && GetCurrentTimestamp() >= deadline)
 			PG_RETURN_BOOL(false);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 RELIQ_WAIT_IDLE_POLL_MS, PG_WAIT_EXTENSION);
