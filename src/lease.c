@@ -86,23 +86,19 @@
  */
 #include "postgres.h"
 
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "postmaster/postmaster.h"
 #include "storage/ipc.h"
-#include "storage/fd.h"
 #include "storage/pmsignal.h"
-#include "utils/pidfile.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "lease.h"
+#include "lease_internal.h"
 #include "nats_client.h"
 #include "reliq.h"
 #include "shmem.h"
@@ -126,8 +122,6 @@ typedef struct LeaseTrack
 static LeaseTrack *tracks = NULL;
 static int	ntracks = 0;
 static int	maxtracks = 0;
-static char *my_identity = NULL;
-static char my_instance[32];
 
 /* This instance's heartbeat. */
 static uint64 alive_revision = 0;	/* as written last; 0: not yet */
@@ -175,185 +169,20 @@ reliq_lease_renew_interval_ms(void)
 	return Max(reliq_lease_ttl / 4, 10);
 }
 
-/*
- * This instance's id as leases name it: the random id the postmaster drew
- * at start, in hex.  Also written into the metadata of the consumers it
- * owns (nats-server 2.10+).
- */
-const char *
-reliq_lease_instance(void)
-{
-	if (my_instance[0] == '\0')
-		snprintf(my_instance, sizeof(my_instance), "%016llx",
-				 (unsigned long long) reliq_instance_id);
-	return my_instance;
-}
-
-/*
- * This boot of the machine's kernel ("" if unknown): two processes that
- * see the same boot id run on one machine, in one boot.
- */
-static void
-read_boot_id(char *buf, size_t size)
-{
-	FILE	   *file = AllocateFile("/proc/sys/kernel/random/boot_id", "r");
-
-	buf[0] = '\0';
-	if (file == NULL)
-		return;
-	if (fgets(buf, size, file) == NULL)
-		buf[0] = '\0';
-	buf[strcspn(buf, "\n\"\\")] = '\0';
-	FreeFile(file);
-}
-
-/*
- * The data directory as the file system knows it (device and inode), ""
- * if unknown: a copy of it is another directory, whatever its path.
- */
-static void
-read_data_directory(char *buf, size_t size)
-{
-	struct stat st;
-
-	if (stat(DataDir, &st) != 0)
-		buf[0] = '\0';
-	else
-		snprintf(buf, size, "%llu:%llu",
-				 (unsigned long long) st.st_dev, (unsigned long long) st.st_ino);
-}
-
-/*
- * The lease value naming this instance (JSON), made once.  Besides who it
- * is for people (host, port, database), it says which cluster lineage it
- * is (system identifier, timeline), which run (instance, drawn by the
- * postmaster) and where that run lives (boot of the machine, data
- * directory), so that a later run of this very server can tell that the
- * holder was its own earlier run (holder_is_earlier_run).
- */
-static char *
-my_identity_value(void)
-{
-	char		host[128];
-	char		boot[64];
-	char		datadir[64];
-
-	if (my_identity != NULL)
-		return my_identity;
-	if (gethostname(host, sizeof(host)) != 0)
-		strlcpy(host, "unknown", sizeof(host));
-	host[sizeof(host) - 1] = '\0';
-	host[strcspn(host, "\"\\")] = '\0';
-	read_boot_id(boot, sizeof(boot));
-	read_data_directory(datadir, sizeof(datadir));
-	(void) reliq_lease_instance();
-	my_identity = MemoryContextStrdup(TopMemoryContext,
-									  psprintf("{\"instance\":\"%s\",\"system\":\"" UINT64_FORMAT "\","
-											   "\"timeline\":%u,\"host\":\"%s\",\"port\":%d,\"database\":\"%s\","
-											   "\"boot\":\"%s\",\"datadir\":\"%s\"}",
-											   my_instance, GetSystemIdentifier(),
-											   GetWALInsertionTimeLine(), host,
-											   PostPortNumber, reliq_database_name,
-											   boot, datadir));
-	return my_identity;
-}
-
-/*
- * This instance's heartbeat: its identity and the lease_ttl it renews
- * with now (a setting that may differ between two clusters and change on
- * reload), so that a taker waits for the owner's ttl, not only its own.
- */
-static char *
-heartbeat_value(void)
-{
-	const char *identity = my_identity_value();
-
-	return psprintf("%.*s,\"ttl_ms\":%d}", (int) strlen(identity) - 1, identity,
-					reliq_lease_ttl);
-}
-
-/* A string field of a lease value; "" if absent.  Values are ours. */
-static char *
-field(const char *value, const char *name)
-{
-	char	   *pattern = psprintf("\"%s\":", name);
-	const char *p = value ? strstr(value, pattern) : NULL;
-	const char *end;
-
-	if (p == NULL)
-		return "";
-	p += strlen(pattern);
-	if (*p == '"')
-	{
-		p++;
-		end = strchr(p, '"');
-	}
-	else
-		end = p + strcspn(p, ",}");
-	return end ? pnstrdup(p, end - p) : "";
-}
-
-/* Another run of this very server (or a file-level copy of it)? */
-static bool
-holder_is_same_lineage(const char *value)
-{
-	return strcmp(field(value, "system"),
-				  psprintf(UINT64_FORMAT, GetSystemIdentifier())) == 0 &&
-		strcmp(field(value, "timeline"),
-			   psprintf("%u", GetWALInsertionTimeLine())) == 0;
-}
-
-/*
- * An earlier run of this very server, already gone?  Same lineage, same
- * boot of the same machine, same data directory, another postmaster.
- * PostgreSQL runs one postmaster per data directory (postmaster.pid), and
- * a new one does not start while a process of the former is still
- * attached to its shared memory, as every reliq process is: the holder's
- * workers have all exited.  A copy elsewhere, or this server after a
- * reboot, differs in boot or data directory and waits as any other.
- */
-static bool
-holder_is_earlier_run(const char *value)
-{
-	const char *mine = my_identity_value();
-	char	   *boot = field(value, "boot");
-	char	   *datadir = field(value, "datadir");
-
-	return holder_is_same_lineage(value) &&
-		strcmp(field(value, "instance"), my_instance) != 0 &&
-		boot[0] != '\0' && datadir[0] != '\0' &&
-		strcmp(boot, field(mine, "boot")) == 0 &&
-		strcmp(datadir, field(mine, "datadir")) == 0 &&
-		strcmp(field(value, "host"), field(mine, "host")) == 0;
-}
-
-/*
- * How long a heartbeat must stay unchanged before its owner is known to
- * have stopped: the longer of this cluster's lease_ttl and the one the
- * owner renews with (absent in the heartbeats of reliq 0.2).
- */
-static int
-owner_wait_ms(const char *heartbeat)
-{
-	int			theirs = atoi(field(heartbeat, "ttl_ms"));
-
-	return Max(reliq_lease_ttl, theirs);
-}
-
 static void
 describe_holder(LeaseTrack *t, const char *value)
 {
 	snprintf(t->view.holder, sizeof(t->view.holder),
 			 "system %s timeline %s at %s:%s (database %s, instance %s)",
-			 field(value, "system"), field(value, "timeline"),
-			 field(value, "host"), field(value, "port"),
-			 field(value, "database"), field(value, "instance"));
+			 reliq_lease_field(value, "system"), reliq_lease_field(value, "timeline"),
+			 reliq_lease_field(value, "host"), reliq_lease_field(value, "port"),
+			 reliq_lease_field(value, "database"), reliq_lease_field(value, "instance"));
 }
 
 static void
 describe_me(LeaseTrack *t)
 {
-	describe_holder(t, my_identity_value());
+	describe_holder(t, reliq_lease_identity_value());
 }
 
 static LeaseTrack *
@@ -563,7 +392,7 @@ heartbeat_of(ReliqNatsConnection *conn, const char *instance)
 	if (h->value)
 		pfree(h->value);
 	h->value = MemoryContextStrdup(TopMemoryContext, revision ? value : "");
-	h->released = revision != 0 && strcmp(field(value, "released"), "true") == 0;
+	h->released = revision != 0 && strcmp(reliq_lease_field(value, "released"), "true") == 0;
 	h->round = round_number;
 	return h;
 }
@@ -582,7 +411,7 @@ revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
 	if (h->released || h->stopped)
 		return true;			/* it is gone and said so, or we said so */
 	value = psprintf("{\"instance\":\"%s\",\"revoked_by\":\"%s\"}",
-					 h->instance, my_instance);
+					 h->instance, reliq_lease_instance());
 	if (reliq_nats_kv_put(conn, heartbeat_key(h->instance), value, h->revision,
 						  &written) != RELIQ_KV_OK)
 		return false;
@@ -601,10 +430,10 @@ revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
 static void
 become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
 {
-	const char *mine = my_identity_value();
-	bool		same_place = holder_is_same_lineage(value) &&
-		strcmp(field(value, "host"), field(mine, "host")) == 0 &&
-		strcmp(field(value, "datadir"), field(mine, "datadir")) == 0;
+	const char *mine = reliq_lease_identity_value();
+	bool		same_place = reliq_lease_same_lineage(value) &&
+		strcmp(reliq_lease_field(value, "host"), reliq_lease_field(mine, "host")) == 0 &&
+		strcmp(reliq_lease_field(value, "datadir"), reliq_lease_field(mine, "datadir")) == 0;
 
 	describe_holder(t, value);
 	t->view.valid_until = 0;
@@ -614,7 +443,7 @@ become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
 		t->acquiring_since = now;
 	}
 	else if (t->view.state != RELIQ_LEASE_ACQUIRING || !same_place ||
-			 now - t->acquiring_since >= (int64) 2 * owner_wait_ms(value) * 1000)
+			 now - t->acquiring_since >= (int64) 2 * reliq_lease_owner_wait_ms(value) * 1000)
 		t->view.state = RELIQ_LEASE_FENCED;
 }
 
@@ -629,7 +458,7 @@ become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
 static char *
 acquiring_value(int wait_ms)
 {
-	const char *identity = my_identity_value();
+	const char *identity = reliq_lease_identity_value();
 
 	return psprintf("%.*s,\"acquiring_wait_ms\":%d}",
 					(int) strlen(identity) - 1, identity, Max(wait_ms, 0));
@@ -661,7 +490,7 @@ settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 {
 	uint64		written;
 
-	if (reliq_nats_kv_put(conn, t->key, my_identity_value(), t->held,
+	if (reliq_nats_kv_put(conn, t->key, reliq_lease_identity_value(), t->held,
 						  &written) != RELIQ_KV_OK)
 		return false;
 	t->held = written;
@@ -672,7 +501,7 @@ settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 static bool
 owner_unsettled(const char *value, int *wait_ms)
 {
-	char	   *wait = field(value, "acquiring_wait_ms");
+	char	   *wait = reliq_lease_field(value, "acquiring_wait_ms");
 
 	*wait_ms = atoi(wait);
 	return wait[0] != '\0';
@@ -701,9 +530,9 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 		(void) write_owner(conn, t, 0, 0, now);
 		return;
 	}
-	owner = field(value, "instance");
+	owner = reliq_lease_field(value, "instance");
 	unsettled = owner_unsettled(value, &wait_ms);
-	if (strcmp(owner, my_instance) == 0)
+	if (strcmp(owner, reliq_lease_instance()) == 0)
 	{
 		/*
 		 * The monitor restarted under the same postmaster.  In the middle
@@ -727,7 +556,7 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 		}
 		return;
 	}
-	if (holder_is_earlier_run(value))
+	if (reliq_lease_earlier_run(value))
 	{
 		/*
 		 * This server restarted in place (a crash, an immediate stop): at
@@ -754,14 +583,14 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 							w->name, w->consumer, value)));
 		return;
 	}
-	if (h->stopped || now - h->seen_at >= (int64) owner_wait_ms(h->value) * 1000)
+	if (h->stopped || now - h->seen_at >= (int64) reliq_lease_owner_wait_ms(h->value) * 1000)
 	{
 		/*
 		 * Unrenewed for a whole lease_ttl, its own and ours: it has
 		 * stopped, and every consumer it held may be taken at once (not one
 		 * per lease_ttl, as when each revoke started the wait anew).
 		 */
-		int			waited = owner_wait_ms(h->value);
+		int			waited = reliq_lease_owner_wait_ms(h->value);
 
 		if (revoke_heartbeat(conn, h))
 			h->stopped = true;
@@ -788,12 +617,12 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 
 	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
 		goto retry;
-	if (revision != 0 && strcmp(field(value, "instance"), my_instance) != 0)
+	if (revision != 0 && strcmp(reliq_lease_field(value, "instance"), reliq_lease_instance()) != 0)
 	{
-		h = heartbeat_of(conn, field(value, "instance"));
+		h = heartbeat_of(conn, reliq_lease_field(value, "instance"));
 		if (h == NULL)
 			goto retry;
-		wait_ms = owner_wait_ms(h->value);	/* read before the revoke */
+		wait_ms = reliq_lease_owner_wait_ms(h->value);	/* read before the revoke */
 		if (h->revision != 0 && !revoke_heartbeat(conn, h))
 			goto retry;
 	}
@@ -823,7 +652,7 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 		t->view.valid_until = 0;	/* unknown: not usable this round */
 		return;
 	}
-	if (revision != 0 && strcmp(field(value, "instance"), my_instance) == 0)
+	if (revision != 0 && strcmp(reliq_lease_field(value, "instance"), reliq_lease_instance()) == 0)
 	{
 		/*
 		 * Confirmed by a write, not by the read: a taker revokes the
@@ -836,7 +665,7 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 		uint64		written;
 		char	   *mine = t->view.state == RELIQ_LEASE_ACQUIRING ?
 			acquiring_value((int) ((t->consume_after - now) / 1000)) :
-			my_identity_value();
+			reliq_lease_identity_value();
 
 		switch (reliq_nats_kv_put(conn, t->key, mine, revision, &written))
 		{
@@ -856,7 +685,7 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 			t->view.valid_until = 0;
 			return;
 		}
-		if (revision != 0 && strcmp(field(value, "instance"), my_instance) == 0)
+		if (revision != 0 && strcmp(reliq_lease_field(value, "instance"), reliq_lease_instance()) == 0)
 		{
 			t->view.valid_until = 0;	/* ours, unconfirmed: next round */
 			return;
@@ -942,14 +771,14 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 static bool
 renew_heartbeat(ReliqNatsConnection *conn)
 {
-	char	   *key = heartbeat_key(my_instance);
+	char	   *key = heartbeat_key(reliq_lease_instance());
 	TimestampTz sent = reliq_lease_clock();
 	uint64		written;
 	uint64		revision;
 	char	   *value;
 	int			i;
 
-	switch (reliq_nats_kv_put(conn, key, heartbeat_value(),
+	switch (reliq_nats_kv_put(conn, key, reliq_lease_heartbeat_value(),
 							  alive_revision, &written))
 	{
 		case RELIQ_KV_OK:
@@ -983,7 +812,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	if (!reliq_nats_kv_get(conn, key, &value, &revision))
 		return false;
 	sent = reliq_lease_clock();
-	if (reliq_nats_kv_put(conn, key, heartbeat_value(), revision,
+	if (reliq_nats_kv_put(conn, key, reliq_lease_heartbeat_value(), revision,
 						  &written) != RELIQ_KV_OK)
 		return false;
 	renewal_failed = false;
@@ -1072,7 +901,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 						  NULL, NULL);
 		return false;
 	}
-	(void) my_identity_value();
+	(void) reliq_lease_identity_value();
 	round_number++;
 	(void) renew_heartbeat(conn);
 	renewed = !renewal_failed;
@@ -1107,56 +936,6 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 	return renewed;
 }
 
-/* Is the postmaster shutting down (not merely restarting a process)? */
-static bool
-server_stopping(void)
-{
-	FILE	   *file = AllocateFile("postmaster.pid", "r");
-	char		line[128];
-	int			lineno = 0;
-	bool		stopping = false;
-
-	if (file == NULL)
-		return false;
-	while (fgets(line, sizeof(line), file) != NULL)
-		if (++lineno == LOCK_FILE_LINE_PM_STATUS)
-		{
-			stopping = strncmp(line, PM_STATUS_STOPPING, strlen(PM_STATUS_STOPPING)) == 0;
-			break;
-		}
-	FreeFile(file);
-	return stopping;
-}
-
-/* Have the launcher and every worker exited (waiting up to wait_ms)? */
-static bool
-workers_gone(int wait_ms)
-{
-	int			waited;
-
-	for (waited = 0; waited <= wait_ms; waited += 10)
-	{
-		bool		gone;
-		int			i;
-
-		SpinLockAcquire(&reliq_shared->mutex);
-		gone = (reliq_shared->launcher_pid == 0);
-		SpinLockRelease(&reliq_shared->mutex);
-		for (i = 0; gone && i < reliq_shared->max_workers; i++)
-		{
-			ReliqWorkerSlot *slot = &reliq_shared->slots[i];
-
-			SpinLockAcquire(&slot->mutex);
-			gone = (slot->pid == 0);
-			SpinLockRelease(&slot->mutex);
-		}
-		if (gone)
-			return true;
-		pg_usleep(10000L);
-	}
-	return false;
-}
-
 /*
  * At the monitor's exit: if the server is shutting down cleanly and no
  * launcher or worker is left (so nothing of this cluster can pull or ack
@@ -1173,12 +952,12 @@ reliq_lease_release_all(ReliqNatsConnection *conn)
 
 	if (conn == NULL || !reliq_nats_is_connected(conn) || reliq_lease_ttl == 0 ||
 		alive_revision == 0 ||
-		!server_stopping() || !workers_gone(Min(reliq_nats_timeout, 2000)))
+		!reliq_lease_server_stopping() || !reliq_lease_workers_gone(Min(reliq_nats_timeout, 2000)))
 		return;
-	released = heartbeat_value();
+	released = reliq_lease_heartbeat_value();
 	released = psprintf("%.*s,\"released\":true}", (int) strlen(released) - 1,
 						released);
-	if (reliq_nats_kv_put(conn, heartbeat_key(my_instance), released,
+	if (reliq_nats_kv_put(conn, heartbeat_key(reliq_lease_instance()), released,
 						  alive_revision, &revision) == RELIQ_KV_OK)
 		alive_revision = 0;
 }
