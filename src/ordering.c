@@ -49,6 +49,7 @@
 #include "utils/memutils.h"
 
 #include "ordering.h"
+#include "subject.h"
 #include "worker_internal.h"
 
 typedef struct BlockedKey
@@ -149,26 +150,6 @@ reliq_ordering_resolve(ReliqSubscription *sub)
  * A message's order key
  */
 
-/* The Nth token (from 1) of a subject: its start and length, or false. */
-static bool
-subject_token(const char *subject, int n, const char **start, int *len)
-{
-	const char *p = subject;
-	const char *dot;
-
-	while (--n > 0)
-	{
-		dot = strchr(p, '.');
-		if (dot == NULL)
-			return false;
-		p = dot + 1;
-	}
-	dot = strchr(p, '.');
-	*start = p;
-	*len = dot ? dot - p : strlen(p);
-	return true;
-}
-
 static bool
 order_key(const ReliqSubscription *sub, const ReliqMessage *msg, uint64 *key)
 {
@@ -189,7 +170,7 @@ order_key(const ReliqSubscription *sub, const ReliqMessage *msg, uint64 *key)
 			len = strlen(value);
 		}
 		else if (msg->subject == NULL ||
-				 !subject_token(msg->subject, part->token, &value, &len))
+				 !reliq_subject_token(msg->subject, part->token, &value, &len))
 			return false;
 		h = hash_combine64(h, hash_bytes_extended((const unsigned char *) value, len, i));
 	}

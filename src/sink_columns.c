@@ -40,6 +40,7 @@
 #include "reliq.h"
 #include "sink_internal.h"
 #include "spi_safe.h"
+#include "subject.h"
 
 /*
  * Columns from the subject, the headers and the metadata
@@ -61,18 +62,10 @@ reliq_sink_find_header(const SinkMeta *meta, const char *name)
 static char *
 subject_token(const char *subject, int n)
 {
-	const char *start = subject;
-	const char *dot;
+	const char *start;
+	int			len;
 
-	while (--n > 0)
-	{
-		dot = strchr(start, '.');
-		if (dot == NULL)
-			return NULL;
-		start = dot + 1;
-	}
-	dot = strchr(start, '.');
-	return pnstrdup(start, dot ? dot - start : strlen(start));
+	return reliq_subject_token(subject, n, &start, &len) ? pnstrdup(start, len) : NULL;
 }
 
 /* A timestamp in ISO 8601, in UTC, whatever DateStyle and TimeZone say. */

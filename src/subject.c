@@ -68,3 +68,23 @@ reliq_subject_within_any(const char *filter, const char *const *patterns,
 			return true;
 	return false;
 }
+
+/* The Nth token (from 1) of a subject: its start and length, or false. */
+bool
+reliq_subject_token(const char *subject, int n, const char **start, int *len)
+{
+	const char *p = subject;
+	const char *dot;
+
+	while (--n > 0)
+	{
+		dot = strchr(p, '.');
+		if (dot == NULL)
+			return false;
+		p = dot + 1;
+	}
+	dot = strchr(p, '.');
+	*start = p;
+	*len = dot ? dot - p : strlen(p);
+	return true;
+}

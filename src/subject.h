@@ -8,5 +8,7 @@
 extern bool reliq_subject_within(const char *filter, const char *pattern);
 extern bool reliq_subject_within_any(const char *filter,
 									 const char *const *patterns, int npatterns);
+extern bool reliq_subject_token(const char *subject, int n,
+								const char **start, int *len);
 
 #endif							/* RELIQ_SUBJECT_H */

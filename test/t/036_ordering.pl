@@ -21,31 +21,25 @@ $nats->stream_create('ORD', ['ord.>', 'acct.>']);
 
 my $node = reliq_node('ordering', $nats);
 $node->safe_psql('postgres', q{
-	CREATE SEQUENCE tries;          -- not transactional: counts every try (a
-	                                -- failing batch tries a message twice: whole, then alone)
+	-- a sequence per subscription, not transactional: it counts every try
+	-- (a failing batch tries a message twice: whole, then alone)
+	CREATE SEQUENCE tries_ordered;
 	CREATE SEQUENCE tries_unordered;
 	CREATE TABLE log (id bigserial, sub text, key text, n int);
-	CREATE FUNCTION apply_ordered(m reliq.message) RETURNS void LANGUAGE plpgsql AS $$
+	CREATE FUNCTION apply(m reliq.message) RETURNS void LANGUAGE plpgsql AS $$
 	DECLARE j jsonb := reliq.message_json(m);
 	BEGIN
-		IF j->>'key' = 'a' AND (j->>'n')::int = 2 AND nextval('tries') <= 4 THEN
+		IF j->>'key' = 'a' AND (j->>'n')::int = 2
+		   AND nextval(format('tries_%s', m.subscription)) <= 4 THEN
 			RAISE EXCEPTION 'a.2 is not ready yet';
 		END IF;
-		INSERT INTO log (sub, key, n) VALUES ('ordered', j->>'key', (j->>'n')::int);
-	END $$;
-	CREATE FUNCTION apply_unordered(m reliq.message) RETURNS void LANGUAGE plpgsql AS $$
-	DECLARE j jsonb := reliq.message_json(m);
-	BEGIN
-		IF j->>'key' = 'a' AND (j->>'n')::int = 2 AND nextval('tries_unordered') <= 4 THEN
-			RAISE EXCEPTION 'a.2 is not ready yet';
-		END IF;
-		INSERT INTO log (sub, key, n) VALUES ('unordered', j->>'key', (j->>'n')::int);
+		INSERT INTO log (sub, key, n) VALUES (m.subscription, j->>'key', (j->>'n')::int);
 	END $$;
 	SELECT reliq.create_subscription('ordered', stream => 'ORD', subject => 'ord.>',
-	       handler => 'apply_ordered(reliq.message)'::regprocedure, batch_size => 10,
+	       handler => 'apply(reliq.message)'::regprocedure, batch_size => 10,
 	       max_deliver => 5, backoff => '{1s}', ordering => '$subject[2]', enabled => false);
 	SELECT reliq.create_subscription('unordered', stream => 'ORD', subject => 'ord.>',
-	       handler => 'apply_unordered(reliq.message)'::regprocedure, batch_size => 10,
+	       handler => 'apply(reliq.message)'::regprocedure, batch_size => 10,
 	       max_deliver => 5, backoff => '{1s}', enabled => false);
 	-- five keys, five messages each, interleaved: ord.<key>.<n>
 	SELECT count(reliq.publish(format('ord.%s.%s', k, n), format('{"key": "%s", "n": %s}', k, n)))
