@@ -627,12 +627,16 @@ check_for_news(Pool *p)
 	}
 }
 
-/* How long the worker may wait for its inbox before a lane needs it. */
+/*
+ * How long the worker may wait for its inbox before a lane needs it.  A
+ * lane's timer is compared with the time serve_lanes looked at the lanes:
+ * one that fell due since then has had no turn, and waits for none.
+ */
 static int
 idle_wait_ms(Pool *p)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz next = TimestampTzPlusMilliseconds(now, RELIQ_POLL_MS);
+	TimestampTz now = p->served_at;
+	TimestampTz next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RELIQ_POLL_MS);
 	int			i;
 
 	next = Min(next, p->next_sweep);
@@ -655,6 +659,7 @@ serve_lanes(Pool *p)
 	bool		sweep = now >= p->next_sweep;
 	int			k;
 
+	p->served_at = now;
 	if (sweep)
 		p->next_sweep = TimestampTzPlusMilliseconds(now, RELIQ_SWEEP_MS);
 	for (k = 0; k < count; k++)

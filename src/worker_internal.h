@@ -179,6 +179,7 @@ struct Pool
 	int			lanes_capacity;
 	int			next_lane;		/* whose turn comes first next round */
 	TimestampTz next_sweep;		/* every lane gets a turn then */
+	TimestampTz served_at;		/* when serve_lanes last looked at the lanes */
 	TimestampTz next_refresh;	/* see pool_refresh */
 	int			refresh_retries;	/* pool_refresh failed: again at
 									 * next_refresh, with a backoff */
