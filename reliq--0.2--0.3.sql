@@ -279,17 +279,18 @@ GRANT EXECUTE ON FUNCTION reliq._check_on_unknown_keys(text) TO reliq_admin;
  * ordering (issue 20): 'none' (default); 'key' (the upsert key, its
  * columns taken from the subject or headers by columns); '$subject[N]';
  * '$header.Name'.  The messages of one order key are applied in stream
- * order, through failures and retries (src/ordering.c); concurrency 1.
+ * order, through failures and retries, by every worker of the
+ * subscription (src/ordering.c, src/order_registry.c).
  */
 ALTER TABLE reliq.subscription
     ADD COLUMN ordering text NOT NULL DEFAULT 'none',
     ADD CONSTRAINT ordering_valid CHECK (ordering OPERATOR(pg_catalog.=) ANY (ARRAY['none', 'key'])
                                          OR ordering OPERATOR(pg_catalog.~) '^\$subject\[[1-9][0-9]{0,3}\]$'
-                                         OR ordering OPERATOR(pg_catalog.~) '^\$header\..+$'),
-    ADD CONSTRAINT ordering_one_worker CHECK (ordering OPERATOR(pg_catalog.=) 'none' OR concurrency OPERATOR(pg_catalog.=) 1);
+                                         OR ordering OPERATOR(pg_catalog.~) '^\$header\..+$');
 COMMENT ON COLUMN reliq.subscription.ordering IS 'none, or the order key whose messages are applied in stream order through failures and retries: key (the upsert key, from the subject or headers), $subject[N], $header.Name';
 
 -- Checks an ordering setting against the rest; returns what to store.
+-- (p_concurrency: any; kept for the signature.)
 CREATE FUNCTION reliq._check_ordering(p_ordering text, p_concurrency integer, p_target regclass,
                                       p_mode text, p_key text[], p_columns jsonb)
 RETURNS text
@@ -307,12 +308,6 @@ BEGIN
         RAISE EXCEPTION 'invalid ordering %', quote_literal(p_ordering)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'ordering is ''none'', ''key'' (the upsert key), ''$subject[N]'' (the Nth token of the subject, from 1) or ''$header.Name''.';
-    END IF;
-    IF p_concurrency <> 1 THEN
-        RAISE EXCEPTION 'ordering => % needs concurrency 1, not %', quote_literal(p_ordering), p_concurrency
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'With concurrency above 1 the workers pull disjoint sets of messages and commit independently, so two messages of one key could be applied in either order; keeping the order across workers is not built yet.',
-                  HINT = 'Use concurrency => 1 (one worker keeps each key''s order through failures and retries), or leave ordering out and guard upserts with newer_than.';
     END IF;
     IF p_ordering = 'key' THEN
         IF p_target IS NULL OR p_mode IS DISTINCT FROM 'upsert' THEN

@@ -36,7 +36,7 @@ sub sql { return site_query(\%site, @_); }
 system(@psql, '-d', 'orders', '-f', "$FindBin::Bin/orders.sql", '-o', '/dev/null') == 0
   or die "demo/orders.sql failed\n";
 system(@psql, '-d', 'orders', '-c',
-	"SELECT subscription_name, target, mode, key, columns, newer_than FROM reliq.subscription");
+	"SELECT subscription_name, target, mode, key, columns, newer_than, ordering, concurrency FROM reliq.subscription");
 
 # The producers: round by round, so each order's changes are spread over
 # the stream between other orders' changes.  reliq.publish outside a

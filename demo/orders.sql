@@ -5,8 +5,10 @@
 -- a JSON object with the fields that changed, and an empty payload when an
 -- order is deleted.  The table sink keeps app.orders at the current state
 -- of every order: upserts by order_id (taken from the subject), only the
--- fields a message names, deletes by empty payload, and a version guard so
--- that a replayed or redelivered change never moves an order back.
+-- fields a message names, deletes by empty payload, a version guard so that
+-- a replayed or redelivered change never moves an order back, and each
+-- order's changes applied in stream order by two workers (so a delete is
+-- never undone by an older change applied after it).
 --
 \set ON_ERROR_STOP on
 CREATE EXTENSION IF NOT EXISTS reliq;
@@ -29,4 +31,6 @@ SELECT reliq.create_subscription('orders', stream => 'ORDERS', subject => 'order
                                               "region": "$subject[2]",
                                               "stream_seq": "$stream_seq"}',
                                  newer_than => 'version',
+                                 ordering => 'key',          -- each order's changes in stream order,
+                                 concurrency => 2,           -- on two workers
                                  batch_size => 500);

@@ -52,6 +52,7 @@
 #include "utils/resowner.h"
 
 #include "lease.h"
+#include "order_registry.h"
 #include "version.h"
 #include "worker_internal.h"
 #include "xact.h"
@@ -60,7 +61,13 @@
 #define RELIQ_LINGER_MS 1		/* longest wait for more messages */
 #define RELIQ_GAP_US 200		/* a longer silence ends the batch */
 
+/* ordering => 'key' on more than one worker: pulls in turn. */
+#define RELIQ_TURN_WAIT_MS 1	/* a lane refused the turn asks again */
+#define RELIQ_TURN_IDLE_WAIT_MS 20	/* ... when its last pull was empty */
+#define RELIQ_TURN_PULL_MS 100	/* a pull's longest wait for messages */
+
 static ReliqPuller *adopt_puller(Lane *l);
+static int	give_back_queued(Lane *l, int64 delay_ms);
 
 /*
  * The lane's states (worker_internal.h): the states each may be entered
@@ -213,8 +220,16 @@ reliq_lane_detach(Lane *l)
 {
 	if (l->puller)
 	{
+		if (l->order_turn)
+			(void) give_back_queued(l, reliq_ack_release_delay_ms(l->puller));
 		reliq_puller_destroy(l->puller, reliq_ack_release_delay_ms(l->puller));
 		l->puller = NULL;
+	}
+	if (l->order_turn)
+	{
+		/* no pull of its own any more: another worker may pull */
+		reliq_order_end_turn(l->sub->id);
+		l->order_turn = false;
 	}
 	if (l->state == RELIQ_LANE_FETCHING || l->state == RELIQ_LANE_PROCESSING ||
 		l->state == RELIQ_LANE_FAILING)
@@ -547,12 +562,110 @@ take_arrived(Lane *l, ReliqMessage *msgs, int max, int *n)
 	}
 }
 
+/*
+ * An ordered subscription on more than one worker: its workers pull in
+ * turn, and a worker hands the turn on once its pull has ended.  Its
+ * pulls are short (RELIQ_TURN_PULL_MS, idle or not), and it waits for
+ * the end of its pull before applying what the pull brought, so that no
+ * worker keeps the turn through a batch.
+ */
+static bool
+pulls_in_turn(Lane *l)
+{
+	return l->sub->norder > 0 && l->sub->concurrency > 1;
+}
+
+/*
+ * ordering => 'key': the lane's workers pull in turn (order_registry.c).
+ * A lane refused the turn asks again after RELIQ_TURN_WAIT_MS, or
+ * RELIQ_TURN_IDLE_WAIT_MS if its last pull brought nothing (or, with no
+ * room to register what it would pull, after reliq.naptime).
+ */
+static bool
+take_pull_turn(Lane *l, int want)
+{
+	bool		full;
+
+	if (reliq_order_take_turn(l->sub->id, want, &full))
+	{
+		l->order_turn = true;
+		l->order_registered = true;
+		return true;
+	}
+	l->order_turn = false;
+	if (full)
+		reliq_note_problem(l, WARNING, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+						   "no room to register more messages of ordered subscriptions (reliq.max_ordered_messages = %d)",
+						   reliq_max_ordered_messages);
+	if (full)
+		l->pull_after = after_ms(reliq_naptime);
+	else if (l->empty_pulls > 0)
+		l->pull_after = after_ms(RELIQ_TURN_IDLE_WAIT_MS);
+	else
+		l->pull_after = after_ms(RELIQ_TURN_WAIT_MS);
+	return false;
+}
+
+/*
+ * Give back (NAK after delay_ms) what arrived for the lane and was never
+ * taken; how many.  For an ordered subscription, registered first and
+ * given back in the registry: newer messages of their keys wait for them.
+ */
+static int
+give_back_queued(Lane *l, int64 delay_ms)
+{
+	ReliqMessage *msgs;
+	int			n = 0;
+	int			max = reliq_puller_queued(l->puller);
+	int			released;
+
+	if (l->sub == NULL || l->sub->norder == 0 || max == 0)
+		return reliq_puller_release_queued(l->puller, delay_ms);
+	msgs = palloc(sizeof(ReliqMessage) * max);
+	while (n < max)
+	{
+		int			before = n;
+
+		if (reliq_puller_next(l->puller, &msgs[n]) == RELIQ_PULL_MESSAGE)
+			n++;
+		if (n == before && reliq_puller_queued(l->puller) == 0)
+			break;
+	}
+	reliq_ordering_received(l, msgs, n);
+	released = reliq_ack_release(l->pool->conn, msgs, n, delay_ms);
+	reliq_order_give_back(l->sub->id, msgs, n);
+	pfree(msgs);
+	return released;
+}
+
+/*
+ * Hand the pull turn on once the lane's pull has ended and all it brought
+ * is registered.  A lane holding a failing batch takes nothing: what its
+ * pull brought is registered and given back, so that its subscription's
+ * other workers go on.
+ */
+static void
+hand_on_pull_turn(Lane *l)
+{
+	if (!l->order_turn || l->puller == NULL || reliq_puller_active(l->puller))
+		return;
+	if (reliq_puller_queued(l->puller) > 0)
+	{
+		if (l->nheld == 0)
+			return;				/* the lane's next batch takes them */
+		(void) give_back_queued(l, 0);
+	}
+	reliq_order_end_turn(l->sub->id);
+	l->order_turn = false;
+}
+
 /* Keep a pull request out for the lane, unless it has enough in hand. */
 static void
 keep_pulling(Lane *l, int max)
 {
 	bool		idle = l->empty_pulls >= RELIQ_IDLE_AFTER;
 	int			queued;
+	bool		ok;
 
 	if (!reliq_lane_attached(l) || reliq_lane_leaving(l) || reliq_puller_active(l->puller) ||
 		!reliq_nats_is_connected(l->pool->conn) ||
@@ -561,10 +674,36 @@ keep_pulling(Lane *l, int max)
 	queued = reliq_puller_queued(l->puller);
 	if (queued >= max)
 		return;
-	if (!reliq_puller_request(l->puller, max - queued,
-							  idle ? Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) : reliq_fetch_timeout,
-							  idle ? RELIQ_IDLE_HEARTBEAT_MS : 0))
+	if (l->sub->norder > 0 && !take_pull_turn(l, max - queued))
+		return;
+	if (pulls_in_turn(l))
+		ok = reliq_puller_request(l->puller, max - queued, RELIQ_TURN_PULL_MS, 0);
+	else
+		ok = reliq_puller_request(l->puller, max - queued,
+								  idle ? Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) : reliq_fetch_timeout,
+								  idle ? RELIQ_IDLE_HEARTBEAT_MS : 0);
+	if (!ok)
 		l->pull_after = after_ms(RELIQ_POLL_MS);
+}
+
+/*
+ * Pulls in turn: take what the lane's pull still brings, until it ends
+ * (RELIQ_TURN_PULL_MS at most, or the batch is full), so that the turn
+ * can be handed on before the batch is applied.
+ */
+static void
+take_to_pull_end(Lane *l, ReliqMessage *msgs, int max, int *n)
+{
+	TimestampTz until = after_ms(RELIQ_TURN_PULL_MS + reliq_nats_timeout);
+
+	while (*n < max && reliq_lane_attached(l) && reliq_puller_active(l->puller) &&
+		   GetCurrentTimestamp() < until)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (reliq_inbox_pump(l->pool->inbox, RELIQ_TURN_PULL_MS / 4) < 0)
+			break;
+		take_arrived(l, msgs, max, n);
+	}
 }
 
 /*
@@ -576,7 +715,7 @@ keep_pulling(Lane *l, int max)
  * less than RELIQ_GAP_US apart, for at most RELIQ_LINGER_MS.  Under light
  * load nothing is pending and nothing is added to the latency.  Before
  * returning, asks for the next batch, so messages flow in while this one
- * is applied.
+ * is applied (but see below for ordered subscriptions).
  */
 static int
 collect_batch(Lane *l, ReliqMessage *msgs, int max)
@@ -609,7 +748,21 @@ collect_batch(Lane *l, ReliqMessage *msgs, int max)
 				pg_usleep(RELIQ_GAP_US / 4);
 		}
 	}
-	keep_pulling(l, max);
+	if (n > 0 && pulls_in_turn(l))
+		take_to_pull_end(l, msgs, max, &n);
+	if (l->sub->norder > 0)
+	{
+		reliq_ordering_received(l, msgs, n);
+		hand_on_pull_turn(l);
+	}
+
+	/*
+	 * Workers that pull in turn pull again once their batch is done: one
+	 * that pulled before applying would keep the turn through its batch (a
+	 * slow handler, a lock wait) while the others wait.
+	 */
+	if (n == 0 || !pulls_in_turn(l))
+		keep_pulling(l, max);
 	reliq_profile_lap(RELIQ_STEP_COLLECT);
 	return n;
 }
@@ -835,7 +988,7 @@ reliq_lane_begin_leaving(Lane *l, bool closing)
 	released += reliq_ordering_release(l, delay);
 	reliq_apply_drop_held(l);
 	if (closing && l->puller)
-		released += reliq_puller_release_queued(l->puller, delay);
+		released += give_back_queued(l, delay);
 
 	/*
 	 * A stopping worker flushes once, before it exits, not once per lane
@@ -859,7 +1012,7 @@ reliq_lane_leaving_done(Lane *l)
 		l->pool->conn != NULL && reliq_nats_is_connected(l->pool->conn))
 		return false;
 	if (l->puller != NULL && reliq_puller_queued(l->puller) > 0)
-		(void) reliq_puller_release_queued(l->puller, 0);
+		(void) give_back_queued(l, 0);
 	return true;
 }
 
@@ -928,23 +1081,24 @@ turn(Lane *l)
 	if (l->ndeferred > 0 && l->sub->norder == 0)
 		(void) reliq_ordering_release(l, 0);	/* ordering turned off */
 	reliq_ordering_keep_alive(l);
+	hand_on_pull_turn(l);
 	if (l->nheld > 0)
 		return hold_step(l);
 	if (l->outbox_pending && GetCurrentTimestamp() >= l->next_outbox_try)
 		reliq_apply_drain_outbox(l);
 	if (!reliq_lane_attached(l))
 		return false;
-	if (l->ndeferred > 0 && reliq_ordering_ready(l))
-	{
-		/* a key's blocker was finished: what waited for it goes now */
-		reliq_lane_transition(l, RELIQ_LANE_PROCESSING);
-		after_apply(l, reliq_ordering_apply(l, NULL, 0));
-		return true;
-	}
+	if (l->ndeferred > 0 && (l->deferred_ready || reliq_ordering_ready(l)))
+		l->deferred_ready = true;
 
+	/*
+	 * What waited for a key whose blocker was finished goes with the next
+	 * batch (reliq_ordering_apply takes both), or alone once the lane's
+	 * pull has brought nothing.
+	 */
 	msgs = palloc(sizeof(ReliqMessage) * l->sub->batch_size);
 	n = collect_batch(l, msgs, l->sub->batch_size);
-	if (n == 0)
+	if (n == 0 && (!l->deferred_ready || reliq_puller_active(l->puller)))
 		return false;
 	reliq_lane_transition(l, RELIQ_LANE_PROCESSING);
 	after_apply(l, reliq_apply_collected(l, msgs, n));
@@ -1019,7 +1173,8 @@ reliq_lane_wants_turn(Lane *l, TimestampTz now)
 		return false;
 	if (!reliq_lane_attached(l))
 		return now >= l->retry_at;
-	if (l->ndeferred > 0 && now >= l->next_deferred_progress)
+	if (l->ndeferred > 0 && !l->deferred_ready &&
+		(now >= l->next_deferred_progress || reliq_ordering_changed(l)))
 		return true;
 	if (l->nheld > 0)
 		return now >= l->next_probe || now >= l->next_progress;

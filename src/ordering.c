@@ -11,32 +11,36 @@
  * for each other).  A message without one (a subject too short, no such
  * header) is not ordered.
  *
- * One lane (concurrency 1: create_subscription refuses more) keeps:
+ * Every worker of the subscription (its lanes: one per worker, as many as
+ * its concurrency) registers what it receives in the shared registry
+ * (order_registry.c: pulls in turn, so that registering follows delivery
+ * order) and applies a message only once every older message of its key
+ * is finished, wherever that message is.  Unfinished: held by a worker
+ * (received, not applied yet: in its batch, held after a transient error,
+ * or deferred), or given back (NAKed after a failure; it comes back after
+ * its backoff, to whichever worker pulls then).  Finished: applied,
+ * dead-lettered or found a duplicate.
  *
- * - blocked: key -> the stream sequence of the oldest message of that key
- *	 not finished yet: NAKed after a failure (it comes back after its
- *	 backoff), held (a transient error, the breaker), or a redelivery not
- *	 applied yet.  It is finished when applied, dead-lettered or found a
- *	 duplicate.
- * - deferred: messages of a blocked key, newer than its blocker, received
- *	 but not tried; kept alive with in-progress acks every ack_wait / 2, so
- *	 that they are neither redelivered nor counted as deliveries.  The
- *	 consumer's max_ack_pending bounds them (redeliveries are served before
- *	 that limit, so a blocker always comes back).
+ * A lane keeps its deferred messages: of a key an older unfinished
+ * message holds back, received but not tried; kept alive with in-progress
+ * acks every ack_wait / 2, so that they are neither redelivered nor
+ * counted as deliveries.  The consumer's max_ack_pending bounds them
+ * (redeliveries are served before that limit, so a blocker always comes
+ * back).
  *
  * reliq_ordering_apply takes the deferred messages with what was just
- * collected, in stream order, and applies in rounds what no older message
- * of its key holds back; each round's batches (rule 1 of apply.c: first
- * deliveries, first redeliveries, later ones alone) may unblock keys for
- * the next round.  Within a batch, batch.c's slow path does not try a
- * message whose key failed earlier in the batch (RELIQ_OUTCOME_DEFERRED).
- * What is left waits in deferred.  reliq_ordering_note, after every batch
- * (probes of a held batch too), keeps blocked current and takes the
- * batch's deferred messages.
+ * collected, in stream order, and applies in rounds what nothing holds
+ * back; each round's batches (rule 1 of apply.c: first deliveries, first
+ * redeliveries, later ones alone) may free keys for the next round.
+ * Within a batch, batch.c's slow path does not try a message whose key
+ * failed earlier in the batch (RELIQ_OUTCOME_DEFERRED).  What is left
+ * waits in deferred, and is looked at again whenever the registry
+ * changes.  reliq_ordering_note, after every batch (probes of a held
+ * batch too), tells the registry what became of each message.
  *
- * Everything here is forgotten with the consumer (reliq_apply_drop_held):
- * the messages come again from the server, in their order, and a
- * redelivered message blocks its key again.
+ * When the lane forgets its consumer or goes, it gives back to the
+ * registry all it held: the messages come again from the server, in
+ * their order, and whoever receives them takes them over.
  *
  *-------------------------------------------------------------------------
  */
@@ -44,19 +48,13 @@
 
 #include "common/hashfn.h"
 #include "utils/builtins.h"
-#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
+#include "order_registry.h"
 #include "ordering.h"
 #include "subject.h"
 #include "worker_internal.h"
-
-typedef struct BlockedKey
-{
-	uint64 key;
-	int64  blocker; /* stream sequence */
-} BlockedKey;
 
 /*
  * The subscription's setting
@@ -191,64 +189,53 @@ reliq_ordering_set_keys(const ReliqSubscription *sub, ReliqMessage *msgs, int n)
  * The lane's keys and deferred messages
  */
 
-static HTAB *
-blocked_keys(Lane *l)
-{
-	if (l->blocked == NULL)
-	{
-		HASHCTL ctl;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(uint64);
-		ctl.entrysize = sizeof(BlockedKey);
-		ctl.hcxt = TopMemoryContext;
-		l->blocked = hash_create("reliq blocked keys", 64, &ctl,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
-	return l->blocked;
-}
-
-/* The blocker of msg's key, or 0. */
+/* Long enough for a given-back message to have come back, were it to. */
 static int64
-blocker_of(Lane *l, const ReliqMessage *msg)
+forget_after_ms(const ReliqSubscription *sub)
 {
-	BlockedKey *b;
+	int64 backoff = sub->nbackoff > 0 ? sub->backoff_ms[sub->nbackoff - 1] : 0;
 
-	if (!msg->ordered || l->blocked == NULL)
-		return 0;
-	b = hash_search(l->blocked, &msg->order_key, HASH_FIND, NULL);
-	return b ? b->blocker : 0;
+	return 2 * sub->ack_wait_ms + backoff + 60000;
 }
 
-/* msg is not finished: it blocks its key, unless an older one does. */
+/*
+ * Which of msgs (sorted by stream sequence) may be tried now, in the
+ * groups of rule 1 (first deliveries, first redeliveries, later ones):
+ * see reliq_order_runnable.
+ */
 static void
-block(Lane *l, const ReliqMessage *msg)
+runnable(Lane *l, const ReliqMessage *msgs, int n, const bool *tried, bool *go)
 {
-	BlockedKey *b;
-	bool        found;
+	int *group = palloc(sizeof(int) * Max(n, 1));
+	int  i;
 
-	if (!msg->ordered)
+	for (i = 0; i < n; i++)
+		group[i] = Min(Max(msgs[i].delivered, 1), 3);
+	reliq_order_runnable(l->sub->id, msgs, n, tried, group, forget_after_ms(l->sub), go);
+	pfree(group);
+}
+
+static int
+compare_seq(const void *a, const void *b)
+{
+	int64 x = ((const ReliqMessage *) a)->stream_seq;
+	int64 y = ((const ReliqMessage *) b)->stream_seq;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The lane received msgs: their keys, and the registry knows the lane
+ * holds them.  Before anything else is pulled (pulls in turn).
+ */
+void
+reliq_ordering_received(Lane *l, ReliqMessage *msgs, int n)
+{
+	if (n == 0)
 		return;
-	b = hash_search(blocked_keys(l), &msg->order_key, HASH_ENTER, &found);
-	if (!found || msg->stream_seq < b->blocker)
-		b->blocker = msg->stream_seq;
-}
-
-/* msg is finished: if it blocked its key, the key is free. */
-static void
-unblock(Lane *l, const ReliqMessage *msg)
-{
-	if (blocker_of(l, msg) == msg->stream_seq)
-		(void) hash_search(l->blocked, &msg->order_key, HASH_REMOVE, NULL);
-}
-
-/* May msg be tried now? */
-static bool
-free_to_go(Lane *l, const ReliqMessage *msg)
-{
-	int64 blocker = blocker_of(l, msg);
-
-	return blocker == 0 || blocker >= msg->stream_seq;
+	reliq_ordering_set_keys(l->sub, msgs, n);
+	reliq_order_register(l->sub->id, msgs, n);
+	l->order_registered = true;
 }
 
 /* Add copies of the messages to the lane's deferred ones. */
@@ -292,12 +279,13 @@ take_deferred(Lane *l, int *n, MemoryContext *cxt)
 	l->maxdeferred = 0;
 	l->deferred_cxt = NULL;
 	l->next_deferred_progress = 0;
+	l->deferred_ready = false;
 	return msgs;
 }
 
-/* Forget keys and deferred messages (the consumer was left or made again). */
-void
-reliq_ordering_forget(Lane *l)
+/* Drop the deferred messages (given back, or to come again). */
+static void
+drop_deferred(Lane *l)
 {
 	MemoryContext cxt;
 	int           n;
@@ -305,11 +293,21 @@ reliq_ordering_forget(Lane *l)
 	(void) take_deferred(l, &n, &cxt);
 	if (cxt)
 		MemoryContextDelete(cxt);
-	if (l->blocked)
-	{
-		hash_destroy(l->blocked);
-		l->blocked = NULL;
-	}
+}
+
+/*
+ * Forget deferred messages and give back to the registry all the lane
+ * held (the consumer was left or made again, or the lane goes): the
+ * messages come again from the server.
+ */
+void
+reliq_ordering_forget(Lane *l)
+{
+	drop_deferred(l);
+	if (l->order_registered && l->sub != NULL)
+		reliq_order_let_go(l->sub->id);
+	l->order_registered = false;
+	l->order_turn = false;
 }
 
 /* Give the deferred messages back (NAK after delay_ms); how many. */
@@ -318,7 +316,9 @@ reliq_ordering_release(Lane *l, int64 delay_ms)
 {
 	int released = reliq_ack_release(l->pool->conn, l->deferred, l->ndeferred, delay_ms);
 
-	reliq_ordering_forget(l);
+	if (l->ndeferred > 0)
+		reliq_order_give_back(l->sub->id, l->deferred, l->ndeferred);
+	drop_deferred(l);
 	return released;
 }
 
@@ -334,53 +334,54 @@ reliq_ordering_keep_alive(Lane *l)
 															Max(l->sub->ack_wait_ms / 2, 1));
 }
 
-/* Is a deferred message free to go (its blocker finished meanwhile)? */
+/*
+ * Is a deferred message free to go (what held it back was finished
+ * meanwhile, here or in another worker)?  Looked at again only once the
+ * registry has changed.
+ */
 bool
 reliq_ordering_ready(Lane *l)
 {
-	int i;
+	uint32 generation = reliq_order_generation();
+	bool  *tried;
+	bool  *go;
+	bool   ready = false;
+	int    i;
 
-	for (i = 0; i < l->ndeferred; i++)
-		if (free_to_go(l, &l->deferred[i]))
-			return true;
-	return false;
+	if (l->ndeferred == 0 || generation == l->order_generation)
+		return false;
+	l->order_generation = generation;
+	qsort(l->deferred, l->ndeferred, sizeof(ReliqMessage), compare_seq);
+	tried = palloc0(sizeof(bool) * l->ndeferred);
+	go = palloc(sizeof(bool) * l->ndeferred);
+	runnable(l, l->deferred, l->ndeferred, tried, go);
+	for (i = 0; i < l->ndeferred && !ready; i++)
+		ready = go[i];
+	pfree(go);
+	pfree(tried);
+	return ready;
 }
 
-/* After a batch (apply.c): keep blocked current, take what was deferred. */
+/* Has the registry changed since the lane last looked? */
+bool
+reliq_ordering_changed(Lane *l)
+{
+	return l->ndeferred > 0 && reliq_order_generation() != l->order_generation;
+}
+
+/*
+ * After a batch (apply.c): the registry learns what became of each
+ * message; the lane keeps what was deferred.
+ */
 void
 reliq_ordering_note(Lane *l, const ReliqMessage *msgs, int n)
 {
 	int i;
 
+	reliq_order_settle(l->sub->id, msgs, n);
 	for (i = 0; i < n; i++)
-	{
-		switch (msgs[i].outcome)
-		{
-			case RELIQ_OUTCOME_PROCESSED:
-			case RELIQ_OUTCOME_DUPLICATE:
-			case RELIQ_OUTCOME_DEAD_LETTERED:
-				unblock(l, &msgs[i]);
-				break;
-			case RELIQ_OUTCOME_FAILED:
-			case RELIQ_OUTCOME_HELD:
-				block(l, &msgs[i]);
-				break;
-			case RELIQ_OUTCOME_DEFERRED:
-				defer(l, &msgs[i], 1);
-				break;
-			case RELIQ_OUTCOME_NONE:
-				break;
-		}
-	}
-}
-
-static int
-compare_seq(const void *a, const void *b)
-{
-	int64 x = ((const ReliqMessage *) a)->stream_seq;
-	int64 y = ((const ReliqMessage *) b)->stream_seq;
-
-	return x < y ? -1 : x > y;
+		if (msgs[i].outcome == RELIQ_OUTCOME_DEFERRED)
+			defer(l, &msgs[i], 1);
 }
 
 /*
@@ -416,8 +417,8 @@ merge(ReliqMessage *deferred, int ndeferred, ReliqMessage *msgs, int n,
 }
 
 /*
- * One round: apply what is free to go, by rule 1's groups.  A redelivery
- * blocks its key first, so that newer messages of its key wait for it.
+ * One round: apply what is free to go, by rule 1's groups; a key's
+ * messages go in one round only while they are of one group.
  */
 static ReliqApplyVerdict
 apply_round(Lane *l, ReliqMessage *all, int n, bool *tried, int *ntried)
@@ -429,11 +430,7 @@ apply_round(Lane *l, ReliqMessage *all, int n, bool *tried, int *ntried)
 	int               pass;
 	int               i;
 
-	for (i = 0; i < n; i++)
-		if (!tried[i] && all[i].delivered > 1)
-			block(l, &all[i]);
-	for (i = 0; i < n; i++)
-		go[i] = !tried[i] && free_to_go(l, &all[i]);
+	runnable(l, all, n, tried, go);
 
 	/* first deliveries, then first redeliveries, then each later one alone */
 	for (pass = 1; pass <= 3 && verdict == RELIQ_APPLY_DONE && reliq_lane_attached(l); pass++)
@@ -497,7 +494,7 @@ reliq_ordering_apply(Lane *l, ReliqMessage *msgs, int n)
 	ReliqApplyVerdict verdict = RELIQ_APPLY_DONE;
 	int               i;
 
-	reliq_ordering_set_keys(l->sub, msgs, n);
+	l->order_generation = reliq_order_generation(); /* see ready */
 	all = merge(deferred, ndeferred, msgs, n, &count);
 	tried = palloc0(sizeof(bool) * Max(count, 1));
 	p->applying_lane = l;
@@ -521,8 +518,12 @@ reliq_ordering_apply(Lane *l, ReliqMessage *msgs, int n)
 			continue;
 		if (verdict == RELIQ_APPLY_DONE || verdict == RELIQ_APPLY_HOLD)
 			defer(l, &all[i], 1);
-		else if (p->conn)
-			(void) reliq_nats_ack(p->conn, all[i].reply, RELIQ_NAK, 0);
+		else
+		{
+			if (p->conn)
+				(void) reliq_nats_ack(p->conn, all[i].reply, RELIQ_NAK, 0);
+			reliq_order_give_back(l->sub->id, &all[i], 1);
+		}
 	}
 	p->applying_lane = NULL;
 	p->applying = NULL;

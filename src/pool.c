@@ -53,6 +53,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "order_registry.h"
 #include "outbox.h"
 #include "worker.h"
 #include "worker_internal.h"
@@ -117,6 +118,8 @@ close_connection(int code, Datum arg)
 	if (MyPool != NULL)
 		release_unapplied(MyPool);
 	reliq_nats_close(reliq_nats_session_connection_if_any());
+	/* only now may another worker take an ordered subscription's turn */
+	reliq_order_let_go(0);
 }
 
 static void

@@ -20,6 +20,7 @@
 #include "postmaster/bgworker.h"
 
 #include "guard.h"
+#include "order_registry.h"
 #include "reliq.h"
 #include "shmem.h"
 #include "trace.h"
@@ -89,6 +90,7 @@ _PG_init(void)
 	reliq_draw_instance_id();
 	reliq_shmem_install_hooks();
 	reliq_trace_install_hooks();
+	reliq_order_registry_install_hooks();
 	reliq_guard_install();
 
 	/*

@@ -16,6 +16,7 @@
 #include "utils/guc.h"
 
 #include "nats_url.h"
+#include "order_registry.h"
 #include "profile.h"
 #include "settings.h"
 #include "trace.h"
@@ -121,6 +122,11 @@ reliq_settings_define(void)
 	DefineCustomIntVariable("reliq.max_subscriptions",
 							"Number of subscriptions whose statistics are kept in shared memory.",
 							NULL, &reliq_max_subscriptions, 64, 1, 100000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("reliq.max_ordered_messages",
+							"Number of messages of ordered subscriptions (ordering => ...) received and not finished yet that shared memory can keep.",
+							"A worker pulls nothing for an ordered subscription while the room is taken; each holds at most about its max_ack_pending.",
+							&reliq_max_ordered_messages, 20000, 1000, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("reliq.fetch_timeout",
 							"Longest wait of one pull for messages.",

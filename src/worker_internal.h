@@ -138,7 +138,10 @@ typedef struct Lane
 	TimestampTz next_progress;
 
 	/* ordering => 'key' (ordering.c) */
-	struct HTAB *blocked;		/* key -> the oldest unfinished message */
+	bool		order_registered;	/* holds messages in the registry */
+	bool		order_turn;		/* holds the subscription's pull turn */
+	uint32		order_generation;	/* of the registry, last looked at */
+	bool		deferred_ready;	/* some may go: with the next batch */
 	ReliqMessage *deferred;		/* behind an unfinished message of their key */
 	int			ndeferred;
 	int			maxdeferred;
@@ -298,6 +301,8 @@ extern ReliqApplyVerdict reliq_ordering_apply(Lane *l, ReliqMessage *msgs,
 											  int n);
 extern void reliq_ordering_note(Lane *l, const ReliqMessage *msgs, int n);
 extern bool reliq_ordering_ready(Lane *l);
+extern bool reliq_ordering_changed(Lane *l);
+extern void reliq_ordering_received(Lane *l, ReliqMessage *msgs, int n);
 extern void reliq_ordering_keep_alive(Lane *l);
 extern int	reliq_ordering_release(Lane *l, int64 delay_ms);
 extern void reliq_ordering_forget(Lane *l);

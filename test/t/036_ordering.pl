@@ -6,8 +6,8 @@
 # messages first (which shows what the test would catch).  An upsert sink
 # ordered by its key ends at the last message of a key whose older
 # message failed once (unordered, the retried older message overwrites
-# the newer).  The settings refused: concurrency above 1, 'key' without
-# an upsert key taken from the subject.
+# the newer).  The settings refused: 'key' without an upsert key taken
+# from the subject.  (Concurrency above 1: 037_ordering_workers.pl.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -103,9 +103,6 @@ is($node->safe_psql('postgres', q{SELECT string_agg(id || ':' || balance || ':' 
 
 # Refused settings.
 my ($ret, $stdout, $stderr) = $node->psql('postgres', q{
-	SELECT reliq.alter_subscription('ordered', concurrency => 2)});
-like($stderr, qr/ordering => '\$subject\[2\]' needs concurrency 1/, 'concurrency 2 refused while ordered');
-($ret, $stdout, $stderr) = $node->psql('postgres', q{
 	SELECT reliq.alter_subscription('unordered', ordering => 'key')});
 like($stderr, qr/needs a table sink in upsert mode/, "'key' refused without an upsert key");
 ($ret, $stdout, $stderr) = $node->psql('postgres', q{
