@@ -61,7 +61,7 @@
 #   BENCH                 all (default), core or pool
 #   BENCH_ONLY            a regex of run keys, e.g. 'sink/500|latency|pool/idle'
 #                         (keys: sink|handler|batch/<batch>/<conc>, node/<fetch>/<k>,
-#                         kv/insert|upsert/500/2, kv/upsert|ordered/500/1,
+#                         kv/insert|upsert|ordered/500/2, kv/upsert|ordered/500/1,
 #                         profile/sink|handler/<batch>,
 #                         peer, stall/pause, stall/restart, streaming,
 #                         latency/<rate>, memory, pool/drain,
@@ -763,7 +763,7 @@ sub profile_row
 }
 
 # The upsert sink beside the insert sink, on the same messages: N
-# messages over $upsert_keys keys (subject bench.kv), drained by a table
+# messages over $upsert_keys keys (subject bench.kv.<id>), drained by a table
 # sink in mode 'insert' (into bench.kv_insert) or 'upsert' (bench.kv,
 # key id).  The rate runs from the first processed message the
 # statistics show to the last (polled every 50 ms): an upsert rewrites
@@ -776,7 +776,7 @@ sub publish_kv
 	while ($left > 0)
 	{
 		my $count = $left < $upsert_keys ? $left : $upsert_keys;
-		natstool('publish', 'bench.kv', '--count', $count, '--start', 1, '--payload', $payload);
+		natstool('publish', 'bench.kv.%d', '--count', $count, '--start', 1, '--payload', $payload);
 		$left -= $count;
 	}
 	done_line("publish $N messages over $upsert_keys keys", sprintf('in %.2f s', time - $t0));
@@ -788,9 +788,9 @@ sub kv_row
 	my $key = "kv/$mode/$batch/$concurrency";
 	return unless want($key);
 	publish_kv();
-	# 'ordered': the upsert sink with ordering by a subject token (every
-	# message has the same one here: the cost of keeping order when
-	# nothing fails, which does not depend on the keys)
+	# 'ordered': the upsert sink with ordering by its key, taken from the
+	# subject (bench.kv.<id>): the cost of keeping each key's order when
+	# nothing fails
 	my $upsert = $mode eq 'upsert' || $mode eq 'ordered';
 	my $table = $upsert ? 'bench.kv' : 'bench.kv_insert';
 	my $what = sprintf('reliq %s sink, %d keys, batch %d, concurrency %d', $mode, $upsert_keys, $batch, $concurrency);
@@ -799,9 +799,9 @@ sub kv_row
 		my $name = 'kv' . ++$runs;
 		sql("TRUNCATE $table; CHECKPOINT");
 		my %w0 = map { $_ => cpu_ticks($_) // 0 } worker_pids();
-		sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.kv',
+		sql("SELECT reliq.create_subscription('$name', stream => 'BENCH', subject => 'bench.kv.>',
 		       target => '$table'::regclass" . ($upsert ? ", mode => 'upsert', key => ARRAY['id']" : '')
-			. ($mode eq 'ordered' ? ", ordering => '\$subject[2]'" : '')
+			. ($mode eq 'ordered' ? ", ordering => 'key', columns => '{\"id\": \"\$subject[3]\"}'" : '')
 			. ", batch_size => $batch, concurrency => $concurrency)");
 		my ($t_first, $p_first, $t_last, $done) = (undef, 0, undef, 0);
 		my $moved = time;
@@ -1670,7 +1670,7 @@ if ($section ne 'pool')
 			reliq_row($path, $batch, $_) for 1, 2;
 		}
 	}
-	kv_row($_, 500, 2) for 'insert', 'upsert';
+	kv_row($_, 500, 2) for 'insert', 'upsert', 'ordered';
 	kv_row($_, 500, 1) for 'upsert', 'ordered';
 	for my $path ('sink', 'handler')
 	{
@@ -1806,10 +1806,12 @@ if ($section ne 'pool')
 		printf "reliq table sink, mode '%s', N messages over %d keys, batch 500 × 2: %.0f msgs/s (%s), CPU per msg: workers %.1f µs\n",
 		  $r->{mode}, $upsert_keys, $r->{rate}, runs_text($r), $r->{wus_median} // 0;
 	}
-	for my $k (grep { $result{$_} && $result{$_}{rate} } 'kv/upsert/500/1', 'kv/upsert/500/2')
+	for my $conc (1, 2)
 	{
-		printf "Ordered upsert (500 x 1) / %s: %.2f\n", $k, $result{'kv/ordered/500/1'}{rate} / $result{$k}{rate}
-		  if $result{'kv/ordered/500/1'};
+		my $o = $result{"kv/ordered/500/$conc"} or next;
+		my $u = $result{"kv/upsert/500/$conc"};
+		printf "Ordered upsert / unordered upsert, batch 500 x %d: %.2f\n", $conc, $o->{rate} / $u->{rate}
+		  if $u && $u->{rate};
 	}
 	if ($result{'kv/insert/500/2'} && $result{'kv/upsert/500/2'} && $result{'kv/insert/500/2'}{rate})
 	{

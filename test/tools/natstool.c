@@ -12,6 +12,7 @@
  *	reliq.nats_url); the client connects to any and reconnects to any.
  *
  *	publish SUBJECT [--count N] [--start K] [--payload FMT] [--msg-id FMT]
+ *		(SUBJECT may be a FMT too: 'orders.%d')
  *			[--header KEY=VALUE]... [--rate R] [--retry-for SECONDS]
  *		JetStream-publishes N messages with indexes K..K+N-1 and waits until
  *		every one of them has been acknowledged by JetStream (PubAck).  A
@@ -721,7 +722,16 @@ cmd_publish(int argc, char **argv)
 				slot = &ps.slots[i];
 
 				data = format_index(payload_fmt, idx, &len);
-				s = natsMsg_Create(&m, subject, NULL, data, len);
+				if (strstr(subject, "%d") != NULL)
+				{
+					int			slen;
+					char	   *subj = format_index(subject, idx, &slen);
+
+					s = natsMsg_Create(&m, subj, NULL, data, len);
+					free(subj);
+				}
+				else
+					s = natsMsg_Create(&m, subject, NULL, data, len);
 				free(data);
 				if (s == NATS_OK && msgid_fmt != NULL)
 				{
