@@ -1093,12 +1093,14 @@ turn(Lane *l)
 
 	/*
 	 * What waited for a key whose blocker was finished goes with the next
-	 * batch (reliq_ordering_apply takes both), or alone once the lane's
-	 * pull has brought nothing.
+	 * batch (reliq_ordering_apply takes both), or alone if nothing has
+	 * arrived: at once with one worker (whose idle pull may last 30 s),
+	 * once the short pull has ended when the workers pull in turn.
 	 */
 	msgs = palloc(sizeof(ReliqMessage) * l->sub->batch_size);
 	n = collect_batch(l, msgs, l->sub->batch_size);
-	if (n == 0 && (!l->deferred_ready || reliq_puller_active(l->puller)))
+	if (n == 0 && (!l->deferred_ready ||
+				   (pulls_in_turn(l) && reliq_puller_active(l->puller))))
 		return false;
 	reliq_lane_transition(l, RELIQ_LANE_PROCESSING);
 	after_apply(l, reliq_apply_collected(l, msgs, n));
