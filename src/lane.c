@@ -594,11 +594,12 @@ take_pull_turn(Lane *l, int want)
 	}
 	l->order_turn = false;
 	if (full)
+	{
 		reliq_note_problem(l, WARNING, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
 						   "no room to register more messages of ordered subscriptions (reliq.max_ordered_messages = %d)",
 						   reliq_max_ordered_messages);
-	if (full)
 		l->pull_after = after_ms(reliq_naptime);
+	}
 	else if (l->empty_pulls > 0)
 		l->pull_after = after_ms(RELIQ_TURN_IDLE_WAIT_MS);
 	else
@@ -700,6 +701,7 @@ take_to_pull_end(Lane *l, ReliqMessage *msgs, int max, int *n)
 		   GetCurrentTimestamp() < until)
 	{
 		CHECK_FOR_INTERRUPTS();
+		reliq_worker_exit_if_postmaster_died();
 		if (reliq_inbox_pump(l->pool->inbox, RELIQ_TURN_PULL_MS / 4) < 0)
 			break;
 		take_arrived(l, msgs, max, n);
