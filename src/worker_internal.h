@@ -296,6 +296,13 @@ extern void reliq_note_problem(Lane *l, int elevel, int sqlerrcode,
 							   const char *fmt,...) pg_attribute_printf(4, 5);
 extern void reliq_clear_problem(Lane *l, const char *resolution);
 
+/* lane_pull.c */
+extern int	reliq_lane_collect_batch(Lane *l, ReliqMessage *msgs, int max);
+extern bool reliq_lane_pulls_in_turn(Lane *l);
+extern void reliq_lane_hand_on_pull_turn(Lane *l);
+extern int	reliq_lane_give_back_queued(Lane *l, int64 delay_ms);
+extern void reliq_lane_drop_pull_turn(Lane *l);
+
 /* ordering.c */
 extern ReliqApplyVerdict reliq_ordering_apply(Lane *l, ReliqMessage *msgs,
 											  int n);
