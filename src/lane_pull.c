@@ -139,10 +139,10 @@ take_pull_turn(Lane *l, int want)
 {
 	bool		full;
 
+	l->order_registered = true; /* holding or waiting: let go when it goes */
 	if (reliq_order_take_turn(l->sub->id, want, &full))
 	{
 		l->order_turn = true;
-		l->order_registered = true;
 		return true;
 	}
 	l->order_turn = false;

@@ -17,8 +17,8 @@
  *	 brought is registered.  So the messages are registered in the order
  *	 the server delivered them, which for first deliveries is stream
  *	 order, before any later delivery can be applied anywhere.  A worker
- *	 that was refused the turn is named as waiting; the turn goes to it
- *	 next.  The workers still apply in parallel: only pulls take turns.
+ *	 that was refused the turn is named as waiting (while it keeps asking);
+ *	 the turn goes to it next.  The workers still apply in parallel: only pulls take turns.
  *
  * reliq_order_runnable says which of a worker's messages may go now: none
  * of its key's older messages is held by another worker or given back,
@@ -88,10 +88,11 @@ typedef struct OrderNode
 /* A subscription's pull turn. */
 typedef struct OrderTurn
 {
-	int64 sub;
-	int   holder;   /* pid with a pull out (or about to), 0: none */
-	int   waiting;  /* pid refused the turn, 0: none */
-	int   reserved; /* room reserved for the holder's pull */
+	int64       sub;
+	int         holder;    /* pid with a pull out (or about to), 0: none */
+	int         waiting;   /* pid refused the turn, 0: none */
+	TimestampTz waited_at; /* when it was last refused */
+	int         reserved;  /* room reserved for the holder's pull */
 } OrderTurn;
 
 typedef struct OrderShared
@@ -104,6 +105,13 @@ typedef struct OrderShared
 	pg_atomic_uint32 generation;
 	OrderNode        nodes[FLEXIBLE_ARRAY_MEMBER];
 } OrderShared;
+
+/*
+ * A worker refused the turn asks again within milliseconds while it wants
+ * it (lane_pull.c); one that has not asked for this long (its lane holds
+ * a failing batch, or left) is no longer waiting.
+ */
+#define RELIQ_TURN_WAIT_EXPIRES_MS 200
 
 static OrderShared *order_shared = NULL;
 static HTAB        *order_keys = NULL;
@@ -308,6 +316,7 @@ find_turn(int64 sub, bool create)
 	{
 		t->holder = 0;
 		t->waiting = 0;
+		t->waited_at = 0;
 		t->reserved = 0;
 	}
 	return t;
@@ -383,14 +392,19 @@ reliq_order_take_turn(int64 sub, int want, bool *full)
 	{
 		if (t->holder != 0 && t->holder != MyProcPid && !process_alive(t->holder))
 			release_turn(t);
-		if (t->waiting != 0 && !process_alive(t->waiting))
-			t->waiting = 0;
+		if (t->waiting != 0 &&
+			(!process_alive(t->waiting) ||
+			 TimestampDifferenceExceeds(t->waited_at, GetCurrentTimestamp(), RELIQ_TURN_WAIT_EXPIRES_MS)))
+			t->waiting = 0; /* gone, or no longer asking (held, left) */
 		if (t->holder == MyProcPid)
 			release_turn(t); /* reserved anew below */
 		if (t->holder != 0 || (t->waiting != 0 && t->waiting != MyProcPid))
 		{
-			if (t->waiting == 0)
+			if (t->waiting == 0 || t->waiting == MyProcPid)
+			{
 				t->waiting = MyProcPid;
+				t->waited_at = GetCurrentTimestamp();
+			}
 		}
 		else if (order_shared->nfree - order_shared->reserved < want)
 			*full = true;
