@@ -276,6 +276,15 @@ find_node(const OrderKey *k, int64 seq, int32 *prev)
 	return i >= 0 && NODE(i)->seq == seq ? i : -1;
 }
 
+/* The node of msg, or -1 (not ordered, or not registered); its key, *prev. */
+static int32
+message_node(int64 sub, const ReliqMessage *msg, OrderKey **k, int32 *prev)
+{
+	if (!msg->ordered || (*k = find_key(sub, msg->order_key)) == NULL)
+		return -1;
+	return find_node(*k, msg->stream_seq, prev);
+}
+
 static void
 give_back_node(int32 i)
 {
@@ -628,8 +637,7 @@ reliq_order_settle(int64 sub, const ReliqMessage *msgs, int n)
 		int32     prev;
 		int32     node;
 
-		if (!msgs[i].ordered || (k = find_key(sub, msgs[i].order_key)) == NULL ||
-			(node = find_node(k, msgs[i].stream_seq, &prev)) < 0)
+		if ((node = message_node(sub, &msgs[i], &k, &prev)) < 0)
 			continue;
 		switch (msgs[i].outcome)
 		{
@@ -672,8 +680,7 @@ reliq_order_give_back(int64 sub, const ReliqMessage *msgs, int n)
 		int32     prev;
 		int32     node;
 
-		if (msgs[i].ordered && (k = find_key(sub, msgs[i].order_key)) != NULL &&
-			(node = find_node(k, msgs[i].stream_seq, &prev)) >= 0 &&
+		if ((node = message_node(sub, &msgs[i], &k, &prev)) >= 0 &&
 			NODE(node)->holder == MyProcPid)
 			give_back_node(node);
 	}
