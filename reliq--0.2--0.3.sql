@@ -726,6 +726,19 @@ COMMENT ON FUNCTION reliq._state_names() IS 'The name of each subscription state
 REVOKE ALL ON FUNCTION reliq._state_names() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reliq._state_names() TO reliq_admin, pg_monitor;
 
+/*
+ * A consumer per owner (issue 19): each acquisition of a subscription's
+ * lease makes a consumer of its own, "<consumer>-r<revision>" (the first
+ * owner keeps the durable name), so that a former owner's late acks land
+ * on no consumer.  subscription_stats.consumer_in_use names it.
+ */
+CREATE FUNCTION reliq._consumers_in_use(OUT subscription_id bigint, OUT consumer_in_use text)
+RETURNS SETOF record
+LANGUAGE c AS 'MODULE_PATHNAME', 'reliq_consumers_in_use';
+COMMENT ON FUNCTION reliq._consumers_in_use() IS 'The consumer each subscription''s lease holder made and its workers attach to';
+REVOKE ALL ON FUNCTION reliq._consumers_in_use() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reliq._consumers_in_use() TO reliq_admin, pg_monitor;
+
 CREATE OR REPLACE VIEW reliq.subscription_stats AS
 SELECT s.subscription_name,
        s.enabled,
@@ -778,11 +791,15 @@ SELECT s.subscription_name,
                                                  pg_catalog.current_setting('reliq.max_workers'))
                           ELSE pg_catalog.format('PostgreSQL refused to start more background workers; raise max_worker_processes (%s) and restart',
                                                  pg_catalog.current_setting('max_worker_processes')) END)
-       END AS worker_shortfall
+       END AS worker_shortfall,
+       COALESCE(c.consumer_in_use,
+                CASE WHEN l.lease_state OPERATOR(pg_catalog.=) 'off' THEN s.consumer END) AS consumer_in_use
   FROM reliq.subscription s
  CROSS JOIN reliq._state_names() n
   LEFT JOIN reliq._subscription_stats() st ON st.subscription_id OPERATOR(pg_catalog.=) s.id
-  LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id;
+  LEFT JOIN reliq._subscription_status() l ON l.subscription_id OPERATOR(pg_catalog.=) s.id
+  LEFT JOIN reliq._consumers_in_use() c ON c.subscription_id OPERATOR(pg_catalog.=) s.id;
+COMMENT ON COLUMN reliq.subscription_stats.consumer_in_use IS 'The consumer on the server that the lease''s holder made and the workers attach to: the durable name (consumer) for the first owner, <consumer>-r<revision> after an owner change; NULL until the monitor knows';
 
 /*
  * health(): a diverged subscription is down, with the figures and the

@@ -53,6 +53,7 @@ PG_FUNCTION_INFO_V1(reliq_subscription_stats);
 PG_FUNCTION_INFO_V1(reliq_worker_status);
 PG_FUNCTION_INFO_V1(reliq_subscription_status);
 PG_FUNCTION_INFO_V1(reliq_request_take_over);
+PG_FUNCTION_INFO_V1(reliq_consumers_in_use);
 PG_FUNCTION_INFO_V1(reliq_state_names);
 PG_FUNCTION_INFO_V1(reliq_max_ack_pending_sql);
 
@@ -239,6 +240,21 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 	spec.deliver_from = strcmp(start, "new") == 0 ? RELIQ_DELIVER_NEW : RELIQ_DELIVER_ALL;
 	spec.description = text_to_cstring(PG_GETARG_TEXT_PP(6));
 
+	/*
+	 * Under a lease each owner consumes a consumer of its own,
+	 * "<durable>-r<revision>" (lease.c): where the durable name is gone,
+	 * the newest of those is the subscription's consumer (altered; or
+	 * continued, when a dropped subscription is made again).
+	 */
+	{
+		char	   *in_use;
+		bool		exists;
+
+		if (reliq_nats_consumer_in_use(reliq_nats_session_connection(), spec.stream,
+									   spec.consumer, &in_use, &exists))
+			spec.consumer = in_use;
+	}
+
 	/* Where it is known, the stream's subjects must cover the filter. */
 	if (!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
 								&stream))
@@ -320,21 +336,38 @@ reliq_stream_retention(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(info.retention));
 }
 
-/* reliq._delete_consumer(stream, consumer): false if it did not exist. */
+/*
+ * reliq._delete_consumer(stream, consumer): the durable consumer and every
+ * incarnation of it made by an owner (lease.c); false if none existed.
+ */
 Datum
 reliq_delete_consumer(PG_FUNCTION_ARGS)
 {
+	ReliqNatsConnection *conn = reliq_nats_session_connection();
 	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *consumer = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	bool		existed = false;
+	List	   *names;
+	ListCell   *lc;
+	bool		any = false;
 
-	if (!reliq_nats_delete_consumer(reliq_nats_session_connection(), stream,
-									consumer, &existed))
+	if (!reliq_nats_consumer_incarnations(conn, stream, consumer, &names))
 		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
-						  psprintf("could not delete consumer \"%s\" of stream \"%s\"",
-								   consumer, stream),
+						  psprintf("could not list the consumers of stream \"%s\"", stream),
 						  NULL, NULL);
-	PG_RETURN_BOOL(existed);
+	names = lcons(consumer, names);
+	foreach(lc, names)
+	{
+		char	   *name = lfirst(lc);
+		bool		existed = false;
+
+		if (!reliq_nats_delete_consumer(conn, stream, name, &existed))
+			reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+							  psprintf("could not delete consumer \"%s\" of stream \"%s\"",
+									   name, stream),
+							  NULL, NULL);
+		any |= existed;
+	}
+	PG_RETURN_BOOL(any);
 }
 
 /* Stream and consumer of a subscription, by name; an error if unknown. */
@@ -390,6 +423,7 @@ reliq_wait_idle(PG_FUNCTION_ARGS)
 
 	reliq_require_worker_database("reliq.wait_idle");
 	lookup_subscription(name, &id, &stream, &consumer);
+	consumer = reliq_lease_consumer(reliq_stats_find(id, false, NULL), consumer);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(timeout_ms, 0));
 
 	for (;;)
@@ -707,6 +741,36 @@ reliq_subscription_status(PG_FUNCTION_ARGS)
 		values[5] = Int32GetDatum(s->workers_allowed);
 		values[6] = BoolGetDatum(s->start_refused);
 		nulls[5] = nulls[6] = !s->catalog_known;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * reliq._consumers_in_use() (0.3): the consumer each subscription's lease
+ * holder made and its workers attach to (lease.c), as the monitor last
+ * published it; NULL where not known yet.
+ */
+Datum
+reliq_consumers_in_use(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ReliqStatsSnapshot *snapshots;
+	int			n;
+	int			i;
+
+	reliq_shmem_require();
+	InitMaterializedSRF(fcinfo, 0);
+	n = reliq_stats_snapshot(&snapshots);
+	for (i = 0; i < n; i++)
+	{
+		ReliqStatsSnapshot *s = &snapshots[i];
+		Datum		values[2];
+		bool		nulls[2] = {false};
+
+		values[0] = Int64GetDatum(s->subscription_id);
+		values[1] = CStringGetTextDatum(s->lease.consumer);
+		nulls[1] = (s->lease.consumer[0] == '\0');
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -243,13 +243,13 @@ adopt_puller(Lane *l)
 
 		if (old == l || !reliq_lane_leaving(old) || puller == NULL ||
 			strcmp(old->sub->stream, l->sub->stream) != 0 ||
-			strcmp(old->sub->consumer, l->sub->consumer) != 0)
+			strcmp(old->consumer, l->consumer) != 0)
 			continue;
 		old->puller = NULL;
 		ereport(DEBUG1,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq subscription \"%s\": takes over the pull of consumer \"%s\" from a lane given up",
-						l->sub->name, l->sub->consumer)));
+						l->sub->name, l->consumer)));
 		return puller;
 	}
 	return NULL;
@@ -346,6 +346,7 @@ ensure_attached(Lane *l)
 	bool		created;
 	bool		diverged;
 	char	   *description;
+	ReliqLeaseView lease;
 	MemoryContext caller;
 
 	if (reliq_lane_attached(l))
@@ -392,10 +393,22 @@ ensure_attached(Lane *l)
 		return false;
 	}
 
+	/*
+	 * Under a lease, the consumer its holder made (lease.c), never made
+	 * here: a worker of a former owner, late, would otherwise make one
+	 * and consume beside the new owner.
+	 */
+	memset(&lease, 0, sizeof(lease));
+	if (l->stats != NULL)
+		reliq_lease_read(l->stats, &lease);
+	strlcpy(l->consumer, lease.consumer[0] ? lease.consumer : l->sub->consumer,
+			sizeof(l->consumer));
+
 	description = psprintf("reliq subscription %s", l->sub->name);
 	memset(&spec, 0, sizeof(spec));
 	spec.stream = l->sub->stream;
-	spec.consumer = l->sub->consumer;
+	spec.consumer = l->consumer;
+	spec.must_exist = lease.state != RELIQ_LEASE_OFF;
 	spec.filter_subject = l->sub->subject;
 	spec.description = description;
 	spec.ack_wait_ms = l->sub->ack_wait_ms;
@@ -412,8 +425,13 @@ ensure_attached(Lane *l)
 
 	if (!reliq_nats_ensure_consumer(p->conn, &spec, &info, &created))
 	{
-		reliq_note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not set up consumer \"%s\" of stream \"%s\": %s",
-					 l->sub->consumer, l->sub->stream, reliq_nats_last_error());
+		if (spec.must_exist &&
+			reliq_nats_last_js_error() == RELIQ_JS_CONSUMER_NOT_FOUND)
+			reliq_note_problem(l, LOG, ERRCODE_UNDEFINED_OBJECT, "consumer \"%s\" of stream \"%s\" does not exist; the monitor of the lease's holder makes it",
+							   l->consumer, l->sub->stream);
+		else
+			reliq_note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not set up consumer \"%s\" of stream \"%s\": %s",
+							   l->consumer, l->sub->stream, reliq_nats_last_error());
 		schedule_retry(l);
 		return false;
 	}
@@ -429,7 +447,7 @@ ensure_attached(Lane *l)
 		ereport(LOG,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq subscription \"%s\": created consumer \"%s\" on stream \"%s\"%s",
-						l->sub->name, l->sub->consumer, l->sub->stream,
+						l->sub->name, l->consumer, l->sub->stream,
 						has_history ? psprintf(" from sequence " INT64_FORMAT, floor + 1) : "")));
 
 	l->stream_created = before.created_ns;
@@ -438,11 +456,11 @@ ensure_attached(Lane *l)
 	if (l->puller == NULL)
 		l->puller = adopt_puller(l);
 	if (l->puller == NULL)
-		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->sub->consumer);
+		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->consumer);
 	if (l->puller == NULL)
 	{
 		reliq_note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not pull from consumer \"%s\": %s",
-					 l->sub->consumer, reliq_nats_last_error());
+					 l->consumer, reliq_nats_last_error());
 		schedule_retry(l);
 		return false;
 	}
@@ -453,7 +471,7 @@ ensure_attached(Lane *l)
 	ereport(DEBUG1,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq subscription \"%s\": worker %d attached to consumer \"%s\" (" INT64_FORMAT " pending)",
-					l->sub->name, p->index, l->sub->consumer, info.num_pending)));
+					l->sub->name, p->index, l->consumer, info.num_pending)));
 	return true;
 }
 

@@ -38,12 +38,12 @@ verify_consumer(Lane *l)
 {
 	ReliqConsumerInfo info;
 
-	if (!reliq_nats_consumer_info(l->pool->conn, l->sub->stream, l->sub->consumer, &info))
+	if (!reliq_nats_consumer_info(l->pool->conn, l->sub->stream, l->consumer, &info))
 		return;					/* cannot tell now; the connection reports */
 	if (!info.found)
 	{
 		reliq_note_problem(l, WARNING, ERRCODE_UNDEFINED_OBJECT, "consumer \"%s\" of stream \"%s\" has disappeared from the server",
-					 l->sub->consumer, l->sub->stream);
+					 l->consumer, l->sub->stream);
 		reliq_lane_detach(l);
 	}
 }
@@ -67,7 +67,7 @@ handle_pull_end(Lane *l)
 				strstr(description, "deleted") != NULL)
 			{
 				reliq_note_problem(l, WARNING, ERRCODE_UNDEFINED_OBJECT, "consumer \"%s\" was deleted on the server",
-							 l->sub->consumer);
+							 l->consumer);
 				reliq_lane_detach(l);
 			}
 			else

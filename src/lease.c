@@ -75,6 +75,19 @@
  *	   database already has.  Streams whose retention deletes acked messages
  *	   (interest, work queue) cannot redeliver: they are not rewound, and
  *	   health() says so.
+ *	 - Each acquisition makes a consumer of its own: "<durable>-r<N>",
+ *	   N the owner key's revision the acquisition replaced (no two
+ *	   acquisitions replace the same revision), or the durable name for
+ *	   the first owner (no owner key).  The owner key names it; the new
+ *	   consumer is made first, then the former owners' are deleted
+ *	   (retire_former_consumers).  An ACK, NAK, in-progress or TERM of a
+ *	   former owner's late worker names its own consumer in the reply
+ *	   subject, so it reaches no consumer at all, where with one name for
+ *	   every owner nats-server applied it to the new owner's delivery of
+ *	   that stream sequence (and lost it, if the new owner then NAKed).
+ *	   Workers under a lease attach only to the consumer the owner key
+ *	   names, published in shared memory, and never make one; a consumer
+ *	   deleted on the server is made again by the holder's monitor.
  *	 - The epoch in shared memory moves at each acquisition, so workers
  *	   attached before attach anew to the consumer made again.
  *	 - A clean shutdown (postmaster.pid says "stopping") marks the
@@ -109,6 +122,7 @@ typedef struct LeaseTrack
 {
 	int64		id;
 	char		key[160];
+	char		base[RELIQ_CONSUMER_NAME_LEN];	/* the durable name */
 	uint64		held;			/* revision of the owner key this instance
 								 * wrote; 0: not held */
 	TimestampTz consume_after;	/* ACQUIRING: the former holder is done */
@@ -118,6 +132,8 @@ typedef struct LeaseTrack
 	TimestampTz acquiring_since;	/* fenced by an earlier run of ours */
 	ReliqLeaseView view;
 } LeaseTrack;
+
+static void holder_consumer(LeaseTrack *t, const char *value);
 
 static LeaseTrack *tracks = NULL;
 static int	ntracks = 0;
@@ -213,7 +229,45 @@ track_for(const ReliqWatched *w)
 	memset(&tracks[i], 0, sizeof(LeaseTrack));
 	tracks[i].id = w->id;
 	strlcpy(tracks[i].key, key, sizeof(tracks[i].key));
+	strlcpy(tracks[i].base, w->consumer, sizeof(tracks[i].base));
+	strlcpy(tracks[i].view.consumer, w->consumer, sizeof(tracks[i].view.consumer));
 	return &tracks[i];
+}
+
+/*
+ * Delete the consumers of former owners (the durable name, and the
+ * "<durable>-r<revision>" of earlier acquisitions) now that this owner's
+ * own, keep, is made: the acks of a former owner's late workers then go
+ * to a subject no consumer listens on, instead of acking deliveries of
+ * ours.  True when none is left.
+ */
+static bool
+retire_former_consumers(ReliqNatsConnection *conn, const ReliqWatched *w,
+						const char *stream, const char *base, const char *keep)
+{
+	List	   *names;
+	ListCell   *lc;
+	bool		existed;
+
+	if (!reliq_nats_consumer_incarnations(conn, stream, base, &names))
+		return false;
+	if (strcmp(base, keep) != 0)
+		names = lappend(names, pstrdup(base));
+	foreach(lc, names)
+	{
+		char	   *name = lfirst(lc);
+
+		if (strcmp(name, keep) == 0)
+			continue;
+		if (!reliq_nats_delete_consumer(conn, stream, name, &existed))
+			return false;
+		if (existed)
+			ereport(LOG,
+					(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
+					 errmsg("reliq subscription \"%s\": deleted consumer \"%s\" of a former owner; \"%s\" replaces it",
+							w->name, name, keep)));
+	}
+	return true;
 }
 
 /*
@@ -248,7 +302,27 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 					 errdetail("The stream deletes acknowledged messages; what a former owner acknowledged but this database lacks cannot be delivered again."),
 					 errhint("Use synchronous replication (synchronous_commit = on with synchronous_standby_names) so that nothing acknowledged is missing after a failover.")));
 		t->no_rewind_noted = true;
-		return true;
+
+		/*
+		 * Nor can it be replaced: a new consumer would not see what the
+		 * former one was owed (interest), or be refused beside it (work
+		 * queue).  The new owner goes on with the former owner's consumer
+		 * (the durable name, or its newest incarnation) where one exists.
+		 */
+		{
+			char	   *existing;
+			bool		exists;
+
+			if (!reliq_nats_consumer_in_use(conn, w->stream, t->base,
+											&existing, &exists))
+				return false;
+			if (exists)
+			{
+				strlcpy(t->view.consumer, existing, sizeof(t->view.consumer));
+				return true;
+			}
+		}
+		/* none left: make this owner's, as for any stream */
 	}
 
 	cxt = reliq_xact_begin("reliq monitor: reading a subscription's position");
@@ -261,7 +335,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 
 	memset(&spec, 0, sizeof(spec));
 	spec.stream = sub->stream;
-	spec.consumer = sub->consumer;
+	spec.consumer = t->view.consumer[0] ? t->view.consumer : sub->consumer;
 	spec.filter_subject = sub->subject;
 	spec.description = psprintf("reliq subscription %s", sub->name);
 	spec.ack_wait_ms = sub->ack_wait_ms;
@@ -282,19 +356,25 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	spec.owner_instance = reliq_lease_instance();
 	spec.owner_epoch = t->view.epoch + 1;	/* step() moves it on success */
 
-	if (!reliq_nats_delete_consumer(conn, sub->stream, sub->consumer, &existed) ||
-		!reliq_nats_ensure_consumer(conn, &spec, &info, &created))
+	/*
+	 * The name is this acquisition's own: whatever has it was made by an
+	 * earlier try of this very acquisition.  Made first, and only then are
+	 * the former owner's consumers deleted.
+	 */
+	if (!reliq_nats_delete_consumer(conn, sub->stream, spec.consumer, &existed) ||
+		!reliq_nats_ensure_consumer(conn, &spec, &info, &created) ||
+		!retire_former_consumers(conn, w, sub->stream, sub->consumer, spec.consumer))
 	{
 		reliq_nats_report(LOG, 0,
 						  psprintf("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position",
-								   w->name, sub->consumer),
+								   w->name, spec.consumer),
 						  NULL, NULL);
 		return false;
 	}
 	ereport(LOG,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
-			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts again at %s, this database's position",
-					w->name, sub->consumer,
+			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts at %s, this database's position",
+					w->name, spec.consumer,
 					floor >= 0 ? psprintf("stream sequence " INT64_FORMAT, floor + 1) :
 					sub->start_new ? "the subscription's creation" :
 					"the first message of the stream"),
@@ -303,15 +383,18 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 }
 
 /*
+ * Make a held consumer start again right after this database's floor, as
+ * an acquisition does, under the same name, and move the epoch, so that a
+ * worker still attached to the consumer as it was attaches anew: after
  * reliq.accept_stream_loss() moved the floor of a subscription whose
- * stream lost its tail: make its consumer start again right after that
- * floor, as an acquisition does, and move the epoch, so that a worker
- * still attached to the consumer as it was attaches anew.  True when done.
+ * stream lost its tail, or when the consumer was deleted on the server
+ * (workers under a lease make none).  True when done.
  * (Leases off: no epoch to move; the workers detached when the stream
  * diverged, and attach again when the state clears.)
  */
 bool
-reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w)
+reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w,
+				   const char *why)
 {
 	LeaseTrack	untracked;
 	LeaseTrack *t = NULL;
@@ -326,8 +409,7 @@ reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w)
 		memset(&untracked, 0, sizeof(untracked));
 		t = &untracked;
 	}
-	if (!rewind_consumer(conn, w, t,
-						 "The stream lost its tail and reliq.accept_stream_loss() moved this database's floor to its last sequence; new messages from there on are applied."))
+	if (!rewind_consumer(conn, w, t, why))
 		return false;
 	entry = reliq_stats_find(w->id, false, NULL);
 	if (t != &untracked && t->held != 0 && t->view.state == RELIQ_LEASE_OWNED)
@@ -436,6 +518,7 @@ become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
 		strcmp(reliq_lease_field(value, "datadir"), reliq_lease_field(mine, "datadir")) == 0;
 
 	describe_holder(t, value);
+	holder_consumer(t, value);
 	t->view.valid_until = 0;
 	if (t->view.state == RELIQ_LEASE_UNKNOWN && same_place)
 	{
@@ -456,12 +539,36 @@ become_fenced(LeaseTrack *t, const char *value, TimestampTz now)
  * writes the plain identity afterwards).
  */
 static char *
-acquiring_value(int wait_ms)
+acquiring_value(LeaseTrack *t, int wait_ms)
 {
 	const char *identity = reliq_lease_identity_value();
 
-	return psprintf("%.*s,\"acquiring_wait_ms\":%d}",
-					(int) strlen(identity) - 1, identity, Max(wait_ms, 0));
+	return psprintf("%.*s,\"consumer\":\"%s\",\"acquiring_wait_ms\":%d}",
+					(int) strlen(identity) - 1, identity, t->view.consumer,
+					Max(wait_ms, 0));
+}
+
+/* The owner key of a settled owner: its identity and its consumer. */
+static char *
+owned_value(LeaseTrack *t)
+{
+	const char *identity = reliq_lease_identity_value();
+
+	return psprintf("%.*s,\"consumer\":\"%s\"}",
+					(int) strlen(identity) - 1, identity, t->view.consumer);
+}
+
+/*
+ * The consumer an owner key's holder consumes: the one it names, or the
+ * durable name (an owner key written by reliq 0.2).
+ */
+static void
+holder_consumer(LeaseTrack *t, const char *value)
+{
+	char	   *named = reliq_lease_field(value, "consumer");
+
+	strlcpy(t->view.consumer, named[0] ? named : t->base,
+			sizeof(t->view.consumer));
 }
 
 static bool
@@ -469,10 +576,27 @@ write_owner(ReliqNatsConnection *conn, LeaseTrack *t, uint64 revision,
 			int wait_ms, TimestampTz now)
 {
 	uint64		written;
+	char		before[RELIQ_CONSUMER_NAME_LEN];
 
-	if (reliq_nats_kv_put(conn, t->key, acquiring_value(wait_ms),
+	/*
+	 * A consumer of its own for each acquisition, named after the revision
+	 * this write replaces (no two acquisitions replace the same one); the
+	 * durable name for the first owner.  A former owner's late acks, NAKs
+	 * and in-progress acks name its consumer, which no longer exists once
+	 * this one is made: they cannot touch this owner's deliveries.
+	 */
+	strlcpy(before, t->view.consumer, sizeof(before));
+	if (revision == 0)
+		strlcpy(t->view.consumer, t->base, sizeof(t->view.consumer));
+	else
+		snprintf(t->view.consumer, sizeof(t->view.consumer), "%s-r" UINT64_FORMAT,
+				 t->base, revision);
+	if (reliq_nats_kv_put(conn, t->key, acquiring_value(t, wait_ms),
 						  revision, &written) != RELIQ_KV_OK)
+	{
+		strlcpy(t->view.consumer, before, sizeof(t->view.consumer));
 		return false;
+	}
 	t->held = written;
 	t->consume_after = TimestampTzPlusMilliseconds(now, Max(wait_ms, 0));
 	t->view.state = RELIQ_LEASE_ACQUIRING;
@@ -490,7 +614,7 @@ settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 {
 	uint64		written;
 
-	if (reliq_nats_kv_put(conn, t->key, reliq_lease_identity_value(), t->held,
+	if (reliq_nats_kv_put(conn, t->key, owned_value(t), t->held,
 						  &written) != RELIQ_KV_OK)
 		return false;
 	t->held = written;
@@ -545,6 +669,7 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 		else
 		{
 			t->held = revision;
+			holder_consumer(t, value);
 			if (settle_owner(conn, t))
 			{
 				t->view.state = RELIQ_LEASE_OWNED;
@@ -664,8 +789,8 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 		 */
 		uint64		written;
 		char	   *mine = t->view.state == RELIQ_LEASE_ACQUIRING ?
-			acquiring_value((int) ((t->consume_after - now) / 1000)) :
-			reliq_lease_identity_value();
+			acquiring_value(t, (int) ((t->consume_after - now) / 1000)) :
+			owned_value(t);
 
 		switch (reliq_nats_kv_put(conn, t->key, mine, revision, &written))
 		{

@@ -25,7 +25,7 @@ extern bool reliq_lease_round(ReliqNatsConnection *conn,
 extern void reliq_lease_release_all(ReliqNatsConnection *conn);
 extern void reliq_lease_heartbeat(ReliqNatsConnection *conn);
 extern bool reliq_lease_rewind(ReliqNatsConnection *conn,
-							   const ReliqWatched *w);
+							   const ReliqWatched *w, const char *why);
 extern long reliq_lease_renew_interval_ms(void);
 extern const char *reliq_lease_instance(void);
 

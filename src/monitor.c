@@ -158,7 +158,8 @@ rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
 	MemoryContext caller;
 
 	heartbeat_if_due(conn);
-	if (!reliq_lease_rewind(conn, w))
+	if (!reliq_lease_rewind(conn, w,
+							"The stream lost its tail and reliq.accept_stream_loss() moved this database's floor to its last sequence; new messages from there on are applied."))
 		return;
 	caller = reliq_xact_begin("reliq monitor: forgetting an accepted stream loss");
 	reliq_catalog_forget_divergence(w->id, true);
@@ -237,7 +238,7 @@ forget_lost_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry)
  */
 static void
 sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
-				  const ReliqConsumerInfo *info)
+				  const char *consumer, const ReliqConsumerInfo *info)
 {
 	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
 	ReliqLeaseView lease;
@@ -251,12 +252,12 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 	if (!reliq_lease_usable(&lease))
 		return;
 	heartbeat_if_due(conn);
-	if (reliq_nats_pause_consumer(conn, w->stream, w->consumer, pause))
+	if (reliq_nats_pause_consumer(conn, w->stream, consumer, pause))
 	{
 		ereport(LOG,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq subscription \"%s\": consumer \"%s\" %s on the server",
-						w->name, w->consumer, pause ? "paused" : "resumed")));
+						w->name, consumer, pause ? "paused" : "resumed")));
 		last_pause_problem[0] = '\0';
 		return;
 	}
@@ -266,10 +267,38 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 	{
 		reliq_nats_report(LOG, 0,
 						  psprintf("reliq subscription \"%s\": could not %s consumer \"%s\" on the server",
-								   w->name, pause ? "pause" : "resume", w->consumer),
+								   w->name, pause ? "pause" : "resume", consumer),
 						  NULL, "");
 		strlcpy(last_pause_problem, problem, sizeof(last_pause_problem));
 	}
+}
+
+/*
+ * The consumer of a lease this cluster holds is gone from the server
+ * (deleted by hand, or lost with a server's store).  Under a lease the
+ * workers make no consumer (a late worker of a former owner could
+ * otherwise make one and consume beside the new owner): the holder's
+ * monitor makes it again, after this database's position, under the same
+ * name, and the workers attach anew.
+ */
+static void
+remake_if_deleted(ReliqNatsConnection *conn, const ReliqWatched *w,
+				  ReliqSubscriptionStats *entry, const char *consumer)
+{
+	ReliqLeaseView lease;
+
+	if (entry == NULL || !w->enabled || w->diverged || w->loss_accepted)
+		return;
+	reliq_lease_read(entry, &lease);
+	if (lease.state != RELIQ_LEASE_OWNED || !reliq_lease_usable(&lease))
+		return;
+	heartbeat_if_due(conn);
+	ereport(LOG,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("reliq subscription \"%s\": consumer \"%s\" of stream \"%s\" has disappeared from the server; making it again at this database's position",
+					w->name, consumer, w->stream)));
+	(void) reliq_lease_rewind(conn, w,
+							  "The consumer was deleted on the server; this database's floor says where to go on, and its ledger absorbs what it already applied.");
 }
 
 /*
@@ -286,6 +315,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	ReliqConsumerInfo *infos;
 	ReliqStreamInfo *streams;
 	bool	   *asked;
+	char	  **in_use;
 	int			count = read_watched(&watched, cxt);
 	int			i;
 	int			j;
@@ -293,6 +323,12 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	infos = palloc0(sizeof(ReliqConsumerInfo) * Max(count, 1));
 	streams = palloc0(sizeof(ReliqStreamInfo) * Max(count, 1));
 	asked = palloc0(sizeof(bool) * Max(count, 1));
+	in_use = palloc0(sizeof(char *) * Max(count, 1));
+
+	/* the consumer each lease's holder made, or the durable name */
+	for (i = 0; i < count; i++)
+		in_use[i] = reliq_lease_consumer(reliq_stats_find(watched[i].id, false, NULL),
+										 watched[i].consumer);
 
 	/*
 	 * The consumers of each stream, listed a page of 256 at a time (a
@@ -317,7 +353,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			{
 				asked[j] = true;
 				index[n] = j;
-				names[n++] = watched[j].consumer;
+				names[n++] = in_use[j];
 			}
 		listed = palloc(sizeof(ReliqConsumerInfo) * n);
 		if (!reliq_nats_consumer_infos(conn, watched[i].stream, names, n, listed))
@@ -349,9 +385,12 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		ReliqWatched *w = &watched[i];
 		ReliqSubscriptionStats *entry;
 
-		if (!infos[i].found)
-			continue;			/* the workers make it again when they attach */
 		entry = reliq_stats_find(w->id, false, NULL);
+		if (!infos[i].found)
+		{
+			remake_if_deleted(conn, w, entry, in_use[i]);
+			continue;
+		}
 		reliq_stats_set_consumer_info(entry, infos[i].num_pending,
 									  infos[i].num_ack_pending,
 									  infos[i].num_redelivered,
@@ -421,7 +460,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	/* a standby's catalog is the primary's: the primary's monitor acts */
 	if (reliq_nats_server_at_least(conn, 2, 11) && !RecoveryInProgress())
 		for (i = 0; i < count; i++)
-			sync_server_pause(conn, &watched[i], &infos[i]);
+			sync_server_pause(conn, &watched[i], in_use[i], &infos[i]);
 	note_success();
 }
 

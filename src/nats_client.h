@@ -17,6 +17,7 @@
 #define RELIQ_NATS_CLIENT_H
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 
 #include "message.h"
 
@@ -83,6 +84,8 @@ typedef struct ReliqConsumerSpec
 	/* Owner written to the consumer's metadata (nats-server 2.10+). */
 	const char *owner_instance; /* NULL: none */
 	uint64		owner_epoch;
+	bool		must_exist;		/* update only: a worker under a lease never
+								 * makes its consumer, the lease's owner does */
 } ReliqConsumerSpec;
 
 typedef struct ReliqConsumerInfo
@@ -120,6 +123,13 @@ extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   const char *stream, const char *consumer,
 									   bool *existed);
+extern bool reliq_nats_consumer_incarnations(ReliqNatsConnection *conn,
+											 const char *stream,
+											 const char *base, List **names);
+extern bool reliq_consumer_is_incarnation(const char *name, const char *base);
+extern bool reliq_nats_consumer_in_use(ReliqNatsConnection *conn,
+									   const char *stream, const char *durable,
+									   char **name, bool *exists);
 extern bool reliq_nats_server_at_least(ReliqNatsConnection *conn,
 									   int major, int minor);
 extern bool reliq_nats_pause_consumer(ReliqNatsConnection *conn,

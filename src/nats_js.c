@@ -616,6 +616,15 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 			reliq_nats_remember_js_error(js_error);
 			break;
 		}
+		if ((s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND) &&
+			spec->must_exist)
+		{
+			reliq_nats_remember_failure(ERRCODE_UNDEFINED_OBJECT,
+										psprintf("consumer \"%s\" of stream \"%s\" does not exist",
+												 spec->consumer, spec->stream));
+			reliq_nats_remember_js_error(RELIQ_JS_CONSUMER_NOT_FOUND);
+			break;
+		}
 		if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND)
 		{
 			jsConsumerConfig cfg;
@@ -750,4 +759,141 @@ reliq_nats_delete_consumer(ReliqNatsConnection *conn, const char *stream,
 		return true;
 	reliq_nats_remember_error("deleting the consumer", s, js_error);
 	return false;
+}
+
+/*
+ * Is name "<base>-r<digits>", the consumer of one acquisition of the
+ * lease of base's subscription (lease.c)?
+ */
+bool
+reliq_consumer_is_incarnation(const char *name, const char *base)
+{
+	size_t		len = strlen(base);
+	const char *p;
+
+	if (strncmp(name, base, len) != 0 || strncmp(name + len, "-r", 2) != 0)
+		return false;
+	p = name + len + 2;
+	if (*p == '\0')
+		return false;
+	for (; *p; p++)
+		if (*p < '0' || *p > '9')
+			return false;
+	return true;
+}
+
+/*
+ * The consumers of a stream that are incarnations of base (above) made by
+ * reliq (their description says "reliq subscription ..."), so that no
+ * consumer of somebody else is ever taken for one.  Names of the
+ * JetStream API's list of names, a page at a time; each candidate is
+ * asked for its description.
+ */
+bool
+reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
+								 const char *base, List **names)
+{
+	char	   *subject = psprintf("$JS.API.CONSUMER.NAMES.%s", stream);
+	int64		offset = 0;
+	int64		total = 0;
+
+	*names = NIL;
+	do
+	{
+		char		body[64];
+		Jsonb	   *page;
+		JsonbValue	v;
+		JsonbContainer *list = NULL;
+		int			n;
+		int			i;
+
+		snprintf(body, sizeof(body), "{\"offset\":" INT64_FORMAT "}", offset);
+		page = js_api_request(conn, subject, body, "listing the consumers");
+		if (page == NULL)
+			return reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND;
+		total = json_int_at(&page->root, "total");
+		if (getKeyJsonValueFromContainer(&page->root, "consumers", 9, &v) != NULL &&
+			v.type == jbvBinary && JsonContainerIsArray(v.val.binary.data))
+			list = v.val.binary.data;
+		n = list ? JsonContainerSize(list) : 0;
+		for (i = 0; i < n; i++)
+		{
+			JsonbValue *element = getIthJsonbValueFromContainer(list, i);
+			char	   *name;
+			jsConsumerInfo *ci = NULL;
+			jsOptions	opts;
+			jsErrCode	js_error = 0;
+			natsStatus	s;
+			sigset_t	saved;
+			bool		ours;
+
+			if (element == NULL || element->type != jbvString)
+				continue;
+			name = pnstrdup(element->val.string.val, element->val.string.len);
+			if (!reliq_consumer_is_incarnation(name, base))
+				continue;
+			init_js_options(&opts);
+			BLOCK_SIGNALS(saved);
+			s = js_GetConsumerInfo(&ci, conn->js, stream, name, &opts, &js_error);
+			ours = s == NATS_OK && ci->Config != NULL &&
+				ci->Config->Description != NULL &&
+				strncmp(ci->Config->Description, "reliq subscription ", 19) == 0;
+			if (ci)
+				jsConsumerInfo_Destroy(ci);
+			RESTORE_SIGNALS(saved);
+			if (s != NATS_OK && s != NATS_NOT_FOUND &&
+				js_error != RELIQ_JS_CONSUMER_NOT_FOUND)
+			{
+				reliq_nats_remember_error("looking up the consumer", s, js_error);
+				return false;
+			}
+			if (ours)
+				*names = lappend(*names, name);
+		}
+		if (n == 0)
+			break;
+		offset += n;
+	} while (offset < total);
+	return true;
+}
+
+/*
+ * The consumer of a durable name in use on the server: the durable name
+ * itself if it exists, otherwise its newest incarnation made by reliq
+ * (the highest revision); otherwise the durable name, *exists false.
+ * False when the server could not tell.
+ */
+bool
+reliq_nats_consumer_in_use(ReliqNatsConnection *conn, const char *stream,
+						   const char *durable, char **name, bool *exists)
+{
+	ReliqConsumerInfo info;
+	List	   *names;
+	ListCell   *lc;
+	uint64		newest_revision = 0;
+
+	*name = pstrdup(durable);
+	*exists = false;
+	if (!reliq_nats_consumer_info(conn, stream, durable, &info))
+		return false;
+	if (info.found)
+	{
+		*exists = true;
+		return true;
+	}
+	if (!reliq_nats_consumer_incarnations(conn, stream, durable, &names))
+		return false;
+	foreach(lc, names)
+	{
+		char	   *candidate = lfirst(lc);
+		uint64		revision = strtou64(candidate + strlen(durable) + 2, NULL, 10);
+
+		if (!*exists || revision > newest_revision)
+		{
+			*name = candidate;
+			newest_revision = revision;
+			*exists = true;
+		}
+	}
+	return true;
 }

@@ -975,6 +975,22 @@ reliq_lease_read(ReliqSubscriptionStats *entry, ReliqLeaseView *lease)
 }
 
 /*
+ * The name of the consumer a subscription's workers attach to and the
+ * monitor asks after: the one its lease's holder made (lease.c), or the
+ * durable name (leases off, no statistics entry, or not known yet).
+ */
+char *
+reliq_lease_consumer(ReliqSubscriptionStats *entry, const char *durable)
+{
+	ReliqLeaseView lease;
+
+	if (entry == NULL)
+		return pstrdup(durable);
+	reliq_lease_read(entry, &lease);
+	return pstrdup(lease.consumer[0] != '\0' ? lease.consumer : durable);
+}
+
+/*
  * The clock of a lease's validity, in microseconds: CLOCK_BOOTTIME, which
  * no setting of the wall clock moves and which goes on while the machine
  * is suspended (a suspended owner's lease runs out, as the taker's wait

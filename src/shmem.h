@@ -83,6 +83,8 @@ typedef enum ReliqLeaseState
 } ReliqLeaseState;
 
 #define RELIQ_OWNER_LEN 192
+/* a durable name (64) and "-r" and a revision */
+#define RELIQ_CONSUMER_NAME_LEN 96
 
 /* A copy of a subscription's lease, as the workers and views see it. */
 typedef struct ReliqLeaseView
@@ -93,6 +95,9 @@ typedef struct ReliqLeaseView
 	uint64		epoch;			/* bumped at each acquisition (the consumer
 								 * was made again: attach anew) */
 	char		holder[RELIQ_OWNER_LEN];	/* who holds it, for people */
+	char		consumer[RELIQ_CONSUMER_NAME_LEN];	/* the consumer its holder
+													 * made (lease.c); "": the
+													 * durable name */
 } ReliqLeaseView;
 
 /*
@@ -368,6 +373,8 @@ extern void reliq_lease_publish(ReliqSubscriptionStats *entry,
 								const ReliqLeaseView *lease);
 extern void reliq_lease_read(ReliqSubscriptionStats *entry,
 							 ReliqLeaseView *lease);
+extern char *reliq_lease_consumer(ReliqSubscriptionStats *entry,
+								  const char *durable);
 extern TimestampTz reliq_lease_clock(void);
 extern TimestampTz reliq_lease_wall_time(TimestampTz lease_time);
 extern bool reliq_lease_usable(const ReliqLeaseView *lease);

@@ -155,6 +155,9 @@ typedef struct Lane
 	int			unreported_failures;
 
 	uint64		lease_epoch;	/* of the lease when last attached */
+	char		consumer[RELIQ_CONSUMER_NAME_LEN];	/* attached to (or to be):
+													 * the one the lease's
+													 * holder made */
 	bool		awaiting_standby;	/* logged that acks wait for a standby */
 } Lane;
 

@@ -107,6 +107,7 @@ usage(void)
 			"          [--header KEY=VALUE]... [--rate R] [--retry-for SECONDS]\n"
 			"  request SUBJECT [DATA] [--count N] [--start K]\n"
 			"  drain STREAM CONSUMER --count N [--batch B]\n"
+			"  send SUBJECT [DATA]   (core NATS, no reply)\n"
 			"URL defaults to %s, MS (per request) to 2000.\n"
 			"FMT: printf-like, at most one %%d (the message index), %%%% for %%.\n",
 			DEFAULT_URL);
@@ -1032,6 +1033,32 @@ cmd_request(int argc, char **argv)
 	return rc;
 }
 
+/*
+ * send SUBJECT [DATA]: one core NATS message, no reply asked for (what a
+ * client's ack is); flushed, so that the server has it when this exits.
+ */
+static int
+cmd_send(int argc, char **argv)
+{
+	natsConnection *nc;
+	natsStatus	s;
+
+	if (argc < 1 || argc > 2)
+		usage();
+	nc = connect_nats(0, false);
+	s = natsConnection_PublishString(nc, argv[0], argc == 2 ? argv[1] : "");
+	if (s == NATS_OK)
+		s = natsConnection_FlushTimeout(nc, opt_timeout);
+	if (s != NATS_OK)
+		fatal_status("cannot send", s);
+	printf("sent 1\n");
+	fflush(stdout);
+	closing = true;
+	natsConnection_Destroy(nc);
+	nats_Close();
+	return 0;
+}
+
 /* ----------------------------------------------------------------
  * drain
  * ----------------------------------------------------------------
@@ -1235,6 +1262,8 @@ main(int argc, char **argv)
 		return cmd_request(argc - i - 1, argv + i + 1);
 	if (strcmp(argv[i], "drain") == 0)
 		return cmd_drain(argc - i - 1, argv + i + 1);
+	if (strcmp(argv[i], "send") == 0)
+		return cmd_send(argc - i - 1, argv + i + 1);
 
 	fprintf(stderr, "natstool: unknown command \"%s\"\n", argv[i]);
 	usage();

@@ -438,6 +438,25 @@ sub request
 
 =pod
 
+=item $nats->send_core($subject, $data)
+
+One core NATS message to $subject, without a reply subject (as a client's
+ack is sent); dies if it could not be sent.
+
+=cut
+
+sub send_core
+{
+	my ($self, $subject, $data) = @_;
+	my ($ok, $out, $err, $code) = $self->_natstool([ 'send', $subject, $data // '' ],
+		wall_timeout => 60);
+	croak "send to $subject on $self->{name} failed (exit $code): $err"
+	  unless $ok && $out =~ /^sent 1$/m;
+	return 1;
+}
+
+=pod
+
 =item $nats->js_api($suffix, \%body_or_undef, allow_error => 1)
 
 Requests C<'$JS.API.' . $suffix> with the JSON-encoded body (empty when
