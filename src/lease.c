@@ -371,6 +371,9 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 						  NULL, NULL);
 		return false;
 	}
+	/* a paused subscription's new consumer is paused on the server at once */
+	if (!sub->enabled && reliq_nats_server_at_least(conn, 2, 11))
+		(void) reliq_nats_pause_consumer(conn, sub->stream, spec.consumer, true);
 	ereport(LOG,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts at %s, this database's position",
