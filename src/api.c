@@ -251,7 +251,8 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 		bool		exists;
 
 		if (reliq_nats_consumer_in_use(reliq_nats_session_connection(), spec.stream,
-									   spec.consumer, &in_use, &exists))
+									   spec.consumer, spec.description,
+									   &in_use, &exists))
 			spec.consumer = in_use;
 	}
 
@@ -336,6 +337,23 @@ reliq_stream_retention(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(info.retention));
 }
 
+/* Is name the durable consumer of a subscription on stream? */
+static bool
+durable_of_a_subscription(const char *stream, const char *name)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {CStringGetTextDatum(stream), CStringGetTextDatum(name)};
+	bool		found;
+
+	reliq_spi_connect();
+	reliq_spi_execute("read reliq.subscription",
+					  "SELECT 1 FROM reliq.subscription WHERE stream = $1 AND consumer = $2",
+					  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	found = SPI_processed > 0;
+	reliq_spi_finish();
+	return found;
+}
+
 /*
  * reliq._delete_consumer(stream, consumer): the durable consumer and every
  * incarnation of it made by an owner (lease.c); false if none existed.
@@ -350,7 +368,7 @@ reliq_delete_consumer(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	bool		any = false;
 
-	if (!reliq_nats_consumer_incarnations(conn, stream, consumer, &names))
+	if (!reliq_nats_consumer_incarnations(conn, stream, consumer, NULL, &names))
 		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
 						  psprintf("could not list the consumers of stream \"%s\"", stream),
 						  NULL, NULL);
@@ -359,6 +377,10 @@ reliq_delete_consumer(PG_FUNCTION_ARGS)
 	{
 		char	   *name = lfirst(lc);
 		bool		existed = false;
+
+		/* another subscription's durable name that looks like one */
+		if (lc != list_head(names) && durable_of_a_subscription(stream, name))
+			continue;
 
 		if (!reliq_nats_delete_consumer(conn, stream, name, &existed))
 			reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,

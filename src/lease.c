@@ -249,7 +249,9 @@ retire_former_consumers(ReliqNatsConnection *conn, const ReliqWatched *w,
 	ListCell   *lc;
 	bool		existed;
 
-	if (!reliq_nats_consumer_incarnations(conn, stream, base, &names))
+	if (!reliq_nats_consumer_incarnations(conn, stream, base,
+										  psprintf("reliq subscription %s", w->name),
+										  &names))
 		return false;
 	if (strcmp(base, keep) != 0)
 		names = lappend(names, pstrdup(base));
@@ -314,6 +316,7 @@ rewind_consumer(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 			bool		exists;
 
 			if (!reliq_nats_consumer_in_use(conn, w->stream, t->base,
+											psprintf("reliq subscription %s", w->name),
 											&existing, &exists))
 				return false;
 			if (exists)

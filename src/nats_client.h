@@ -125,10 +125,13 @@ extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   bool *existed);
 extern bool reliq_nats_consumer_incarnations(ReliqNatsConnection *conn,
 											 const char *stream,
-											 const char *base, List **names);
+											 const char *base,
+											 const char *description,
+											 List **names);
 extern bool reliq_consumer_is_incarnation(const char *name, const char *base);
 extern bool reliq_nats_consumer_in_use(ReliqNatsConnection *conn,
 									   const char *stream, const char *durable,
+									   const char *description,
 									   char **name, bool *exists);
 extern bool reliq_nats_server_at_least(ReliqNatsConnection *conn,
 									   int major, int minor);

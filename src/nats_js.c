@@ -784,14 +784,16 @@ reliq_consumer_is_incarnation(const char *name, const char *base)
 
 /*
  * The consumers of a stream that are incarnations of base (above) made by
- * reliq (their description says "reliq subscription ..."), so that no
- * consumer of somebody else is ever taken for one.  Names of the
+ * reliq for the subscription whose consumers have this description
+ * ("reliq subscription <name>"; NULL: any reliq subscription's), so that
+ * no consumer of somebody else is ever taken for one.  Names of the
  * JetStream API's list of names, a page at a time; each candidate is
  * asked for its description.
  */
 bool
 reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
-								 const char *base, List **names)
+								 const char *base, const char *description,
+								 List **names)
 {
 	char	   *subject = psprintf("$JS.API.CONSUMER.NAMES.%s", stream);
 	int64		offset = 0;
@@ -837,7 +839,9 @@ reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
 			s = js_GetConsumerInfo(&ci, conn->js, stream, name, &opts, &js_error);
 			ours = s == NATS_OK && ci->Config != NULL &&
 				ci->Config->Description != NULL &&
-				strncmp(ci->Config->Description, "reliq subscription ", 19) == 0;
+				(description != NULL ?
+				 strcmp(ci->Config->Description, description) == 0 :
+				 strncmp(ci->Config->Description, "reliq subscription ", 19) == 0);
 			if (ci)
 				jsConsumerInfo_Destroy(ci);
 			RESTORE_SIGNALS(saved);
@@ -865,7 +869,8 @@ reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
  */
 bool
 reliq_nats_consumer_in_use(ReliqNatsConnection *conn, const char *stream,
-						   const char *durable, char **name, bool *exists)
+						   const char *durable, const char *description,
+						   char **name, bool *exists)
 {
 	ReliqConsumerInfo info;
 	List	   *names;
@@ -881,7 +886,8 @@ reliq_nats_consumer_in_use(ReliqNatsConnection *conn, const char *stream,
 		*exists = true;
 		return true;
 	}
-	if (!reliq_nats_consumer_incarnations(conn, stream, durable, &names))
+	if (!reliq_nats_consumer_incarnations(conn, stream, durable, description,
+										  &names))
 		return false;
 	foreach(lc, names)
 	{
