@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * batch.c
- *	  Apply one batch of messages in one transaction: the ledger, the
- *	  dead letters, the fast and slow paths and the systemic-failure
- *	  breaker.  Each message itself is applied by handler.c.
+ *	  Apply one batch of messages in one transaction: the fast and slow
+ *	  paths and the systemic-failure breaker.  Each message itself is
+ *	  applied by handler.c; the ledger and the dead letters are written by
+ *	  batch_ledger.c.
  *
  * The fast path runs the whole batch in a single transaction with no
  * subtransaction: ledger rows first (written for the whole batch as COPY
@@ -60,6 +61,7 @@
 
 #include "pg_compat.h"
 #include "batch.h"
+#include "batch_internal.h"
 #include "batch_read.h"
 #include "outbox.h"
 #include "profile.h"
@@ -77,7 +79,7 @@
  * Record a batch's sequences; those at or below the acknowledged floor
  * are duplicates and not recorded.  Followed by ON CONFLICT DO NOTHING:
  * duplicates are the rows not returned.  (The plain first try of a batch
- * is record_plain.)
+ * is record_plain, in batch_ledger.c.)
  */
 #define LEDGER_INSERT \
 	"INSERT INTO reliq._ledger (subscription_id, stream_created, stream_seq)" \
@@ -85,8 +87,6 @@
 	"  WHERE s > COALESCE((SELECT f.ack_floor FROM reliq._stream_floor f" \
 	"                      WHERE f.subscription_id = $1 AND f.stream_created = $2), 0)"
 
-/* The plain ledger INSERT of a fast path is running (see run_fast_path). */
-static bool ledger_insert_running = false;
 
 void
 reliq_batch_init(ReliqBatchState *state)
@@ -262,7 +262,7 @@ ensure_plans(ReliqBatchState *state)
 												3, ledger_args);
 
 		/*
-		 * The first try of a batch is plain (record_plain): it costs a
+		 * The first try of a batch is plain (record_plain, batch_ledger.c): it costs a
 		 * fraction of an INSERT with ON CONFLICT (no pre-check of the index,
 		 * no speculative insertion, no executor, rows written a page at a
 		 * time), and it fails with unique_violation only when a message is
@@ -375,267 +375,6 @@ apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 }
 
 /*
- * Bookkeeping statements (run as the worker, not the owner)
- */
-
-/*
- * False when the subscription has been dropped (as this transaction sees
- * it), or the recorded stream incarnation is not ours.
- */
-static bool
-stream_is_current(ReliqBatchState *state, ReliqBatchResult *result)
-{
-	int64		recorded;
-	bool		exists = reliq_read_stream_identity(state->sub->id, &recorded);
-
-	reliq_profile_lap(RELIQ_STEP_IDENTITY);
-	if (!exists)
-	{
-		result->subscription_gone = true;
-		return false;
-	}
-	return recorded != 0 && recorded == state->stream_created;
-}
-
-/*
- * A prune may have deleted a committed ledger row between the snapshot of
- * the ledger INSERT and its conflict check, making a sequence look new.
- * The prune raised the floor in the same transaction, and this statement's
- * snapshot is later than the INSERT's: a "new" sequence at or below the
- * floor seen now was applied before.  Undo our row for it.  (With a new
- * snapshot, batch_read.c: the one the transaction began with is older than
- * the INSERT's, and would see no prune the INSERT did not.)
- */
-static void
-forget_pruned(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
-			  int count, bool *fresh)
-{
-	Datum		args[3];
-	Datum	   *seqs;
-	int64		floor;
-	int			nstale = 0;
-	int			i;
-
-	if (!reliq_read_stream_floor(state->sub->id, state->stream_created, &floor))
-		return;
-	args[0] = Int64GetDatum(state->sub->id);
-	args[1] = Int64GetDatum(state->stream_created);
-
-	seqs = palloc(sizeof(Datum) * Max(count, 1));
-	for (i = 0; i < count; i++)
-	{
-		if (fresh[indexes[i]] && msgs[indexes[i]].stream_seq <= floor)
-		{
-			fresh[indexes[i]] = false;
-			seqs[nstale++] = Int64GetDatum(msgs[indexes[i]].stream_seq);
-		}
-	}
-	if (nstale > 0)
-	{
-		args[2] = PointerGetDatum(construct_array(seqs, nstale, INT8OID, 8,
-												  FLOAT8PASSBYVAL,
-												  TYPALIGN_DOUBLE));
-		reliq_spi_execute_plan("correct reliq._ledger", state->unrecord_plan,
-							   args, NULL, false, 0, SPI_OK_DELETE);
-	}
-	pfree(seqs);
-}
-
-/*
- * The plain first try of a batch's ledger rows: those above the
- * acknowledged floor, all fresh, written as COPY writes rows (the heap a
- * page at a time with table_multi_insert, one WAL record per page, then
- * each index entry), not through the executor row by row.  The primary
- * key's unique check is the one an INSERT makes: a sequence recorded
- * already (or twice in the batch) fails with unique_violation, and a
- * concurrent transaction recording it is waited for.  reliq._ledger has
- * no trigger, no constraint but its primary key, and is reliq's own.  The
- * floor is read with a snapshot of its own, as the INSERT's subquery was.
- */
-static void
-record_plain(ReliqBatchState *state, ReliqMessage *msgs, const int *indexes,
-			 int count, bool *fresh)
-{
-	int64		floor = 0;
-	int			n = 0;
-	int			i;
-	Relation	rel;
-	TupleDesc	desc;
-	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot **slots;
-
-	(void) reliq_read_stream_floor(state->sub->id, state->stream_created, &floor);
-	rel = table_open(reliq_batch_table_oid(RELIQ_TABLE_LEDGER), RowExclusiveLock);
-	/* a copy: slots of it pin nothing in the resource owner */
-	desc = CreateTupleDescCopy(RelationGetDescr(rel));
-	slots = palloc(sizeof(TupleTableSlot *) * Max(count, 1));
-	for (i = 0; i < count; i++)
-	{
-		TupleTableSlot *slot;
-
-		fresh[indexes[i]] = msgs[indexes[i]].stream_seq > floor;
-		if (!fresh[indexes[i]])
-			continue;
-		slot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-		slot->tts_values[0] = Int64GetDatum(state->sub->id);
-		slot->tts_values[1] = Int64GetDatum(state->stream_created);
-		slot->tts_values[2] = Int64GetDatum(msgs[indexes[i]].stream_seq);
-		memset(slot->tts_isnull, false, sizeof(bool) * desc->natts);
-		ExecStoreVirtualTuple(slot);
-		slots[n++] = slot;
-	}
-	if (n > 0)
-	{
-		estate = CreateExecutorState();
-		rri = makeNode(ResultRelInfo);
-		InitResultRelInfo(rri, rel, 1, NULL, 0);
-		ExecOpenIndices(rri, false);
-		ledger_insert_running = true;
-		table_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
-		for (i = 0; i < n; i++)
-			list_free(reliq_insert_index_tuples(rri, slots[i], estate));
-		ledger_insert_running = false;
-		ExecCloseIndices(rri);
-		FreeExecutorState(estate);
-		CommandCounterIncrement();
-	}
-	for (i = 0; i < n; i++)
-		ExecDropSingleTupleTableSlot(slots[i]);
-	pfree(slots);
-	FreeTupleDesc(desc);
-	table_close(rel, NoLock);
-	forget_pruned(state, msgs, indexes, count, fresh);
-}
-
-/*
- * Record msgs[i] for every i in indexes; mark fresh[i] for those recorded
- * now.  A sequence present twice in one batch is recorded once: the second
- * copy stays not fresh, a duplicate.  The plain first try (record_plain)
- * fails instead on a sequence recorded before.
- */
-static void
-record_in_ledger(ReliqBatchState *state, ReliqMessage *msgs,
-				 const int *indexes, int count, bool *fresh, bool plain)
-{
-	Datum	   *seqs;
-	Datum		args[3];
-	ArrayType  *array;
-	uint64		row;
-	int			i;
-
-	if (plain)
-	{
-		record_plain(state, msgs, indexes, count, fresh);
-		reliq_profile_lap(RELIQ_STEP_LEDGER);
-		return;
-	}
-	seqs = palloc(sizeof(Datum) * Max(count, 1));
-	for (i = 0; i < count; i++)
-	{
-		seqs[i] = Int64GetDatum(msgs[indexes[i]].stream_seq);
-		fresh[indexes[i]] = false;
-	}
-	array = construct_array(seqs, count, INT8OID, 8, FLOAT8PASSBYVAL,
-							TYPALIGN_DOUBLE);
-	args[0] = Int64GetDatum(state->sub->id);
-	args[1] = Int64GetDatum(state->stream_created);
-	args[2] = PointerGetDatum(array);
-	reliq_spi_execute_plan("write reliq._ledger", state->ledger_plan,
-						   args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
-
-	/*
-	 * RETURNING gives the rows in the order of the array, so each returned
-	 * sequence is looked for from where the last one was found: one pass
-	 * over the batch, not one per row.
-	 */
-	i = 0;
-	for (row = 0; row < SPI_processed; row++)
-	{
-		bool		isnull;
-		int64		seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
-													  SPI_tuptable->tupdesc,
-													  1, &isnull));
-		int			tries;
-
-		for (tries = 0; tries < count; tries++, i = (i + 1) % count)
-		{
-			if (msgs[indexes[i]].stream_seq == seq && !fresh[indexes[i]])
-			{
-				fresh[indexes[i]] = true;
-				break;
-			}
-		}
-	}
-	SPI_freetuptable(SPI_tuptable);
-	pfree(array);
-	forget_pruned(state, msgs, indexes, count, fresh);
-	pfree(seqs);
-	reliq_profile_lap(RELIQ_STEP_LEDGER);
-}
-
-static bool
-record_one(ReliqBatchState *state, ReliqMessage *msgs, int index)
-{
-	bool		fresh = false;
-	bool	   *flags = palloc0(sizeof(bool) * (index + 1));
-
-	record_in_ledger(state, msgs, &index, 1, flags, false);
-	fresh = flags[index];
-	pfree(flags);
-	return fresh;
-}
-
-static Datum
-nullable_text(const char *s, char *null_flag)
-{
-	if (s == NULL)
-	{
-		*null_flag = 'n';
-		return (Datum) 0;
-	}
-	return CStringGetTextDatum(s);
-}
-
-static void
-insert_dead_letter(ReliqBatchState *state, ReliqMessage *msg)
-{
-	MemoryContext old = MemoryContextSwitchTo(state->message_cxt);
-	ErrorData  *error = msg->error;
-	Datum		values[15];
-	char		nulls[15];
-	bytea	   *data;
-
-	memset(nulls, ' ', sizeof(nulls));
-	data = (bytea *) palloc(VARHDRSZ + msg->data_len);
-	SET_VARSIZE(data, VARHDRSZ + msg->data_len);
-	memcpy(VARDATA(data), msg->data, msg->data_len);
-
-	values[0] = Int64GetDatum(state->sub->id);
-	values[1] = CStringGetTextDatum(state->sub->name);
-	values[2] = PointerGetDatum(reliq_text_from_wire(msg->stream, strlen(msg->stream)));
-	values[3] = PointerGetDatum(reliq_text_from_wire(msg->subject, strlen(msg->subject)));
-	values[4] = PointerGetDatum(data);
-	values[5] = reliq_message_headers_jsonb(msg);
-	values[6] = Int64GetDatum(msg->stream_seq);
-	values[7] = Int32GetDatum(msg->delivered);
-	values[8] = TimestampTzGetDatum(reliq_unix_ns_to_timestamptz(msg->published_ns));
-	values[9] = nullable_text(error ? error->message : NULL, &nulls[9]);
-	values[10] = nullable_text(error ? error->detail : NULL, &nulls[10]);
-	values[11] = nullable_text(error ? error->context : NULL, &nulls[11]);
-	values[12] = nullable_text(error ? unpack_sql_state(error->sqlerrcode) : NULL,
-							   &nulls[12]);
-	values[13] = nullable_text(reliq_message_header(msg, "traceparent"), &nulls[13]);
-	values[14] = nullable_text(error ? reliq_error_kind_name(reliq_error_kind(error->sqlerrcode)) : NULL,
-							   &nulls[14]);
-
-	reliq_spi_execute_plan("write reliq.dead_letter", state->dead_letter_plan,
-						   values, nulls, false, 0, SPI_OK_INSERT);
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(state->message_cxt);
-}
-
-/*
  * A message delivered more often than max_deliver yet never failed in a
  * handler: earlier deliveries died with their worker (terminated, crashed,
  * or the batch outlasted ack_wait).  It goes to the dead-letter table
@@ -695,7 +434,7 @@ apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 	else if (beyond_delivery_limit(state, msg))
 	{
 		set_delivery_limit_error(state, msg, batch_cxt);
-		insert_dead_letter(state, msg);
+		reliq_batch_dead_letter(state, msg);
 		msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
 	}
 	else
@@ -790,11 +529,11 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 	PG_TRY();
 	{
 		start_batch_transaction(state);
-		if (!stream_is_current(state, result))
+		if (!reliq_batch_stream_is_current(state, result))
 			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
-			record_in_ledger(state, msgs, all, nmsgs, fresh, plain_ledger);
+			reliq_batch_record(state, msgs, all, nmsgs, fresh, plain_ledger);
 			if (state->sub->handler != NULL && !state->handler->set_based)
 			{
 				for (i = 0; i < nmsgs; i++)
@@ -828,9 +567,9 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 		AbortCurrentTransaction();
 		RESUME_INTERRUPTS();
 		MemoryContextReset(state->message_cxt);
-		*redo_with_conflicts = ledger_insert_running &&
+		*redo_with_conflicts = reliq_ledger_insert_running &&
 			error->sqlerrcode == ERRCODE_UNIQUE_VIOLATION;
-		ledger_insert_running = false;
+		reliq_ledger_insert_running = false;
 		FreeErrorData(error);
 		ok = false;
 	}
@@ -857,7 +596,7 @@ run_in_subtransaction(ReliqBatchState *state, ReliqMessage *msgs, int index,
 	MemoryContextSwitchTo(old);
 	PG_TRY();
 	{
-		apply_or_divert(state, msg, record_one(state, msgs, index), batch_cxt);
+		apply_or_divert(state, msg, reliq_batch_record_one(state, msgs, index), batch_cxt);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(old);
 		CurrentResourceOwner = owner;
@@ -912,7 +651,7 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 		bool		tripped;
 
 		start_batch_transaction(state);
-		if (!stream_is_current(state, result))
+		if (!reliq_batch_stream_is_current(state, result))
 			abandon_for_new_stream(result, batch_cxt);
 		else
 		{
@@ -954,9 +693,9 @@ run_slow_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 				else if (msg->delivered >= state->sub->max_deliver)
 				{
 					/* its ledger row went with its subtransaction */
-					if (record_one(state, msgs, i))
+					if (reliq_batch_record_one(state, msgs, i))
 					{
-						insert_dead_letter(state, msg);
+						reliq_batch_dead_letter(state, msg);
 						msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
 					}
 					else

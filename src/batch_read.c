@@ -16,7 +16,7 @@
  * batch.c, forget_pruned).
  *
  * The tables are reliq's own, with no row security and no rules; like the
- * ledger's direct write (batch.c, record_plain), these reads check no
+ * ledger's direct write (batch_ledger.c, record_plain), these reads check no
  * privileges: the statements ran as the worker, which may read them.
  * Their OIDs are kept until a relcache invalidation of one of them (or of
  * all) says to look them up again.
