@@ -286,6 +286,7 @@ remake_if_deleted(ReliqNatsConnection *conn, const ReliqWatched *w,
 				  ReliqSubscriptionStats *entry, const char *consumer)
 {
 	ReliqLeaseView lease;
+	ReliqStreamInfo stream;
 
 	if (entry == NULL || !w->enabled || w->diverged || w->loss_accepted)
 		return;
@@ -293,6 +294,16 @@ remake_if_deleted(ReliqNatsConnection *conn, const ReliqWatched *w,
 	if (lease.state != RELIQ_LEASE_OWNED || !reliq_lease_usable(&lease))
 		return;
 	heartbeat_if_due(conn);
+
+	/*
+	 * Only in the stream the workers claimed: a stream that is gone has no
+	 * consumer to make (the workers say so), and one made again is claimed
+	 * first by a worker attaching.  Otherwise each round would log and
+	 * move the epoch for nothing.
+	 */
+	if (!reliq_nats_stream_info(conn, w->stream, &stream) || !stream.found ||
+		stream.created_ns != w->stream_created)
+		return;
 	ereport(LOG,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("reliq subscription \"%s\": consumer \"%s\" of stream \"%s\" has disappeared from the server; making it again at this database's position",
