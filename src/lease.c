@@ -134,6 +134,7 @@ typedef struct LeaseTrack
 } LeaseTrack;
 
 static void holder_consumer(LeaseTrack *t, const char *value);
+static bool confirm_owner(ReliqNatsConnection *conn, LeaseTrack *t);
 
 static LeaseTrack *tracks = NULL;
 static int	ntracks = 0;
@@ -261,6 +262,16 @@ reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w,
 		memset(&untracked, 0, sizeof(untracked));
 		t = &untracked;
 	}
+
+	/*
+	 * Held: confirmed by a write first.  A taker deletes the former owner's
+	 * consumer right after writing the owner key, and this instance may
+	 * not have seen its heartbeat written over yet: it must not make again
+	 * what its successor just deleted (it would be left on the server,
+	 * holding an interest stream's messages, with nobody to delete it).
+	 */
+	if (t->held != 0 && t->view.state == RELIQ_LEASE_OWNED && !confirm_owner(conn, t))
+		return false;
 	if (!reliq_lease_make_consumer(conn, w, t->view.consumer, t->view.epoch + 1,
 								   &t->no_rewind_noted, why))
 		return false;
@@ -472,6 +483,25 @@ settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 		return false;
 	t->held = written;
 	return true;
+}
+
+/*
+ * A held and settled lease, confirmed by a write at the revision held.
+ * Written over meanwhile: not usable until the owner keys are read again.
+ */
+static bool
+confirm_owner(ReliqNatsConnection *conn, LeaseTrack *t)
+{
+	ReliqSubscriptionStats *entry;
+
+	if (settle_owner(conn, t))
+		return true;
+	t->view.valid_until = 0;
+	t->recheck = true;
+	entry = reliq_stats_find(t->id, false, NULL);
+	if (entry != NULL)
+		reliq_lease_publish(entry, &t->view);
+	return false;
 }
 
 /* An owner key written by an acquisition whose rewind is not done: its wait. */

@@ -55,7 +55,7 @@ my $BACKLOG_RATE_FACTOR = 2;
 my $PM_DEATH_WAIT = 30;
 
 # run(messages => N, per_kind => K, seed => S, kinds => [...],
-#     say => sub { print ... })
+#     log_level => "warning" (log_min_messages), say => sub { print ... })
 # Returns a hash of figures.
 sub run
 {
@@ -77,10 +77,10 @@ sub run
 	my $proxy = ReliqTest::Proxy->new(
 		target_port => $nats->port,
 		port        => PostgreSQL::Test::Cluster::get_free_port())->start;
-	my $node = reliq_node('faults', $proxy, conf => <<'CONF');
+	my $node = reliq_node('faults', $proxy, conf => sprintf(<<'CONF', $p{log_level} // 'warning'));
 reliq.nats_timeout = 1000
 reliq.fetch_timeout = 500
-log_min_messages = warning
+log_min_messages = %s
 CONF
 	$node->safe_psql('postgres', sprintf(<<'SQL', $ACK_WAIT));
 CREATE TABLE applied (id bigint, seq bigint, at timestamptz DEFAULT clock_timestamp());

@@ -6,6 +6,19 @@
 #                      that silently drops packets); new ones hang too
 #   $proxy->restore    forward again (existing black-holed connections are
 #                      closed, as a real network partition would leave them)
+#   $proxy->hold_on($text)
+#                      the first connection whose client sends $text (a
+#                      subject, say) stops being forwarded towards the
+#                      server from the start of the line holding it: that
+#                      line and everything the client sends after it are
+#                      kept, in order; the server's side still flows.  Other
+#                      connections are not touched.  One hold at a time.
+#   $proxy->holding    whether a connection is held now
+#   $proxy->release    forward what was kept, and everything after it
+#
+# A held client gets no answer to its pings: keep a hold shorter than its
+# ping interval times its allowed outstanding pings, or it reconnects and
+# what was kept is lost with the connection.
 #
 # The proxy runs in a child process started here and is stopped by its PID.
 package ReliqTest::Proxy;
@@ -16,6 +29,7 @@ use IO::Select;
 use IO::Socket::INET;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep);
+use PostgreSQL::Test::Utils ();
 
 sub new
 {
@@ -25,6 +39,7 @@ sub new
 		port        => $args{port},
 		pid         => undef,
 		parent      => $$,
+		control     => undef,
 	}, $class;
 	return $self;
 }
@@ -40,10 +55,11 @@ sub start
 		LocalPort => $self->{port},
 		Listen    => 64,
 		ReuseAddr => 1) or die "proxy: cannot listen on $self->{port}: $!";
+	$self->{control} = PostgreSQL::Test::Utils::tempdir('proxy');
 	my $pid = fork // die "fork: $!";
 	if ($pid == 0)
 	{
-		_run($listener, $self->{target_port});
+		_run($listener, $self->{target_port}, $self->{control});
 		POSIX::_exit(0);
 	}
 	close $listener;
@@ -61,6 +77,17 @@ sub _signal
 sub cut       { $_[0]->_signal('USR1'); }
 sub blackhole { $_[0]->_signal('USR2'); }
 sub restore   { $_[0]->_signal('HUP'); }
+sub release   { $_[0]->_signal('ALRM'); }
+sub holding   { return -e "$_[0]->{control}/held"; }
+
+sub hold_on
+{
+	my ($self, $text) = @_;
+	PostgreSQL::Test::Utils::append_to_file("$self->{control}/pattern.new", $text);
+	rename "$self->{control}/pattern.new", "$self->{control}/pattern"
+	  or die "proxy: cannot arm the hold: $!";
+	$self->_signal('WINCH');
+}
 
 sub stop
 {
@@ -82,16 +109,21 @@ sub DESTROY { $_[0]->stop; }
 # The child: one select loop over the listener and every connection.
 sub _run
 {
-	my ($listener, $target_port) = @_;
+	my ($listener, $target_port, $control) = @_;
 	my $mode    = 'pass';
 	my $applied = 'pass';
 	my $stop    = 0;
 	my %peer;      # socket => its partner
 	my %open;      # every open connection socket
-	local $SIG{USR1} = sub { $mode = 'cut' };
-	local $SIG{USR2} = sub { $mode = 'blackhole' };
-	local $SIG{HUP}  = sub { $mode = 'restore' };
-	local $SIG{TERM} = sub { $stop = 1 };
+	my %client;    # the client's end of each connection
+	my %tail;      # a client's last bytes forwarded (a split pattern)
+	my ($pattern, $held, $kept, $arm, $release) = (undef, undef, '', 0, 0);
+	local $SIG{USR1}  = sub { $mode = 'cut' };
+	local $SIG{USR2}  = sub { $mode = 'blackhole' };
+	local $SIG{HUP}   = sub { $mode = 'restore' };
+	local $SIG{WINCH} = sub { $arm = 1 };
+	local $SIG{ALRM}  = sub { $release = 1 };
+	local $SIG{TERM}  = sub { $stop = 1 };
 	local $SIG{PIPE} = 'IGNORE';
 	my $select = IO::Select->new($listener);
 
@@ -101,6 +133,9 @@ sub _run
 		$select->remove($s);
 		delete $peer{$s};
 		delete $open{$s};
+		delete $client{$s};
+		delete $tail{$s};
+		($held, $kept) = (undef, '') if defined $held && $held == $s;
 		close $s;
 	};
 	my $close_all = sub { $close->($_) for values %open; };
@@ -114,6 +149,21 @@ sub _run
 			$select->remove($_) for $mode eq 'blackhole' ? values %open : ();
 			$mode = 'pass' if $mode eq 'restore';
 			$applied = $mode;
+		}
+		if ($arm)
+		{
+			$arm = 0;
+			open my $f, '<', "$control/pattern" or die "proxy: $!";
+			local $/;
+			$pattern = <$f>;
+			close $f;
+		}
+		if ($release)
+		{
+			$release = 0;
+			syswrite($peer{$held}, $kept) if defined $held && length $kept;
+			($held, $kept, $pattern) = (undef, '', undef);
+			unlink "$control/held";
 		}
 		for my $s ($select->can_read(0.1))
 		{
@@ -137,6 +187,7 @@ sub _run
 					next;
 				}
 				$open{$upstream}  = $upstream;
+				$client{$client}  = 1;
 				$peer{$client}    = $upstream;
 				$peer{$upstream}  = $client;
 				$select->add($client, $upstream);
@@ -144,6 +195,32 @@ sub _run
 			}
 			my $other = $peer{$s};
 			my $n = sysread($s, my $buf, 65536);
+			if ($n && defined $held && $held == $s)
+			{
+				$kept .= $buf;
+				next;
+			}
+			if ($n && defined $pattern && !defined $held && $client{$s})
+			{
+				# Hold from the start of the line that holds the pattern
+				# (or from this read, if that line began in an earlier one).
+				my $seen = ($tail{$s} // '') . $buf;
+				my $at   = index($seen, $pattern);
+				if ($at >= 0)
+				{
+					my $from = rindex($seen, "\n", $at) + 1 - length($tail{$s} // '');
+					$from = 0 if $from < 0;
+					($held, $kept) = ($s, substr($buf, $from));
+					$buf = substr($buf, 0, $from);
+					$pattern = undef;
+					PostgreSQL::Test::Utils::append_to_file("$control/held", '');
+					next if $buf eq '' && defined $other;
+				}
+				else
+				{
+					$tail{$s} = substr($seen, -length($pattern));
+				}
+			}
 			if (!$n || !defined $other || !defined syswrite($other, $buf))
 			{
 				$close->($other);
