@@ -96,18 +96,14 @@ reliq_ack_release_delay_ms(ReliqPuller *puller)
  * lane attached under)?
  */
 bool
-reliq_ack_lease_current(ReliqSubscriptionStats *stats, int64 subscription_id,
+reliq_ack_lease_current(ReliqControl *control, int64 subscription_id,
 						uint64 epoch)
 {
 	ReliqLeaseView lease;
 
-	/*
-	 * The launcher frees the entry of a dropped subscription and may hand
-	 * it to another: a lane still finishing must not read that one's.
-	 */
-	if (stats == NULL || stats->subscription_id != subscription_id)
+	if (!reliq_control_belongs(control, subscription_id))
 		return false;
-	reliq_lease_read(stats, &lease);
+	reliq_lease_read(control, &lease);
 	return reliq_lease_usable(&lease) &&
 		(lease.state == RELIQ_LEASE_OFF || lease.epoch == epoch);
 }
@@ -175,14 +171,14 @@ await_standbys(const ReliqSubscription *sub, bool *awaiting, XLogRecPtr lsn)
  * left to it, unacked).
  */
 bool
-reliq_ack_gate(ReliqSubscriptionStats *stats, const ReliqSubscription *sub,
+reliq_ack_gate(ReliqControl *control, const ReliqSubscription *sub,
 			   uint64 epoch, bool *awaiting_standby, XLogRecPtr flushed)
 {
 	reliq_worker_exit_if_postmaster_died();
 	CHECK_FOR_INTERRUPTS();
 	await_standbys(sub, awaiting_standby, flushed);
 	reliq_worker_exit_if_postmaster_died();
-	return reliq_ack_lease_current(stats, sub->id, epoch);
+	return reliq_ack_lease_current(control, sub->id, epoch);
 }
 
 /* Outbox rows published in one transaction. */

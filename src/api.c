@@ -445,7 +445,7 @@ reliq_wait_idle(PG_FUNCTION_ARGS)
 
 	reliq_require_worker_database("reliq.wait_idle");
 	lookup_subscription(name, &id, &stream, &consumer);
-	consumer = reliq_lease_consumer(reliq_stats_find(id, false, NULL), consumer);
+	consumer = reliq_lease_consumer(reliq_control_find(id, false), consumer);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(timeout_ms, 0));
 
 	for (;;)
@@ -807,19 +807,17 @@ Datum
 reliq_request_take_over(PG_FUNCTION_ARGS)
 {
 	int64		id = PG_GETARG_INT64(0);
-	ReliqSubscriptionStats *entry;
-	char		name[NAMEDATALEN];
+	ReliqControl *control;
 
 	reliq_shmem_require();
 	reliq_require_worker_database("reliq.take_over");
-	snprintf(name, sizeof(name), "subscription " INT64_FORMAT, id);
-	entry = reliq_stats_find(id, true, name);
-	if (entry == NULL)
+	control = reliq_control_find(id, true);
+	if (control == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("no room in shared memory for subscription " INT64_FORMAT, id),
 				 errhint("Raise reliq.max_subscriptions and restart the server.")));
-	pg_atomic_write_u32(&entry->take_over_requested, 1);
+	reliq_control_request_take_over(control);
 	PG_RETURN_VOID();
 }
 

@@ -1,44 +1,14 @@
 /*-------------------------------------------------------------------------
  *
  * apply.c
- *	  Applying what a lane collected: the redelivery policy, one batch
- *	  through batch.c and the ack gate (ack_gate.c), counting it, and a
- *	  lane's problems in last_error and the log.  Returns a verdict the
+ *	  Applying what a lane collected: grouped as the redelivery policy
+ *	  says (redelivery.c), one batch through batch.c and the ack gate
+ *	  (ack_gate.c), counting it, holding a failing batch, and a lane's
+ *	  problems in last_error and the log.  Returns a verdict the
  *	  lane acts on (lane.c); never changes a lane's state itself.
  *
- * The redelivery policy
- * ---------------------
- * 1. Grouping.  First deliveries go in one batch, and first redeliveries
- *	  (delivered = 2) in another; each later redelivery goes in a
- *	  transaction of its own, so that a message whose handler kills the
- *	  worker (each time, before COMMIT) takes the messages that shared its
- *	  first batch down twice at most, then only itself, towards
- *	  max_deliver.  Redeliveries come in bulk after a restart of
- *	  nats-server or of the worker, a lost connection (their acks lost), a
- *	  lane given up, or an expired ack_wait.  Applied one per transaction,
- *	  each with its commit flush and its ack round trip, a thousand of them
- *	  took seconds, and the messages pulled meanwhile waited: when that
- *	  wait passed ack_wait they came again, as redeliveries too, and a
- *	  subscription drained about one message per transaction until it
- *	  caught up (issue 13).
- * 2. Deaths.  A worker that dies while applying one message alone records
- *	  that message's sequence in shared memory (reliq_apply_note_death,
- *	  from the worker's exit callback); batch.c dead-letters a message
- *	  delivered more than max_deliver times with such a record, and no
- *	  handler error, without running it again.
- * 3. NAK backoff.  A message whose handler failed is given back with the
- *	  subscription's backoff delay for its delivery count; what was not
- *	  applied at all (the stream changed, the subscription gone, a
- *	  failing state or a lost consumer left it untried) comes back at
- *	  once.
- * 4. Hold and probe.  A subscription failing as a whole (batch.c's
- *	  breaker), or messages failing with a transient error (a lock not had
- *	  within lock_timeout, a deadlock, a serialization failure:
- *	  reliq_error_kind), hold their failed batch: in-progress acks every
- *	  ack_wait / 2 keep it from being redelivered or counted, pulls pause,
- *	  and it is tried again (a probe) after the backoff delay of the
- *	  probe's number; the first success ends the hold.  Nothing is
- *	  dead-lettered meanwhile, and the delivery count does not grow.
+ * The redelivery policy is redelivery.c's, with its rules at the top of
+ * that file; the numbers of the rules below are its.
  *
  * Locks: none held here; the statistics are atomics and short spinlock
  * sections in shmem.c.
@@ -298,7 +268,7 @@ hold_or_resume(Lane *l, ReliqMessage *msgs, int n, bool was_failing,
 		}
 		l->held_transient = !result->tripped;
 		copy_held(l, msgs, n);
-		l->next_probe = after_ms(reliq_subscription_backoff_ms(l->sub, ++l->probes));
+		l->next_probe = after_ms(reliq_redelivery_backoff_ms(l->sub, ++l->probes));
 		l->next_progress = GetCurrentTimestamp();
 	}
 	else if (was_failing)
@@ -323,7 +293,7 @@ nak_delays(Lane *l, ReliqMessage *msgs, int n)
 
 	for (i = 0; i < n; i++)
 		if (msgs[i].outcome == RELIQ_OUTCOME_FAILED)
-			delays[i] = reliq_subscription_backoff_ms(l->sub, msgs[i].delivered);
+			delays[i] = reliq_redelivery_backoff_ms(l->sub, msgs[i].delivered);
 	return delays;
 }
 
@@ -368,9 +338,8 @@ stream_lost_tail(Lane *l)
 			 errdetail("A batch met messages at sequences already applied; they may be new messages, so they are not acknowledged, and the subscription consumes nothing meanwhile."),
 			 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
 					 l->sub->name)));
-	if (l->stats != NULL)
-		reliq_stats_note_divergence(l->stats, l->sub->name, l->sub->stream,
-									stream.last_seq, applied);
+	reliq_stats_note_divergence(l->stats, l->control, l->sub->name,
+								l->sub->stream, stream.last_seq, applied);
 	return true;
 }
 
@@ -438,7 +407,7 @@ reliq_apply_batch(Lane *l, ReliqMessage *msgs, int n)
 	}
 	if (result.outboxed > 0)
 		l->outbox_pending = true;
-	if (!reliq_ack_gate(l->stats, l->sub, l->lease_epoch, &l->awaiting_standby,
+	if (!reliq_ack_gate(l->control, l->sub, l->lease_epoch, &l->awaiting_standby,
 						GetFlushRecPtr(NULL)))
 	{
 		/*
@@ -509,7 +478,7 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 	{
 		ngroup = 0;
 		for (i = 0; i < n; i++)
-			if (Max(msgs[i].delivered, 1) == pass)
+			if (reliq_redelivery_group(&msgs[i]) == pass)
 			{
 				group[ngroup++] = msgs[i];
 				tried[i] = true;
@@ -518,7 +487,7 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 			verdict = reliq_apply_batch(l, group, ngroup);
 	}
 	for (i = 0; i < n && verdict == RELIQ_APPLY_DONE && reliq_lane_attached(l); i++)
-		if (msgs[i].delivered > 2)
+		if (reliq_redelivery_group(&msgs[i]) == 0)
 		{
 			tried[i] = true;
 			p->applying_alone = msgs[i].stream_seq;
@@ -555,6 +524,6 @@ void
 reliq_apply_note_death(Pool *p)
 {
 	if (p->applying_alone != 0 && p->applying_lane != NULL &&
-		p->applying_lane->stats != NULL)
-		reliq_stats_note_death(p->applying_lane->stats, p->applying_alone);
+		p->applying_lane->control != NULL)
+		reliq_control_note_death(p->applying_lane->control, p->applying_alone);
 }

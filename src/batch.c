@@ -30,8 +30,8 @@
  * insufficient privilege, lock or statement timeout, out of resources...)
  * may hit every message alike.  When reliq.systemic_failure_threshold
  * distinct messages in a row fail with such errors, the batch's failed
- * messages are held (see apply.c) instead of nacked, so a dropped table
- * does not dead-letter the backlog.
+ * messages are held (rule 4 of redelivery.c) instead of nacked, so a
+ * dropped table does not dead-letter the backlog.
  *
  *-------------------------------------------------------------------------
  */
@@ -71,9 +71,6 @@
 #include "spi_safe.h"
 #include "trace.h"
 #include "xact.h"
-
-/* SQLSTATE of a message dead-lettered without a handler error. */
-#define RELIQ_ERRCODE_DELIVERY_LIMIT MAKE_SQLSTATE('R', 'Q', '0', '0', '1')
 
 /*
  * Record a batch's sequences; those at or below the acknowledged floor
@@ -135,56 +132,6 @@ static bool
 breaker_tripped(const ReliqBatchState *state)
 {
 	return state->breaker.consecutive >= reliq_systemic_failure_threshold;
-}
-
-/*
- * Whose fault is an error?  The one rule, shown in reliq.dead_letter's
- * error_kind.
- *
- * - transient: the database was busy (a lock not had within lock_timeout,
- *	 a deadlock, a serialization failure); the same message succeeds later.
- *	 Never dead-lettered: the message is held and tried again (apply.c).
- * - message: the message's own data (data exceptions, constraint
- *	 violations, an exception raised by a PL/pgSQL handler); retried with
- *	 the backoff, then dead-lettered.  Does not count towards the breaker.
- * - subscription: anything else (a missing function or privilege, a full
- *	 disk): counts towards the breaker, which holds the batch when the
- *	 subscription fails as a whole.
- * - delivery_limit: RQ001, a message delivered more than max_deliver times
- *	 whose handling never completed (crash loops).
- */
-ReliqErrorKind
-reliq_error_kind(int sqlerrcode)
-{
-	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
-
-	if (sqlerrcode == RELIQ_ERRCODE_DELIVERY_LIMIT)
-		return RELIQ_ERROR_DELIVERY_LIMIT;
-	if (category == ERRCODE_TRANSACTION_ROLLBACK ||
-		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
-		return RELIQ_ERROR_TRANSIENT;
-	if (category == ERRCODE_DATA_EXCEPTION ||
-		category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ||
-		category == ERRCODE_PLPGSQL_ERROR)
-		return RELIQ_ERROR_MESSAGE;
-	return RELIQ_ERROR_SUBSCRIPTION;
-}
-
-const char *
-reliq_error_kind_name(ReliqErrorKind kind)
-{
-	switch (kind)
-	{
-		case RELIQ_ERROR_MESSAGE:
-			return "message";
-		case RELIQ_ERROR_TRANSIENT:
-			return "transient";
-		case RELIQ_ERROR_SUBSCRIPTION:
-			return "subscription";
-		case RELIQ_ERROR_DELIVERY_LIMIT:
-			return "delivery_limit";
-	}
-	return "subscription";
 }
 
 static bool
@@ -375,50 +322,6 @@ apply_in_bulk(ReliqBatchState *state, ReliqMessage **msgs, int count)
 }
 
 /*
- * A message delivered more often than max_deliver yet never failed in a
- * handler: earlier deliveries died with their worker (terminated, crashed,
- * or the batch outlasted ack_wait).  It goes to the dead-letter table
- * without running the handler again, which breaks crash loops.
- */
-static void
-set_delivery_limit_error(ReliqBatchState *state, ReliqMessage *msg,
-						 MemoryContext cxt)
-{
-	MemoryContext old = MemoryContextSwitchTo(cxt);
-	ErrorData  *error = palloc0(sizeof(ErrorData));
-
-	error->elevel = ERROR;
-	error->sqlerrcode = RELIQ_ERRCODE_DELIVERY_LIMIT;
-	error->message = psprintf("message delivered %d times, more than max_deliver (%d), without its handling completing",
-							  msg->delivered, state->sub->max_deliver);
-	error->detail = pstrdup("Earlier deliveries ended without a handler error reaching reliq: the worker was terminated or crashed while handling it, or its batch outlasted ack_wait.");
-	msg->error = error;
-	MemoryContextSwitchTo(old);
-}
-
-/*
- * Dead-letter without running the handler?  A message delivered more than
- * max_deliver times yet never failed in a handler: its earlier deliveries
- * died with their worker.  If a worker was seen to die applying it alone
- * (apply.c records that), it is the culprit.  A message that was merely
- * received alongside a culprit, and lost with it, has its handler run.
- * Without a record (a crash restart clears shared memory) the limit is
- * doubled, so crash loops end all the same.
- */
-static bool
-beyond_delivery_limit(ReliqBatchState *state, const ReliqMessage *msg)
-{
-	int			limit = state->sub->max_deliver;
-
-	if (msg->delivered <= limit)
-		return false;
-	if (msg->delivered > 2 * limit + 1)
-		return true;
-	return state->stats != NULL &&
-		reliq_stats_deaths(state->stats, msg->stream_seq) > 0;
-}
-
-/*
  * Apply one message whose ledger row the caller has just tried to write:
  * a duplicate if it was recorded already; dead-lettered unheard if it has
  * been delivered more than max_deliver times; otherwise handled.
@@ -431,9 +334,13 @@ apply_or_divert(ReliqBatchState *state, ReliqMessage *msg, bool fresh,
 		msg->trace.start_ns = reliq_trace_now_ns();
 	if (!fresh)
 		msg->outcome = RELIQ_OUTCOME_DUPLICATE;
-	else if (beyond_delivery_limit(state, msg))
+	else if (reliq_redelivery_beyond_limit(state->sub, state->control, msg))
 	{
-		set_delivery_limit_error(state, msg, batch_cxt);
+		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
+
+		/* rule 2 of redelivery.c: its earlier deliveries died with their worker */
+		msg->error = reliq_redelivery_limit_error(state->sub, msg);
+		MemoryContextSwitchTo(old);
 		reliq_batch_dead_letter(state, msg);
 		msg->outcome = RELIQ_OUTCOME_DEAD_LETTERED;
 	}
@@ -546,7 +453,8 @@ run_fast_path(ReliqBatchState *state, ReliqMessage *msgs, int nmsgs,
 
 				for (i = 0; i < nmsgs; i++)
 				{
-					if (fresh[i] && !beyond_delivery_limit(state, &msgs[i]))
+					if (fresh[i] &&
+						!reliq_redelivery_beyond_limit(state->sub, state->control, &msgs[i]))
 						bulk[nbulk++] = &msgs[i];
 					else
 						apply_or_divert(state, &msgs[i], fresh[i], batch_cxt);

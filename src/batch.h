@@ -16,6 +16,7 @@
 #include "catalog.h"
 #include "handler.h"
 #include "message.h"
+#include "redelivery.h"
 
 /* Size of the memory of recently failed stream sequences. */
 #define RELIQ_BREAKER_MEMORY 64
@@ -37,11 +38,13 @@ typedef struct ReliqBreaker
 
 /* A lane's state, kept across its batches (lane.c). */
 struct ReliqSubscriptionStats;
+struct ReliqControl;
 
 typedef struct ReliqBatchState
 {
 	ReliqSubscription *sub;
 	struct ReliqSubscriptionStats *stats;	/* may be NULL */
+	struct ReliqControl *control;	/* may be NULL */
 	int64		stream_created; /* incarnation of the stream attached to */
 	MemoryContext cxt;			/* lives as long as the lane */
 	MemoryContext message_cxt;	/* reset after each message */
@@ -75,17 +78,6 @@ typedef struct ReliqBatchResult
 	int64		last_failure_seq;
 } ReliqBatchResult;
 
-/* Whose fault an error is (batch.c); error_kind in reliq.dead_letter. */
-typedef enum ReliqErrorKind
-{
-	RELIQ_ERROR_MESSAGE,		/* the message's data: retried, then dead */
-	RELIQ_ERROR_TRANSIENT,		/* lock, deadlock, serialization: held */
-	RELIQ_ERROR_SUBSCRIPTION,	/* anything else: counts to the breaker */
-	RELIQ_ERROR_DELIVERY_LIMIT, /* RQ001: handling never completed */
-} ReliqErrorKind;
-
-extern ReliqErrorKind reliq_error_kind(int sqlerrcode);
-extern const char *reliq_error_kind_name(ReliqErrorKind kind);
 extern void reliq_batch_init(ReliqBatchState *state);
 extern void reliq_batch_free(ReliqBatchState *state);
 extern void reliq_batch_set_subscription(ReliqBatchState *state,

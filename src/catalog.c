@@ -288,15 +288,6 @@ reliq_subscription_max_ack_pending(const ReliqSubscription *sub)
 	return reliq_max_ack_pending(sub->batch_size, sub->concurrency);
 }
 
-/* The NAK delay after a failed delivery number `delivered` (1-based). */
-int64
-reliq_subscription_backoff_ms(const ReliqSubscription *sub, int delivered)
-{
-	int			i = Min(Max(delivered, 1), sub->nbackoff) - 1;
-
-	return sub->backoff_ms[i];
-}
-
 /*
  * A worker has found the stream incarnation stream_created on the server:
  * record it as the subscription's current one.  Batches labelled with any

@@ -94,8 +94,6 @@ extern int	reliq_catalog_list_subscriptions(ReliqSubscriptionSummary **list);
 extern void reliq_catalog_forget_dropped(void);
 extern int64 reliq_max_ack_pending(int batch_size, int concurrency);
 extern int64 reliq_subscription_max_ack_pending(const ReliqSubscription *sub);
-extern int64 reliq_subscription_backoff_ms(const ReliqSubscription *sub,
-										   int delivered);
 
 extern int64 reliq_catalog_claim_stream(int64 subscription_id,
 										int64 stream_created,

@@ -382,13 +382,13 @@ ensure_attached(Lane *l)
 		return false;
 	}
 	Assert(claimed == before.created_ns);
-	if (diverged && l->stats != NULL)
+	if (diverged && l->control != NULL)
 	{
 		/*
 		 * The stream lost its tail (after a restart, before the monitor's
 		 * first round has said so in shared memory): attach to nothing.
 		 */
-		reliq_stats_set_diverged(l->stats, true);
+		reliq_control_set_diverged(l->control, true);
 		schedule_retry(l);
 		return false;
 	}
@@ -399,8 +399,8 @@ ensure_attached(Lane *l)
 	 * and consume beside the new owner.
 	 */
 	memset(&lease, 0, sizeof(lease));
-	if (l->stats != NULL)
-		reliq_lease_read(l->stats, &lease);
+	if (l->control != NULL)
+		reliq_lease_read(l->control, &lease);
 	strlcpy(l->consumer, lease.consumer[0] ? lease.consumer : l->sub->consumer,
 			sizeof(l->consumer));
 
@@ -503,8 +503,8 @@ lease_allows(Lane *l)
 	ReliqLeaseView lease;
 
 	memset(&lease, 0, sizeof(lease));
-	if (l->stats != NULL)
-		reliq_lease_read(l->stats, &lease);
+	if (l->control != NULL)
+		reliq_lease_read(l->control, &lease);
 	if (reliq_lease_usable(&lease))
 	{
 		if (lease.state == RELIQ_LEASE_OWNED && lease.epoch != l->lease_epoch)
@@ -542,7 +542,7 @@ lease_allows(Lane *l)
 static bool
 stream_allows(Lane *l)
 {
-	if (l->stats == NULL || !reliq_stats_diverged(l->stats))
+	if (l->control == NULL || !reliq_control_diverged(l->control))
 	{
 		if (l->state == RELIQ_LANE_DIVERGED)
 			reliq_lane_transition(l, going_on(l));
@@ -600,7 +600,7 @@ hold_step(Lane *l)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!reliq_ack_lease_current(l->stats, l->sub->id, l->lease_epoch))
+	if (!reliq_ack_lease_current(l->control, l->sub->id, l->lease_epoch))
 	{
 		/* no longer ours: give the held batch back to the owner */
 		(void) reliq_ack_release(l->pool->conn, l->held, l->nheld, reliq_ack_release_delay_ms(l->puller));
@@ -656,6 +656,8 @@ reliq_lane_create(Pool *p, const ReliqAssignment *assignment,
 	}
 	l->stats = reliq_stats_find(l->sub->id, true, l->sub->name);
 	l->batch.stats = l->stats;
+	l->control = reliq_control_find(l->sub->id, true);
+	l->batch.control = l->control;
 	l->outbox_pending = true;	/* a worker before us may have left rows */
 	open_status(l);
 	return l;

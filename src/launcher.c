@@ -578,6 +578,7 @@ reconcile(MemoryContext cxt)
 					 errhint("Increase reliq.max_subscriptions and restart the server.")));
 	}
 	reliq_stats_keep_only(ids, count);
+	reliq_control_keep_only(ids, count);
 	start_refused = refused;
 }
 

@@ -251,7 +251,7 @@ reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w,
 {
 	LeaseTrack	untracked;
 	LeaseTrack *t = NULL;
-	ReliqSubscriptionStats *entry;
+	ReliqControl *control;
 	int			i;
 
 	for (i = 0; i < ntracks; i++)
@@ -275,12 +275,12 @@ reliq_lease_rewind(ReliqNatsConnection *conn, const ReliqWatched *w,
 	if (!reliq_lease_make_consumer(conn, w, t->view.consumer, t->view.epoch + 1,
 								   &t->no_rewind_noted, why))
 		return false;
-	entry = reliq_stats_find(w->id, false, NULL);
+	control = reliq_control_find(w->id, false);
 	if (t != &untracked && t->held != 0 && t->view.state == RELIQ_LEASE_OWNED)
 	{
 		t->view.epoch++;
-		if (entry != NULL)
-			reliq_lease_publish(entry, &t->view);
+		if (control != NULL)
+			reliq_lease_publish(control, &t->view);
 	}
 	return true;
 }
@@ -492,15 +492,15 @@ settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 static bool
 confirm_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 {
-	ReliqSubscriptionStats *entry;
+	ReliqControl *control;
 
 	if (settle_owner(conn, t))
 		return true;
 	t->view.valid_until = 0;
 	t->recheck = true;
-	entry = reliq_stats_find(t->id, false, NULL);
-	if (entry != NULL)
-		reliq_lease_publish(entry, &t->view);
+	control = reliq_control_find(t->id, false);
+	if (control != NULL)
+		reliq_lease_publish(control, &t->view);
 	return false;
 }
 
@@ -616,7 +616,7 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 /* reliq.take_over(): take the consumer from whoever owns it now. */
 static void
 take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
-		  ReliqSubscriptionStats *entry, TimestampTz now)
+		  ReliqControl *control, TimestampTz now)
 {
 	uint64		revision;
 	char	   *value;
@@ -644,7 +644,7 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	return;
 
 retry:
-	pg_atomic_write_u32(&entry->take_over_requested, 1);	/* next round */
+	reliq_control_request_take_over(control);	/* next round */
 }
 
 /* A held lease, after this instance's heartbeat was written over. */
@@ -722,23 +722,23 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 static void
 step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 {
-	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, true, w->name);
+	ReliqControl *control = reliq_control_find(w->id, true);
 	TimestampTz now = wait_clock();
 
-	if (entry != NULL && t->view.state == RELIQ_LEASE_UNKNOWN && t->view.epoch == 0)
+	if (control != NULL && t->view.state == RELIQ_LEASE_UNKNOWN && t->view.epoch == 0)
 	{
 		ReliqLeaseView before;
 
 		/* a restarted monitor goes on from the epoch the workers know */
-		reliq_lease_read(entry, &before);
+		reliq_lease_read(control, &before);
 		t->view.epoch = before.epoch;
 	}
 
-	if (entry != NULL && t->held == 0 &&
-		pg_atomic_exchange_u32(&entry->take_over_requested, 0) != 0)
-		take_over(conn, w, t, entry, now);
-	else if (entry != NULL && t->held != 0)
-		pg_atomic_write_u32(&entry->take_over_requested, 0);	/* ours already */
+	if (control != NULL && t->held == 0 &&
+		reliq_control_take_over_asked(control))
+		take_over(conn, w, t, control, now);
+	else if (control != NULL && t->held != 0)
+		reliq_control_forget_take_over(control);	/* ours already */
 
 	if (t->held != 0 && (rescan || t->recheck))
 	{
@@ -768,8 +768,8 @@ step(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t)
 			t->recheck = true;
 		}
 	}
-	if (entry != NULL)
-		reliq_lease_publish(entry, &t->view);
+	if (control != NULL)
+		reliq_lease_publish(control, &t->view);
 }
 
 /*
@@ -807,11 +807,11 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	for (i = 0; i < ntracks; i++)
 		if (tracks[i].held != 0)
 		{
-			ReliqSubscriptionStats *entry = reliq_stats_find(tracks[i].id, false, NULL);
+			ReliqControl *control = reliq_control_find(tracks[i].id, false);
 
 			tracks[i].view.valid_until = 0;
-			if (entry != NULL)
-				reliq_lease_publish(entry, &tracks[i].view);
+			if (control != NULL)
+				reliq_lease_publish(control, &tracks[i].view);
 		}
 	if (alive_revision != 0)
 		ereport(LOG,
@@ -847,14 +847,14 @@ reliq_lease_heartbeat(ReliqNatsConnection *conn)
 	for (i = 0; i < ntracks; i++)
 	{
 		LeaseTrack *t = &tracks[i];
-		ReliqSubscriptionStats *entry;
+		ReliqControl *control;
 
 		if (t->held == 0 || t->view.state != RELIQ_LEASE_OWNED)
 			continue;
 		t->view.valid_until = alive_valid_until;
-		entry = reliq_stats_find(t->id, false, NULL);
-		if (entry != NULL)
-			reliq_lease_publish(entry, &t->view);
+		control = reliq_control_find(t->id, false);
+		if (control != NULL)
+			reliq_lease_publish(control, &t->view);
 	}
 }
 
@@ -893,11 +893,10 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 		off.state = RELIQ_LEASE_OFF;
 		for (i = 0; i < count; i++)
 		{
-			ReliqSubscriptionStats *entry = reliq_stats_find(subscriptions[i].id, true,
-															 subscriptions[i].name);
+			ReliqControl *control = reliq_control_find(subscriptions[i].id, true);
 
-			if (entry != NULL)
-				reliq_lease_publish(entry, &off);
+			if (control != NULL)
+				reliq_lease_publish(control, &off);
 		}
 		ntracks = 0;
 		return true;

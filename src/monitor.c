@@ -153,7 +153,7 @@ heartbeat_if_due(ReliqNatsConnection *conn)
  */
 static void
 rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
-				  ReliqSubscriptionStats *entry)
+				  ReliqControl *control)
 {
 	MemoryContext caller;
 
@@ -164,7 +164,7 @@ rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
 	caller = reliq_xact_begin("reliq monitor: forgetting an accepted stream loss");
 	reliq_catalog_forget_divergence(w->id, true);
 	reliq_xact_commit(caller);
-	reliq_stats_set_diverged(entry, false);
+	reliq_control_set_diverged(control, false);
 	ereport(LOG,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq subscription \"%s\": consuming again after the accepted loss of stream \"%s\"'s tail",
@@ -178,7 +178,7 @@ rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
  */
 static bool
 watch_stream_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry,
-				  const ReliqStreamInfo *stream)
+				  ReliqControl *control, const ReliqStreamInfo *stream)
 {
 	MemoryContext caller;
 	int64		last_seq;
@@ -205,7 +205,7 @@ watch_stream_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry,
 				 errhint("If the loss is accepted: SELECT reliq.accept_stream_loss('%s');",
 						 w->name)));
 	/* each round: last_error says it while it lasts, whatever came between */
-	reliq_stats_note_divergence(entry, w->name, w->stream, last_seq,
+	reliq_stats_note_divergence(entry, control, w->name, w->stream, last_seq,
 								w->applied_seq);
 	return true;
 }
@@ -217,13 +217,13 @@ watch_stream_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry,
  * do).
  */
 static void
-forget_lost_tail(const ReliqWatched *w, ReliqSubscriptionStats *entry)
+forget_lost_tail(const ReliqWatched *w, ReliqControl *control)
 {
 	MemoryContext caller = reliq_xact_begin("reliq monitor: forgetting a lost tail");
 
 	reliq_catalog_forget_divergence(w->id, false);
 	reliq_xact_commit(caller);
-	reliq_stats_set_diverged(entry, false);
+	reliq_control_set_diverged(control, false);
 	ereport(LOG,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq subscription \"%s\": stream \"%s\" was made again; no longer diverged",
@@ -240,15 +240,15 @@ static void
 sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 				  const char *consumer, const ReliqConsumerInfo *info)
 {
-	ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
+	ReliqControl *control = reliq_control_find(w->id, false);
 	ReliqLeaseView lease;
 	bool		pause = !w->enabled;
 	char	   *problem;
 
-	if (entry == NULL || !info->found || !info->paused_known ||
+	if (control == NULL || !info->found || !info->paused_known ||
 		info->paused == pause)
 		return;
-	reliq_lease_read(entry, &lease);
+	reliq_lease_read(control, &lease);
 	if (!reliq_lease_usable(&lease))
 		return;
 	heartbeat_if_due(conn);
@@ -283,14 +283,14 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
  */
 static void
 remake_if_deleted(ReliqNatsConnection *conn, const ReliqWatched *w,
-				  ReliqSubscriptionStats *entry, const char *consumer)
+				  ReliqControl *control, const char *consumer)
 {
 	ReliqLeaseView lease;
 	ReliqStreamInfo stream;
 
-	if (entry == NULL || !w->enabled || w->diverged || w->loss_accepted)
+	if (control == NULL || !w->enabled || w->diverged || w->loss_accepted)
 		return;
-	reliq_lease_read(entry, &lease);
+	reliq_lease_read(control, &lease);
 	if (lease.state != RELIQ_LEASE_OWNED || !reliq_lease_usable(&lease))
 		return;
 	heartbeat_if_due(conn);
@@ -338,7 +338,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 
 	/* the consumer each lease's holder made, or the durable name */
 	for (i = 0; i < count; i++)
-		in_use[i] = reliq_lease_consumer(reliq_stats_find(watched[i].id, false, NULL),
+		in_use[i] = reliq_lease_consumer(reliq_control_find(watched[i].id, false),
 										 watched[i].consumer);
 
 	/*
@@ -399,7 +399,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		entry = reliq_stats_find(w->id, false, NULL);
 		if (!infos[i].found)
 		{
-			remake_if_deleted(conn, w, entry, in_use[i]);
+			remake_if_deleted(conn, w, reliq_control_find(w->id, false), in_use[i]);
 			continue;
 		}
 		reliq_stats_set_consumer_info(entry, infos[i].num_pending,
@@ -433,32 +433,34 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	{
 		ReliqWatched *w = &watched[i];
 		ReliqSubscriptionStats *entry = reliq_stats_find(w->id, false, NULL);
+		ReliqControl *control = reliq_control_find(w->id, false);
 		ReliqLeaseView lease;
 
-		if (entry == NULL)
+		if (control == NULL)
 			continue;
 		if (w->loss_accepted)
 		{
 			/* no floor from a consumer about to be made again */
-			reliq_lease_read(entry, &lease);
+			reliq_lease_read(control, &lease);
 			if (reliq_lease_usable(&lease) && w->attached)
-				rewind_after_loss(conn, w, entry);
+				rewind_after_loss(conn, w, control);
 			continue;
 		}
 		if (!infos[i].found || !streams[i].found)
 			continue;
-		reliq_stats_set_retention(entry, streams[i].retention);
-		reliq_lease_read(entry, &lease);
+		if (entry != NULL)
+			reliq_stats_set_retention(entry, streams[i].retention);
+		reliq_lease_read(control, &lease);
 		if (reliq_lease_usable(&lease) && w->attached &&
 			streams[i].created_ns == w->stream_created)
 		{
 			heartbeat_if_due(conn);
-			if (watch_stream_tail(w, entry, &streams[i]))
+			if (watch_stream_tail(w, entry, control, &streams[i]))
 				continue;
 		}
 		else if (reliq_lease_usable(&lease) && w->attached &&
-				 (w->diverged || reliq_stats_diverged(entry)))
-			forget_lost_tail(w, entry); /* the stream was made again */
+				 (w->diverged || reliq_control_diverged(control)))
+			forget_lost_tail(w, control);	/* the stream was made again */
 		if (reliq_lease_usable(&lease) &&
 			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
 			streams[i].created_ns == w->stream_created)

@@ -22,24 +22,27 @@
  *   them; anyone may copy them out, one lane per acquisition.
  * - A statistics entry's counters and latency histograms are atomics,
  *   added to by any worker of the subscription without a lock; a reset
- *   writes them (pg_atomic_write_u64), as they may be in use.  So is
- *   take_over_requested, which reliq.take_over() sets and the monitor
- *   clears.
+ *   writes them (pg_atomic_write_u64), as they may be in use.
  * - A statistics entry's lock (an LWLock of tranche "reliq stats") guards
  *   what takes a loop: the recent samples (a batch adds up to batch_size
- *   of them), the per-second rate and the ring of deaths.  Exclusive to
- *   write, shared to copy out.
+ *   of them) and the per-second rate.  Exclusive to write, shared to copy
+ *   out.
  * - A statistics entry's mutex (spinlock) guards the rest, a few fields
  *   each: times, last_error, the consumer information from the server,
- *   the lag points, the lease the monitor keeps (lease.c), the stream's
- *   retention, and the copy of the subscription's settings the launcher
- *   writes.
+ *   the lag points, the stream's retention, and the copy of the
+ *   subscription's settings the launcher writes.
  * - reliq_stats_snapshot() copies all of it out under the locks and does
  *   the arithmetic (stats_math.c) afterwards.
  * - ReliqShared->mutex guards the launcher's pid and latch.
  * - Order: ReliqShared->lock, then an entry's lock, then at most one
- *   spinlock.  A spinlock is held only to copy a few fields, never for a
+ *   spinlock.  The snapshot copies each subscription's lease from its
+ *   control entry (control.c) under ReliqShared->lock, after the entry's
+ *   own locks.  A spinlock is held only to copy a few fields, never for a
  *   loop, nor across a call that can fail or wait.
+ *
+ * What decides whether a subscription may be consumed (its lease, a
+ * take-over asked for, a stream that lost its tail, the deaths of workers
+ * applying a message alone) is not here: control.c keeps it.
  *
  * Statistics survive worker restarts (they live here, not in the workers)
  * but not a server restart, like those of pg_stat_statements without a
@@ -48,8 +51,6 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
-
-#include <time.h>
 
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -146,6 +147,7 @@ shmem_request(void)
 
 	RequestAddinShmemSpace(shmem_size());
 	RequestNamedLWLockTranche("reliq", 1);
+	reliq_control_shmem_request();
 }
 
 /* At shared memory initialisation, before any concurrent use. */
@@ -163,7 +165,6 @@ init_stats_entry(ReliqSubscriptionStats *entry, int tranche)
 	pg_atomic_init_u64(&entry->duplicates, 0);
 	pg_atomic_init_u64(&entry->batches, 0);
 	pg_atomic_init_u64(&entry->slow_path_batches, 0);
-	pg_atomic_init_u32(&entry->take_over_requested, 0);
 	reliq_profile_reset(entry, true);
 	entry->dead_letter_backlog = -1;
 	LWLockInitialize(&entry->lock, tranche);
@@ -221,6 +222,7 @@ shmem_startup(void)
 			init_stats_entry(&reliq_shared->stats[i],
 							 reliq_shared->stats_tranche);
 	}
+	reliq_control_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 
 	/* every process names the tranche for itself (pg_stat_activity) */
@@ -388,23 +390,15 @@ static void
 clear_stats_entry(ReliqSubscriptionStats *entry)
 {
 	reliq_stats_reset(entry);
-	pg_atomic_write_u32(&entry->take_over_requested, 0);
-	LWLockAcquire(&entry->lock, LW_EXCLUSIVE);
-	memset(entry->death_seq, 0, sizeof(entry->death_seq));
-	memset(entry->death_count, 0, sizeof(entry->death_count));
-	entry->death_next = 0;
-	LWLockRelease(&entry->lock);
 
 	SpinLockAcquire(&entry->mutex);
 	entry->have_consumer_info = false;
 	entry->num_pending = entry->num_ack_pending = entry->num_redelivered = 0;
 	entry->ack_floor = entry->max_ack_pending = 0;
 	entry->consumer_info_at = 0;
-	memset(&entry->lease, 0, sizeof(entry->lease));
 	entry->retention[0] = '\0';
 	entry->catalog_known = entry->enabled = entry->start_refused = false;
 	entry->concurrency = entry->batch_size = entry->workers_allowed = 0;
-	entry->diverged = false;
 	SpinLockRelease(&entry->mutex);
 }
 
@@ -756,12 +750,11 @@ reliq_stats_snapshot(ReliqStatsSnapshot **snapshots)
 		s->ack_floor = entry->ack_floor;
 		s->max_ack_pending = entry->max_ack_pending;
 		s->consumer_info_at = entry->consumer_info_at;
-		s->lease = entry->lease;
 		memcpy(s->retention, entry->retention, sizeof(s->retention));
 		lag = entry->lag;
 		s->dead_letter_backlog = entry->dead_letter_backlog;
-		s->diverged = entry->diverged;
 		SpinLockRelease(&entry->mutex);
+		reliq_control_copy(s->subscription_id, &s->lease, &s->diverged);
 
 		reliq_samples_percentiles(batch_samples, &s->batch_p50_us, &s->batch_p99_us);
 		reliq_samples_percentiles(latency_samples, &s->latency_p50_us,
@@ -866,45 +859,6 @@ reliq_lease_state_name(ReliqLeaseState state)
 	return name_of(lease_state_names, lengthof(lease_state_names), state);
 }
 
-/*
- * A worker died (FATAL: terminated, cancelled out) while applying the
- * message `seq` in a transaction of its own.  Recorded for the
- * delivery-limit rule of batch.c; a crash restart forgets it.
- */
-void
-reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq)
-{
-	int			i;
-
-	LWLockAcquire(&entry->lock, LW_EXCLUSIVE);
-	for (i = 0; i < RELIQ_DEATHS; i++)
-		if (entry->death_seq[i] == seq)
-			break;
-	if (i == RELIQ_DEATHS)
-	{
-		i = entry->death_next;
-		entry->death_next = (entry->death_next + 1) % RELIQ_DEATHS;
-		entry->death_seq[i] = seq;
-		entry->death_count[i] = 0;
-	}
-	entry->death_count[i]++;
-	LWLockRelease(&entry->lock);
-}
-
-int
-reliq_stats_deaths(ReliqSubscriptionStats *entry, int64 seq)
-{
-	int			count = 0;
-	int			i;
-
-	LWLockAcquire(&entry->lock, LW_SHARED);
-	for (i = 0; i < RELIQ_DEATHS; i++)
-		if (entry->death_seq[i] == seq)
-			count = entry->death_count[i];
-	LWLockRelease(&entry->lock);
-	return count;
-}
-
 void
 reliq_stats_set_retention(ReliqSubscriptionStats *entry, const char *retention)
 {
@@ -914,26 +868,14 @@ reliq_stats_set_retention(ReliqSubscriptionStats *entry, const char *retention)
 }
 
 /*
- * The stream lost its tail (set by the monitor, or by a worker that met a
- * duplicate; cleared by the monitor once reliq.accept_stream_loss() has
- * moved the floor and the consumer was rewound).
- */
-void
-reliq_stats_set_diverged(ReliqSubscriptionStats *entry, bool diverged)
-{
-	SpinLockAcquire(&entry->mutex);
-	entry->diverged = diverged;
-	SpinLockRelease(&entry->mutex);
-}
-
-/*
  * The stream lost its tail, with the figures, in last_error: written here
  * once for the monitor and the workers alike.
  */
 void
 reliq_stats_note_divergence(ReliqSubscriptionStats *entry,
-							const char *subscription, const char *stream,
-							int64 stream_last_seq, int64 applied_seq)
+							ReliqControl *control, const char *subscription,
+							const char *stream, int64 stream_last_seq,
+							int64 applied_seq)
 {
 	char		message[RELIQ_ERROR_LEN];
 
@@ -942,81 +884,8 @@ reliq_stats_note_divergence(ReliqSubscriptionStats *entry,
 			 ", this database applied up to " INT64_FORMAT
 			 "; nothing is consumed until SELECT reliq.accept_stream_loss('%s')",
 			 stream, stream_last_seq, applied_seq, subscription);
-	reliq_stats_set_diverged(entry, true);
-	reliq_stats_set_error(entry, message);
-}
-
-bool
-reliq_stats_diverged(ReliqSubscriptionStats *entry)
-{
-	bool		diverged;
-
-	SpinLockAcquire(&entry->mutex);
-	diverged = entry->diverged;
-	SpinLockRelease(&entry->mutex);
-	return diverged;
-}
-
-/* The monitor publishes what it holds. */
-void
-reliq_lease_publish(ReliqSubscriptionStats *entry, const ReliqLeaseView *lease)
-{
-	SpinLockAcquire(&entry->mutex);
-	entry->lease = *lease;
-	SpinLockRelease(&entry->mutex);
-}
-
-void
-reliq_lease_read(ReliqSubscriptionStats *entry, ReliqLeaseView *lease)
-{
-	SpinLockAcquire(&entry->mutex);
-	*lease = entry->lease;
-	SpinLockRelease(&entry->mutex);
-}
-
-/*
- * The name of the consumer a subscription's workers attach to and the
- * monitor asks after: the one its lease's holder made (lease.c), or the
- * durable name (leases off, no statistics entry, or not known yet).
- */
-char *
-reliq_lease_consumer(ReliqSubscriptionStats *entry, const char *durable)
-{
-	ReliqLeaseView lease;
-
-	if (entry == NULL)
-		return pstrdup(durable);
-	reliq_lease_read(entry, &lease);
-	return pstrdup(lease.consumer[0] != '\0' ? lease.consumer : durable);
-}
-
-/*
- * The clock of a lease's validity, in microseconds: CLOCK_BOOTTIME, which
- * no setting of the wall clock moves and which goes on while the machine
- * is suspended (a suspended owner's lease runs out, as the taker's wait
- * does).  One clock for every process of the machine.
- */
-TimestampTz
-reliq_lease_clock(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_BOOTTIME, &ts);
-	return (TimestampTz) ts.tv_sec * USECS_PER_SEC + ts.tv_nsec / 1000;
-}
-
-/* A time of the lease clock as a wall-clock timestamp, for people. */
-TimestampTz
-reliq_lease_wall_time(TimestampTz lease_time)
-{
-	return GetCurrentTimestamp() + (lease_time - reliq_lease_clock());
-}
-
-/* May this cluster consume, and acknowledge, now? */
-bool
-reliq_lease_usable(const ReliqLeaseView *lease)
-{
-	return lease->state == RELIQ_LEASE_OFF ||
-		(lease->state == RELIQ_LEASE_OWNED &&
-		 reliq_lease_clock() < lease->valid_until);
+	if (control != NULL)
+		reliq_control_set_diverged(control, true);
+	if (entry != NULL)
+		reliq_stats_set_error(entry, message);
 }

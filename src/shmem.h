@@ -17,6 +17,7 @@
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 
+#include "control.h"
 #include "profile.h"
 #include "reliq.h"
 #include "stats_math.h"
@@ -68,37 +69,6 @@ typedef enum ReliqSubscriptionState
 
 extern const char *reliq_subscription_state_name(ReliqSubscriptionState state);
 
-/*
- * Who may consume a subscription's consumer: this cluster, while it holds
- * the consumer's lease (lease.c keeps it; workers read it here).
- */
-typedef enum ReliqLeaseState
-{
-	RELIQ_LEASE_UNKNOWN = 0,	/* not looked at yet (the monitor starting) */
-	RELIQ_LEASE_OWNED,			/* held: workers may consume until valid_until */
-	RELIQ_LEASE_ACQUIRING,		/* written; waiting for the former owner's
-								 * time to run out, or rewinding */
-	RELIQ_LEASE_FENCED,			/* another cluster holds it */
-	RELIQ_LEASE_OFF				/* reliq.lease_ttl = 0: no leases */
-} ReliqLeaseState;
-
-#define RELIQ_OWNER_LEN 192
-/* a durable name (64) and "-r" and a revision */
-#define RELIQ_CONSUMER_NAME_LEN 96
-
-/* A copy of a subscription's lease, as the workers and views see it. */
-typedef struct ReliqLeaseView
-{
-	ReliqLeaseState state;
-	TimestampTz valid_until;	/* OWNED: consume and ack only before this,
-								 * on reliq_lease_clock() */
-	uint64		epoch;			/* bumped at each acquisition (the consumer
-								 * was made again: attach anew) */
-	char		holder[RELIQ_OWNER_LEN];	/* who holds it, for people */
-	char		consumer[RELIQ_CONSUMER_NAME_LEN];	/* the consumer its holder
-													 * made (lease.c); "": the
-													 * durable name */
-} ReliqLeaseView;
 
 /*
  * A subscription the launcher gave a pool worker: the worker serves it as
@@ -149,9 +119,6 @@ typedef struct ReliqWorkerSlot
 	ReliqLaneStatus *lanes;		/* max_subscriptions of them */
 } ReliqWorkerSlot;
 
-/* Messages whose worker died applying them alone (a ring). */
-#define RELIQ_DEATHS 16
-
 typedef struct ReliqSubscriptionStats
 {
 	/* Identity; assigned under ReliqShared->lock.  0 means free. */
@@ -169,20 +136,16 @@ typedef struct ReliqSubscriptionStats
 	pg_atomic_uint64 slow_path_batches; /* redone one message at a time */
 	ReliqHistogram batch_duration;	/* a batch, from BEGIN to the acks */
 	ReliqHistogram commit_latency;	/* a message, from publish to commit */
-	pg_atomic_uint32 take_over_requested;	/* set by reliq.take_over() */
 
 	/*
 	 * Under lock (an LWLock of tranche "reliq stats"): what takes a loop to
 	 * write or to copy.  Recent figures (p50/p99 and the rate over the last
-	 * minute), and the messages whose worker died applying them alone.
+	 * minute).
 	 */
 	LWLock		lock;
 	ReliqSamples batch_samples;
 	ReliqSamples latency_samples;
 	ReliqRate	rate;
-	int64		death_seq[RELIQ_DEATHS];
-	int			death_count[RELIQ_DEATHS];
-	int			death_next;
 
 	/* Everything below under mutex: a few fields, copied without a loop. */
 	slock_t		mutex;
@@ -204,8 +167,7 @@ typedef struct ReliqSubscriptionStats
 	/* (pending, processed) at the monitor's last refreshes (4 points). */
 	ReliqLagPoints lag;
 
-	/* The lease, written by the monitor (lease.c), and the stream's retention. */
-	ReliqLeaseView lease;
+	/* The stream's retention, written by the monitor. */
 	char		retention[16];	/* "limits", "interest", "workqueue"; "" unknown */
 
 	/* From the catalog, copied by the launcher at each reconciliation. */
@@ -225,12 +187,6 @@ typedef struct ReliqSubscriptionStats
 	pg_atomic_uint64 profile_messages;
 	pg_atomic_uint64 profile_wall_ns[RELIQ_STEP_COUNT];
 	pg_atomic_uint64 profile_cpu_ns[RELIQ_STEP_COUNT];
-	/*
-	 * The stream lost its tail (reliq._stream_divergence, kept by the
-	 * monitor and by a worker that met a duplicate): workers consume
-	 * nothing while set.
-	 */
-	bool		diverged;
 } ReliqSubscriptionStats;
 
 /*
@@ -357,27 +313,14 @@ extern void reliq_stats_set_consumer_info(ReliqSubscriptionStats *entry,
 										  int64 redelivered, int64 ack_floor,
 										  int64 max_ack_pending);
 extern int	reliq_stats_snapshot(ReliqStatsSnapshot **snapshots);
-extern void reliq_stats_note_death(ReliqSubscriptionStats *entry, int64 seq);
-extern int	reliq_stats_deaths(ReliqSubscriptionStats *entry, int64 seq);
 extern void reliq_stats_set_retention(ReliqSubscriptionStats *entry,
 									  const char *retention);
-extern void reliq_stats_set_diverged(ReliqSubscriptionStats *entry,
-									 bool diverged);
 extern void reliq_stats_note_divergence(ReliqSubscriptionStats *entry,
+										ReliqControl *control,
 										const char *subscription,
 										const char *stream,
 										int64 stream_last_seq,
 										int64 applied_seq);
-extern bool reliq_stats_diverged(ReliqSubscriptionStats *entry);
-extern void reliq_lease_publish(ReliqSubscriptionStats *entry,
-								const ReliqLeaseView *lease);
-extern void reliq_lease_read(ReliqSubscriptionStats *entry,
-							 ReliqLeaseView *lease);
-extern char *reliq_lease_consumer(ReliqSubscriptionStats *entry,
-								  const char *durable);
-extern TimestampTz reliq_lease_clock(void);
-extern TimestampTz reliq_lease_wall_time(TimestampTz lease_time);
-extern bool reliq_lease_usable(const ReliqLeaseView *lease);
 extern const char *reliq_lease_state_name(ReliqLeaseState state);
 extern int	reliq_workers_snapshot(ReliqWorkerSnapshot **workers);
 

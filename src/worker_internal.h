@@ -112,6 +112,7 @@ typedef struct Lane
 	ReliqLaneState state;		/* see reliq_lane_transition() */
 	ReliqLaneStatus *status;	/* in the slot; NULL once closed */
 	ReliqSubscriptionStats *stats;
+	ReliqControl *control;
 	int64		subscription_id;
 	int			lane_index;
 	ReliqSubscription *sub;
@@ -323,9 +324,9 @@ extern void reliq_worker_exit_if_postmaster_died(void);
 extern int	reliq_ack_release(ReliqNatsConnection *conn, ReliqMessage *msgs,
 							  int n, int64 delay_ms);
 extern int64 reliq_ack_release_delay_ms(ReliqPuller *puller);
-extern bool reliq_ack_lease_current(ReliqSubscriptionStats *stats,
+extern bool reliq_ack_lease_current(ReliqControl *control,
 									int64 subscription_id, uint64 epoch);
-extern bool reliq_ack_gate(ReliqSubscriptionStats *stats,
+extern bool reliq_ack_gate(ReliqControl *control,
 						   const ReliqSubscription *sub, uint64 epoch,
 						   bool *awaiting_standby, XLogRecPtr flushed);
 extern bool reliq_ack_publish_outbox(ReliqNatsConnection *conn,

@@ -55,7 +55,9 @@ my $BACKLOG_RATE_FACTOR = 2;
 my $PM_DEATH_WAIT = 30;
 
 # run(messages => N, per_kind => K, seed => S, kinds => [...],
-#     log_level => "warning" (log_min_messages), say => sub { print ... })
+#     order => [kinds in the order to fire them] (instead of kinds and
+#     per_kind), log_level => "warning" (log_min_messages),
+#     say => sub { print ... })
 # Returns a hash of figures.
 sub run
 {
@@ -97,11 +99,20 @@ SELECT reliq.create_subscription('faults', stream => 'FAULTS', subject => 'fault
        handler_timeout => '1s');
 SQL
 
-	my @faults = shuffle((@kinds) x $per_kind);
+	# The order from the seed alone (starting the servers above draws from
+	# rand too: seeded before them, the same seed gave another order once
+	# a server more or less was started), or as given.
+	srand($seed);
+	my @faults = $p{order} ? @{ $p{order} } : shuffle((@kinds) x $per_kind);
+	for my $kind (@faults)
+	{
+		die "unknown fault kind \"$kind\" (known: @KINDS)\n" unless grep { $_ eq $kind } @KINDS;
+	}
 	# spread the stream over the expected length of the fault sequence
 	my $rate = max(50, int($messages / (scalar(@faults) * 5.5)));
-	$say->(sprintf("fault suite: %d messages at %d/s, %d faults (%d of each kind), seed %d",
-			$messages, $rate, scalar @faults, $per_kind, $seed));
+	$say->(sprintf("fault suite: %d messages at %d/s, %d faults (%s), seed %d",
+			$messages, $rate, scalar @faults,
+			$p{order} ? 'in the order given' : "$per_kind of each kind", $seed));
 	my $publisher = $nats->publish_bg('faults.m', count => $messages, start => 1,
 		payload => '{"id":%d}', msg_id => 'm-%d', rate => $rate, retry_for => 600);
 
@@ -206,8 +217,15 @@ SQL
 		my $received_at_end = received($node);
 		my ($resumed, $applied);
 		my $deadline = time + 300;
+		my @look_at = (10, 30, 60);    # a slow probe: what stands still, when
 		while (time < $deadline && !defined $applied)
 		{
+			if (@look_at && time - $fault_end >= $look_at[0])
+			{
+				$say->(sprintf('  %3d/%d %s: probe not applied after %d s', $i + 1,
+						scalar @faults, $kind, shift @look_at));
+				$say->("      $_") for diagnose($node, $nats);
+			}
 			# The counter restarts from zero when the postmaster
 			# reinitialises shared memory: a smaller value is a new base.
 			my $r = received($node);
@@ -288,6 +306,46 @@ sub probe_bound
 	my ($fault_secs, $resumed, $rate) = @_;
 	my $backlog_secs = ($fault_secs + ($resumed // 0)) / $BACKLOG_RATE_FACTOR;
 	return ($resumed // 0) + $ACK_WAIT + $LONGEST_BACKOFF + $backlog_secs;
+}
+
+# What the subscription, its workers, the reliq processes and its consumer
+# on the server show now: printed when a probe is slow, so that a stall
+# says where it stands while it lasts (issue 19, item 9: once in seven
+# replays, a probe waited 55 s, and the logs afterwards told nothing).
+sub diagnose
+{
+	my ($node, $nats) = @_;
+	my @lines;
+	my $query = sub {
+		my ($what, $sql) = @_;
+		my ($ret, $out, $err) = $node->psql('postgres', $sql);
+		push @lines, $ret == 0 ? map { "$what: $_" } split /\n/, $out : "$what: (failed: $err)";
+	};
+	$query->('subscription', q{SELECT concat_ws(' ', state, 'lease', lease_state,
+		lease_valid_until - now(), 'consumer', consumer_in_use, 'received', received,
+		'processed', processed, 'in_flight', in_flight, 'pending', pending,
+		'ack_pending', ack_pending, 'redelivered', redelivered, 'last_error', last_error)
+		FROM reliq.subscription_stats WHERE subscription_name = 'faults'});
+	$query->('worker', q{SELECT concat_ws(' ', pid, worker_index, state, connected, in_flight)
+		FROM reliq.worker_status});
+	$query->('process', q{SELECT concat_ws(' ', pid, backend_type, state, wait_event_type,
+		wait_event, now() - xact_start, left(query, 60)) FROM pg_stat_activity
+		WHERE backend_type LIKE 'reliq%'});
+	$query->('applied', q{SELECT concat_ws(' ', 'max seq', max(seq), 'last at', now() - max(at))
+		FROM applied});
+	my ($ret, $consumer) = $node->psql('postgres', q{SELECT consumer_in_use
+		FROM reliq.subscription_stats WHERE subscription_name = 'faults'});
+	if ($ret == 0 && $consumer ne '')
+	{
+		my $ci = eval { $nats->consumer_info('FAULTS', $consumer) };
+		push @lines, $ci
+		  ? sprintf('server: consumer %s delivered %s ack floor %s pending %s ack_pending %s waiting %s redelivered %s',
+			$consumer, $ci->{delivered}{stream_seq} // '?', $ci->{ack_floor}{stream_seq} // '?',
+			$ci->{num_pending} // '?', $ci->{num_ack_pending} // '?',
+			$ci->{num_waiting} // '?', $ci->{num_redelivered} // '?')
+		  : "server: consumer $consumer: " . ($@ ? $@ =~ s/\n.*//sr : 'not on the server');
+	}
+	return @lines;
 }
 
 # Messages the workers have received (NULL while PostgreSQL restarts).
