@@ -321,7 +321,7 @@ sub diagnose
 		my ($ret, $out, $err) = $node->psql('postgres', $sql);
 		push @lines, $ret == 0 ? map { "$what: $_" } split /\n/, $out : "$what: (failed: $err)";
 	};
-	$query->('subscription', q{SELECT concat_ws(' ', state, 'lease', lease_state,
+	$query->('subscription', q{SELECT concat_ws(' ', state, 'lease', lease_holder,
 		lease_valid_until - now(), 'consumer', consumer_in_use, 'received', received,
 		'processed', processed, 'in_flight', in_flight, 'pending', pending,
 		'ack_pending', ack_pending, 'redelivered', redelivered, 'last_error', last_error)
