@@ -78,7 +78,7 @@ reliq_ack_release(ReliqNatsConnection *conn, ReliqMessage *msgs, int n,
 	if (conn == NULL || !reliq_nats_is_connected(conn))
 		return 0;
 	for (i = 0; i < n; i++)
-		released += reliq_nats_ack(conn, msgs[i].reply, RELIQ_NAK, delay_ms);
+		released += reliq_nats_ack(conn, msgs[i].reply, RELIQ_NAK, delay_ms, NULL);
 	return released;
 }
 
@@ -190,7 +190,8 @@ reliq_ack_gate(ReliqControl *control, const ReliqSubscription *sub,
  * client's last error).
  */
 bool
-reliq_ack_publish_outbox(ReliqNatsConnection *conn, int64 subscription_id)
+reliq_ack_publish_outbox(ReliqNatsConnection *conn, int64 subscription_id,
+						 ReliqNatsStatus *st)
 {
 	bool		stuck = false;
 	int			rows;
@@ -198,7 +199,8 @@ reliq_ack_publish_outbox(ReliqNatsConnection *conn, int64 subscription_id)
 	pgstat_report_activity(STATE_RUNNING, "reliq: publishing the outbox");
 	do
 	{
-		rows = reliq_outbox_publish(conn, subscription_id, RELIQ_OUTBOX_ROUND, &stuck);
+		rows = reliq_outbox_publish(conn, subscription_id, RELIQ_OUTBOX_ROUND,
+									&stuck, st);
 	} while (rows == RELIQ_OUTBOX_ROUND && !stuck);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return !stuck;
@@ -215,6 +217,7 @@ void
 reliq_ack_send(ReliqNatsConnection *conn, const ReliqSubscription *sub,
 			   ReliqMessage *msgs, const int64 *nak_delay_ms, int n, bool quick)
 {
+	ReliqNatsStatus st = {0};
 	bool		ok = true;
 	int			i;
 
@@ -226,17 +229,17 @@ reliq_ack_send(ReliqNatsConnection *conn, const ReliqSubscription *sub,
 		{
 			case RELIQ_OUTCOME_PROCESSED:
 			case RELIQ_OUTCOME_DUPLICATE:
-				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_ACK, 0);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_ACK, 0, &st);
 				break;
 			case RELIQ_OUTCOME_FAILED:
-				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK, nak_delay_ms[i]);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK, nak_delay_ms[i], &st);
 				break;
 			case RELIQ_OUTCOME_DEAD_LETTERED:
-				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_TERM, 0);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_TERM, 0, &st);
 				break;
 			case RELIQ_OUTCOME_NONE:
 				/* not applied (the stream changed): deliver again now */
-				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK, 0);
+				ok &= reliq_nats_ack(conn, msg->reply, RELIQ_NAK, 0, &st);
 				break;
 			case RELIQ_OUTCOME_HELD:
 			case RELIQ_OUTCOME_DEFERRED:
@@ -258,12 +261,12 @@ reliq_ack_send(ReliqNatsConnection *conn, const ReliqSubscription *sub,
 	 * the ledger absorbs; the worker flushes before it stops.
 	 */
 	if (ok && quick)
-		ok = reliq_nats_flush(conn, reliq_nats_timeout);
+		ok = reliq_nats_flush(conn, reliq_nats_timeout, &st);
 	if (!ok)
 		ereport(DEBUG1,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 				 errmsg("reliq subscription \"%s\": acknowledgements not sent: %s",
-						sub->name, reliq_nats_last_error())));
+						sub->name, st.message)));
 }
 
 /*
@@ -276,6 +279,6 @@ reliq_ack_in_progress(ReliqNatsConnection *conn, ReliqMessage *msgs, int n)
 	int			i;
 
 	for (i = 0; i < n; i++)
-		(void) reliq_nats_ack(conn, msgs[i].reply, RELIQ_IN_PROGRESS, 0);
-	(void) reliq_nats_flush(conn, reliq_nats_timeout);
+		(void) reliq_nats_ack(conn, msgs[i].reply, RELIQ_IN_PROGRESS, 0, NULL);
+	(void) reliq_nats_flush(conn, reliq_nats_timeout, NULL);
 }

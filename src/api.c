@@ -81,6 +81,7 @@ interval_to_ms(const Interval *interval)
 Datum
 reliq_publish(PG_FUNCTION_ARGS)
 {
+	ReliqNatsStatus st = {0};
 	char	   *subject;
 	bytea	   *data;
 	const char **keys = NULL;
@@ -128,22 +129,21 @@ reliq_publish(PG_FUNCTION_ARGS)
 	published = reliq_nats_publish(reliq_nats_session_connection(), subject,
 								   VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
 								   keys, values, nheaders, msg_id, &seq,
-								   &duplicate);
+								   &duplicate, &st);
 	if (span.type != 0)
 	{
-		reliq_trace_end_publish(&span, published, duplicate, seq,
-								reliq_nats_last_error());
+		reliq_trace_end_publish(&span, published, duplicate, seq, st.message);
 		reliq_trace_record(&span, 1);
 	}
 	if (!published)
 	{
-		if (reliq_nats_last_was_no_responders())
-			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
+		if (st.no_responders)
+			reliq_nats_report(&st, ERROR, ERRCODE_UNDEFINED_OBJECT,
 							  psprintf("no JetStream stream captures subject \"%s\"", subject),
 							  "reliq.publish stores the message in a stream, and none listens on this subject.",
 							  psprintf("Add the subject to a stream: SELECT reliq.create_stream('NAME', ARRAY['%s']);",
 									   subject));
-		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+		reliq_nats_report(&st, ERROR, ERRCODE_CONNECTION_FAILURE,
 						  psprintf("could not publish to subject \"%s\"", subject),
 						  NULL, NULL);
 	}
@@ -157,6 +157,7 @@ reliq_publish(PG_FUNCTION_ARGS)
 Datum
 reliq_create_stream(PG_FUNCTION_ARGS)
 {
+	ReliqNatsStatus st = {0};
 	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(1);
 	Datum	   *elems;
@@ -191,8 +192,8 @@ reliq_create_stream(PG_FUNCTION_ARGS)
 		subjects[i] = TextDatumGetCString(elems[i]);
 	}
 	if (!reliq_nats_create_stream(reliq_nats_session_connection(), stream,
-								  subjects, nelems, replicas, &created))
-		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+								  subjects, nelems, replicas, &created, &st))
+		reliq_nats_report(&st, ERROR, ERRCODE_CONNECTION_FAILURE,
 						  psprintf("could not create or update stream \"%s\"", stream),
 						  NULL, NULL);
 	PG_RETURN_TEXT_P(cstring_to_text(created ? "created" : "updated"));
@@ -222,6 +223,7 @@ subject_list(const ReliqStreamInfo *stream)
 Datum
 reliq_ensure_consumer(PG_FUNCTION_ARGS)
 {
+	ReliqNatsStatus st = {0};
 	ReliqConsumerSpec spec;
 	ReliqConsumerInfo info;
 	ReliqStreamInfo stream;
@@ -252,13 +254,13 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 
 		if (reliq_nats_consumer_in_use(reliq_nats_session_connection(), spec.stream,
 									   spec.consumer, spec.description,
-									   &in_use, &exists))
+									   &in_use, &exists, NULL))
 			spec.consumer = in_use;
 	}
 
 	/* Where it is known, the stream's subjects must cover the filter. */
 	if (!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
-								&stream))
+								&stream, NULL))
 		stream.found = false;
 	if (stream.found && stream.nsubjects > 0 &&
 		!reliq_subject_within_any(spec.filter_subject,
@@ -273,19 +275,19 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 				 errhint("Choose a subject within the stream's subjects, or add the subject to the stream.")));
 
 	if (!reliq_nats_ensure_consumer(reliq_nats_session_connection(), &spec,
-									&info, &created))
+									&info, &created, &st))
 	{
-		if (reliq_nats_last_was_jetstream_missing())
-			reliq_nats_report(ERROR, 0,
+		if (st.jetstream_missing)
+			reliq_nats_report(&st, ERROR, 0,
 							  "JetStream is not available on the NATS server",
 							  NULL, NULL);
-		if (reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND)
-			reliq_nats_report(ERROR, ERRCODE_UNDEFINED_OBJECT,
+		if (st.js_error == RELIQ_JS_STREAM_NOT_FOUND)
+			reliq_nats_report(&st, ERROR, ERRCODE_UNDEFINED_OBJECT,
 							  psprintf("stream \"%s\" does not exist", spec.stream),
 							  "A subscription reads a JetStream stream that must exist first.",
 							  psprintf("Create it with SELECT reliq.create_stream('%s', ARRAY['subject.>']); or with the nats CLI.",
 									   spec.stream));
-		reliq_nats_report(ERROR, ERRCODE_INVALID_PARAMETER_VALUE,
+		reliq_nats_report(&st, ERROR, ERRCODE_INVALID_PARAMETER_VALUE,
 						  psprintf("could not set up consumer \"%s\" on stream \"%s\"",
 								   spec.consumer, spec.stream),
 						  NULL,
@@ -310,7 +312,7 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 							  info.ack_floor_stream_seq);
 	if (!stream.found &&
 		!reliq_nats_stream_info(reliq_nats_session_connection(), spec.stream,
-								&stream))
+								&stream, NULL))
 		stream.found = false;
 	nulls[4] = nulls[5] = !stream.found;
 	values[4] = Int64GetDatum(stream.created_ns);
@@ -325,11 +327,12 @@ reliq_ensure_consumer(PG_FUNCTION_ARGS)
 Datum
 reliq_stream_retention(PG_FUNCTION_ARGS)
 {
+	ReliqNatsStatus st = {0};
 	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ReliqStreamInfo info;
 
-	if (!reliq_nats_stream_info(reliq_nats_session_connection(), stream, &info))
-		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+	if (!reliq_nats_stream_info(reliq_nats_session_connection(), stream, &info, &st))
+		reliq_nats_report(&st, ERROR, ERRCODE_CONNECTION_FAILURE,
 						  psprintf("could not look up stream \"%s\"", stream),
 						  NULL, NULL);
 	if (!info.found)
@@ -361,6 +364,7 @@ durable_of_a_subscription(const char *stream, const char *name)
 Datum
 reliq_delete_consumer(PG_FUNCTION_ARGS)
 {
+	ReliqNatsStatus st = {0};
 	ReliqNatsConnection *conn = reliq_nats_session_connection();
 	char	   *stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *consumer = text_to_cstring(PG_GETARG_TEXT_PP(1));
@@ -368,8 +372,8 @@ reliq_delete_consumer(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	bool		any = false;
 
-	if (!reliq_nats_consumer_incarnations(conn, stream, consumer, NULL, &names))
-		reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+	if (!reliq_nats_consumer_incarnations(conn, stream, consumer, NULL, &names, &st))
+		reliq_nats_report(&st, ERROR, ERRCODE_CONNECTION_FAILURE,
 						  psprintf("could not list the consumers of stream \"%s\"", stream),
 						  NULL, NULL);
 	names = lcons(consumer, names);
@@ -382,8 +386,8 @@ reliq_delete_consumer(PG_FUNCTION_ARGS)
 		if (lc != list_head(names) && durable_of_a_subscription(stream, name))
 			continue;
 
-		if (!reliq_nats_delete_consumer(conn, stream, name, &existed))
-			reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+		if (!reliq_nats_delete_consumer(conn, stream, name, &existed, &st))
+			reliq_nats_report(&st, ERROR, ERRCODE_CONNECTION_FAILURE,
 							  psprintf("could not delete consumer \"%s\" of stream \"%s\"",
 									   name, stream),
 							  NULL, NULL);
@@ -454,7 +458,7 @@ reliq_wait_idle(PG_FUNCTION_ARGS)
 
 		CHECK_FOR_INTERRUPTS();
 		if (reliq_nats_consumer_info(reliq_nats_session_connection(), stream,
-									 consumer, &info) &&
+									 consumer, &info, NULL) &&
 			info.found && info.num_pending == 0 && info.num_ack_pending == 0)
 		{
 			if (idle_before)

@@ -92,14 +92,15 @@ void
 reliq_apply_drain_outbox(Lane *l)
 {
 	ReliqNatsConnection *conn = l->pool->conn;
+	ReliqNatsStatus st = {0};
 
 	if (!l->outbox_pending || conn == NULL || !reliq_nats_is_connected(conn))
 		return;
-	l->outbox_pending = !reliq_ack_publish_outbox(conn, l->sub->id);
+	l->outbox_pending = !reliq_ack_publish_outbox(conn, l->sub->id, &st);
 	if (l->outbox_pending)
 	{
 		reliq_note_problem(l, WARNING, ERRCODE_CONNECTION_FAILURE, "messages wait in reliq._outbox: %s",
-						   reliq_nats_last_error());
+						   st.message);
 		l->next_outbox_try = after_ms(reliq_refresh_interval);
 	}
 }
@@ -323,7 +324,7 @@ stream_lost_tail(Lane *l)
 	caller = reliq_xact_begin("reliq: reading the highest sequence applied");
 	applied = reliq_catalog_applied_seq(l->sub->id, l->stream_created);
 	reliq_xact_commit(caller);
-	if (!reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream) ||
+	if (!reliq_nats_stream_info(l->pool->conn, l->sub->stream, &stream, NULL) ||
 		!stream.found || stream.created_ns != l->stream_created ||
 		stream.last_seq >= applied)
 		return false;
@@ -496,7 +497,7 @@ reliq_apply_collected(Lane *l, ReliqMessage *msgs, int n)
 		}
 	for (i = 0; i < n; i++)
 		if (!tried[i] && (msgs[i].delivered > 1 || verdict == RELIQ_APPLY_GONE) && p->conn)
-			(void) reliq_nats_ack(p->conn, msgs[i].reply, RELIQ_NAK, 0);
+			(void) reliq_nats_ack(p->conn, msgs[i].reply, RELIQ_NAK, 0, NULL);
 	p->applying_lane = NULL;
 	p->applying = NULL;
 	p->napplying = 0;

@@ -348,6 +348,7 @@ ensure_attached(Lane *l)
 	char	   *description;
 	ReliqLeaseView lease;
 	MemoryContext caller;
+	ReliqNatsStatus st = {0};
 
 	if (reliq_lane_attached(l))
 		return true;
@@ -355,10 +356,10 @@ ensure_attached(Lane *l)
 		return false;
 	reliq_lane_transition(l, RELIQ_LANE_ATTACHING);
 
-	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &before))
+	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &before, &st))
 	{
 		reliq_note_problem(l, WARNING, ERRCODE_CONNECTION_FAILURE, "could not look up stream \"%s\": %s",
-					 l->sub->stream, reliq_nats_last_error());
+					 l->sub->stream, st.message);
 		schedule_retry(l);
 		return false;
 	}
@@ -423,19 +424,18 @@ ensure_attached(Lane *l)
 	spec.owner_instance = reliq_lease_instance();
 	spec.owner_epoch = l->lease_epoch;
 
-	if (!reliq_nats_ensure_consumer(p->conn, &spec, &info, &created))
+	if (!reliq_nats_ensure_consumer(p->conn, &spec, &info, &created, &st))
 	{
-		if (spec.must_exist &&
-			reliq_nats_last_js_error() == RELIQ_JS_CONSUMER_NOT_FOUND)
+		if (spec.must_exist && st.js_error == RELIQ_JS_CONSUMER_NOT_FOUND)
 			reliq_note_problem(l, LOG, ERRCODE_UNDEFINED_OBJECT, "consumer \"%s\" of stream \"%s\" does not exist; the monitor of the lease's holder makes it",
 							   l->consumer, l->sub->stream);
 		else
 			reliq_note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not set up consumer \"%s\" of stream \"%s\": %s",
-							   l->consumer, l->sub->stream, reliq_nats_last_error());
+							   l->consumer, l->sub->stream, st.message);
 		schedule_retry(l);
 		return false;
 	}
-	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &after) ||
+	if (!reliq_nats_stream_info(p->conn, l->sub->stream, &after, NULL) ||
 		!after.found || after.created_ns != before.created_ns)
 	{
 		reliq_note_problem(l, LOG, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "stream \"%s\" changed while attaching; trying again",
@@ -456,11 +456,11 @@ ensure_attached(Lane *l)
 	if (l->puller == NULL)
 		l->puller = adopt_puller(l);
 	if (l->puller == NULL)
-		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->consumer);
+		l->puller = reliq_puller_create(p->inbox, l->sub->stream, l->consumer, &st);
 	if (l->puller == NULL)
 	{
 		reliq_note_problem(l, WARNING, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, "could not pull from consumer \"%s\": %s",
-					 l->consumer, reliq_nats_last_error());
+					 l->consumer, st.message);
 		schedule_retry(l);
 		return false;
 	}
@@ -705,7 +705,7 @@ reliq_lane_begin_leaving(Lane *l, bool closing)
 	 * (a round trip each); a lane given up alone flushes what it gave back.
 	 */
 	if (released > 0 && !closing)
-		(void) reliq_nats_flush(l->pool->conn, reliq_nats_timeout);
+		(void) reliq_nats_flush(l->pool->conn, reliq_nats_timeout, NULL);
 	if (l->status != NULL)
 	{
 		reliq_lane_close(l->pool->slot, l->status);

@@ -38,7 +38,8 @@ verify_consumer(Lane *l)
 {
 	ReliqConsumerInfo info;
 
-	if (!reliq_nats_consumer_info(l->pool->conn, l->sub->stream, l->consumer, &info))
+	if (!reliq_nats_consumer_info(l->pool->conn, l->sub->stream, l->consumer, &info,
+								  NULL))
 		return;					/* cannot tell now; the connection reports */
 	if (!info.found)
 	{
@@ -231,11 +232,11 @@ keep_pulling(Lane *l, int max)
 	if (l->sub->norder > 0 && !take_pull_turn(l, max - queued))
 		return;
 	if (reliq_lane_pulls_in_turn(l))
-		ok = reliq_puller_request(l->puller, max - queued, RELIQ_TURN_PULL_MS, 0);
+		ok = reliq_puller_request(l->puller, max - queued, RELIQ_TURN_PULL_MS, 0, NULL);
 	else
 		ok = reliq_puller_request(l->puller, max - queued,
 								  idle ? Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) : reliq_fetch_timeout,
-								  idle ? RELIQ_IDLE_HEARTBEAT_MS : 0);
+								  idle ? RELIQ_IDLE_HEARTBEAT_MS : 0, NULL);
 	if (!ok)
 		l->pull_after = after_ms(RELIQ_POLL_MS);
 }
@@ -255,7 +256,7 @@ take_to_pull_end(Lane *l, ReliqMessage *msgs, int max, int *n)
 	{
 		CHECK_FOR_INTERRUPTS();
 		reliq_worker_exit_if_postmaster_died();
-		if (reliq_inbox_pump(l->pool->inbox, RELIQ_TURN_PULL_MS / 4) < 0)
+		if (reliq_inbox_pump(l->pool->inbox, RELIQ_TURN_PULL_MS / 4, NULL) < 0)
 			break;
 		take_arrived(l, msgs, max, n);
 	}
@@ -291,7 +292,7 @@ reliq_lane_collect_batch(Lane *l, ReliqMessage *msgs, int max)
 			int			before = n;
 			TimestampTz now;
 
-			if (reliq_inbox_pump(l->pool->inbox, 0) < 0)
+			if (reliq_inbox_pump(l->pool->inbox, 0, NULL) < 0)
 				break;
 			take_arrived(l, msgs, max, &n);
 			now = GetCurrentTimestamp();

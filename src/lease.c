@@ -310,7 +310,7 @@ heartbeat_of(ReliqNatsConnection *conn, const char *instance)
 			h = &heartbeats[i];
 	if (h != NULL && h->round == round_number)
 		return h;
-	if (!reliq_nats_kv_get(conn, heartbeat_key(instance), &value, &revision))
+	if (!reliq_nats_kv_get(conn, heartbeat_key(instance), &value, &revision, NULL))
 		return NULL;
 	now = wait_clock();			/* after the read: it was seen by then */
 	if (h == NULL)
@@ -359,7 +359,7 @@ revoke_heartbeat(ReliqNatsConnection *conn, Heartbeat *h)
 	value = psprintf("{\"instance\":\"%s\",\"revoked_by\":\"%s\"}",
 					 h->instance, reliq_lease_instance());
 	if (reliq_nats_kv_put(conn, heartbeat_key(h->instance), value, h->revision,
-						  &written) != RELIQ_KV_OK)
+						  &written, NULL) != RELIQ_KV_OK)
 		return false;
 	h->revision = written;
 	h->seen_at = wait_clock();
@@ -456,7 +456,7 @@ write_owner(ReliqNatsConnection *conn, LeaseTrack *t, uint64 revision,
 		snprintf(t->view.consumer, sizeof(t->view.consumer), "%s-r" UINT64_FORMAT,
 				 t->base, revision);
 	if (reliq_nats_kv_put(conn, t->key, acquiring_value(t, wait_ms),
-						  revision, &written) != RELIQ_KV_OK)
+						  revision, &written, NULL) != RELIQ_KV_OK)
 	{
 		strlcpy(t->view.consumer, before, sizeof(t->view.consumer));
 		return false;
@@ -479,7 +479,7 @@ settle_owner(ReliqNatsConnection *conn, LeaseTrack *t)
 	uint64		written;
 
 	if (reliq_nats_kv_put(conn, t->key, owned_value(t), t->held,
-						  &written) != RELIQ_KV_OK)
+						  &written, NULL) != RELIQ_KV_OK)
 		return false;
 	t->held = written;
 	return true;
@@ -530,7 +530,7 @@ try_acquire(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	bool		unsettled;
 	int			wait_ms;
 
-	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision, NULL))
 		return;
 	if (revision == 0)
 	{
@@ -623,7 +623,7 @@ take_over(ReliqNatsConnection *conn, const ReliqWatched *w, LeaseTrack *t,
 	Heartbeat  *h = NULL;
 	int			wait_ms = reliq_lease_ttl;
 
-	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision, NULL))
 		goto retry;
 	if (revision != 0 && strcmp(reliq_lease_field(value, "instance"), reliq_lease_instance()) != 0)
 	{
@@ -655,7 +655,7 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 	uint64		revision;
 	char	   *value;
 
-	if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+	if (!reliq_nats_kv_get(conn, t->key, &value, &revision, NULL))
 	{
 		t->view.valid_until = 0;	/* unknown: not usable this round */
 		return;
@@ -675,7 +675,7 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 			acquiring_value(t, (int) ((t->consume_after - now) / 1000)) :
 			owned_value(t);
 
-		switch (reliq_nats_kv_put(conn, t->key, mine, revision, &written))
+		switch (reliq_nats_kv_put(conn, t->key, mine, revision, &written, NULL))
 		{
 			case RELIQ_KV_OK:
 				t->held = written;
@@ -688,7 +688,7 @@ check_still_mine(ReliqNatsConnection *conn, const ReliqWatched *w,
 			case RELIQ_KV_CONFLICT:
 				break;			/* it moved: read it again */
 		}
-		if (!reliq_nats_kv_get(conn, t->key, &value, &revision))
+		if (!reliq_nats_kv_get(conn, t->key, &value, &revision, NULL))
 		{
 			t->view.valid_until = 0;
 			return;
@@ -788,7 +788,7 @@ renew_heartbeat(ReliqNatsConnection *conn)
 	int			i;
 
 	switch (reliq_nats_kv_put(conn, key, reliq_lease_heartbeat_value(),
-							  alive_revision, &written))
+							  alive_revision, &written, NULL))
 	{
 		case RELIQ_KV_OK:
 			alive_revision = written;
@@ -818,11 +818,11 @@ renew_heartbeat(ReliqNatsConnection *conn)
 				(errmsg("reliq monitor: this cluster's heartbeat was written over (a consumer was taken over, or the lease bucket was lost); checking which consumers are still its own")));
 	rescan = true;
 	renewal_failed = true;
-	if (!reliq_nats_kv_get(conn, key, &value, &revision))
+	if (!reliq_nats_kv_get(conn, key, &value, &revision, NULL))
 		return false;
 	sent = reliq_lease_clock();
 	if (reliq_nats_kv_put(conn, key, reliq_lease_heartbeat_value(), revision,
-						  &written) != RELIQ_KV_OK)
+						  &written, NULL) != RELIQ_KV_OK)
 		return false;
 	renewal_failed = false;
 	alive_revision = written;
@@ -841,7 +841,7 @@ reliq_lease_heartbeat(ReliqNatsConnection *conn)
 	int			i;
 
 	if (reliq_lease_ttl == 0 || alive_revision == 0 ||
-		!reliq_nats_kv_open(conn, reliq_lease_bucket) ||
+		!reliq_nats_kv_open(conn, reliq_lease_bucket, NULL) ||
 		!renew_heartbeat(conn))
 		return;
 	for (i = 0; i < ntracks; i++)
@@ -884,6 +884,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 {
 	int			i;
 	bool		renewed;
+	ReliqNatsStatus st = {0};
 
 	if (reliq_lease_ttl == 0)
 	{
@@ -901,9 +902,9 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 		ntracks = 0;
 		return true;
 	}
-	if (!reliq_nats_kv_open(conn, reliq_lease_bucket))
+	if (!reliq_nats_kv_open(conn, reliq_lease_bucket, &st))
 	{
-		reliq_nats_report(LOG, 0,
+		reliq_nats_report(&st, LOG, 0,
 						  psprintf("reliq monitor: could not open the lease bucket \"%s\"",
 								   reliq_lease_bucket),
 						  NULL, NULL);
@@ -935,7 +936,7 @@ reliq_lease_round(ReliqNatsConnection *conn, const ReliqWatched *subscriptions,
 		if (!tracks[i].present)
 		{
 			if (tracks[i].held != 0 && !key_in_use(tracks[i].key))
-				(void) reliq_nats_kv_delete(conn, tracks[i].key);
+				(void) reliq_nats_kv_delete(conn, tracks[i].key, NULL);
 			tracks[i] = tracks[--ntracks];
 		}
 		else
@@ -966,6 +967,6 @@ reliq_lease_release_all(ReliqNatsConnection *conn)
 	released = psprintf("%.*s,\"released\":true}", (int) strlen(released) - 1,
 						released);
 	if (reliq_nats_kv_put(conn, heartbeat_key(reliq_lease_instance()), released,
-						  alive_revision, &revision) == RELIQ_KV_OK)
+						  alive_revision, &revision, NULL) == RELIQ_KV_OK)
 		alive_revision = 0;
 }

@@ -30,7 +30,8 @@
  */
 static bool
 retire_former_consumers(ReliqNatsConnection *conn, const ReliqWatched *w,
-						const char *stream, const char *base, const char *keep)
+						const char *stream, const char *base, const char *keep,
+						ReliqNatsStatus *st)
 {
 	List	   *names;
 	ListCell   *lc;
@@ -38,7 +39,7 @@ retire_former_consumers(ReliqNatsConnection *conn, const ReliqWatched *w,
 
 	if (!reliq_nats_consumer_incarnations(conn, stream, base,
 										  psprintf("reliq subscription %s", w->name),
-										  &names))
+										  &names, st))
 		return false;
 	if (strcmp(base, keep) != 0)
 		names = lappend(names, pstrdup(base));
@@ -48,7 +49,7 @@ retire_former_consumers(ReliqNatsConnection *conn, const ReliqWatched *w,
 
 		if (strcmp(name, keep) == 0)
 			continue;
-		if (!reliq_nats_delete_consumer(conn, stream, name, &existed))
+		if (!reliq_nats_delete_consumer(conn, stream, name, &existed, st))
 			return false;
 		if (existed)
 			ereport(LOG,
@@ -79,8 +80,9 @@ reliq_lease_make_consumer(ReliqNatsConnection *conn, const ReliqWatched *w,
 	bool		existed;
 	bool		created;
 	MemoryContext cxt;
+	ReliqNatsStatus st = {0};
 
-	if (!reliq_nats_stream_info(conn, w->stream, &stream))
+	if (!reliq_nats_stream_info(conn, w->stream, &stream, NULL))
 		return false;
 	if (!stream.found)
 		return true;			/* the workers say so; nothing to rewind */
@@ -107,7 +109,7 @@ reliq_lease_make_consumer(ReliqNatsConnection *conn, const ReliqWatched *w,
 
 			if (!reliq_nats_consumer_in_use(conn, w->stream, w->consumer,
 											psprintf("reliq subscription %s", w->name),
-											&existing, &exists))
+											&existing, &exists, NULL))
 				return false;
 			if (exists)
 			{
@@ -154,11 +156,12 @@ reliq_lease_make_consumer(ReliqNatsConnection *conn, const ReliqWatched *w,
 	 * earlier try of this very acquisition.  Made first, and only then are
 	 * the former owner's consumers deleted.
 	 */
-	if (!reliq_nats_delete_consumer(conn, sub->stream, spec.consumer, &existed) ||
-		!reliq_nats_ensure_consumer(conn, &spec, &info, &created) ||
-		!retire_former_consumers(conn, w, sub->stream, sub->consumer, spec.consumer))
+	if (!reliq_nats_delete_consumer(conn, sub->stream, spec.consumer, &existed, &st) ||
+		!reliq_nats_ensure_consumer(conn, &spec, &info, &created, &st) ||
+		!retire_former_consumers(conn, w, sub->stream, sub->consumer, spec.consumer,
+								 &st))
 	{
-		reliq_nats_report(LOG, 0,
+		reliq_nats_report(&st, LOG, 0,
 						  psprintf("reliq subscription \"%s\": could not bring consumer \"%s\" back to this database's position",
 								   w->name, spec.consumer),
 						  NULL, NULL);
@@ -166,7 +169,7 @@ reliq_lease_make_consumer(ReliqNatsConnection *conn, const ReliqWatched *w,
 	}
 	/* a paused subscription's new consumer is paused on the server at once */
 	if (!sub->enabled && reliq_nats_server_at_least(conn, 2, 11))
-		(void) reliq_nats_pause_consumer(conn, sub->stream, spec.consumer, true);
+		(void) reliq_nats_pause_consumer(conn, sub->stream, spec.consumer, true, NULL);
 	ereport(LOG,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq subscription \"%s\": consumer \"%s\" starts at %s, this database's position",

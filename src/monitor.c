@@ -79,13 +79,13 @@ static char last_pause_problem[RELIQ_ERROR_LEN];
  * changes, nothing while it persists.
  */
 static void
-note_failure(const char *what)
+note_failure(const ReliqNatsStatus *st, const char *what)
 {
-	char	   *problem = psprintf("%s: %s", what, reliq_nats_last_error());
+	char	   *problem = psprintf("%s: %s", what, st->message);
 
 	if (strcmp(problem, last_problem) != 0)
 	{
-		reliq_nats_report(LOG, 0, psprintf("reliq monitor: %s", what), NULL, NULL);
+		reliq_nats_report(st, LOG, 0, psprintf("reliq monitor: %s", what), NULL, NULL);
 		strlcpy(last_problem, problem, sizeof(last_problem));
 	}
 }
@@ -131,8 +131,12 @@ record_floor(const ReliqWatched *w, int64 ack_floor)
 static TimestampTz next_heartbeat = 0;
 
 /*
- * Renew the lease heartbeat when it is due, even in the middle of a long
- * round: a thousand subscriptions' figures take longer than lease_ttl / 4.
+ * The lease's own deadline, kept ahead of the figures: the NATS client
+ * calls this before each request on the monitor's connection
+ * (reliq_nats_before_requests), so the heartbeat is renewed when due even
+ * in the middle of a long round (a thousand subscriptions' figures take
+ * longer than lease_ttl / 4), and no code for figures needs to think of
+ * it.  Not during a lease round, which renews the heartbeat itself.
  */
 static void
 heartbeat_if_due(ReliqNatsConnection *conn)
@@ -157,7 +161,6 @@ rewind_after_loss(ReliqNatsConnection *conn, const ReliqWatched *w,
 {
 	MemoryContext caller;
 
-	heartbeat_if_due(conn);
 	if (!reliq_lease_rewind(conn, w,
 							"The stream lost its tail and reliq.accept_stream_loss() moved this database's floor to its last sequence; new messages from there on are applied."))
 		return;
@@ -244,6 +247,7 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 	ReliqLeaseView lease;
 	bool		pause = !w->enabled;
 	char	   *problem;
+	ReliqNatsStatus st = {0};
 
 	if (control == NULL || !info->found || !info->paused_known ||
 		info->paused == pause)
@@ -251,8 +255,7 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 	reliq_lease_read(control, &lease);
 	if (!reliq_lease_usable(&lease))
 		return;
-	heartbeat_if_due(conn);
-	if (reliq_nats_pause_consumer(conn, w->stream, consumer, pause))
+	if (reliq_nats_pause_consumer(conn, w->stream, consumer, pause, &st))
 	{
 		ereport(LOG,
 				(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
@@ -262,10 +265,10 @@ sync_server_pause(ReliqNatsConnection *conn, const ReliqWatched *w,
 		return;
 	}
 	problem = psprintf("%s %s: %s", w->name, pause ? "pause" : "resume",
-					   reliq_nats_last_error());
+					   st.message);
 	if (strcmp(problem, last_pause_problem) != 0)
 	{
-		reliq_nats_report(LOG, 0,
+		reliq_nats_report(&st, LOG, 0,
 						  psprintf("reliq subscription \"%s\": could not %s consumer \"%s\" on the server",
 								   w->name, pause ? "pause" : "resume", consumer),
 						  NULL, "");
@@ -293,7 +296,6 @@ remake_if_deleted(ReliqNatsConnection *conn, const ReliqWatched *w,
 	reliq_lease_read(control, &lease);
 	if (lease.state != RELIQ_LEASE_OWNED || !reliq_lease_usable(&lease))
 		return;
-	heartbeat_if_due(conn);
 
 	/*
 	 * Only in the stream the workers claimed: a stream that is gone has no
@@ -301,7 +303,7 @@ remake_if_deleted(ReliqNatsConnection *conn, const ReliqWatched *w,
 	 * first by a worker attaching.  Otherwise each round would log and
 	 * move the epoch for nothing.
 	 */
-	if (!reliq_nats_stream_info(conn, w->stream, &stream) || !stream.found ||
+	if (!reliq_nats_stream_info(conn, w->stream, &stream, NULL) || !stream.found ||
 		stream.created_ns != w->stream_created)
 		return;
 	ereport(LOG,
@@ -356,7 +358,6 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		if (asked[i])
 			continue;
 		CHECK_FOR_INTERRUPTS();
-		heartbeat_if_due(conn);
 		names = palloc(sizeof(char *) * count);
 		index = palloc(sizeof(int) * count);
 		for (j = i; j < count; j++)
@@ -367,7 +368,8 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 				names[n++] = in_use[j];
 			}
 		listed = palloc(sizeof(ReliqConsumerInfo) * n);
-		if (!reliq_nats_consumer_infos(conn, watched[i].stream, names, n, listed))
+		if (!reliq_nats_consumer_infos(conn, watched[i].stream, names, n, listed,
+									   NULL))
 		{
 			/*
 			 * A cluster with a server down may not answer a listing (the
@@ -377,12 +379,13 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			 */
 			for (j = 0; j < n; j++)
 			{
+				ReliqNatsStatus st = {0};
+
 				CHECK_FOR_INTERRUPTS();
-				heartbeat_if_due(conn);
 				if (!reliq_nats_consumer_info(conn, watched[i].stream, names[j],
-											  &listed[j]))
+											  &listed[j], &st))
 				{
-					note_failure(psprintf("could not ask NATS about consumer \"%s\"",
+					note_failure(&st, psprintf("could not ask NATS about consumer \"%s\"",
 										  names[j]));
 					return; /* the connection is likely gone: next round */
 				}
@@ -417,8 +420,7 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 	{
 		if (asked[i] || !infos[i].found)
 			continue;
-		heartbeat_if_due(conn);
-		if (!reliq_nats_stream_info(conn, watched[i].stream, &streams[i]))
+		if (!reliq_nats_stream_info(conn, watched[i].stream, &streams[i], NULL))
 			memset(&streams[i], 0, sizeof(ReliqStreamInfo));
 		asked[i] = true;
 		for (j = i + 1; j < count; j++)
@@ -454,7 +456,6 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 		if (reliq_lease_usable(&lease) && w->attached &&
 			streams[i].created_ns == w->stream_created)
 		{
-			heartbeat_if_due(conn);
 			if (watch_stream_tail(w, entry, control, &streams[i]))
 				continue;
 		}
@@ -465,7 +466,6 @@ watch(ReliqNatsConnection *conn, MemoryContext cxt)
 			w->attached && infos[i].ack_floor_stream_seq > w->ack_floor &&
 			streams[i].created_ns == w->stream_created)
 		{
-			heartbeat_if_due(conn);
 			record_floor(w, infos[i].ack_floor_stream_seq);
 		}
 	}
@@ -524,9 +524,13 @@ reliq_monitor_main(Datum main_arg)
 		}
 		if (conn == NULL)
 		{
-			conn = reliq_nats_connect("reliq monitor");
+			ReliqNatsStatus st = {0};
+
+			conn = reliq_nats_connect("reliq monitor", &st);
+			if (conn != NULL)
+				reliq_nats_before_requests(conn, heartbeat_if_due);
 			if (conn == NULL)
-				note_failure(psprintf("could not connect to NATS at %s",
+				note_failure(&st, psprintf("could not connect to NATS at %s",
 									  reliq_nats_redacted_url()));
 		}
 		now = GetCurrentTimestamp();
@@ -534,9 +538,13 @@ reliq_monitor_main(Datum main_arg)
 		{
 			ReliqWatched *watched;
 			int			count = read_watched(&watched, cxt);
+			bool		renewed;
 
 			next_lease = TimestampTzPlusMilliseconds(now, reliq_lease_renew_interval_ms());
-			if (!reliq_lease_round(conn, watched, count))
+			reliq_nats_before_requests(conn, NULL);
+			renewed = reliq_lease_round(conn, watched, count);
+			reliq_nats_before_requests(conn, heartbeat_if_due);
+			if (!renewed)
 				next_lease = Min(next_lease,
 								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															 RELIQ_LEASE_RETRY_MS));

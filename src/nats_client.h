@@ -6,10 +6,11 @@
  *	  only the four files of the client (nats_conn.c, nats_js.c,
  *	  nats_kv.c, nats_inbox.c) include nats.h, through nats_internal.h.
  *
- * Functions return false on failure and leave the reason in
- * reliq_nats_last_error(); reliq_nats_report() turns it into an ereport,
- * with an errcode chosen from the failure: the one way a NATS failure
- * reaches the log or the client.
+ * Functions that can fail return false (or NULL) and write the reason into
+ * a ReliqNatsStatus their caller owns (NULL: not wanted), so that no later
+ * call can overwrite it before it is reported; reliq_nats_report() turns
+ * one into an ereport, with an errcode chosen from the failure: the one
+ * way a NATS failure reaches the log or the client.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,16 +30,36 @@ typedef struct ReliqPuller ReliqPuller;
 #define RELIQ_JS_CONSUMER_NOT_FOUND 10014
 #define RELIQ_JS_STREAM_NOT_FOUND	10059
 
-extern const char *reliq_nats_last_error(void);
-extern int	reliq_nats_last_js_error(void);
-extern bool reliq_nats_last_was_no_responders(void);
-extern bool reliq_nats_last_was_jetstream_missing(void);
-extern void reliq_nats_report(int elevel, int sqlerrcode, const char *what,
+/* Why a call failed; meaningful only after it did. */
+typedef struct ReliqNatsStatus
+{
+	int			sqlerrcode;		/* to report it with */
+	int			js_error;		/* JetStream API error code; 0 none */
+	bool		no_responders;	/* nobody answered (a publish: no stream
+								 * captures the subject) */
+	bool		jetstream_missing;	/* off on the server or for the account */
+	char		message[512];	/* what was being done, and what went wrong */
+} ReliqNatsStatus;
+
+extern void reliq_nats_report(const ReliqNatsStatus *st, int elevel,
+							  int sqlerrcode, const char *what,
 							  const char *detail, const char *hint);
 extern char *reliq_nats_redacted_url(void);
 
 /* Connections */
-extern ReliqNatsConnection *reliq_nats_connect(const char *client_name);
+extern ReliqNatsConnection *reliq_nats_connect(const char *client_name,
+											   ReliqNatsStatus *st);
+
+/*
+ * A deadline kept ahead of every request on a connection: the client calls
+ * it before each request it sends to the server (not again while it runs,
+ * and not for plain acks).  The monitor renews the lease heartbeat there,
+ * when due, so that no number of requests for figures can hold it back.
+ * NULL: none.
+ */
+typedef void (*ReliqNatsBeforeRequest)(ReliqNatsConnection *conn);
+extern void reliq_nats_before_requests(ReliqNatsConnection *conn,
+									   ReliqNatsBeforeRequest hook);
 extern void reliq_nats_close(ReliqNatsConnection *conn);
 extern bool reliq_nats_is_connected(ReliqNatsConnection *conn);
 extern uint64 reliq_nats_reconnect_count(ReliqNatsConnection *conn);
@@ -104,40 +125,46 @@ typedef struct ReliqConsumerInfo
 } ReliqConsumerInfo;
 
 extern bool reliq_nats_stream_info(ReliqNatsConnection *conn,
-								   const char *stream, ReliqStreamInfo *info);
+								   const char *stream, ReliqStreamInfo *info,
+								   ReliqNatsStatus *st);
 extern bool reliq_nats_create_stream(ReliqNatsConnection *conn,
 									 const char *stream,
 									 const char **subjects, int nsubjects,
-									 int replicas, bool *created);
+									 int replicas, bool *created,
+									 ReliqNatsStatus *st);
 extern bool reliq_nats_consumer_infos(ReliqNatsConnection *conn,
 									  const char *stream,
 									  const char **consumers, int count,
-									  ReliqConsumerInfo *infos);
+									  ReliqConsumerInfo *infos,
+									  ReliqNatsStatus *st);
 extern bool reliq_nats_consumer_info(ReliqNatsConnection *conn,
 									 const char *stream, const char *consumer,
-									 ReliqConsumerInfo *info);
+									 ReliqConsumerInfo *info,
+									 ReliqNatsStatus *st);
 extern bool reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 									   const ReliqConsumerSpec *spec,
 									   ReliqConsumerInfo *info,
-									   bool *created);
+									   bool *created, ReliqNatsStatus *st);
 extern bool reliq_nats_delete_consumer(ReliqNatsConnection *conn,
 									   const char *stream, const char *consumer,
-									   bool *existed);
+									   bool *existed, ReliqNatsStatus *st);
 extern bool reliq_nats_consumer_incarnations(ReliqNatsConnection *conn,
 											 const char *stream,
 											 const char *base,
 											 const char *description,
-											 List **names);
+											 List **names,
+											 ReliqNatsStatus *st);
 extern bool reliq_consumer_is_incarnation(const char *name, const char *base);
 extern bool reliq_nats_consumer_in_use(ReliqNatsConnection *conn,
 									   const char *stream, const char *durable,
 									   const char *description,
-									   char **name, bool *exists);
+									   char **name, bool *exists,
+									   ReliqNatsStatus *st);
 extern bool reliq_nats_server_at_least(ReliqNatsConnection *conn,
 									   int major, int minor);
 extern bool reliq_nats_pause_consumer(ReliqNatsConnection *conn,
 									  const char *stream, const char *consumer,
-									  bool pause);
+									  bool pause, ReliqNatsStatus *st);
 
 /*
  * A key-value bucket, for the leases (lease.c).  Revisions are the
@@ -147,16 +174,20 @@ typedef enum ReliqKvResult
 {
 	RELIQ_KV_OK,
 	RELIQ_KV_CONFLICT,			/* the key is not at the expected revision */
-	RELIQ_KV_ERROR				/* reason in reliq_nats_last_error() */
+	RELIQ_KV_ERROR				/* the reason in the caller's status */
 } ReliqKvResult;
 
-extern bool reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket);
+extern bool reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket,
+							   ReliqNatsStatus *st);
 extern bool reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key,
-							  char **value, uint64 *revision);
+							  char **value, uint64 *revision,
+							  ReliqNatsStatus *st);
 extern ReliqKvResult reliq_nats_kv_put(ReliqNatsConnection *conn,
 									   const char *key, const char *value,
-									   uint64 expected, uint64 *revision);
-extern bool reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key);
+									   uint64 expected, uint64 *revision,
+									   ReliqNatsStatus *st);
+extern bool reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key,
+								 ReliqNatsStatus *st);
 
 /* Publishing (JetStream: waits for the stream's acknowledgement). */
 extern bool reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
@@ -164,7 +195,8 @@ extern bool reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 							   const char **header_keys,
 							   const char **header_values, int nheaders,
 							   const char *msg_id,
-							   int64 *stream_seq, bool *duplicate);
+							   int64 *stream_seq, bool *duplicate,
+							   ReliqNatsStatus *st);
 
 /*
  * Pulling by hand: one inbox per connection, one puller per consumer on it,
@@ -179,18 +211,22 @@ typedef enum ReliqPullEvent
 } ReliqPullEvent;
 
 extern ReliqInbox *reliq_inbox_create(ReliqNatsConnection *conn,
-									  int64 stray_delay_ms);
+									  int64 stray_delay_ms,
+									  ReliqNatsStatus *st);
 extern void reliq_inbox_destroy(ReliqInbox *inbox);
-extern int	reliq_inbox_pump(ReliqInbox *inbox, int wait_ms);
+extern int	reliq_inbox_pump(ReliqInbox *inbox, int wait_ms,
+							 ReliqNatsStatus *st);
 extern uint64 reliq_inbox_strays(ReliqInbox *inbox);
 extern void reliq_inbox_closing(ReliqInbox *inbox);
 
 extern ReliqPuller *reliq_puller_create(ReliqInbox *inbox,
 										const char *stream,
-										const char *consumer);
+										const char *consumer,
+										ReliqNatsStatus *st);
 extern void reliq_puller_destroy(ReliqPuller *puller, int64 delay_ms);
 extern bool reliq_puller_request(ReliqPuller *puller, int batch,
-								 int expires_ms, int heartbeat_ms);
+								 int expires_ms, int heartbeat_ms,
+								 ReliqNatsStatus *st);
 extern ReliqPullEvent reliq_puller_next(ReliqPuller *puller, ReliqMessage *msg);
 extern bool reliq_puller_active(ReliqPuller *puller);
 extern bool reliq_puller_wants_turn(ReliqPuller *puller, TimestampTz now);
@@ -211,7 +247,9 @@ typedef enum ReliqAckKind
 } ReliqAckKind;
 
 extern bool reliq_nats_ack(ReliqNatsConnection *conn, const char *reply,
-						   ReliqAckKind kind, int64 delay_ms);
-extern bool reliq_nats_flush(ReliqNatsConnection *conn, int timeout_ms);
+						   ReliqAckKind kind, int64 delay_ms,
+						   ReliqNatsStatus *st);
+extern bool reliq_nats_flush(ReliqNatsConnection *conn, int timeout_ms,
+							 ReliqNatsStatus *st);
 
 #endif							/* RELIQ_NATS_CLIENT_H */

@@ -45,11 +45,6 @@
 #include "nats_internal.h"
 #include "reliq.h"
 
-static char last_error[512];
-static int	last_js_error = 0;
-static int	last_sqlerrcode = 0;
-static bool last_no_responders = false;
-
 static ReliqNatsConnection *session_conn = NULL;
 static bool session_exit_registered = false;
 
@@ -90,88 +85,74 @@ sqlerrcode_of(natsStatus status, jsErrCode js_error, bool jetstream_missing)
 	return ERRCODE_CONNECTION_FAILURE;
 }
 
+/*
+ * A failure of cnats, with what was being done, into the caller's status
+ * (NULL: the caller does not want it).
+ */
 void
-reliq_nats_remember_error(const char *what, natsStatus status, jsErrCode js_error)
+reliq_nats_remember_error(ReliqNatsStatus *st, const char *what,
+						  natsStatus status, jsErrCode js_error)
 {
 	const char *text = natsStatus_GetText(status);
 	const char *detail = library_error_text();
-	bool		jetstream_missing;
 
-	last_js_error = (int) js_error;
-	last_no_responders = (status == NATS_NO_RESPONDERS);
-	jetstream_missing = (status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0) ||
+	if (st == NULL)
+		return;
+	st->js_error = (int) js_error;
+	st->no_responders = (status == NATS_NO_RESPONDERS);
+	st->jetstream_missing = (status == NATS_NO_RESPONDERS && strcmp(what, "publishing") != 0) ||
 		js_error == JSNotEnabledForAccountErr || js_error == JSNotEnabledErr;
-	last_sqlerrcode = sqlerrcode_of(status, js_error, jetstream_missing);
-	if (jetstream_missing)
-		snprintf(last_error, sizeof(last_error),
+	st->sqlerrcode = sqlerrcode_of(status, js_error, st->jetstream_missing);
+	if (st->jetstream_missing)
+		snprintf(st->message, sizeof(st->message),
 				 "%s: no JetStream API answered (is JetStream enabled on the server, and for this account?)",
 				 what);
 	else if (detail == NULL || detail[0] == '\0' || strcmp(detail, text) == 0)
-		snprintf(last_error, sizeof(last_error), "%s: %s", what, text);
+		snprintf(st->message, sizeof(st->message), "%s: %s", what, text);
 	else if (status == NATS_ERR)
-		snprintf(last_error, sizeof(last_error), "%s: %s", what, detail);
+		snprintf(st->message, sizeof(st->message), "%s: %s", what, detail);
 	else
-		snprintf(last_error, sizeof(last_error), "%s: %s (%s)",
+		snprintf(st->message, sizeof(st->message), "%s: %s (%s)",
 				 what, text, detail);
 	if (js_error != 0)
 	{
-		size_t		len = strlen(last_error);
+		size_t		len = strlen(st->message);
 
-		snprintf(last_error + len, sizeof(last_error) - len,
+		snprintf(st->message + len, sizeof(st->message) - len,
 				 " [JetStream error %d]", (int) js_error);
 	}
 }
 
 /* A failure cnats did not report, with the SQLSTATE to report it with. */
 void
-reliq_nats_remember_failure(int sqlerrcode, const char *message)
+reliq_nats_remember_failure(ReliqNatsStatus *st, int sqlerrcode,
+							const char *message)
 {
-	last_js_error = 0;
-	last_sqlerrcode = sqlerrcode;
-	last_no_responders = false;
-	strlcpy(last_error, message, sizeof(last_error));
+	if (st == NULL)
+		return;
+	st->js_error = 0;
+	st->sqlerrcode = sqlerrcode;
+	st->no_responders = false;
+	st->jetstream_missing = false;
+	strlcpy(st->message, message, sizeof(st->message));
 }
 
 /* Not connected, or the like. */
 void
-reliq_nats_remember_message(const char *message)
+reliq_nats_remember_message(ReliqNatsStatus *st, const char *message)
 {
-	reliq_nats_remember_failure(ERRCODE_CONNECTION_FAILURE, message);
+	reliq_nats_remember_failure(st, ERRCODE_CONNECTION_FAILURE, message);
 }
 
 /* The JetStream error code of a failure reported otherwise. */
 void
-reliq_nats_remember_js_error(int code)
+reliq_nats_remember_js_error(ReliqNatsStatus *st, int code)
 {
-	last_js_error = code;
-}
-
-const char *
-reliq_nats_last_error(void)
-{
-	return last_error;
-}
-
-int
-reliq_nats_last_js_error(void)
-{
-	return last_js_error;
-}
-
-/* A publish nobody answered: no stream captures the subject. */
-bool
-reliq_nats_last_was_no_responders(void)
-{
-	return last_no_responders;
-}
-
-/* JetStream is off on the server, or for the account reliq uses. */
-bool
-reliq_nats_last_was_jetstream_missing(void)
-{
-	return last_js_error == JSNotEnabledForAccountErr ||
-		last_js_error == JSNotEnabledErr ||
-		(last_no_responders && strstr(last_error, "no JetStream API answered") != NULL);
+	if (st == NULL)
+		return;
+	st->js_error = code;
+	st->jetstream_missing = (code == JSNotEnabledForAccountErr ||
+							 code == JSNotEnabledErr);
 }
 
 /* The URL setting with any user:password@ removed, for messages. */
@@ -208,22 +189,22 @@ reliq_nats_redacted_url(void)
 }
 
 /*
- * ereport the last failure: the one path from a NATS failure to an
- * ereport.  what is the message ("could not publish to subject ...").
- * sqlerrcode 0 takes the failure's own (see sqlerrcode_of).  detail NULL
- * is the failure as cnats and the server told it; a detail of the
- * caller's own is shown to the client and the failure goes to the server
- * log.  hint NULL gives the usual one for the failure, "" none.
+ * ereport a failure: the one path from a NATS failure to an ereport.
+ * what is the message ("could not publish to subject ...").  sqlerrcode 0
+ * takes the failure's own (see sqlerrcode_of).  detail NULL is the
+ * failure as cnats and the server told it; a detail of the caller's own
+ * is shown to the client and the failure goes to the server log.  hint
+ * NULL gives the usual one for the failure, "" none.
  */
 void
-reliq_nats_report(int elevel, int sqlerrcode, const char *what,
-				  const char *detail, const char *hint)
+reliq_nats_report(const ReliqNatsStatus *st, int elevel, int sqlerrcode,
+				  const char *what, const char *detail, const char *hint)
 {
-	int			own = last_sqlerrcode ? last_sqlerrcode : ERRCODE_CONNECTION_FAILURE;
+	int			own = st->sqlerrcode ? st->sqlerrcode : ERRCODE_CONNECTION_FAILURE;
 
 	if (sqlerrcode == 0)
 		sqlerrcode = own;
-	if (hint == NULL && reliq_nats_last_was_jetstream_missing())
+	if (hint == NULL && st->jetstream_missing)
 		hint = "Start nats-server with JetStream enabled (-js, or a jetstream block in its configuration), for the account reliq connects as.";
 	else if (hint == NULL && own == ERRCODE_CONNECTION_FAILURE)
 		hint = psprintf("Check reliq.nats_url (now \"%s\") and that nats-server is running.",
@@ -231,8 +212,8 @@ reliq_nats_report(int elevel, int sqlerrcode, const char *what,
 	ereport(elevel,
 			(errcode(sqlerrcode),
 			 errmsg("%s", what),
-			 errdetail("%s", detail ? detail : last_error),
-			 detail ? errdetail_log("%s", last_error) : 0,
+			 errdetail("%s", detail ? detail : st->message),
+			 detail ? errdetail_log("%s", st->message) : 0,
 			 (hint && hint[0]) ? errhint("%s", hint) : 0));
 }
 
@@ -292,12 +273,12 @@ is_set(const char *setting)
 /*
  * A secret setting's value: itself, or with "file:PATH" the first line of
  * that file (so that rotating it by reload does not put it in the server
- * log, where the postmaster reports every changed setting).  NULL, with
- * last_error set, when the file cannot be read or holds what the NATS
+ * log, where the postmaster reports every changed setting).  NULL, the
+ * reason in *st, when the file cannot be read or holds what the NATS
  * client cannot send.
  */
 static char *
-secret_value(const char *setting, const char *name)
+secret_value(const char *setting, const char *name, ReliqNatsStatus *st)
 {
 	FILE	   *file;
 	char		line[1024];
@@ -308,9 +289,8 @@ secret_value(const char *setting, const char *name)
 	file = AllocateFile(setting + 5, "r");
 	if (file == NULL)
 	{
-		snprintf(last_error, sizeof(last_error),
-				 "could not read the file of %s \"%s\": %s",
-				 name, setting + 5, strerror(errno));
+		reliq_nats_remember_message(st, psprintf("could not read the file of %s \"%s\": %s",
+												 name, setting + 5, strerror(errno)));
 		return NULL;
 	}
 	if (fgets(line, sizeof(line), file) == NULL)
@@ -320,9 +300,8 @@ secret_value(const char *setting, const char *name)
 	line[len] = '\0';
 	if (strpbrk(line, "\"\\") != NULL)
 	{
-		snprintf(last_error, sizeof(last_error),
-				 "the file of %s holds a double quote or a backslash, which the NATS C client cannot send",
-				 name);
+		reliq_nats_remember_message(st, psprintf("the file of %s holds a double quote or a backslash, which the NATS C client cannot send",
+												 name));
 		return NULL;
 	}
 	return pstrdup(line);
@@ -331,7 +310,7 @@ secret_value(const char *setting, const char *name)
 /* natsOptions from the reliq.nats_* settings. */
 static natsStatus
 build_options(natsOptions *opts, const char *client_name,
-			  ConnectionEvents *events)
+			  ConnectionEvents *events, ReliqNatsStatus *st)
 {
 	natsStatus	s = NATS_OK;
 	char	   *urls = pstrdup(reliq_nats_url);
@@ -382,14 +361,14 @@ build_options(natsOptions *opts, const char *client_name,
 													NULL);
 	if (s == NATS_OK && is_set(reliq_nats_token))
 	{
-		char	   *secret = secret_value(reliq_nats_token, "reliq.nats_token");
+		char	   *secret = secret_value(reliq_nats_token, "reliq.nats_token", st);
 
 		s = secret ? natsOptions_SetToken(opts, secret) : NATS_INVALID_ARG;
 	}
 	if (s == NATS_OK && is_set(reliq_nats_user))
 	{
 		char	   *password = is_set(reliq_nats_password) ?
-			secret_value(reliq_nats_password, "reliq.nats_password") : NULL;
+			secret_value(reliq_nats_password, "reliq.nats_password", st) : NULL;
 
 		if (is_set(reliq_nats_password) && password == NULL)
 			s = NATS_INVALID_ARG;
@@ -411,12 +390,13 @@ build_options(natsOptions *opts, const char *client_name,
 
 /*
  * Connect with the current reliq.nats_* settings.  Returns NULL on
- * failure (reason in reliq_nats_last_error()).  The connection then keeps
- * itself connected: cnats reconnects on its own, forever.
+ * failure (the reason in *st).  The connection then keeps itself
+ * connected: cnats reconnects on its own, forever.
  */
 ReliqNatsConnection *
-reliq_nats_connect(const char *client_name)
+reliq_nats_connect(const char *client_name, ReliqNatsStatus *st)
 {
+	ReliqNatsStatus own;
 	ReliqNatsConnection *conn;
 	ConnectionEvents *events;
 	natsOptions *opts = NULL;
@@ -437,20 +417,24 @@ reliq_nats_connect(const char *client_name)
 	conn->events = events;
 	conn->settings_hash = settings_hash();
 
+	if (st == NULL)
+		st = &own;
+	st->message[0] = '\0';
 	BLOCK_SIGNALS(saved);
 	s = natsOptions_Create(&opts);
 	if (s == NATS_OK)
+		s = build_options(opts, client_name, events, st);
+	if (s != NATS_OK)
 	{
-		last_error[0] = '\0';
-		s = build_options(opts, client_name, events);
+		/* a secret setting that could not be read has said why */
+		if (st->message[0] == '\0')
+			reliq_nats_remember_error(st, "configuring the NATS connection", s, 0);
 	}
-	if (s != NATS_OK && last_error[0] == '\0')
-		reliq_nats_remember_error("configuring the NATS connection", s, 0);
 	else
 	{
 		s = natsConnection_Connect(&conn->nc, opts);
 		if (s != NATS_OK)
-			reliq_nats_remember_error("connecting to NATS", s, 0);
+			reliq_nats_remember_error(st, "connecting to NATS", s, 0);
 	}
 	if (s == NATS_OK)
 	{
@@ -458,7 +442,7 @@ reliq_nats_connect(const char *client_name)
 		js_opts.Wait = reliq_nats_timeout;
 		s = natsConnection_JetStream(&conn->js, conn->nc, &js_opts);
 		if (s != NATS_OK)
-			reliq_nats_remember_error("opening the JetStream context", s, 0);
+			reliq_nats_remember_error(st, "opening the JetStream context", s, 0);
 	}
 	if (s != NATS_OK && conn->nc != NULL)
 	{
@@ -540,11 +524,12 @@ reliq_nats_session_connection(void)
 	if (session_conn == NULL)
 	{
 		char		name[64];
+		ReliqNatsStatus st = {0};
 
 		snprintf(name, sizeof(name), "reliq backend %d", MyProcPid);
-		session_conn = reliq_nats_connect(name);
+		session_conn = reliq_nats_connect(name, &st);
 		if (session_conn == NULL)
-			reliq_nats_report(ERROR, ERRCODE_CONNECTION_FAILURE,
+			reliq_nats_report(&st, ERROR, ERRCODE_CONNECTION_FAILURE,
 							  psprintf("could not connect to NATS at \"%s\"",
 									   reliq_nats_redacted_url()),
 							  NULL, NULL);
@@ -575,6 +560,33 @@ reliq_nats_adopt_session_connection(ReliqNatsConnection *conn)
 	}
 }
 
+void
+reliq_nats_before_requests(ReliqNatsConnection *conn, ReliqNatsBeforeRequest hook)
+{
+	conn->before_request = hook;
+}
+
+/*
+ * The caller's deadline first (reliq_nats_before_requests), once: its own
+ * requests do not call it again.
+ */
+void
+reliq_nats_request_starts(ReliqNatsConnection *conn)
+{
+	if (conn->before_request == NULL || conn->in_before_request)
+		return;
+	conn->in_before_request = true;
+	PG_TRY();
+	{
+		conn->before_request(conn);
+	}
+	PG_FINALLY();
+	{
+		conn->in_before_request = false;
+	}
+	PG_END_TRY();
+}
+
 /*
  * Publishing
  */
@@ -584,7 +596,7 @@ reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 				   const char *data, int len,
 				   const char **header_keys, const char **header_values,
 				   int nheaders, const char *msg_id,
-				   int64 *stream_seq, bool *duplicate)
+				   int64 *stream_seq, bool *duplicate, ReliqNatsStatus *st)
 {
 	natsMsg    *msg = NULL;
 	jsPubAck   *ack = NULL;
@@ -594,12 +606,13 @@ reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 	sigset_t	saved;
 	int			i;
 
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = natsMsg_Create(&msg, subject, NULL, data, len);
 	for (i = 0; s == NATS_OK && i < nheaders; i++)
 		s = natsMsgHeader_Add(msg, header_keys[i], header_values[i]);
 	if (s != NATS_OK)
-		reliq_nats_remember_error("building the message", s, 0);
+		reliq_nats_remember_error(st, "building the message", s, 0);
 	else
 	{
 		jsPubOptions_Init(&opts);
@@ -607,7 +620,7 @@ reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 		opts.MsgId = msg_id;
 		s = js_PublishMsg(&ack, conn->js, msg, &opts, &js_error);
 		if (s != NATS_OK)
-			reliq_nats_remember_error("publishing", s, js_error);
+			reliq_nats_remember_error(st, "publishing", s, js_error);
 		else
 		{
 			*stream_seq = (int64) ack->Sequence;
@@ -626,7 +639,7 @@ reliq_nats_publish(ReliqNatsConnection *conn, const char *subject,
 
 bool
 reliq_nats_ack(ReliqNatsConnection *conn, const char *reply,
-			   ReliqAckKind kind, int64 delay_ms)
+			   ReliqAckKind kind, int64 delay_ms, ReliqNatsStatus *st)
 {
 	char		body[64];
 	natsStatus	s;
@@ -653,7 +666,7 @@ reliq_nats_ack(ReliqNatsConnection *conn, const char *reply,
 	s = natsConnection_PublishString(conn->nc, reply, body);
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error("sending an acknowledgement", s, 0);
+		reliq_nats_remember_error(st, "sending an acknowledgement", s, 0);
 		return false;
 	}
 	return true;
@@ -665,20 +678,20 @@ reliq_nats_ack(ReliqNatsConnection *conn, const char *reply,
  * the reconnect buffer and goes out on reconnection.
  */
 bool
-reliq_nats_flush(ReliqNatsConnection *conn, int timeout_ms)
+reliq_nats_flush(ReliqNatsConnection *conn, int timeout_ms, ReliqNatsStatus *st)
 {
 	natsStatus	s;
 
 	if (!reliq_nats_is_connected(conn))
 	{
-		reliq_nats_remember_message("not connected to NATS; acknowledgements wait in the reconnect buffer");
+		reliq_nats_remember_message(st, "not connected to NATS; acknowledgements wait in the reconnect buffer");
 		return false;
 	}
 	s = natsConnection_FlushTimeout(conn->nc, Max(timeout_ms, 1));
 
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error("flushing to NATS", s, 0);
+		reliq_nats_remember_error(st, "flushing to NATS", s, 0);
 		return false;
 	}
 	return true;

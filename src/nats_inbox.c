@@ -138,7 +138,8 @@ ack_subject_key(const char *reply, char *key)
 }
 
 ReliqInbox *
-reliq_inbox_create(ReliqNatsConnection *conn, int64 stray_delay_ms)
+reliq_inbox_create(ReliqNatsConnection *conn, int64 stray_delay_ms,
+				   ReliqNatsStatus *st)
 {
 	ReliqInbox *inbox;
 	natsInbox  *name = NULL;
@@ -169,7 +170,7 @@ reliq_inbox_create(ReliqNatsConnection *conn, int64 stray_delay_ms)
 
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error("subscribing to the pull inbox", s, 0);
+		reliq_nats_remember_error(st, "subscribing to the pull inbox", s, 0);
 		reliq_inbox_destroy(inbox);
 		return NULL;
 	}
@@ -196,7 +197,8 @@ reliq_inbox_create(ReliqNatsConnection *conn, int64 stray_delay_ms)
 static void
 give_back(ReliqInbox *inbox, natsMsg *m, int64 delay_ms)
 {
-	(void) reliq_nats_ack(inbox->conn, natsMsg_GetReply(m), RELIQ_NAK, delay_ms);
+	(void) reliq_nats_ack(inbox->conn, natsMsg_GetReply(m), RELIQ_NAK, delay_ms,
+						  NULL);
 	inbox->strays++;
 }
 
@@ -379,10 +381,10 @@ end_unanswered(ReliqInbox *inbox)
 /*
  * Wait up to wait_ms for the inbox, then sort what has arrived to the
  * pullers.  Returns how many messages were read; -1 if the subscription
- * failed (reason in reliq_nats_last_error()).
+ * failed (the reason in *st).
  */
 int
-reliq_inbox_pump(ReliqInbox *inbox, int wait_ms)
+reliq_inbox_pump(ReliqInbox *inbox, int wait_ms, ReliqNatsStatus *st)
 {
 	int			n = 0;
 	TimestampTz now = 0;
@@ -405,7 +407,7 @@ reliq_inbox_pump(ReliqInbox *inbox, int wait_ms)
 		}
 		if (s != NATS_OK)
 		{
-			reliq_nats_remember_error("reading the pull inbox", s, 0);
+			reliq_nats_remember_error(st, "reading the pull inbox", s, 0);
 			return -1;
 		}
 		dispatch(inbox, m, now);
@@ -433,7 +435,7 @@ reliq_inbox_strays(ReliqInbox *inbox)
 
 ReliqPuller *
 reliq_puller_create(ReliqInbox *inbox, const char *stream,
-					const char *consumer)
+					const char *consumer, ReliqNatsStatus *st)
 {
 	ReliqPuller *puller;
 	PullerByConsumer *by_consumer;
@@ -448,7 +450,7 @@ reliq_puller_create(ReliqInbox *inbox, const char *stream,
 	{
 		/* one puller per consumer and inbox: the caller keeps to that */
 		pfree(puller);
-		reliq_nats_remember_message("consumer already has a puller on this connection");
+		reliq_nats_remember_message(st, "consumer already has a puller on this connection");
 		return NULL;
 	}
 	by_consumer->puller = puller;
@@ -504,7 +506,7 @@ reliq_puller_destroy(ReliqPuller *puller, int64 delay_ms)
  */
 bool
 reliq_puller_request(ReliqPuller *puller, int batch, int expires_ms,
-					 int heartbeat_ms)
+					 int heartbeat_ms, ReliqNatsStatus *st)
 {
 	char		body[160];
 	natsStatus	s;
@@ -513,7 +515,7 @@ reliq_puller_request(ReliqPuller *puller, int batch, int expires_ms,
 	Assert(!puller->active && batch > 0);
 	if (!reliq_nats_is_connected(puller->inbox->conn))
 	{
-		reliq_nats_remember_message("not connected to NATS");
+		reliq_nats_remember_message(st, "not connected to NATS");
 		return false;
 	}
 	if (heartbeat_ms * 2 > expires_ms)
@@ -533,7 +535,7 @@ reliq_puller_request(ReliqPuller *puller, int batch, int expires_ms,
 											puller->current_reply, body);
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error("sending a pull request", s, 0);
+		reliq_nats_remember_error(st, "sending a pull request", s, 0);
 		return false;
 	}
 	now = GetCurrentTimestamp();
@@ -607,7 +609,7 @@ reliq_puller_release_queued(ReliqPuller *puller, int64 delay_ms)
 	while ((m = dequeue(puller)) != NULL)
 	{
 		if (reliq_nats_ack(puller->inbox->conn, natsMsg_GetReply(m),
-						   RELIQ_NAK, delay_ms))
+						   RELIQ_NAK, delay_ms, NULL))
 			released++;
 		natsMsg_Destroy(m);
 	}

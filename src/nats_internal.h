@@ -46,7 +46,12 @@ struct ReliqNatsConnection
 	kvStore    *kv;				/* the lease bucket, once opened */
 	ConnectionEvents *events;
 	uint32		settings_hash;	/* of the settings it was made with */
+	ReliqNatsBeforeRequest before_request;	/* see nats_client.h */
+	bool		in_before_request;
 };
+
+/* Each request to the server starts with this (nats_conn.c). */
+extern void reliq_nats_request_starts(ReliqNatsConnection *conn);
 
 /*
  * cnats 3.4.1 (and 3.10) has no public way to read the server's version
@@ -71,15 +76,18 @@ extern bool natsConn_srvVersionAtLeast(natsConnection *nc, int major,
 	pthread_sigmask(SIG_SETMASK, &(saved), NULL)
 
 /*
- * A failure, remembered for reliq_nats_last_error() and reported by
- * reliq_nats_report(): one of cnats (with what was being done), one cnats
- * did not report (with the SQLSTATE to report it with), a plain message
- * (as a connection failure), and a JetStream error code besides.
+ * A failure, written into the caller's status (NULL: not wanted) and
+ * reported by reliq_nats_report(): one of cnats (with what was being
+ * done), one cnats did not report (with the SQLSTATE to report it with),
+ * a plain message (as a connection failure), and a JetStream error code
+ * besides.
  */
-extern void reliq_nats_remember_error(const char *what, natsStatus status,
-									  jsErrCode js_error);
-extern void reliq_nats_remember_failure(int sqlerrcode, const char *message);
-extern void reliq_nats_remember_message(const char *message);
-extern void reliq_nats_remember_js_error(int code);
+extern void reliq_nats_remember_error(ReliqNatsStatus *st, const char *what,
+									  natsStatus status, jsErrCode js_error);
+extern void reliq_nats_remember_failure(ReliqNatsStatus *st, int sqlerrcode,
+										const char *message);
+extern void reliq_nats_remember_message(ReliqNatsStatus *st,
+										const char *message);
+extern void reliq_nats_remember_js_error(ReliqNatsStatus *st, int code);
 
 #endif							/* RELIQ_NATS_INTERNAL_H */

@@ -42,7 +42,7 @@ init_js_options(jsOptions *opts)
 
 bool
 reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
-					   ReliqStreamInfo *info)
+					   ReliqStreamInfo *info, ReliqNatsStatus *st)
 {
 	jsStreamInfo *si = NULL;
 	jsOptions	opts;
@@ -52,6 +52,7 @@ reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
 
 	memset(info, 0, sizeof(*info));
 	init_js_options(&opts);
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = js_GetStreamInfo(&si, conn->js, stream, &opts, &js_error);
 	RESTORE_SIGNALS(saved);
@@ -59,12 +60,12 @@ reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
 	/* 2.9 answers a missing stream with an error, code 10059 */
 	if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_STREAM_NOT_FOUND)
 	{
-		reliq_nats_remember_error("looking up the stream", s, js_error);
+		reliq_nats_remember_error(st, "looking up the stream", s, js_error);
 		return true;
 	}
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error("looking up the stream", s, js_error);
+		reliq_nats_remember_error(st, "looking up the stream", s, js_error);
 		return false;
 	}
 	info->found = true;
@@ -106,7 +107,7 @@ reliq_nats_stream_info(ReliqNatsConnection *conn, const char *stream,
 bool
 reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
 						 const char **subjects, int nsubjects, int replicas,
-						 bool *created)
+						 bool *created, ReliqNatsStatus *st)
 {
 	jsStreamInfo *si = NULL;
 	jsStreamInfo *result = NULL;
@@ -116,6 +117,7 @@ reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
 	sigset_t	saved;
 
 	init_js_options(&opts);
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = js_GetStreamInfo(&si, conn->js, stream, &opts, &js_error);
 	if (s == NATS_NOT_FOUND)
@@ -132,7 +134,7 @@ reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
 		s = js_AddStream(&result, conn->js, &cfg, &opts, &js_error);
 		*created = true;
 		if (s != NATS_OK)
-			reliq_nats_remember_error("creating the stream", s, js_error);
+			reliq_nats_remember_error(st, "creating the stream", s, js_error);
 	}
 	else if (s == NATS_OK)
 	{
@@ -148,10 +150,10 @@ reliq_nats_create_stream(ReliqNatsConnection *conn, const char *stream,
 		si->Config->SubjectsLen = old_len;
 		*created = false;
 		if (s != NATS_OK)
-			reliq_nats_remember_error("updating the stream", s, js_error);
+			reliq_nats_remember_error(st, "updating the stream", s, js_error);
 	}
 	else
-		reliq_nats_remember_error("looking up the stream", s, js_error);
+		reliq_nats_remember_error(st, "looking up the stream", s, js_error);
 	if (si)
 		jsStreamInfo_Destroy(si);
 	if (result)
@@ -176,11 +178,12 @@ copy_consumer_info(const jsConsumerInfo *ci, ReliqConsumerInfo *info)
 
 /*
  * Consumer information.  Returns true with info->found = false when the
- * consumer (or its stream: see reliq_nats_last_js_error()) does not exist.
+ * consumer (or its stream: its js_error in *st) does not exist.
  */
 bool
 reliq_nats_consumer_info(ReliqNatsConnection *conn, const char *stream,
-						 const char *consumer, ReliqConsumerInfo *info)
+						 const char *consumer, ReliqConsumerInfo *info,
+						 ReliqNatsStatus *st)
 {
 	jsConsumerInfo *ci = NULL;
 	jsOptions	opts;
@@ -190,6 +193,7 @@ reliq_nats_consumer_info(ReliqNatsConnection *conn, const char *stream,
 
 	memset(info, 0, sizeof(*info));
 	init_js_options(&opts);
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = js_GetConsumerInfo(&ci, conn->js, stream, consumer, &opts, &js_error);
 	RESTORE_SIGNALS(saved);
@@ -197,12 +201,12 @@ reliq_nats_consumer_info(ReliqNatsConnection *conn, const char *stream,
 	if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND ||
 		js_error == RELIQ_JS_STREAM_NOT_FOUND)
 	{
-		reliq_nats_remember_error("looking up the consumer", s, js_error);
+		reliq_nats_remember_error(st, "looking up the consumer", s, js_error);
 		return true;
 	}
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error("looking up the consumer", s, js_error);
+		reliq_nats_remember_error(st, "looking up the consumer", s, js_error);
 		return false;
 	}
 	copy_consumer_info(ci, info);
@@ -253,14 +257,14 @@ json_object_at(JsonbContainer *object, const char *key)
  * pages of $JS.API.CONSUMER.LIST.<stream> (256 consumers each on 2.9),
  * instead of a consumer-information request per consumer.  infos[i] is for
  * consumers[i]; found is false for one not on the list.  False when a
- * page could not be had (reliq_nats_last_error() says why); a stream that
+ * page could not be had (*st says why); a stream that
  * does not exist lists nothing.  (cnats's js_Consumers does the same, but
  * crashed here with a thousand consumers.)
  */
 bool
 reliq_nats_consumer_infos(ReliqNatsConnection *conn, const char *stream,
 						  const char **consumers, int count,
-						  ReliqConsumerInfo *infos)
+						  ReliqConsumerInfo *infos, ReliqNatsStatus *st)
 {
 	char	   *subject = psprintf("$JS.API.CONSUMER.LIST.%s", stream);
 	int64		offset = 0;
@@ -299,13 +303,14 @@ reliq_nats_consumer_infos(ReliqNatsConnection *conn, const char *stream,
 		int			n;
 
 		snprintf(body, sizeof(body), "{\"offset\":" INT64_FORMAT "}", offset);
+		reliq_nats_request_starts(conn);
 		BLOCK_SIGNALS(saved);
 		s = natsConnection_Request(&reply, conn->nc, subject, body, strlen(body),
 								   reliq_nats_timeout);
 		RESTORE_SIGNALS(saved);
 		if (s != NATS_OK)
 		{
-			reliq_nats_remember_error("listing the consumers", s, 0);
+			reliq_nats_remember_error(st, "listing the consumers", s, 0);
 			return false;
 		}
 		page = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
@@ -314,7 +319,7 @@ reliq_nats_consumer_infos(ReliqNatsConnection *conn, const char *stream,
 		natsMsg_Destroy(reply);
 		if (!JB_ROOT_IS_OBJECT(page))
 		{
-			reliq_nats_remember_message("the consumer list is not a JSON object");
+			reliq_nats_remember_message(st, "the consumer list is not a JSON object");
 			return false;
 		}
 		error = json_object_at(&page->root, "error");
@@ -324,8 +329,8 @@ reliq_nats_consumer_infos(ReliqNatsConnection *conn, const char *stream,
 
 			if (code == RELIQ_JS_STREAM_NOT_FOUND)
 				return true;
-			reliq_nats_remember_message(psprintf("listing the consumers: JetStream error " INT64_FORMAT, code));
-			reliq_nats_remember_js_error((int) code);
+			reliq_nats_remember_message(st, psprintf("listing the consumers: JetStream error " INT64_FORMAT, code));
+			reliq_nats_remember_js_error(st, (int) code);
 			return false;
 		}
 		total = json_int_at(&page->root, "total");
@@ -393,7 +398,7 @@ reliq_nats_server_at_least(ReliqNatsConnection *conn, int major, int minor)
  */
 static Jsonb *
 js_api_request(ReliqNatsConnection *conn, const char *subject,
-			   const char *body, const char *what)
+			   const char *body, const char *what, ReliqNatsStatus *st)
 {
 	natsMsg    *reply = NULL;
 	natsStatus	s;
@@ -402,13 +407,14 @@ js_api_request(ReliqNatsConnection *conn, const char *subject,
 	Jsonb	   *answer;
 	JsonbContainer *error;
 
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = natsConnection_Request(&reply, conn->nc, subject, body, strlen(body),
 							   reliq_nats_timeout);
 	RESTORE_SIGNALS(saved);
 	if (s != NATS_OK)
 	{
-		reliq_nats_remember_error(what, s, 0);
+		reliq_nats_remember_error(st, what, s, 0);
 		return NULL;
 	}
 	text = pnstrdup(natsMsg_GetData(reply), natsMsg_GetDataLength(reply));
@@ -416,7 +422,7 @@ js_api_request(ReliqNatsConnection *conn, const char *subject,
 	answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 	if (!JB_ROOT_IS_OBJECT(answer))
 	{
-		reliq_nats_remember_message(psprintf("%s: the answer is not a JSON object", what));
+		reliq_nats_remember_message(st, psprintf("%s: the answer is not a JSON object", what));
 		return NULL;
 	}
 	error = json_object_at(&answer->root, "error");
@@ -429,12 +435,12 @@ js_api_request(ReliqNatsConnection *conn, const char *subject,
 		if (getKeyJsonValueFromContainer(error, "description", 11, &v) != NULL &&
 			v.type == jbvString)
 			description = pnstrdup(v.val.string.val, v.val.string.len);
-		reliq_nats_remember_failure(code == RELIQ_JS_CONSUMER_NOT_FOUND ||
+		reliq_nats_remember_failure(st, code == RELIQ_JS_CONSUMER_NOT_FOUND ||
 						 code == RELIQ_JS_STREAM_NOT_FOUND ?
 						 ERRCODE_UNDEFINED_OBJECT : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
 						 psprintf("%s: %s [JetStream error " INT64_FORMAT "]",
 								  what, description, code));
-		reliq_nats_remember_js_error((int) code);
+		reliq_nats_remember_js_error(st, (int) code);
 		return NULL;
 	}
 	return answer;
@@ -450,7 +456,8 @@ js_api_request(ReliqNatsConnection *conn, const char *subject,
  * when the metadata already says so.
  */
 static bool
-set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec)
+set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec,
+				   ReliqNatsStatus *st)
 {
 	const char *keys[] = {"reliq.instance", "reliq.epoch"};
 	const char *values[2];
@@ -470,14 +477,14 @@ set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec)
 	values[1] = psprintf(UINT64_FORMAT, spec->owner_epoch);
 	info = js_api_request(conn, psprintf("$JS.API.CONSUMER.INFO.%s.%s",
 										 spec->stream, spec->consumer),
-						  "", "looking up the consumer");
+						  "", "looking up the consumer", st);
 	if (info == NULL)
 		return false;
 	if (getKeyJsonValueFromContainer(&info->root, "config", 6, &config_value) == NULL ||
 		config_value.type != jbvBinary ||
 		!JsonContainerIsObject(config_value.val.binary.data))
 	{
-		reliq_nats_remember_message("the consumer information has no configuration");
+		reliq_nats_remember_message(st, "the consumer information has no configuration");
 		return false;
 	}
 	config = config_value.val.binary.data;
@@ -547,7 +554,7 @@ set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec)
 		request = psprintf("$JS.API.CONSUMER.CREATE.%s.%s", spec->stream,
 						   spec->consumer);
 		return js_api_request(conn, request, body.data,
-							  "updating the consumer's metadata") != NULL;
+							  "updating the consumer's metadata", st) != NULL;
 	}
 }
 
@@ -558,19 +565,19 @@ set_owner_metadata(ReliqNatsConnection *conn, const ReliqConsumerSpec *spec)
  */
 bool
 reliq_nats_pause_consumer(ReliqNatsConnection *conn, const char *stream,
-						  const char *consumer, bool pause)
+						  const char *consumer, bool pause, ReliqNatsStatus *st)
 {
 	Jsonb	   *answer;
 
 	answer = js_api_request(conn, psprintf("$JS.API.CONSUMER.PAUSE.%s.%s",
 										   stream, consumer),
 							pause ? "{\"pause_until\":\"" RELIQ_PAUSE_UNTIL "\"}" : "",
-							pause ? "pausing the consumer" : "resuming the consumer");
+							pause ? "pausing the consumer" : "resuming the consumer", st);
 	if (answer == NULL)
 		return false;
 	if (json_bool_at(&answer->root, "paused") != pause)
 	{
-		reliq_nats_remember_message(pause ? "the server did not pause the consumer" :
+		reliq_nats_remember_message(st, pause ? "the server did not pause the consumer" :
 						 "the server did not resume the consumer");
 		return false;
 	}
@@ -586,7 +593,8 @@ reliq_nats_pause_consumer(ReliqNatsConnection *conn, const char *stream,
 bool
 reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 						   const ReliqConsumerSpec *spec,
-						   ReliqConsumerInfo *info, bool *created)
+						   ReliqConsumerInfo *info, bool *created,
+						   ReliqNatsStatus *st)
 {
 	jsConsumerInfo *ci = NULL;
 	jsConsumerInfo *result = NULL;
@@ -596,11 +604,13 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 	sigset_t	saved;
 	int64		ack_wait_ns = spec->ack_wait_ms * 1000000;
 	bool		ok = false;
+	ReliqNatsStatus metadata = {0};
 	int			attempt;
 
 	memset(info, 0, sizeof(*info));
 	*created = false;
 	init_js_options(&opts);
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 
 	/* Two rounds: another worker may create it between our look and add. */
@@ -611,18 +621,18 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 							   &opts, &js_error);
 		if (js_error == RELIQ_JS_STREAM_NOT_FOUND)
 		{
-			reliq_nats_remember_failure(ERRCODE_UNDEFINED_OBJECT,
+			reliq_nats_remember_failure(st, ERRCODE_UNDEFINED_OBJECT,
 							 psprintf("stream \"%s\" does not exist", spec->stream));
-			reliq_nats_remember_js_error(js_error);
+			reliq_nats_remember_js_error(st, js_error);
 			break;
 		}
 		if ((s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND) &&
 			spec->must_exist)
 		{
-			reliq_nats_remember_failure(ERRCODE_UNDEFINED_OBJECT,
+			reliq_nats_remember_failure(st, ERRCODE_UNDEFINED_OBJECT,
 										psprintf("consumer \"%s\" of stream \"%s\" does not exist",
 												 spec->consumer, spec->stream));
-			reliq_nats_remember_js_error(RELIQ_JS_CONSUMER_NOT_FOUND);
+			reliq_nats_remember_js_error(st, RELIQ_JS_CONSUMER_NOT_FOUND);
 			break;
 		}
 		if (s == NATS_NOT_FOUND || js_error == RELIQ_JS_CONSUMER_NOT_FOUND)
@@ -664,18 +674,18 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 				ok = true;
 			}
 			else
-				reliq_nats_remember_error("creating the consumer", s, js_error);
+				reliq_nats_remember_error(st, "creating the consumer", s, js_error);
 		}
 		else if (s != NATS_OK)
 		{
-			reliq_nats_remember_error("looking up the consumer", s, js_error);
+			reliq_nats_remember_error(st, "looking up the consumer", s, js_error);
 			break;
 		}
 		else if (ci->Config->AckPolicy != js_AckExplicit ||
 				 (ci->Config->DeliverSubject != NULL &&
 				  ci->Config->DeliverSubject[0] != '\0'))
 		{
-			reliq_nats_remember_failure(ERRCODE_INVALID_PARAMETER_VALUE,
+			reliq_nats_remember_failure(st, ERRCODE_INVALID_PARAMETER_VALUE,
 							 "the consumer exists but is not a pull consumer with explicit acks");
 			break;
 		}
@@ -711,7 +721,7 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 					ok = true;
 				}
 				else
-					reliq_nats_remember_error("updating the consumer", s, js_error);
+					reliq_nats_remember_error(st, "updating the consumer", s, js_error);
 			}
 		}
 		if (ci)
@@ -731,8 +741,8 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 	RESTORE_SIGNALS(saved);
 	if (ok && spec->owner_instance != NULL &&
 		reliq_nats_server_at_least(conn, 2, 10) &&
-		!set_owner_metadata(conn, spec))
-		reliq_nats_report(WARNING, 0,
+		!set_owner_metadata(conn, spec, &metadata))
+		reliq_nats_report(&metadata, WARNING, 0,
 						  psprintf("could not write the owner into the metadata of consumer \"%s\" of stream \"%s\"",
 								   spec->consumer, spec->stream),
 						  NULL, "");
@@ -741,7 +751,8 @@ reliq_nats_ensure_consumer(ReliqNatsConnection *conn,
 
 bool
 reliq_nats_delete_consumer(ReliqNatsConnection *conn, const char *stream,
-						   const char *consumer, bool *existed)
+						   const char *consumer, bool *existed,
+						   ReliqNatsStatus *st)
 {
 	jsOptions	opts;
 	jsErrCode	js_error = 0;
@@ -749,6 +760,7 @@ reliq_nats_delete_consumer(ReliqNatsConnection *conn, const char *stream,
 	sigset_t	saved;
 
 	init_js_options(&opts);
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = js_DeleteConsumer(conn->js, stream, consumer, &opts, &js_error);
 	RESTORE_SIGNALS(saved);
@@ -757,7 +769,7 @@ reliq_nats_delete_consumer(ReliqNatsConnection *conn, const char *stream,
 		js_error == RELIQ_JS_CONSUMER_NOT_FOUND ||
 		js_error == RELIQ_JS_STREAM_NOT_FOUND)
 		return true;
-	reliq_nats_remember_error("deleting the consumer", s, js_error);
+	reliq_nats_remember_error(st, "deleting the consumer", s, js_error);
 	return false;
 }
 
@@ -793,8 +805,9 @@ reliq_consumer_is_incarnation(const char *name, const char *base)
 bool
 reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
 								 const char *base, const char *description,
-								 List **names)
+								 List **names, ReliqNatsStatus *st)
 {
+	ReliqNatsStatus own;
 	char	   *subject = psprintf("$JS.API.CONSUMER.NAMES.%s", stream);
 	int64		offset = 0;
 	int64		total = 0;
@@ -810,9 +823,12 @@ reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
 		int			i;
 
 		snprintf(body, sizeof(body), "{\"offset\":" INT64_FORMAT "}", offset);
-		page = js_api_request(conn, subject, body, "listing the consumers");
+		if (st == NULL)
+			st = &own;
+		st->js_error = 0;
+		page = js_api_request(conn, subject, body, "listing the consumers", st);
 		if (page == NULL)
-			return reliq_nats_last_js_error() == RELIQ_JS_STREAM_NOT_FOUND;
+			return st->js_error == RELIQ_JS_STREAM_NOT_FOUND;
 		total = json_int_at(&page->root, "total");
 		if (getKeyJsonValueFromContainer(&page->root, "consumers", 9, &v) != NULL &&
 			v.type == jbvBinary && JsonContainerIsArray(v.val.binary.data))
@@ -835,6 +851,7 @@ reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
 			if (!reliq_consumer_is_incarnation(name, base))
 				continue;
 			init_js_options(&opts);
+			reliq_nats_request_starts(conn);
 			BLOCK_SIGNALS(saved);
 			s = js_GetConsumerInfo(&ci, conn->js, stream, name, &opts, &js_error);
 			ours = s == NATS_OK && ci->Config != NULL &&
@@ -848,7 +865,7 @@ reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
 			if (s != NATS_OK && s != NATS_NOT_FOUND &&
 				js_error != RELIQ_JS_CONSUMER_NOT_FOUND)
 			{
-				reliq_nats_remember_error("looking up the consumer", s, js_error);
+				reliq_nats_remember_error(st, "looking up the consumer", s, js_error);
 				return false;
 			}
 			if (ours)
@@ -870,7 +887,7 @@ reliq_nats_consumer_incarnations(ReliqNatsConnection *conn, const char *stream,
 bool
 reliq_nats_consumer_in_use(ReliqNatsConnection *conn, const char *stream,
 						   const char *durable, const char *description,
-						   char **name, bool *exists)
+						   char **name, bool *exists, ReliqNatsStatus *st)
 {
 	ReliqConsumerInfo info;
 	List	   *names;
@@ -879,7 +896,7 @@ reliq_nats_consumer_in_use(ReliqNatsConnection *conn, const char *stream,
 
 	*name = pstrdup(durable);
 	*exists = false;
-	if (!reliq_nats_consumer_info(conn, stream, durable, &info))
+	if (!reliq_nats_consumer_info(conn, stream, durable, &info, st))
 		return false;
 	if (info.found)
 	{
@@ -887,7 +904,7 @@ reliq_nats_consumer_in_use(ReliqNatsConnection *conn, const char *stream,
 		return true;
 	}
 	if (!reliq_nats_consumer_incarnations(conn, stream, durable, description,
-										  &names))
+										  &names, st))
 		return false;
 	foreach(lc, names)
 	{

@@ -35,7 +35,8 @@
  * three replicas where the server is part of a cluster (one otherwise).
  */
 bool
-reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket)
+reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket,
+				   ReliqNatsStatus *st)
 {
 	kvConfig	cfg;
 	natsStatus	s;
@@ -43,6 +44,7 @@ reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket)
 
 	if (conn->kv != NULL)
 		return true;
+	reliq_nats_request_starts(conn);
 	BLOCK_SIGNALS(saved);
 	s = js_KeyValue(&conn->kv, conn->js, bucket);
 	if (s == NATS_NOT_FOUND)
@@ -61,10 +63,10 @@ reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket)
 			s = js_CreateKeyValue(&conn->kv, conn->js, &cfg);
 		}
 		if (s != NATS_OK)
-			reliq_nats_remember_error("creating the lease bucket", s, 0);
+			reliq_nats_remember_error(st, "creating the lease bucket", s, 0);
 	}
 	else if (s != NATS_OK)
-		reliq_nats_remember_error("opening the lease bucket", s, 0);
+		reliq_nats_remember_error(st, "opening the lease bucket", s, 0);
 	RESTORE_SIGNALS(saved);
 	if (s != NATS_OK)
 		conn->kv = NULL;
@@ -77,17 +79,19 @@ reliq_nats_kv_open(ReliqNatsConnection *conn, const char *bucket)
  */
 bool
 reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key, char **value,
-				  uint64 *revision)
+				  uint64 *revision, ReliqNatsStatus *st)
 {
 	kvEntry    *entry = NULL;
 	natsStatus	s;
 	sigset_t	saved;
 
+	/* first: the caller's deadline may close the bucket, or open it */
+	reliq_nats_request_starts(conn);
 	*value = NULL;
 	*revision = 0;
 	if (conn->kv == NULL)
 	{
-		reliq_nats_remember_failure(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+		reliq_nats_remember_failure(st, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 						 "the lease bucket is not open");
 		return false;
 	}
@@ -103,7 +107,7 @@ reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key, char **value,
 	if (s == NATS_NOT_FOUND)
 		return true;
 	if (s != NATS_OK)
-		reliq_nats_remember_error("reading a lease", s, 0);
+		reliq_nats_remember_error(st, "reading a lease", s, 0);
 	return s == NATS_OK;
 }
 
@@ -114,7 +118,8 @@ reliq_nats_kv_get(ReliqNatsConnection *conn, const char *key, char **value,
  */
 ReliqKvResult
 reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
-				  const char *value, uint64 expected, uint64 *revision)
+				  const char *value, uint64 expected, uint64 *revision,
+				  ReliqNatsStatus *st)
 {
 	uint64_t	rev = 0;
 	natsStatus	s;
@@ -122,9 +127,11 @@ reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
 	char	   *current;
 	uint64		current_rev;
 
+	/* first: the caller's deadline may close the bucket, or open it */
+	reliq_nats_request_starts(conn);
 	if (conn->kv == NULL)
 	{
-		reliq_nats_remember_failure(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+		reliq_nats_remember_failure(st, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 						 "the lease bucket is not open");
 		return RELIQ_KV_ERROR;
 	}
@@ -139,7 +146,7 @@ reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
 		*revision = rev;
 		return RELIQ_KV_OK;
 	}
-	reliq_nats_remember_error("writing a lease", s, 0);
+	reliq_nats_remember_error(st, "writing a lease", s, 0);
 	if (s == NATS_NO_RESPONDERS)
 	{
 		/* no stream behind the bucket any more: open (make) it again */
@@ -149,24 +156,28 @@ reliq_nats_kv_put(ReliqNatsConnection *conn, const char *key,
 		conn->kv = NULL;
 		return RELIQ_KV_ERROR;
 	}
-	if (reliq_nats_kv_get(conn, key, &current, &current_rev) &&
+	/* moved since: a conflict; the reason of the write's failure otherwise */
+	if (reliq_nats_kv_get(conn, key, &current, &current_rev, NULL) &&
 		current_rev != expected)
 		return RELIQ_KV_CONFLICT;
 	return RELIQ_KV_ERROR;
 }
 
 bool
-reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key)
+reliq_nats_kv_delete(ReliqNatsConnection *conn, const char *key,
+					 ReliqNatsStatus *st)
 {
 	natsStatus	s;
 	sigset_t	saved;
 
+	/* first: the caller's deadline may close the bucket, or open it */
+	reliq_nats_request_starts(conn);
 	if (conn->kv == NULL)
 		return false;
 	BLOCK_SIGNALS(saved);
 	s = kvStore_Delete(conn->kv, key);
 	RESTORE_SIGNALS(saved);
 	if (s != NATS_OK)
-		reliq_nats_remember_error("deleting a lease", s, 0);
+		reliq_nats_remember_error(st, "deleting a lease", s, 0);
 	return s == NATS_OK;
 }

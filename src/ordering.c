@@ -521,7 +521,7 @@ reliq_ordering_apply(Lane *l, ReliqMessage *msgs, int n)
 		else
 		{
 			if (p->conn)
-				(void) reliq_nats_ack(p->conn, all[i].reply, RELIQ_NAK, 0);
+				(void) reliq_nats_ack(p->conn, all[i].reply, RELIQ_NAK, 0, NULL);
 			reliq_order_give_back(l->sub->id, &all[i], 1);
 		}
 	}

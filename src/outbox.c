@@ -169,11 +169,12 @@ reliq_outbox_waiting(int64 **subscription_ids, bool *orphans)
  * delete those JetStream acknowledged, in one transaction of its own.
  * Rows another worker is publishing are skipped.  A row no stream captures
  * stays (and sets *stuck); a failure of the connection stops the round.
- * Returns the number of rows looked at, so the caller knows to go on.
+ * Returns the number of rows looked at, so the caller knows to go on;
+ * why the last row that stayed did, in *st.
  */
 int
 reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
-					 int limit, bool *stuck)
+					 int limit, bool *stuck, ReliqNatsStatus *st)
 {
 	Oid			argtypes[2] = {INT8OID, INT4OID};
 	Datum		args[2] = {Int64GetDatum(subscription_id), Int32GetDatum(limit)};
@@ -220,6 +221,7 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 		bool		duplicate = false;
 		bool		ok;
 		ReliqSpan  *span;
+		ReliqNatsStatus row = {0};
 
 		if (!isnull)
 			nheaders = reliq_headers_from_jsonb(DatumGetJsonbP(headers),
@@ -229,11 +231,11 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 								 header_msg_id ? header_msg_id : msg_id);
 		ok = reliq_nats_publish(conn, subject, VARDATA_ANY(data),
 								VARSIZE_ANY_EXHDR(data), keys, values, nheaders,
-								header_msg_id ? NULL : msg_id, &seq, &duplicate);
+								header_msg_id ? NULL : msg_id, &seq, &duplicate,
+								&row);
 		if (span->type != 0)
 		{
-			reliq_trace_end_publish(span, ok, duplicate, seq,
-									reliq_nats_last_error());
+			reliq_trace_end_publish(span, ok, duplicate, seq, row.message);
 			nspans++;
 		}
 		if (ok)
@@ -241,7 +243,9 @@ reliq_outbox_publish(ReliqNatsConnection *conn, int64 subscription_id,
 		else
 		{
 			*stuck = true;
-			if (!reliq_nats_last_was_no_responders())
+			if (st != NULL)
+				*st = row;
+			if (!row.no_responders)
 				break;
 		}
 	}

@@ -24,6 +24,6 @@ extern void reliq_outbox_discard(void);
 extern int	reliq_outbox_waiting(int64 **subscription_ids, bool *orphans);
 extern int	reliq_outbox_publish(ReliqNatsConnection *conn,
 								 int64 subscription_id, int limit,
-								 bool *stuck);
+								 bool *stuck, ReliqNatsStatus *st);
 
 #endif							/* RELIQ_OUTBOX_H */

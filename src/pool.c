@@ -89,7 +89,7 @@ release_unapplied(Pool *p)
 	if (p->inbox)
 	{
 		reliq_inbox_closing(p->inbox);
-		(void) reliq_inbox_pump(p->inbox, 0);
+		(void) reliq_inbox_pump(p->inbox, 0, NULL);
 	}
 	for (i = 0; i < p->nlanes; i++)
 	{
@@ -104,7 +104,7 @@ release_unapplied(Pool *p)
 			released += reliq_puller_release_queued(l->puller, delay);
 	}
 	if (released > 0)
-		(void) reliq_nats_flush(p->conn, Min(reliq_nats_timeout, 1000));
+		(void) reliq_nats_flush(p->conn, Min(reliq_nats_timeout, 1000), NULL);
 }
 
 /*
@@ -280,6 +280,7 @@ pool_connected(Pool *p)
 	if (p->conn == NULL)
 	{
 		char		name[64];
+		ReliqNatsStatus st = {0};
 
 		if (GetCurrentTimestamp() < p->retry_at)
 		{
@@ -289,17 +290,18 @@ pool_connected(Pool *p)
 		reliq_slot_set_state(p->slot, RELIQ_WORKER_CONNECTING);
 		show_link(p, false, RELIQ_WORKER_CONNECTING);
 		snprintf(name, sizeof(name), "reliq worker #%d", p->index);
-		p->conn = reliq_nats_connect(name);
+		p->conn = reliq_nats_connect(name, &st);
 		if (p->conn != NULL)
 		{
 			reliq_nats_adopt_session_connection(p->conn);
 			p->inbox = reliq_inbox_create(p->conn,
-										  Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) + 1000);
+										  Max(reliq_fetch_timeout, RELIQ_IDLE_PULL_MS) + 1000,
+										  &st);
 		}
 		if (p->conn == NULL || p->inbox == NULL)
 		{
 			note_pool_problem(p, WARNING, ERRCODE_CONNECTION_FAILURE, "could not connect to NATS at %s: %s",
-							  reliq_nats_redacted_url(), reliq_nats_last_error());
+							  reliq_nats_redacted_url(), st.message);
 			pool_disconnect(p);
 			p->retry_at = next_retry(&p->retries);
 			return false;
@@ -404,7 +406,7 @@ refresh(Pool *p)
 				strcmp(p->lanes[j]->sub->stream, l->sub->stream) == 0;
 		if (seen_before)
 			continue;
-		if (!reliq_nats_stream_info(p->conn, l->sub->stream, &stream))
+		if (!reliq_nats_stream_info(p->conn, l->sub->stream, &stream, NULL))
 			continue;			/* cannot tell now; the connection reports */
 		for (j = i; j < p->nlanes; j++)
 		{
@@ -675,7 +677,7 @@ serve_lanes(Pool *p)
 		check_for_news(p);
 		if (p->nlanes != count)
 			break;				/* lanes came or went: start a new round */
-		if (reliq_inbox_pump(p->inbox, 0) < 0)
+		if (reliq_inbox_pump(p->inbox, 0, NULL) < 0)
 			return busy;
 		if (reliq_lane_turn(l))
 		{
@@ -764,9 +766,11 @@ reliq_worker_main(Datum main_arg)
 		pool_refresh(p);
 		if (!serve_lanes(p))
 		{
-			if (reliq_inbox_pump(p->inbox, idle_wait_ms(p)) < 0)
+			ReliqNatsStatus st = {0};
+
+			if (reliq_inbox_pump(p->inbox, idle_wait_ms(p), &st) < 0)
 			{
-				note_pool_problem(p, WARNING, ERRCODE_CONNECTION_FAILURE, "%s", reliq_nats_last_error());
+				note_pool_problem(p, WARNING, ERRCODE_CONNECTION_FAILURE, "%s", st.message);
 				pool_disconnect(p);
 				p->retry_at = next_retry(&p->retries);
 			}
@@ -775,7 +779,7 @@ reliq_worker_main(Datum main_arg)
 
 	/* asked to stop: every lane has given back what it held */
 	if (p->conn && reliq_nats_is_connected(p->conn))
-		(void) reliq_nats_flush(p->conn, reliq_nats_timeout);
+		(void) reliq_nats_flush(p->conn, reliq_nats_timeout, NULL);
 	ereport(DEBUG1,
 			(errcode(ERRCODE_SUCCESSFUL_COMPLETION),
 			 errmsg("reliq worker %d stopped", p->index)));

@@ -330,7 +330,8 @@ extern bool reliq_ack_gate(ReliqControl *control,
 						   const ReliqSubscription *sub, uint64 epoch,
 						   bool *awaiting_standby, XLogRecPtr flushed);
 extern bool reliq_ack_publish_outbox(ReliqNatsConnection *conn,
-									 int64 subscription_id);
+									 int64 subscription_id,
+									 ReliqNatsStatus *st);
 extern void reliq_ack_send(ReliqNatsConnection *conn,
 						   const ReliqSubscription *sub, ReliqMessage *msgs,
 						   const int64 *nak_delay_ms, int n, bool quick);

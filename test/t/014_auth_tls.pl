@@ -80,6 +80,21 @@ use_settings(nats_url => $server{userpass}->url, nats_user => 'reliq',
 $server{userpass}->publish('a.userpass', count => 10, start => 21, payload => '{"id":%d}');
 ok(consumed('a.userpass', 30), 'password read from a file: consuming');
 
+# The file unreadable when the worker connects again (the URL spelled
+# otherwise, so that it reconnects): no connection, the file named as the
+# reason.  (It used to connect without the password, and the server's
+# refusal hid the cause.)
+chmod 0000, $password_file or die "chmod: $!";
+use_settings(nats_url => 'nats://localhost:' . $server{userpass}->port, nats_user => 'reliq',
+	nats_password => "file:$password_file");
+ok(wait_for($node, q{SELECT last_error LIKE '%could not read the file of reliq.nats_password%' FROM reliq.subscription_stats}),
+	'the password file unreadable: last_error names it');
+chmod 0600, $password_file or die "chmod: $!";
+use_settings(nats_url => $server{userpass}->url, nats_user => 'reliq',
+	nats_password => "file:$password_file");
+$server{userpass}->publish('a.userpass', count => 5, start => 31, payload => '{"id":%d}');
+ok(consumed('a.userpass', 35), 'readable again: consuming');
+
 use_settings(nats_url => $server{creds}->url, nats_credentials_file => $op->{creds_file});
 $server{creds}->publish('a.creds', count => 20, start => 1, payload => '{"id":%d}');
 ok(consumed('a.creds', 20), 'credentials file (NKey/JWT): consuming');
